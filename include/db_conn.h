@@ -1,0 +1,67 @@
+/*
+ * db_conn.h - one non-blocking PostgreSQL connection on the event loop, in
+ * pipeline mode once up, reconnecting by itself with capped backoff.
+ *
+ * Work is sent as segments: the owner issues queries with PQsendQueryParams
+ * on db_conn_pq() and then calls db_conn_push(), which adds the Sync that
+ * closes the segment (one implicit transaction). Each PGresult of the segment
+ * goes to seg->on_result; the Sync, or the loss of the connection, to
+ * seg->on_done. Hooks run from loop callbacks, never from inside the call
+ * that caused them, except on_done(lost) from db_conn_push on a send error.
+ */
+#ifndef EPS_DB_CONN_H
+#define EPS_DB_CONN_H
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+enum db_state {
+        DB_DOWN,       /* not started, or stopped */
+        DB_CONNECTING, /* PQconnectPoll in progress, deadline armed */
+        DB_READY,      /* pipeline mode, may carry segments */
+        DB_BACKOFF,    /* waiting to reconnect */
+};
+
+struct db_seg;
+/* Called for each result of a segment, in order; res is cleared afterwards. */
+typedef void (*db_result_fn)(struct db_seg *s, PGresult *res);
+/* Called once per pushed segment: lost=false after its Sync (committed unless
+ * on_result saw an error), lost=true when the connection died first
+ * (outcome unknown). The callee owns s from here on. */
+typedef void (*db_done_fn)(struct db_seg *s, bool lost);
+
+struct db_seg {
+        struct db_seg *next;   /* in-flight FIFO link, owned by db_conn while pushed */
+        db_result_fn on_result;
+        db_done_fn on_done;
+        void *arg;
+};
+
+struct db_conn;
+struct db_conn_hooks {
+        void (*on_ready)(struct db_conn *c, void *arg); /* connected or reconnected */
+        void (*on_down)(struct db_conn *c, void *arg);  /* lost; reconnect scheduled */
+        void (*on_idle)(struct db_conn *c, void *arg);  /* a segment finished: room for more */
+};
+
+/* conninfo is copied. setup_sql (may be NULL) runs after each connect, before READY. */
+struct db_conn *db_conn_new(struct event_base *base, const char *conninfo, const char *name,
+                            const struct db_conn_hooks *hooks, void *arg);
+/* Fails in-flight segments (lost) and frees. */
+void db_conn_free(struct db_conn *c);
+void db_conn_start(struct db_conn *c);
+
+enum db_state db_conn_state(const struct db_conn *c);
+bool db_conn_ready(const struct db_conn *c);
+PGconn *db_conn_pq(struct db_conn *c);
+unsigned db_conn_inflight(const struct db_conn *c);
+unsigned long db_conn_reconnects(const struct db_conn *c);
+
+/* Closes the segment begun with PQsend* calls and queues it. On a send error
+ * the connection is failed: every in-flight segment, then s, get on_done(lost). */
+void db_conn_push(struct db_conn *c, struct db_seg *s);
+/* Declares the connection broken (e.g. a PQsend* call failed). */
+void db_conn_fail(struct db_conn *c, const char *where);
+
+#endif

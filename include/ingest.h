@@ -1,0 +1,81 @@
+/*
+ * ingest.h - the writer: a bounded queue of verified events committed to
+ * PostgreSQL in batches over N db_conn connections.
+ *
+ * Natural batching: a connection takes everything pending (up to batch_max)
+ * as one pipeline segment = one transaction, and while it is in flight the
+ * next batch fills. An item's done callback runs exactly once, only after its
+ * transaction's Sync (committed) or when its outcome must be 503.
+ */
+#ifndef EPS_INGEST_H
+#define EPS_INGEST_H
+
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epevent.h"
+
+enum ingest_result {
+        INGEST_STORED,      /* committed (projected, stored raw, or dead-lettered) */
+        INGEST_DUPLICATE,   /* an event with this id was already stored */
+        INGEST_UNAVAILABLE, /* not committed: database down or transient error */
+};
+
+enum ingest_source { INGEST_WEBHOOK, INGEST_BACKFILL };
+
+struct ingest_item;
+/* Called once; the callee owns the item from then on and frees it. */
+typedef void (*ingest_done_fn)(struct ingest_item *it, enum ingest_result r);
+
+struct ingest_item {
+        struct ingest_item *next;  /* queue link, owned by ingest while submitted */
+        struct epevent ev;
+        char uuid[37];
+        const char *body;          /* raw body; borrowed from the HTTP request ... */
+        size_t len;
+        char *owned_body;          /* ... or owned here once detached */
+        enum ingest_source source;
+        char *dead_error;          /* set when the event broke its batch: store raw + error */
+        char status[16];           /* outcome text from the database */
+        ingest_done_fn done;
+        uint64_t t_submit_us;
+};
+
+struct ingest_stats {
+        uint64_t stored, duplicates, dead_letters, unavailable;
+        uint64_t batches, batch_events;
+        uint64_t batch_size_buckets[8]; /* <=1, 2, 4, 16, 64, 256, 1024, more */
+        uint64_t poison_splits;
+};
+
+struct ingest;
+
+struct ingest *ingest_new(struct event_base *base, const char *conninfo, unsigned nconn,
+                          unsigned queue_limit, unsigned batch_max);
+/* Answers every queued item INGEST_UNAVAILABLE and frees. */
+void ingest_free(struct ingest *g);
+void ingest_start(struct ingest *g);
+void ingest_set_batch_max(struct ingest *g, unsigned batch_max);
+
+/* Room for one more item? (queue_limit counts items not yet answered) */
+bool ingest_has_room(const struct ingest *g);
+/* True when at least one connection is READY. */
+bool ingest_db_up(const struct ingest *g);
+/* Takes ownership of it until it->done. Never fails: check has_room first. */
+void ingest_submit(struct ingest *g, struct ingest_item *it);
+/* Copies the borrowed body so the request that lent it can be answered early. */
+void ingest_item_detach(struct ingest_item *it);
+
+unsigned ingest_depth(const struct ingest *g);
+unsigned ingest_limit(const struct ingest *g);
+unsigned ingest_conns(const struct ingest *g);
+unsigned ingest_conns_ready(const struct ingest *g);
+unsigned ingest_conns_busy(const struct ingest *g);
+unsigned long ingest_reconnects(const struct ingest *g);
+const struct ingest_stats *ingest_stats(const struct ingest *g);
+/* True when nothing is queued or in flight. */
+bool ingest_idle(const struct ingest *g);
+
+#endif

@@ -1,0 +1,355 @@
+/*
+ * db_conn.c - one non-blocking PostgreSQL connection driven by libevent.
+ *
+ * Owns the PGconn, its socket event and one timer (connect deadline or
+ * backoff delay, told apart by state). Always in pipeline mode once READY.
+ * Never blocks, never logs query parameters.
+ *
+ *   DOWN --start--> CONNECTING --poll ok--> READY
+ *     ^                 | fail / deadline     | I/O error, lost backend
+ *     |                 v                     v
+ *     +------------ BACKOFF <-----------------+      (timer -> start again)
+ *
+ * Results are drained after every read and every flush (PQflush may buffer
+ * input itself) until our own in-flight FIFO is empty or libpq is busy.
+ * A hook may fail the connection, so the drain re-checks the state after each.
+ */
+#include "db_conn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+#define DB_CONNECT_TIMEOUT_S 10
+#define DB_BACKOFF_BASE_MS 100
+#define DB_BACKOFF_CAP_MS 5000
+#define DB_DRAIN_BUDGET 4096
+
+struct db_conn {
+        struct event_base *base;
+        char *conninfo;
+        char *name;
+        PGconn *pq;
+        enum db_state state;
+        struct event *io;
+        short io_flags;
+        struct event *timer;
+        unsigned attempt;
+        unsigned long reconnects;
+        bool was_up;          /* to log state changes, not every retry */
+        uint64_t down_since;  /* monotonic us of the first failure */
+        struct db_seg *head, *tail;
+        unsigned ninflight;
+        const struct db_conn_hooks *hooks;
+        void *arg;
+};
+
+static void io_cb(evutil_socket_t fd, short what, void *arg);
+static void connect_cb(evutil_socket_t fd, short what, void *arg);
+
+static void
+notice_cb(void *arg, const PGresult *res)
+{
+        struct db_conn *c = arg;
+        const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+        log_debug("db", "%s: notice %s: %s", c->name, sev ? sev : "?", msg ? msg : "");
+}
+
+static void
+watch(struct db_conn *c, short flags, event_callback_fn cb)
+{
+        int fd = PQsocket(c->pq); /* never cached: connect may switch sockets */
+
+        if (c->io)
+                event_free(c->io);
+        c->io = event_new(c->base, fd, flags, cb, c);
+        c->io_flags = flags;
+        event_add(c->io, NULL);
+}
+
+struct db_conn *
+db_conn_new(struct event_base *base, const char *conninfo, const char *name,
+            const struct db_conn_hooks *hooks, void *arg)
+{
+        struct db_conn *c = xcalloc(1, sizeof(*c));
+
+        c->base = base;
+        c->conninfo = xstrdup(conninfo);
+        c->name = xstrdup(name);
+        c->hooks = hooks;
+        c->arg = arg;
+        c->state = DB_DOWN;
+        c->timer = evtimer_new(base, connect_cb, c);
+        return c;
+}
+
+static void
+fail_inflight(struct db_conn *c)
+{
+        while (c->head) {
+                struct db_seg *s = c->head;
+                c->head = s->next;
+                if (c->head == NULL)
+                        c->tail = NULL;
+                c->ninflight--;
+                s->next = NULL;
+                s->on_done(s, true);
+        }
+}
+
+static void
+close_pq(struct db_conn *c)
+{
+        if (c->io) {
+                event_free(c->io); /* before the fd is closed */
+                c->io = NULL;
+                c->io_flags = 0;
+        }
+        evtimer_del(c->timer);
+        if (c->pq) {
+                PQfinish(c->pq);
+                c->pq = NULL;
+        }
+}
+
+void
+db_conn_free(struct db_conn *c)
+{
+        if (c == NULL)
+                return;
+        close_pq(c);
+        c->state = DB_DOWN;
+        fail_inflight(c);
+        event_free(c->timer);
+        memset(c->conninfo, 0, strlen(c->conninfo));
+        free(c->conninfo);
+        free(c->name);
+        free(c);
+}
+
+void
+db_conn_fail(struct db_conn *c, const char *where)
+{
+        char msg[256] = "no connection";
+
+        if (c->pq) {
+                snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c->pq));
+                msg[strcspn(msg, "\n")] = '\0';
+        }
+        if (c->was_up || c->attempt == 0) {
+                log_warn("db", "%s: connection down (%s): %s", c->name, where, msg);
+                c->down_since = clock_mono_us();
+        } else {
+                log_debug("db", "%s: reconnect attempt %u failed (%s): %s", c->name, c->attempt,
+                          where, msg);
+        }
+        bool was_ready = c->state == DB_READY;
+        c->was_up = false;
+        close_pq(c);
+        c->state = DB_BACKOFF;
+        fail_inflight(c);
+        if (was_ready && c->hooks->on_down)
+                c->hooks->on_down(c, c->arg);
+        unsigned ms = backoff_ms(c->attempt++, DB_BACKOFF_BASE_MS, DB_BACKOFF_CAP_MS);
+        struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+        evtimer_assign(c->timer, c->base, connect_cb, c);
+        evtimer_add(c->timer, &tv);
+}
+
+void
+db_conn_start(struct db_conn *c)
+{
+        const char *keys[] = { "dbname", "fallback_application_name", NULL };
+        const char *vals[] = { c->conninfo, "easypost-syncd", NULL };
+        struct timeval deadline = { DB_CONNECT_TIMEOUT_S, 0 };
+
+        close_pq(c);
+        c->pq = PQconnectStartParams(keys, vals, 1);
+        c->state = DB_CONNECTING;
+        if (c->pq == NULL || PQstatus(c->pq) == CONNECTION_BAD) {
+                db_conn_fail(c, "connect");
+                return;
+        }
+        evtimer_assign(c->timer, c->base, connect_cb, c);
+        evtimer_add(c->timer, &deadline);
+        watch(c, EV_WRITE, connect_cb);
+}
+
+/* Connect progress, the connect deadline and the backoff timer share this. */
+static void
+connect_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct db_conn *c = arg;
+
+        (void)fd;
+        if (what & EV_TIMEOUT) {
+                if (c->state == DB_CONNECTING)
+                        db_conn_fail(c, "connect timeout");
+                else if (c->state == DB_BACKOFF)
+                        db_conn_start(c);
+                return;
+        }
+        switch (PQconnectPoll(c->pq)) {
+        case PGRES_POLLING_READING:
+                watch(c, EV_READ, connect_cb);
+                return;
+        case PGRES_POLLING_WRITING:
+                watch(c, EV_WRITE, connect_cb);
+                return;
+        case PGRES_POLLING_OK:
+                break;
+        default:
+                db_conn_fail(c, "connect");
+                return;
+        }
+        evtimer_del(c->timer);
+        if (PQsetnonblocking(c->pq, 1) != 0 || PQenterPipelineMode(c->pq) != 1) {
+                db_conn_fail(c, "session setup");
+                return;
+        }
+        PQsetNoticeReceiver(c->pq, notice_cb, c);
+        watch(c, EV_READ | EV_PERSIST, io_cb);
+        if (c->attempt > 0 || c->reconnects > 0 || c->down_since)
+                log_info("db", "%s: connection up after %.1f s", c->name,
+                         c->down_since ? (double)(clock_mono_us() - c->down_since) / 1e6 : 0.0);
+        else
+                log_info("db", "%s: connected", c->name);
+        if (c->down_since)
+                c->reconnects++;
+        c->down_since = 0;
+        c->state = DB_READY;
+        c->attempt = 0;
+        c->was_up = true;
+        if (c->hooks->on_ready)
+                c->hooks->on_ready(c, c->arg);
+}
+
+/* 0 = fine, -1 = the connection was failed inside (do not touch more). */
+static int
+drain(struct db_conn *c)
+{
+        int budget = DB_DRAIN_BUDGET;
+        bool finished = false;
+
+        while (c->head && !PQisBusy(c->pq) && budget-- > 0) {
+                PGresult *res = PQgetResult(c->pq);
+                if (res == NULL) {
+                        if (PQstatus(c->pq) == CONNECTION_BAD) {
+                                db_conn_fail(c, "lost mid-pipeline");
+                                return -1;
+                        }
+                        continue; /* end of one query's results */
+                }
+                struct db_seg *s = c->head;
+                ExecStatusType st = PQresultStatus(res);
+                if (st == PGRES_PIPELINE_SYNC) {
+                        PQclear(res);
+                        c->head = s->next;
+                        if (c->head == NULL)
+                                c->tail = NULL;
+                        c->ninflight--;
+                        s->next = NULL;
+                        s->on_done(s, false);
+                        finished = true;
+                        if (c->state != DB_READY)
+                                return -1;
+                        continue;
+                }
+                if (st == PGRES_BAD_RESPONSE || st == PGRES_COPY_IN || st == PGRES_COPY_OUT ||
+                    st == PGRES_COPY_BOTH) {
+                        PQclear(res);
+                        db_conn_fail(c, "unexpected result");
+                        return -1;
+                }
+                s->on_result(s, res);
+                PQclear(res);
+        }
+        if (budget <= 0 && c->io)
+                event_active(c->io, EV_READ, 0); /* more may be buffered: come back soon */
+        if (finished && c->hooks->on_idle)
+                c->hooks->on_idle(c, c->arg);
+        return c->state == DB_READY ? 0 : -1;
+}
+
+static void
+flush(struct db_conn *c)
+{
+        int r = PQflush(c->pq);
+
+        if (r < 0) {
+                db_conn_fail(c, "flush");
+                return;
+        }
+        short want = EV_READ | EV_PERSIST | (r == 1 ? EV_WRITE : 0);
+        if (want != c->io_flags)
+                watch(c, want, io_cb);
+}
+
+static void
+io_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct db_conn *c = arg;
+
+        (void)fd;
+        (void)what;
+        if (!PQconsumeInput(c->pq) || PQstatus(c->pq) == CONNECTION_BAD) {
+                db_conn_fail(c, "read");
+                return;
+        }
+        if (drain(c) != 0)
+                return;
+        flush(c);
+        if (c->state == DB_READY && c->head && !PQisBusy(c->pq))
+                event_active(c->io, EV_READ, 0); /* flush buffered input: drain again */
+}
+
+void
+db_conn_push(struct db_conn *c, struct db_seg *s)
+{
+        s->next = NULL;
+        if (c->tail)
+                c->tail->next = s;
+        else
+                c->head = s;
+        c->tail = s;
+        c->ninflight++;
+        if (!PQpipelineSync(c->pq)) {
+                db_conn_fail(c, "sync");
+                return;
+        }
+        flush(c);
+}
+
+enum db_state
+db_conn_state(const struct db_conn *c)
+{
+        return c->state;
+}
+
+bool
+db_conn_ready(const struct db_conn *c)
+{
+        return c->state == DB_READY;
+}
+
+PGconn *
+db_conn_pq(struct db_conn *c)
+{
+        return c->pq;
+}
+
+unsigned
+db_conn_inflight(const struct db_conn *c)
+{
+        return c->ninflight;
+}
+
+unsigned long
+db_conn_reconnects(const struct db_conn *c)
+{
+        return c->reconnects;
+}

@@ -1,0 +1,129 @@
+/*
+ * main.c - command line: options, then one of --migrate, --check-config,
+ * --version, --help, or the daemon (app_init / app_run / app_fini).
+ */
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "cfg.h"
+#include "db_migrate.h"
+#include "log.h"
+
+extern char **environ;
+
+static void
+usage(FILE *f)
+{
+        fprintf(f,
+                "usage: easypost-syncd [-c FILE] [--KEY=VALUE ...] [--migrate | --check-config]\n"
+                "\n"
+                "Receives EasyPost webhooks and keeps PostgreSQL in sync. Runs in the foreground.\n"
+                "\n"
+                "  -c, --config FILE   configuration file (INI style: key = value)\n"
+                "  --migrate           apply pending migrations from sql/ and exit\n"
+                "  --check-config      validate the configuration and exit\n"
+                "  --KEY=VALUE         set any non-secret key (e.g. --listen=127.0.0.1:9000)\n"
+                "  --version           print the version and exit\n"
+                "  --help              this text; the keys are listed below\n"
+                "\n"
+                "Every key can also be set in the environment as EASYPOST_SYNC_<KEY>; also read:\n"
+                "DATABASE_URL, EASYPOST_WEBHOOK_SECRET, EASYPOST_WEBHOOK_SECRET_FILE,\n"
+                "EASYPOST_API_KEY, EASYPOST_API_KEY_FILE, LISTEN. Secrets never go on argv.\n"
+                "\nkeys (default):\n");
+        for (size_t i = 0; i < cfg_nkeys; i++)
+                fprintf(f, "  %-24s %s (%s)%s\n", cfg_keys[i].name, cfg_keys[i].help,
+                        cfg_keys[i].def[0] ? cfg_keys[i].def : "empty",
+                        cfg_keys[i].reloadable ? "" : " [restart]");
+}
+
+int
+main(int argc, char **argv)
+{
+        const char *cfg_path = NULL;
+        bool migrate = false, check = false;
+        char **overrides = calloc((size_t)argc, sizeof(char *));
+        size_t nover = 0;
+        struct err e = { 0 };
+        struct cfg *cfg;
+        int rc = EXIT_FAILURE;
+
+        if (overrides == NULL)
+                return EXIT_FAILURE;
+        for (int i = 1; i < argc; i++) {
+                const char *a = argv[i];
+                if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+                        if (++i == argc) {
+                                fprintf(stderr, "easypost-syncd: %s needs a file\n", a);
+                                goto out;
+                        }
+                        cfg_path = argv[i];
+                } else if (strncmp(a, "--config=", 9) == 0) {
+                        cfg_path = a + 9;
+                } else if (strcmp(a, "--migrate") == 0) {
+                        migrate = true;
+                } else if (strcmp(a, "--check-config") == 0) {
+                        check = true;
+                } else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+                        printf("easypost-syncd %s\n", PACKAGE_VERSION);
+                        rc = EXIT_SUCCESS;
+                        goto out;
+                } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+                        usage(stdout);
+                        rc = EXIT_SUCCESS;
+                        goto out;
+                } else if (strncmp(a, "--", 2) == 0 && strchr(a, '=') != NULL) {
+                        overrides[nover++] = argv[i] + 2;
+                } else {
+                        fprintf(stderr, "easypost-syncd: unknown argument \"%s\" (try --help)\n", a);
+                        goto out;
+                }
+        }
+
+        cfg = cfg_load(cfg_path, environ, overrides, nover, &e);
+        if (cfg == NULL || cfg_validate(cfg, migrate ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
+                fprintf(stderr, "easypost-syncd: configuration: %s\n", e.msg);
+                cfg_free(cfg);
+                goto out;
+        }
+        if (check) {
+                printf("configuration ok\n");
+                cfg_free(cfg);
+                rc = EXIT_SUCCESS;
+                goto out;
+        }
+        log_configure((enum log_level)log_level_parse(cfg->log_level),
+                      (enum log_format)log_format_parse(cfg->log_format));
+        if (migrate) {
+                int applied = 0;
+                const char *dir = db_migrate_dir(cfg->sql_dir);
+                if (db_migrate_run(cfg->database_url, dir, &applied, &e) != 0) {
+                        log_err("migrate", "%s", e.msg);
+                } else {
+                        log_info("migrate", "%d migration(s) applied from %s; schema is current",
+                                 applied, dir);
+                        rc = EXIT_SUCCESS;
+                }
+                cfg_free(cfg);
+                goto out;
+        }
+
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        struct app app = { 0 };
+        app.cfg_path = cfg_path;
+        app.overrides = overrides;
+        app.noverrides = nover;
+        if (app_init(&app, cfg, &e) != 0) {
+                log_err("app", "cannot start: %s", e.msg);
+        } else {
+                rc = app_run(&app) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+                log_info("app", "stopped");
+        }
+        app_fini(&app);
+        curl_global_cleanup();
+out:
+        free(overrides);
+        return rc;
+}

@@ -1,0 +1,220 @@
+/*
+ * ops.c - health, readiness and Prometheus metrics.
+ *
+ * /healthz answers 200 whenever the loop runs. /readyz answers 200 only when
+ * a database connection is up and the ingest queue has room, else 503 with
+ * the failed checks named. /metrics renders counters kept in memory.
+ */
+#include "ops.h"
+
+#include <dirent.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "app.h"
+#include "http.h"
+#include "ingest.h"
+#include "metrics.h"
+
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "0"
+#endif
+
+unsigned long
+ops_rss_bytes(void)
+{
+        FILE *f = fopen("/proc/self/statm", "r");
+        unsigned long size = 0, rss = 0;
+
+        if (f == NULL)
+                return 0;
+        if (fscanf(f, "%lu %lu", &size, &rss) != 2)
+                rss = 0;
+        fclose(f);
+        return rss * (unsigned long)sysconf(_SC_PAGESIZE);
+}
+
+unsigned
+ops_open_fds(void)
+{
+        DIR *d = opendir("/proc/self/fd");
+        struct dirent *de;
+        unsigned n = 0;
+
+        if (d == NULL)
+                return 0;
+        while ((de = readdir(d)) != NULL)
+                if (de->d_name[0] != '.')
+                        n++;
+        closedir(d);
+        return n > 0 ? n - 1 : 0; /* minus the directory's own fd */
+}
+
+static bool
+only_get(struct evhttp_request *req, enum metrics_endpoint ep)
+{
+        enum evhttp_cmd_type m = evhttp_request_get_command(req);
+
+        if (m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD)
+                return true;
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+        http_reply_error(req, ep, 405, "method not allowed: GET only");
+        return false;
+}
+
+static void
+healthz_cb(struct evhttp_request *req, void *arg)
+{
+        (void)arg;
+        if (only_get(req, EP_HEALTHZ))
+                http_reply_json(req, EP_HEALTHZ, 200, "{\"status\":\"ok\"}");
+}
+
+static void
+readyz_cb(struct evhttp_request *req, void *arg)
+{
+        struct app *a = arg;
+        struct strbuf b = { 0 };
+        bool db = ingest_db_up(a->ingest);
+        bool room = ingest_has_room(a->ingest);
+        bool running = a->state == APP_RUNNING;
+
+        if (!only_get(req, EP_READYZ))
+                return;
+        strbuf_printf(&b, "{\"status\":\"%s\",\"checks\":{\"database\":\"%s\",\"queue\":\"%s\","
+                          "\"state\":\"%s\"}}",
+                      db && room && running ? "ready" : "not ready", db ? "ok" : "down",
+                      room ? "ok" : "full", running ? "ok" : "draining");
+        http_reply_json(req, EP_READYZ, db && room && running ? 200 : 503, b.data);
+        strbuf_free(&b);
+}
+
+void
+ops_render_metrics(struct app *a, struct strbuf *b)
+{
+        static const char *const ep_names[EP_COUNT] = { "webhook", "healthz", "readyz", "metrics",
+                                                         "other" };
+        const struct ingest_stats *st = ingest_stats(a->ingest);
+
+        strbuf_printf(b, "# HELP easypost_sync_build_info Build information.\n"
+                         "# TYPE easypost_sync_build_info gauge\n"
+                         "easypost_sync_build_info{version=\"%s\"} 1\n",
+                      PACKAGE_VERSION);
+        strbuf_printf(b, "# HELP easypost_sync_http_requests_total HTTP requests answered.\n"
+                         "# TYPE easypost_sync_http_requests_total counter\n");
+        for (int e = 0; e < EP_COUNT; e++)
+                for (int c = 1; c <= 5; c++)
+                        strbuf_printf(b,
+                                      "easypost_sync_http_requests_total{endpoint=\"%s\",code=\"%dxx\"} %llu\n",
+                                      ep_names[e], c, (unsigned long long)metrics.requests[e][c]);
+        strbuf_printf(b, "# HELP easypost_sync_events_total Webhook events by outcome.\n"
+                         "# TYPE easypost_sync_events_total counter\n"
+                         "easypost_sync_events_total{outcome=\"stored\"} %llu\n"
+                         "easypost_sync_events_total{outcome=\"duplicate\"} %llu\n"
+                         "easypost_sync_events_total{outcome=\"dead_letter\"} %llu\n"
+                         "easypost_sync_events_total{outcome=\"unavailable\"} %llu\n",
+                      (unsigned long long)(st->stored - st->dead_letters),
+                      (unsigned long long)st->duplicates, (unsigned long long)st->dead_letters,
+                      (unsigned long long)st->unavailable);
+        strbuf_printf(b, "# HELP easypost_sync_queue_depth Webhooks waiting for a commit.\n"
+                         "# TYPE easypost_sync_queue_depth gauge\n"
+                         "easypost_sync_queue_depth %u\n"
+                         "# HELP easypost_sync_queue_limit Queue capacity.\n"
+                         "# TYPE easypost_sync_queue_limit gauge\n"
+                         "easypost_sync_queue_limit %u\n",
+                      ingest_depth(a->ingest), ingest_limit(a->ingest));
+        strbuf_printf(b, "# HELP easypost_sync_db_connections Ingest connections by state.\n"
+                         "# TYPE easypost_sync_db_connections gauge\n"
+                         "easypost_sync_db_connections{state=\"configured\"} %u\n"
+                         "easypost_sync_db_connections{state=\"up\"} %u\n"
+                         "easypost_sync_db_connections{state=\"busy\"} %u\n"
+                         "# HELP easypost_sync_db_reconnects_total Reconnections after a loss.\n"
+                         "# TYPE easypost_sync_db_reconnects_total counter\n"
+                         "easypost_sync_db_reconnects_total %lu\n",
+                      ingest_conns(a->ingest), ingest_conns_ready(a->ingest),
+                      ingest_conns_busy(a->ingest), ingest_reconnects(a->ingest));
+        strbuf_printf(b, "# HELP easypost_sync_batches_total Transactions committed or tried.\n"
+                         "# TYPE easypost_sync_batches_total counter\n"
+                         "easypost_sync_batches_total %llu\n",
+                      (unsigned long long)st->batches);
+        static const char *const bs_le[8] = { "1", "2", "4", "16", "64", "256", "1024", "+Inf" };
+        uint64_t cum = 0;
+        strbuf_printf(b, "# HELP easypost_sync_batch_size Events per batch.\n"
+                         "# TYPE easypost_sync_batch_size histogram\n");
+        for (int i = 0; i < 8; i++) {
+                cum += st->batch_size_buckets[i];
+                strbuf_printf(b, "easypost_sync_batch_size_bucket{le=\"%s\"} %llu\n", bs_le[i],
+                              (unsigned long long)cum);
+        }
+        strbuf_printf(b, "easypost_sync_batch_size_sum %llu\neasypost_sync_batch_size_count %llu\n",
+                      (unsigned long long)st->batch_events, (unsigned long long)st->batches);
+        const double *lb = metrics_lat_bounds_ms();
+        cum = 0;
+        strbuf_printf(b, "# HELP easypost_sync_ack_latency_seconds Webhook receipt to answer.\n"
+                         "# TYPE easypost_sync_ack_latency_seconds histogram\n");
+        for (int i = 0; i <= LAT_BUCKETS; i++) {
+                cum += metrics.ack.buckets[i];
+                if (i < LAT_BUCKETS)
+                        strbuf_printf(b, "easypost_sync_ack_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                                      lb[i] / 1000.0, (unsigned long long)cum);
+                else
+                        strbuf_printf(b, "easypost_sync_ack_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+                                      (unsigned long long)cum);
+        }
+        strbuf_printf(b, "easypost_sync_ack_latency_seconds_sum %.6f\n"
+                         "easypost_sync_ack_latency_seconds_count %llu\n",
+                      (double)metrics.ack.sum_us / 1e6, (unsigned long long)metrics.ack.count);
+        strbuf_printf(b, "# HELP easypost_sync_signature_matches_total Verified webhooks by secret slot.\n"
+                         "# TYPE easypost_sync_signature_matches_total counter\n");
+        for (size_t i = 0; i < sig_keyset_count(a->keys); i++)
+                strbuf_printf(b, "easypost_sync_signature_matches_total{slot=\"%zu\"} %llu\n", i,
+                              (unsigned long long)metrics.sig_matches[i]);
+        strbuf_printf(b, "# HELP easypost_sync_rejected_total Webhooks refused before ingest.\n"
+                         "# TYPE easypost_sync_rejected_total counter\n"
+                         "easypost_sync_rejected_total{reason=\"signature\"} %llu\n"
+                         "easypost_sync_rejected_total{reason=\"parse\"} %llu\n"
+                         "easypost_sync_rejected_total{reason=\"auth\"} %llu\n",
+                      (unsigned long long)metrics.rejected_sig,
+                      (unsigned long long)metrics.rejected_parse,
+                      (unsigned long long)metrics.rejected_auth);
+        strbuf_printf(b, "# HELP easypost_sync_process_resident_memory_bytes Resident set size.\n"
+                         "# TYPE easypost_sync_process_resident_memory_bytes gauge\n"
+                         "easypost_sync_process_resident_memory_bytes %lu\n"
+                         "# HELP easypost_sync_process_open_fds Open file descriptors.\n"
+                         "# TYPE easypost_sync_process_open_fds gauge\n"
+                         "easypost_sync_process_open_fds %u\n",
+                      ops_rss_bytes(), ops_open_fds());
+}
+
+static void
+metrics_cb(struct evhttp_request *req, void *arg)
+{
+        struct app *a = arg;
+        struct strbuf b = { 0 };
+        struct evbuffer *out;
+
+        if (!only_get(req, EP_METRICS))
+                return;
+        ops_render_metrics(a, &b);
+        out = evbuffer_new();
+        evbuffer_add(out, b.data, b.len);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                          "text/plain; version=0.0.4; charset=utf-8");
+        metrics_request(EP_METRICS, 200);
+        evhttp_send_reply(req, 200, "OK", out);
+        evbuffer_free(out);
+        strbuf_free(&b);
+}
+
+void
+ops_register(struct evhttp *h, struct app *a)
+{
+        evhttp_set_cb(h, "/healthz", healthz_cb, a);
+        evhttp_set_cb(h, "/readyz", readyz_cb, a);
+        evhttp_set_cb(h, "/metrics", metrics_cb, a);
+}

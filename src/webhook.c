@@ -1,0 +1,212 @@
+/*
+ * webhook.c - the webhook handler and its deferred replies.
+ *
+ * A request that passes every check becomes a wh_item (an ingest_item with
+ * the request and a deadline timer). Exactly one of two things answers it:
+ * ingest's done callback (committed -> 200, or 503) or the deadline (503,
+ * after copying the body, which until then is borrowed from the request).
+ * The item is freed only by done, so a late commit never touches freed memory.
+ */
+#include "webhook.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "app.h"
+#include "epevent.h"
+#include "http.h"
+#include "ingest.h"
+#include "log.h"
+#include "metrics.h"
+#include "sig.h"
+
+struct wh_item {
+        struct ingest_item it; /* first: ingest hands this back */
+        struct app *app;
+        struct evhttp_request *req; /* NULL once answered */
+        struct event *deadline;
+        uint64_t t0_us;
+        char rid[24];
+};
+
+static void
+ack_latency(const struct wh_item *w)
+{
+        uint64_t us = clock_mono_us() - w->t0_us;
+
+        metrics_latency(&metrics.ack, us);
+        metrics_latency(&metrics.ack_window, us);
+}
+
+static bool
+id_is_plain(const char *s)
+{
+        for (; *s; s++)
+                if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+                      (*s >= '0' && *s <= '9') || *s == '_' || *s == '-'))
+                        return false;
+        return true;
+}
+
+static void
+reply_ok(struct wh_item *w, const char *status)
+{
+        char buf[EPEVENT_ID_MAX + 64];
+
+        if (id_is_plain(w->it.ev.id)) {
+                snprintf(buf, sizeof(buf), "{\"id\":\"%s\",\"status\":\"%s\"}", w->it.ev.id, status);
+                http_reply_json(w->req, EP_WEBHOOK, 200, buf);
+        } else {
+                json_t *o = json_pack("{s:s,s:s}", "id", w->it.ev.id, "status", status);
+                char *text = json_dumps(o, JSON_COMPACT);
+                http_reply_json(w->req, EP_WEBHOOK, 200, text);
+                free(text);
+                json_decref(o);
+        }
+}
+
+static void
+item_done(struct ingest_item *it, enum ingest_result r)
+{
+        struct wh_item *w = (struct wh_item *)it;
+
+        if (w->req) {
+                ack_latency(w);
+                if (r == INGEST_UNAVAILABLE) {
+                        log_warn_req("webhook", w->rid, "503 event %s not committed", it->ev.id);
+                        http_reply_error(w->req, EP_WEBHOOK, 503, "database unavailable, retry");
+                } else {
+                        log_debug_req("webhook", w->rid, "200 event %s %s", it->ev.id, it->status);
+                        reply_ok(w, r == INGEST_DUPLICATE ? "duplicate" : "stored");
+                }
+                w->req = NULL;
+        }
+        event_free(w->deadline);
+        epevent_fini(&it->ev);
+        free(it->owned_body);
+        free(it->dead_error);
+        free(w);
+}
+
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct wh_item *w = arg;
+
+        (void)fd;
+        (void)what;
+        if (w->req == NULL)
+                return;
+        ingest_item_detach(&w->it); /* the reply frees the request and its body */
+        ack_latency(w);
+        log_warn_req("webhook", w->rid, "503 event %s: no commit within request_timeout",
+                     w->it.ev.id);
+        http_reply_error(w->req, EP_WEBHOOK, 503, "commit timeout, retry");
+        w->req = NULL;
+}
+
+static bool
+is_json_type(const char *ct)
+{
+        static const char want[] = "application/json";
+
+        if (ct == NULL)
+                return false;
+        while (*ct == ' ')
+                ct++;
+        if (strncasecmp(ct, want, sizeof(want) - 1) != 0)
+                return false;
+        ct += sizeof(want) - 1;
+        return *ct == '\0' || *ct == ';' || *ct == ' ';
+}
+
+static void
+reject(struct app *a, struct evhttp_request *req, const char *rid, int code, const char *msg)
+{
+        (void)a;
+        log_info_req("webhook", rid, "%d %s", code, msg);
+        http_reply_error(req, EP_WEBHOOK, code, msg);
+}
+
+void
+webhook_cb(struct evhttp_request *req, void *arg)
+{
+        struct app *a = arg;
+        struct evkeyvalq *hdrs = evhttp_request_get_input_headers(req);
+        struct err e;
+        char rid[24];
+        uint64_t t0 = clock_mono_us();
+
+        snprintf(rid, sizeof(rid), "%llx", (unsigned long long)++a->next_rid);
+        if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+                evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+                reject(a, req, rid, 405, "method not allowed: POST only");
+                return;
+        }
+        if (!is_json_type(evhttp_find_header(hdrs, "Content-Type"))) {
+                reject(a, req, rid, 415, "content type must be application/json");
+                return;
+        }
+        if (a->basic_auth) {
+                const char *got = evhttp_find_header(hdrs, "Authorization");
+                size_t n = strlen(a->basic_auth);
+                if (got == NULL || strlen(got) != n || CRYPTO_memcmp(got, a->basic_auth, n) != 0) {
+                        metrics.rejected_auth++;
+                        evhttp_add_header(evhttp_request_get_output_headers(req),
+                                          "WWW-Authenticate", "Basic realm=\"easypost-sync\"");
+                        reject(a, req, rid, 401, "basic auth required");
+                        return;
+                }
+        }
+        struct evbuffer *in = evhttp_request_get_input_buffer(req);
+        size_t len = evbuffer_get_length(in);
+        const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+        size_t slot = 0;
+        if (sig_verify(a->keys, evhttp_find_header(hdrs, "X-Hmac-Signature"), body, len, &slot,
+                       &e) != 0) {
+                metrics.rejected_sig++;
+                reject(a, req, rid, 401, e.msg);
+                return;
+        }
+        metrics.sig_matches[slot]++;
+
+        struct wh_item *w = xcalloc(1, sizeof(*w));
+        if (epevent_parse(body, len, &w->it.ev, &e) != 0) {
+                free(w);
+                metrics.rejected_parse++;
+                reject(a, req, rid, 400, e.msg);
+                return;
+        }
+        if (a->state != APP_RUNNING || !ingest_has_room(a->ingest) || !ingest_db_up(a->ingest)) {
+                const char *why = a->state != APP_RUNNING ? "shutting down"
+                                  : !ingest_db_up(a->ingest) ? "database unavailable"
+                                                             : "queue full";
+                log_warn_req("webhook", rid, "503 event %s: %s", w->it.ev.id, why);
+                http_reply_error(req, EP_WEBHOOK, 503, why);
+                epevent_fini(&w->it.ev);
+                free(w);
+                return;
+        }
+        w->app = a;
+        w->req = req;
+        w->t0_us = t0;
+        memcpy(w->rid, rid, sizeof(rid));
+        w->it.body = body;
+        w->it.len = len;
+        w->it.source = INGEST_WEBHOOK;
+        w->it.done = item_done;
+        w->it.t_submit_us = t0;
+        uuid7_next_str(&a->uuid, w->it.uuid);
+        struct timeval tv = { a->cfg->request_timeout, 0 };
+        w->deadline = evtimer_new(a->base, deadline_cb, w);
+        evtimer_add(w->deadline, &tv);
+        ingest_submit(a->ingest, &w->it);
+}

@@ -1,0 +1,141 @@
+/* check_epevent.c - Event validation on fixtures and on hostile documents. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "epevent.h"
+#include "testutil.h"
+
+static int
+parse(const char *s, struct epevent *ev)
+{
+        struct err e;
+        int rc = epevent_parse(s, strlen(s), ev, &e);
+        if (rc == 0)
+                return 0;
+        return -1;
+}
+
+START_TEST(test_fixture_events)
+{
+        SKIP_WITHOUT_FIXTURES();
+        static const struct {
+                const char *file, *desc, *object;
+        } cases[] = {
+                { "hmac_body_tracker_updated.json", "tracker.updated", "trk_1" },
+                { "hmac_body_batch_created.json", "batch.created", NULL },
+                { "event_tracker_updated_delivered_docs.json", "tracker.updated", "trk_..." },
+                { "event_tracker_created_thirdparty.json", "tracker.created",
+                  "trk_117dee57e33d40c8892c29a3f2fee617" },
+                { "event_batch_created_docs.json", "batch.created", NULL },
+                { "event_batch_updated_docs.json", "batch.updated", NULL },
+                { "event_scan_form_created_docs.json", "scan_form.created", NULL },
+                { "event_retrieve.json", "batch.created", "" },
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                size_t len;
+                char *body = fixture_read(cases[i].file, &len);
+                struct epevent ev;
+                struct err e;
+                ck_assert_msg(epevent_parse(body, len, &ev, &e) == 0, "%s: %s", cases[i].file, e.msg);
+                ck_assert_str_eq(ev.description, cases[i].desc);
+                ck_assert_msg(strncmp(ev.id, "evt_", 4) == 0, "%s", cases[i].file);
+                if (cases[i].object)
+                        ck_assert_str_eq(ev.object_id, cases[i].object);
+                ck_assert(!ev.has_nul);
+                epevent_fini(&ev);
+                free(body);
+        }
+}
+END_TEST
+
+START_TEST(test_rejects)
+{
+        static const char *const bad[] = {
+                "",
+                "[]",
+                "\"Event\"",
+                "{",
+                "{\"object\":\"Event\",\"description\":\"x\"}",
+                "{\"object\":\"Event\",\"id\":5,\"description\":\"x\"}",
+                "{\"object\":\"Event\",\"id\":\"\",\"description\":\"x\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\"}",
+                "{\"object\":\"Tracker\",\"id\":\"evt_1\",\"description\":\"x\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"id\":\"evt_2\",\"description\":\"x\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_\\u0000\",\"description\":\"x\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"n\":1e999999}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"n\":123456789012345678901234567890}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"\xff\xfe\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"s\":\"\\ud800\"}",
+        };
+        struct epevent ev;
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                ck_assert_msg(parse(bad[i], &ev) != 0, "accepted case %zu", i);
+        /* deep nesting */
+        size_t depth = 10000;
+        char *deep = malloc(depth * 2 + 100);
+        size_t k = (size_t)sprintf(deep, "{\"object\":\"Event\",\"id\":\"e\",\"description\":\"d\",\"x\":");
+        for (size_t i = 0; i < depth; i++)
+                deep[k++] = '[';
+        for (size_t i = 0; i < depth; i++)
+                deep[k++] = ']';
+        deep[k++] = '}';
+        deep[k] = '\0';
+        ck_assert_int_ne(parse(deep, &ev), 0);
+        free(deep);
+}
+END_TEST
+
+START_TEST(test_nul_and_fields)
+{
+        struct epevent ev;
+        const char *doc = "{\"object\":\"Event\",\"id\":\"evt_9\",\"description\":\"tracker.updated\","
+                          "\"mode\":\"test\",\"created_at\":\"2024-02-29T10:00:00.123Z\","
+                          "\"result\":{\"id\":\"trk_9\",\"m\":\"a\\u0000b\"}}";
+
+        ck_assert_int_eq(parse(doc, &ev), 0);
+        ck_assert_str_eq(ev.id, "evt_9");
+        ck_assert_str_eq(ev.mode, "test");
+        ck_assert_str_eq(ev.object_id, "trk_9");
+        ck_assert_str_eq(ev.created_at, "2024-02-29T10:00:00.123Z");
+        ck_assert(ev.has_nul);
+        ck_assert_ptr_nonnull(strstr(ev.clean, "\"ab\""));
+        epevent_fini(&ev);
+        /* escaped backslash followed by u0000 text is not a NUL */
+        const char *doc2 = "{\"object\":\"Event\",\"id\":\"evt_9\",\"description\":\"d\","
+                           "\"result\":null,\"m\":\"\\\\u0000\"}";
+        ck_assert_int_eq(parse(doc2, &ev), 0);
+        ck_assert(!ev.has_nul);
+        ck_assert_str_eq(ev.object_id, "");
+        epevent_fini(&ev);
+}
+END_TEST
+
+START_TEST(test_times)
+{
+        ck_assert(epevent_valid_time("2014-11-19T10:51:54Z"));
+        ck_assert(epevent_valid_time("2025-03-06T19:48:05.456Z"));
+        ck_assert(epevent_valid_time("2025-03-06T19:48:05+02:00"));
+        ck_assert(epevent_valid_time("2025-03-06T19:48:05"));
+        ck_assert(!epevent_valid_time("2023-02-29T00:00:00Z"));
+        ck_assert(!epevent_valid_time("2023-13-01T00:00:00Z"));
+        ck_assert(!epevent_valid_time("yesterday"));
+        ck_assert(!epevent_valid_time("2023-01-01T00:00:00Zjunk"));
+}
+END_TEST
+
+Suite *
+epevent_suite(void)
+{
+        Suite *s = suite_create("epevent");
+        TCase *tc = tcase_create("core");
+
+        tcase_set_timeout(tc, 20);
+        tcase_add_test(tc, test_fixture_events);
+        tcase_add_test(tc, test_rejects);
+        tcase_add_test(tc, test_nul_and_fields);
+        tcase_add_test(tc, test_times);
+        suite_add_tcase(s, tc);
+        return s;
+}
