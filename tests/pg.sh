@@ -1,1 +1,71 @@
 #!/bin/sh
+# pg.sh - a throwaway or project-local PostgreSQL cluster, no root needed by
+# the cluster itself. PostgreSQL refuses to run as root, so as root the
+# cluster runs as the `postgres` user (or `easypost-sync`, created if needed).
+#
+#   pg.sh start DIR [PORT]   initdb into DIR/data if empty, start, socket in DIR
+#   pg.sh stop DIR [MODE]    stop (mode: fast | immediate)
+#   pg.sh conninfo DIR [PORT] [DB]
+set -eu
+
+cmd=${1:?usage: pg.sh start|stop|conninfo DIR}
+dir=${2:?missing DIR}
+port=${3:-54329}
+
+bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -x "$bindir/initdb" ] || { echo "pg.sh: PostgreSQL server not found (apt-get install postgresql)" >&2; exit 1; }
+
+pg_user() {
+        if [ "$(id -u)" != 0 ]; then
+                id -un
+        elif id postgres >/dev/null 2>&1; then
+                echo postgres
+        else
+                id easypost-sync >/dev/null 2>&1 || useradd --system --no-create-home easypost-sync
+                echo easypost-sync
+        fi
+}
+
+as_pg() {
+        if [ "$(id -u)" = 0 ]; then
+                runuser -u "$(pg_user)" -- "$@"
+        else
+                "$@"
+        fi
+}
+
+case "$cmd" in
+start)
+        mkdir -p "$dir"
+        dir=$(cd "$dir" && pwd)
+        [ "$(id -u)" = 0 ] && chown "$(pg_user)" "$dir"
+        if [ ! -f "$dir/data/PG_VERSION" ]; then
+                as_pg "$bindir/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 \
+                        --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+                        { cat "$dir/initdb.log" >&2; exit 1; }
+        fi
+        as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+                -o "-k $dir -c listen_addresses='' -p $port -c max_connections=200 -c fsync=${PG_FSYNC:-on}" \
+                start >/dev/null ||
+                { tail -n 20 "$dir/postgres.log" >&2; exit 1; }
+        ;;
+stop)
+        dir=$(cd "$dir" && pwd)
+        as_pg "$bindir/pg_ctl" -D "$dir/data" -m "${4:-${3:-fast}}" -w stop >/dev/null 2>&1 || true
+        ;;
+conninfo)
+        dir=$(cd "$dir" && pwd)
+        echo "host=$dir port=$port user=postgres dbname=${4:-easypost_sync}"
+        ;;
+createdb)
+        dir=$(cd "$dir" && pwd)
+        db=${4:-easypost_sync}
+        "$bindir/psql" -qAt -h "$dir" -p "$port" -U postgres -d postgres \
+                -c "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+                "$bindir/createdb" -h "$dir" -p "$port" -U postgres "$db"
+        ;;
+*)
+        echo "pg.sh: unknown command $cmd" >&2
+        exit 2
+        ;;
+esac

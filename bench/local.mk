@@ -1,0 +1,1 @@
+# bench/local.mk - benchmark programs (included by Makefile.am)

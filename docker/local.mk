@@ -1,0 +1,1 @@
+# docker/local.mk - packaging files (included by Makefile.am)

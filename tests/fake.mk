@@ -1,0 +1,1 @@
+# tests/fake.mk - the fake EasyPost API (included by Makefile.am)
