@@ -1,1 +1,287 @@
+/*
+ * check_ingest.c - the webhook path end to end: real daemon, real PostgreSQL.
+ * Fixtures stored byte for byte, every refusal with nothing stored, duplicates
+ * stored once, 2,000 events from 32 clients, PostgreSQL outages.
+ */
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "itest.h"
+#include "util.h"
+
+static struct daemon dm;
+
+static void
+up(void)
+{
+        const char *env[] = { "EASYPOST_SYNC_MAX_BODY_BYTES=65536", NULL };
+        ck_assert_int_eq(daemon_start(&dm, env), 0);
+}
+
+static void
+down(void)
+{
+        ck_assert_int_eq(daemon_stop(&dm, SIGTERM), 0);
+}
+
+static long
+rows_for(PGconn *c, const char *event_id)
+{
+        return db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = $1", event_id);
+}
+
+START_TEST(test_fixtures_stored_byte_exact)
+{
+        SKIP_WITHOUT_FIXTURES();
+        static const char *const files[] = {
+                "hmac_body_tracker_updated.json", "hmac_body_tracker_updated_weight136.json",
+                "hmac_body_batch_created.json", "event_tracker_updated_delivered_docs.json",
+                "event_tracker_created_thirdparty.json", "event_batch_created_docs.json",
+                "event_batch_updated_docs.json", "event_scan_form_created_docs.json",
+                "event_retrieve.json",
+        };
+        PGconn *c = db_open();
+        char resp[512];
+
+        for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+                size_t len;
+                char *body = fixture_read(files[i], &len);
+                /* fixtures share ids ("evt_..."): each starts from a clean slate */
+                json_t *doc = json_loadb(body, len, 0, NULL);
+                ck_assert_ptr_nonnull(doc);
+                struct { char id[80]; } ev;
+                snprintf(ev.id, sizeof(ev.id), "%s", json_string_value(json_object_get(doc, "id")));
+                json_decref(doc);
+                const char *pv[1] = { ev.id };
+                PQclear(PQexecParams(c, "DELETE FROM webhook_events WHERE event_id = $1", 1, NULL,
+                                     pv, NULL, NULL, 0));
+                int st = post_event(dm.port, body, len, resp, sizeof(resp));
+                ck_assert_msg(st == 200, "%s: %d %s", files[i], st, resp);
+                ck_assert_msg(strstr(resp, "\"stored\"") != NULL, "%s: %s", files[i], resp);
+                PGresult *r = PQexecParams(c,
+                                           "SELECT raw, body IS NOT NULL, source, "
+                                           "id::text ~ '^[0-9a-f]{8}-[0-9a-f]{4}-7' "
+                                           "FROM webhook_events WHERE event_id = $1",
+                                           1, NULL, pv, NULL, NULL, 0);
+                ck_assert_int_eq(PQntuples(r), 1);
+                ck_assert_uint_eq((size_t)PQgetlength(r, 0, 0), len);
+                ck_assert_msg(memcmp(PQgetvalue(r, 0, 0), body, len) == 0, "%s not byte-exact",
+                              files[i]);
+                ck_assert_str_eq(PQgetvalue(r, 0, 1), "t");
+                ck_assert_str_eq(PQgetvalue(r, 0, 2), "webhook");
+                ck_assert_str_eq(PQgetvalue(r, 0, 3), "t"); /* UUID v7 key */
+                PQclear(r);
+                free(body);
+        }
+        PQfinish(c);
+}
+END_TEST
+
+/* The official vector: the signature EasyPost computed verifies here. */
+START_TEST(test_official_signature_end_to_end)
+{
+        SKIP_WITHOUT_FIXTURES();
+        size_t len;
+        char *body = fixture_read("hmac_body_tracker_updated.json", &len);
+        const char *h[] = { "Content-Type: application/json",
+                            "X-Hmac-Signature: hmac-sha256-hex="
+                            "38f3f53c103713df81616a0a186d77141957323ec21d5fe9363db93840f527db",
+                            NULL };
+        int st = http_req(dm.port, "POST", "/webhooks/easypost", h, body, len, NULL, 0);
+        ck_assert_int_eq(st, 200);
+        body[100] ^= 1;
+        st = http_req(dm.port, "POST", "/webhooks/easypost", h, body, len, NULL, 0);
+        ck_assert_int_eq(st, 401);
+        free(body);
+}
+END_TEST
+
+/* Each refusal: its status, a JSON error body, and no row. */
+START_TEST(test_error_statuses_store_nothing)
+{
+        PGconn *c = db_open();
+        char *good = make_event("evt_err_1", "tracker.updated", "{\"id\":\"trk_e1\"}");
+        char sig[81], sighdr[120], resp[512];
+        sign_body(ITEST_SECRET, good, strlen(good), sig);
+        snprintf(sighdr, sizeof(sighdr), "X-Hmac-Signature: %s", sig);
+        const char *json_signed[] = { "Content-Type: application/json", sighdr, NULL };
+        const char *text_signed[] = { "Content-Type: text/plain", sighdr, NULL };
+        const char *no_sig[] = { "Content-Type: application/json", NULL };
+        const char *bad_sig[] = { "Content-Type: application/json",
+                                  "X-Hmac-Signature: hmac-sha256-hex=00", NULL };
+
+        ck_assert_int_eq(http_req(dm.port, "GET", "/webhooks/easypost", NULL, NULL, 0, resp,
+                                  sizeof(resp)), 405);
+        ck_assert_ptr_nonnull(strstr(resp, "\"error\""));
+        ck_assert_int_eq(http_req(dm.port, "POST", "/webhooks/nope", json_signed, good,
+                                  strlen(good), resp, sizeof(resp)), 404);
+        ck_assert_ptr_nonnull(strstr(resp, "\"error\""));
+        ck_assert_int_eq(http_req(dm.port, "POST", "/webhooks/easypost", text_signed, good,
+                                  strlen(good), resp, sizeof(resp)), 415);
+        ck_assert_int_eq(http_req(dm.port, "POST", "/webhooks/easypost", no_sig, good,
+                                  strlen(good), resp, sizeof(resp)), 401);
+        ck_assert_ptr_nonnull(strstr(resp, "\"error\""));
+        ck_assert_int_eq(http_req(dm.port, "POST", "/webhooks/easypost", bad_sig, good,
+                                  strlen(good), resp, sizeof(resp)), 401);
+        /* over the limit (64 KiB for this daemon) */
+        size_t big = 65537;
+        char *huge = xmalloc(big);
+        memset(huge, ' ', big);
+        memcpy(huge, good, strlen(good));
+        ck_assert_int_eq(http_req(dm.port, "POST", "/webhooks/easypost", json_signed, huge, big,
+                                  NULL, 0), 413);
+        free(huge);
+        /* signed, but not an Event: 400 */
+        static const char *const not_events[] = {
+                "not json", "[1,2]", "{\"id\":\"evt_err_1\",\"object\":\"Tracker\",\"description\":\"x\"}",
+                "{\"id\":12,\"object\":\"Event\",\"description\":\"x\"}",
+                "{\"id\":\"evt_err_1\",\"object\":\"Event\"}",
+        };
+        for (size_t i = 0; i < sizeof(not_events) / sizeof(not_events[0]); i++) {
+                ck_assert_int_eq(post_event(dm.port, not_events[i], strlen(not_events[i]), resp,
+                                            sizeof(resp)), 400);
+                ck_assert_ptr_nonnull(strstr(resp, "\"error\""));
+        }
+        ck_assert_int_eq(rows_for(c, "evt_err_1"), 0);
+        /* and the same event, correctly sent, is stored */
+        ck_assert_int_eq(http_req(dm.port, "POST", "/webhooks/easypost", json_signed, good,
+                                  strlen(good), resp, sizeof(resp)), 200);
+        ck_assert_int_eq(rows_for(c, "evt_err_1"), 1);
+        free(good);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_same_event_20_concurrently)
+{
+        PGconn *c = db_open();
+        char *body = make_event("evt_dup_20", "tracker.updated", "{\"id\":\"trk_d20\"}");
+        char *bodies[20];
+        size_t lens[20];
+        int st[20];
+
+        for (int i = 0; i < 20; i++) {
+                bodies[i] = body;
+                lens[i] = strlen(body);
+        }
+        post_many(dm.port, bodies, lens, 20, 20, st);
+        for (int i = 0; i < 20; i++)
+                ck_assert_int_eq(st[i], 200);
+        ck_assert_int_eq(rows_for(c, "evt_dup_20"), 1);
+        free(body);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_2000_events_32_clients)
+{
+        enum { N = 2000 };
+        PGconn *c = db_open();
+        char **bodies = xcalloc(N, sizeof(char *));
+        size_t *lens = xcalloc(N, sizeof(size_t));
+        int *st = xcalloc(N, sizeof(int));
+        char id[64];
+
+        db_exec(c, "DELETE FROM webhook_events WHERE event_id LIKE 'evt_load_%'");
+        for (int i = 0; i < N; i++) {
+                snprintf(id, sizeof(id), "evt_load_%05d", i);
+                bodies[i] = make_event(id, "tracker.updated", "{\"id\":\"trk_load\"}");
+                lens[i] = strlen(bodies[i]);
+        }
+        uint64_t t0 = clock_mono_us();
+        post_many(dm.port, bodies, lens, N, 32, st);
+        double secs = (double)(clock_mono_us() - t0) / 1e6;
+        long ok = 0;
+        for (int i = 0; i < N; i++) {
+                ok += st[i] == 200;
+                if (st[i] == 200) {
+                        snprintf(id, sizeof(id), "evt_load_%05d", i);
+                        ck_assert_msg(rows_for(c, id) == 1, "%s answered 200 but not stored", id);
+                }
+        }
+        ck_assert_int_eq(ok, N);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE "
+                                    "'evt_load_%'", NULL), N);
+        fprintf(stderr, "2000 events from 32 clients: %.0f events/s (%.2f s)\n", N / secs, secs);
+        for (int i = 0; i < N; i++)
+                free(bodies[i]);
+        free(bodies);
+        free(lens);
+        free(st);
+        PQfinish(c);
+}
+END_TEST
+
+/* PostgreSQL stopped under a running daemon: 503; back: 200, same process. */
+START_TEST(test_db_outage_and_recovery)
+{
+        char *b1 = make_event("evt_outage_1", "tracker.updated", NULL);
+        char *b2 = make_event("evt_outage_2", "tracker.updated", NULL);
+        char resp[256];
+        pid_t pid = dm.pid;
+
+        ck_assert_int_eq(post_event(dm.port, b1, strlen(b1), resp, sizeof(resp)), 200);
+        pg_ctl("stop");
+        ck_assert_int_eq(post_event(dm.port, b2, strlen(b2), resp, sizeof(resp)), 503);
+        ck_assert(wait_status(dm.port, "/readyz", 503, 10000));
+        pg_ctl("start");
+        uint64_t end = clock_mono_us() + 20000000u;
+        int st = 0;
+        while (clock_mono_us() < end &&
+               (st = post_event(dm.port, b2, strlen(b2), resp, sizeof(resp))) != 200)
+                ck_assert_int_eq(st, 503);
+        ck_assert_int_eq(st, 200);
+        ck_assert_int_eq(kill(pid, 0), 0); /* no restart needed */
+        PGconn *c = db_open();
+        ck_assert_int_eq(rows_for(c, "evt_outage_2"), 1);
+        PQfinish(c);
+        free(b1);
+        free(b2);
+}
+END_TEST
+
+/* Started while PostgreSQL is down: alive, 503, then 200 once it is up. */
+START_TEST(test_db_down_at_start)
+{
+        struct daemon d2;
+        char *b = make_event("evt_late_db", "tracker.updated", NULL);
+        char resp[256];
+
+        pg_ctl("stop");
+        ck_assert_int_eq(daemon_start(&d2, NULL), 0);
+        ck_assert_int_eq(post_event(d2.port, b, strlen(b), resp, sizeof(resp)), 503);
+        ck_assert_ptr_nonnull(strstr(resp, "\"error\""));
+        pg_ctl("start");
+        ck_assert(wait_status(d2.port, "/readyz", 200, 20000));
+        ck_assert_int_eq(post_event(d2.port, b, strlen(b), resp, sizeof(resp)), 200);
+        ck_assert_int_eq(daemon_stop(&d2, SIGTERM), 0);
+        free(b);
+}
+END_TEST
+
+Suite *
+ingest_suite(void)
+{
+        Suite *s = suite_create("ingest");
+        TCase *tc = tcase_create("webhook");
+        TCase *out = tcase_create("outage");
+
+        tcase_set_timeout(tc, 120);
+        tcase_add_unchecked_fixture(tc, up, down);
+        tcase_add_test(tc, test_fixtures_stored_byte_exact);
+        tcase_add_test(tc, test_official_signature_end_to_end);
+        tcase_add_test(tc, test_error_statuses_store_nothing);
+        tcase_add_test(tc, test_same_event_20_concurrently);
+        tcase_add_test(tc, test_2000_events_32_clients);
+        suite_add_tcase(s, tc);
+
+        tcase_set_timeout(out, 120);
+        tcase_add_unchecked_fixture(out, up, down);
+        tcase_add_test(out, test_db_outage_and_recovery);
+        tcase_add_test(out, test_db_down_at_start);
+        suite_add_tcase(s, out);
+        return s;
+}

@@ -5,6 +5,8 @@
 #
 #   pg.sh start DIR [PORT]   initdb into DIR/data if empty, start, socket in DIR
 #   pg.sh stop DIR [MODE]    stop (mode: fast | immediate)
+#   pg.sh status DIR         exit 0 when running
+#   pg.sh createdb DIR PORT DB
 #   pg.sh conninfo DIR [PORT] [DB]
 set -eu
 
@@ -38,7 +40,14 @@ case "$cmd" in
 start)
         mkdir -p "$dir"
         dir=$(cd "$dir" && pwd)
-        [ "$(id -u)" = 0 ] && chown "$(pg_user)" "$dir"
+        if [ "$(id -u)" = 0 ]; then
+                chown "$(pg_user)" "$dir"
+                as_pg test -w "$dir" || {
+                        echo "pg.sh: user $(pg_user) cannot reach $dir (a parent directory is private);" \
+                                "choose a data directory it can reach (EPS_PG_DIR=...)" >&2
+                        exit 1
+                }
+        fi
         if [ ! -f "$dir/data/PG_VERSION" ]; then
                 as_pg "$bindir/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 \
                         --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
@@ -52,6 +61,10 @@ start)
 stop)
         dir=$(cd "$dir" && pwd)
         as_pg "$bindir/pg_ctl" -D "$dir/data" -m "${4:-${3:-fast}}" -w stop >/dev/null 2>&1 || true
+        ;;
+status)
+        [ -f "$dir/data/PG_VERSION" ] || exit 3
+        as_pg "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1
         ;;
 conninfo)
         dir=$(cd "$dir" && pwd)

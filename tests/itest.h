@@ -1,0 +1,55 @@
+/*
+ * itest.h - integration-test helpers: the real daemon as a child process,
+ * HTTP through libcurl, checks through blocking libpq, PostgreSQL control
+ * through tests/pg.sh. Needs TEST_PG_CONNINFO (set by tests/integration.sh).
+ */
+#ifndef EPS_ITEST_H
+#define EPS_ITEST_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "testutil.h"
+
+#define ITEST_SECRET "s\xc3\xa9" "cret" /* the official vectors' secret, NFKD-normalised by the daemon */
+
+struct daemon {
+        pid_t pid;
+        unsigned port;
+        char log[512];
+};
+
+/* Starts easypost-syncd with DATABASE_URL, the test secret, a free port and
+ * extra "NAME=value" settings (NULL-terminated, may be NULL); waits until
+ * /healthz answers. Returns 0 on success. */
+int daemon_start(struct daemon *d, const char *const *extra_env);
+/* Sends sig and waits for exit; returns the exit status (or -1 if killed). */
+int daemon_stop(struct daemon *d, int sig);
+/* Polls GET path until it answers want (bounded by timeout_ms); true if it did. */
+bool wait_status(unsigned port, const char *path, int want, int timeout_ms);
+
+/* One HTTP request; returns the status (0 on transport error). resp may be NULL. */
+int http_req(unsigned port, const char *method, const char *path, const char *const *headers,
+             const void *body, size_t len, char *resp, size_t cap);
+/* Signed POST of body to the webhook path; returns status. */
+int post_event(unsigned port, const char *body, size_t len, char *resp, size_t cap);
+void sign_body(const char *secret, const void *body, size_t len, char out[81]);
+
+/* Sends n signed bodies with `conc` requests in flight; statuses[i] filled. */
+void post_many(unsigned port, char **bodies, const size_t *lens, size_t n, unsigned conc,
+               int *statuses);
+
+/* Makes a small valid Event body; caller frees. */
+char *make_event(const char *id, const char *description, const char *result_json);
+
+PGconn *db_open(void);
+long db_long(PGconn *c, const char *sql, const char *param);
+void db_exec(PGconn *c, const char *sql);
+/* PostgreSQL control: "stop", "start", "stop-immediate". */
+void pg_ctl(const char *what);
+
+Suite *ingest_suite(void);
+
+#endif
