@@ -11,7 +11,7 @@
 #include "util.h"
 
 /* Highest migration this build expects; the daemon's readiness checks it. */
-#define DB_SCHEMA_VERSION 1
+#define DB_SCHEMA_VERSION 2
 
 /* Applies pending migrations from dir. *applied = how many ran now. A file
  * that was applied with a different checksum is refused (0 on success). */
@@ -21,5 +21,12 @@ MUST_CHECK int db_migrate_run(const char *conninfo, const char *dir, int *applie
 /* The migrations directory: configured, else the source tree's, else the
  * installed one. Returns a borrowed static string or the configured value. */
 const char *db_migrate_dir(const char *configured);
+
+/* --replay: re-runs the projection of stored events through eps_replay(),
+ * each in its own transaction. what = "failed" (every failed event) or an
+ * EasyPost event id. Counts the outcomes; -1 with err if the database or the
+ * selection failed, or when an event id is unknown. */
+MUST_CHECK int db_replay_run(const char *conninfo, const char *what, long *projected,
+                             long *failed, struct err *e);
 
 #endif

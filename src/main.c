@@ -25,6 +25,7 @@ usage(FILE *f)
                 "  -c, --config FILE   configuration file (INI style: key = value)\n"
                 "  --migrate           apply pending migrations from sql/ and exit\n"
                 "  --check-config      validate the configuration and exit\n"
+                "  --replay failed|ID  re-run the projection of failed events (or one event) and exit\n"
                 "  --KEY=VALUE         set any non-secret key (e.g. --listen=127.0.0.1:9000)\n"
                 "  --version           print the version and exit\n"
                 "  --help              this text; the keys are listed below\n"
@@ -44,6 +45,7 @@ main(int argc, char **argv)
 {
         const char *cfg_path = NULL;
         bool migrate = false, check = false;
+        const char *replay = NULL;
         char **overrides = calloc((size_t)argc, sizeof(char *));
         size_t nover = 0;
         struct err e = { 0 };
@@ -64,6 +66,12 @@ main(int argc, char **argv)
                         cfg_path = a + 9;
                 } else if (strcmp(a, "--migrate") == 0) {
                         migrate = true;
+                } else if (strcmp(a, "--replay") == 0) {
+                        if (++i == argc) {
+                                fprintf(stderr, "easypost-syncd: --replay needs \"failed\" or an event id\n");
+                                goto out;
+                        }
+                        replay = argv[i];
                 } else if (strcmp(a, "--check-config") == 0) {
                         check = true;
                 } else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
@@ -83,7 +91,7 @@ main(int argc, char **argv)
         }
 
         cfg = cfg_load(cfg_path, environ, overrides, nover, &e);
-        if (cfg == NULL || cfg_validate(cfg, migrate ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
+        if (cfg == NULL || cfg_validate(cfg, migrate || replay ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
                 fprintf(stderr, "easypost-syncd: configuration: %s\n", e.msg);
                 cfg_free(cfg);
                 goto out;
@@ -96,6 +104,18 @@ main(int argc, char **argv)
         }
         log_configure((enum log_level)log_level_parse(cfg->log_level),
                       (enum log_format)log_format_parse(cfg->log_format));
+        if (replay) {
+                long ok = 0, bad = 0;
+                if (db_replay_run(cfg->database_url, replay, &ok, &bad, &e) != 0) {
+                        log_err("replay", "%s", e.msg);
+                } else {
+                        log_info("replay", "%ld event(s) replayed: %ld ok, %ld still failed",
+                                 ok + bad, ok, bad);
+                        rc = EXIT_SUCCESS;
+                }
+                cfg_free(cfg);
+                goto out;
+        }
         if (migrate) {
                 int applied = 0;
                 const char *dir = db_migrate_dir(cfg->sql_dir);

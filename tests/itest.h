@@ -51,5 +51,6 @@ void db_exec(PGconn *c, const char *sql);
 void pg_ctl(const char *what);
 
 Suite *ingest_suite(void);
+Suite *project_suite(void);
 
 #endif

@@ -1,0 +1,329 @@
+/*
+ * check_project.c - tracker events projected into trackers, shipments and
+ * shipment_events: fixture by fixture, out of order, repeated histories,
+ * hostile events beside good ones in one burst, dead letters and --replay.
+ */
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "itest.h"
+#include "util.h"
+
+static struct daemon dm;
+
+static void
+up(void)
+{
+        ck_assert_int_eq(daemon_start(&dm, NULL), 0);
+}
+
+static void
+down(void)
+{
+        ck_assert_int_eq(daemon_stop(&dm, SIGTERM), 0);
+}
+
+static void
+wipe(PGconn *c)
+{
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events CASCADE");
+}
+
+static long
+q1(PGconn *c, const char *sql, const char *p)
+{
+        return db_long(c, sql, p);
+}
+
+static char *
+q1s(PGconn *c, const char *sql, const char *p)
+{
+        const char *pv[1] = { p };
+        PGresult *r = PQexecParams(c, sql, p ? 1 : 0, NULL, pv, NULL, NULL, 0);
+        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s", PQerrorMessage(c));
+        char *s = PQntuples(r) ? xstrdup(PQgetvalue(r, 0, 0)) : xstrdup("<none>");
+        PQclear(r);
+        return s;
+}
+
+/* Distinct (datetime, status, message) triples of a tracker's history. */
+static long
+distinct_details(json_t *result)
+{
+        json_t *details = json_object_get(result, "tracking_details"), *d, *seen = json_object();
+        size_t i;
+
+        json_array_foreach(details, i, d) {
+                char key[600];
+                snprintf(key, sizeof(key), "%s|%s|%s",
+                         json_string_value(json_object_get(d, "datetime")),
+                         json_string_value(json_object_get(d, "status")),
+                         json_string_value(json_object_get(d, "message")));
+                json_object_set_new(seen, key, json_true());
+        }
+        long n = (long)json_object_size(seen);
+        json_decref(seen);
+        return n;
+}
+
+START_TEST(test_fixture_projection)
+{
+        SKIP_WITHOUT_FIXTURES();
+        static const char *const files[] = {
+                "event_tracker_updated_delivered_docs.json", "event_tracker_created_thirdparty.json",
+                "hmac_body_tracker_updated.json", "event_batch_created_docs.json",
+                "event_batch_updated_docs.json", "event_scan_form_created_docs.json",
+                "hmac_body_batch_created.json",
+        };
+        PGconn *c = db_open();
+        char resp[256];
+
+        for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+                size_t len;
+                char *body = fixture_read(files[i], &len);
+                json_t *doc = json_loadb(body, len, 0, NULL);
+                const char *desc = json_string_value(json_object_get(doc, "description"));
+                const char *evid = json_string_value(json_object_get(doc, "id"));
+                json_t *res = json_object_get(doc, "result");
+                bool tracker = strncmp(desc, "tracker.", 8) == 0;
+
+                wipe(c);
+                ck_assert_int_eq(post_event(dm.port, body, len, resp, sizeof(resp)), 200);
+                char *st = q1s(c, "SELECT status FROM webhook_events WHERE event_id = $1", evid);
+                ck_assert_msg(strcmp(st, tracker ? "projected" : "stored") == 0, "%s: %s", files[i], st);
+                free(st);
+                if (tracker) {
+                        const char *trk = json_string_value(json_object_get(res, "id"));
+                        ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers", NULL), 1);
+                        char *s = q1s(c, "SELECT status || '/' || coalesce(tracking_code, '') || '/' || "
+                                         "coalesce(carrier, '') FROM trackers WHERE easypost_id = $1", trk);
+                        char want[300];
+                        snprintf(want, sizeof(want), "%s/%s/%s",
+                                 json_string_value(json_object_get(res, "status")),
+                                 json_string_value(json_object_get(res, "tracking_code")),
+                                 json_string_value(json_object_get(res, "carrier")));
+                        ck_assert_str_eq(s, want);
+                        free(s);
+                        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL),
+                                         distinct_details(res));
+                        const char *shp = json_string_value(json_object_get(res, "shipment_id"));
+                        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipments", NULL), shp ? 1 : 0);
+                        if (shp) {
+                                ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipments WHERE easypost_id = $1 "
+                                                       "AND synced_at IS NULL", shp), 1);
+                                ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events e JOIN shipments s "
+                                                       "ON s.id = e.shipment_id WHERE s.easypost_id = $1", shp),
+                                                 distinct_details(res));
+                        }
+                        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events e JOIN webhook_events w "
+                                               "ON w.id = e.webhook_event_id WHERE w.event_id = $1", evid),
+                                         distinct_details(res));
+                } else {
+                        ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers", NULL), 0);
+                        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL), 0);
+                }
+                json_decref(doc);
+                free(body);
+        }
+        PQfinish(c);
+}
+END_TEST
+
+/* A tracker.updated with n history entries, updated at `updated`. */
+static char *
+tracker_event(const char *evid, const char *trk, const char *status, const char *updated, int n)
+{
+        json_t *details = json_array();
+        for (int i = 0; i < n; i++) {
+                char dt[40], msg[64];
+                snprintf(dt, sizeof(dt), "2025-01-%02dT%02d:%02d:00Z", 1 + i / 1440 % 28, i / 60 % 24, i % 60);
+                snprintf(msg, sizeof(msg), "scan %d", i);
+                json_array_append_new(details, json_pack("{s:s,s:s,s:s,s:s,s:s,s:{s:s,s:s,s:s,s:n}}",
+                        "object", "TrackingDetail", "message", msg, "status", "in_transit",
+                        "datetime", dt, "source", "USPS", "tracking_location", "city", "CHICAGO",
+                        "state", "IL", "country", "US", "zip"));
+        }
+        json_t *ev = json_pack("{s:s,s:s,s:s,s:s,s:s,s:{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}}",
+                "id", evid, "object", "Event", "description", "tracker.updated", "mode", "test",
+                "created_at", updated,
+                "result", "id", trk, "object", "Tracker", "tracking_code", "EZ42", "carrier", "USPS",
+                "status", status, "updated_at", updated, "shipment_id", "shp_ooo1",
+                "tracking_details", details);
+        char *s = json_dumps(ev, JSON_COMPACT);
+        json_decref(ev);
+        return s;
+}
+
+START_TEST(test_out_of_order_newer_wins)
+{
+        PGconn *c = db_open();
+        char *newer = tracker_event("evt_ooo_2", "trk_ooo", "delivered", "2025-01-05T10:00:00Z", 3);
+        char *older = tracker_event("evt_ooo_1", "trk_ooo", "in_transit", "2025-01-03T10:00:00Z", 2);
+
+        wipe(c);
+        ck_assert_int_eq(post_event(dm.port, newer, strlen(newer), NULL, 0), 200);
+        ck_assert_int_eq(post_event(dm.port, older, strlen(older), NULL, 0), 200);
+        char *s = q1s(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_ooo'", NULL);
+        ck_assert_str_eq(s, "delivered");
+        free(s);
+        s = q1s(c, "SELECT status FROM shipments WHERE easypost_id = 'shp_ooo1'", NULL);
+        ck_assert_str_eq(s, "delivered");
+        free(s);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL), 3);
+        free(newer);
+        free(older);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_growing_history_each_detail_once)
+{
+        PGconn *c = db_open();
+        wipe(c);
+        for (int k = 1; k <= 3; k++) {
+                char evid[32], upd[40];
+                snprintf(evid, sizeof(evid), "evt_grow_%d", k);
+                snprintf(upd, sizeof(upd), "2025-02-0%dT00:00:00Z", k);
+                char *b = tracker_event(evid, "trk_grow", "in_transit", upd, 4 * k);
+                ck_assert_int_eq(post_event(dm.port, b, strlen(b), NULL, 0), 200);
+                /* the repeated delivery changes nothing */
+                ck_assert_int_eq(post_event(dm.port, b, strlen(b), NULL, 0), 200);
+                ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL), 4 * k);
+                free(b);
+        }
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM (SELECT tracker_id, event_datetime, status, message "
+                               "FROM shipment_events GROUP BY 1, 2, 3, 4 HAVING count(*) > 1) d", NULL), 0);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events", NULL), 3);
+        PQfinish(c);
+}
+END_TEST
+
+/* Odd events sent together with good ones: every one stored, each outcome recorded. */
+START_TEST(test_hostile_events_keep_neighbours)
+{
+        enum { GOOD = 40 };
+        PGconn *c = db_open();
+        char *bodies[GOOD + 5];
+        size_t lens[GOOD + 5];
+        int st[GOOD + 5];
+        size_t n = 0;
+
+        wipe(c);
+        for (int i = 0; i < GOOD; i++) {
+                char evid[32], trk[32];
+                snprintf(evid, sizeof(evid), "evt_nb_%02d", i);
+                snprintf(trk, sizeof(trk), "trk_nb_%02d", i);
+                bodies[n++] = tracker_event(evid, trk, "in_transit", "2025-03-01T00:00:00Z", 2);
+        }
+        bodies[n++] = xstrdup("{\"id\":\"evt_nul\",\"object\":\"Event\",\"description\":\"tracker.updated\","
+                              "\"result\":{\"id\":\"trk_nul\",\"object\":\"Tracker\",\"status\":\"in_transit\","
+                              "\"updated_at\":\"2025-03-01T00:00:00Z\",\"tracking_details\":[{\"message\":"
+                              "\"bad\\u0000byte\",\"status\":\"in_transit\",\"datetime\":\"2025-03-01T00:00:00Z\"}]}}");
+        bodies[n++] = tracker_event("evt_big", "trk_big", "in_transit", "2025-03-02T00:00:00Z", 5000);
+        bodies[n++] = xstrdup("{\"id\":\"evt_unknown\",\"object\":\"Event\",\"description\":\"claims.whatever\","
+                              "\"result\":{\"id\":\"clm_1\"}}");
+        bodies[n++] = xstrdup("{\"id\":\"evt_nullres\",\"object\":\"Event\",\"description\":\"tracker.updated\","
+                              "\"result\":null}");
+        /* a date PostgreSQL refuses inside the projection: the poison event */
+        bodies[n++] = xstrdup("{\"id\":\"evt_poison\",\"object\":\"Event\",\"description\":\"tracker.updated\","
+                              "\"result\":{\"id\":\"trk_poison\",\"object\":\"Tracker\",\"status\":\"in_transit\","
+                              "\"updated_at\":\"2025-02-30T00:00:00Z\",\"tracking_details\":[]}}");
+        for (size_t i = 0; i < n; i++)
+                lens[i] = strlen(bodies[i]);
+        post_many(dm.port, bodies, lens, n, (unsigned)n, st);
+        for (size_t i = 0; i < n; i++)
+                ck_assert_msg(st[i] == 200, "event %zu answered %d", i, st[i]);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events", NULL), (long)n);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_nb_%' "
+                               "AND status = 'projected'", NULL), GOOD);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events s JOIN trackers t ON t.id = s.tracker_id "
+                               "WHERE t.easypost_id LIKE 'trk_nb_%'", NULL), 2 * GOOD);
+        char *s = q1s(c, "SELECT status || '/' || (body IS NULL) || '/' || coalesce(body_error, '') "
+                         "FROM webhook_events WHERE event_id = 'evt_nul'", NULL);
+        ck_assert_msg(strncmp(s, "projected/true/contains", 23) == 0, "%s", s);
+        free(s);
+        s = q1s(c, "SELECT message FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
+                   "WHERE t.easypost_id = 'trk_nul'", NULL);
+        ck_assert_str_eq(s, "badbyte");
+        free(s);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
+                               "WHERE t.easypost_id = 'trk_big'", NULL), 5000);
+        s = q1s(c, "SELECT status FROM webhook_events WHERE event_id = 'evt_unknown'", NULL);
+        ck_assert_str_eq(s, "stored");
+        free(s);
+        s = q1s(c, "SELECT status || ': ' || error FROM webhook_events WHERE event_id = 'evt_nullres'", NULL);
+        ck_assert_str_eq(s, "failed: tracker event without a result object");
+        free(s);
+        s = q1s(c, "SELECT status || ': ' || error FROM webhook_events WHERE event_id = 'evt_poison'", NULL);
+        ck_assert_msg(strncmp(s, "failed: 22008", 13) == 0, "%s", s);
+        free(s);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_poison'", NULL), 0);
+        for (size_t i = 0; i < n; i++)
+                free(bodies[i]);
+        PQfinish(c);
+}
+END_TEST
+
+static int
+run_replay(const char *what)
+{
+        char cmd[1024];
+        snprintf(cmd, sizeof(cmd), "DATABASE_URL='%s' '%s/easypost-syncd' --replay '%s' 2>>'%s/replay.log'",
+                 getenv("TEST_PG_CONNINFO"), getenv("abs_top_builddir"), what,
+                 getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp");
+        return system(cmd);
+}
+
+/* A projection that fails because of the schema becomes a dead letter;
+ * after the fix, --replay failed projects it through the same code. */
+START_TEST(test_dead_letter_then_replay)
+{
+        PGconn *c = db_open();
+        char *b = tracker_event("evt_replay", "trk_replay", "delivered", "2025-04-01T00:00:00Z", 3);
+
+        wipe(c);
+        db_exec(c, "ALTER TABLE trackers ADD CONSTRAINT no_replay CHECK (easypost_id <> 'trk_replay')");
+        ck_assert_int_eq(post_event(dm.port, b, strlen(b), NULL, 0), 200);
+        char *s = q1s(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = 'evt_replay'", NULL);
+        ck_assert_str_eq(s, "failed 23514");
+        free(s);
+        ck_assert_int_eq(run_replay("failed"), 0);
+        s = q1s(c, "SELECT status FROM webhook_events WHERE event_id = 'evt_replay'", NULL);
+        ck_assert_str_eq(s, "failed"); /* still broken: recorded, not raised */
+        free(s);
+        db_exec(c, "ALTER TABLE trackers DROP CONSTRAINT no_replay");
+        ck_assert_int_eq(run_replay("failed"), 0);
+        s = q1s(c, "SELECT status || '/' || (error IS NULL) FROM webhook_events WHERE event_id = 'evt_replay'", NULL);
+        ck_assert_str_eq(s, "projected/true");
+        free(s);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL), 3);
+        s = q1s(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_replay'", NULL);
+        ck_assert_str_eq(s, "delivered");
+        free(s);
+        ck_assert_int_eq(run_replay("evt_replay"), 0);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL), 3);
+        ck_assert_int_ne(run_replay("evt_does_not_exist"), 0);
+        free(b);
+        PQfinish(c);
+}
+END_TEST
+
+Suite *
+project_suite(void)
+{
+        Suite *s = suite_create("project");
+        TCase *tc = tcase_create("projection");
+
+        tcase_set_timeout(tc, 120);
+        tcase_add_unchecked_fixture(tc, up, down);
+        tcase_add_test(tc, test_fixture_projection);
+        tcase_add_test(tc, test_out_of_order_newer_wins);
+        tcase_add_test(tc, test_growing_history_each_detail_once);
+        tcase_add_test(tc, test_hostile_events_keep_neighbours);
+        tcase_add_test(tc, test_dead_letter_then_replay);
+        suite_add_tcase(s, tc);
+        return s;
+}
