@@ -1,6 +1,7 @@
 /*
  * app.h - the root object: owns the loop, the configuration and every module.
- * Init order: cfg -> keys -> ingest -> http -> signals; teardown in reverse.
+ * Init order: cfg -> keys -> ingest -> jobs -> sync -> http -> signals;
+ * teardown stops sync first, then frees ingest, jobs, sync, http.
  */
 #ifndef EPS_APP_H
 #define EPS_APP_H
@@ -26,6 +27,8 @@ struct app {
         size_t noverrides;
         struct sig_keyset *keys;
         struct ingest *ingest;
+        struct jobs *jobs;
+        struct sync *sync;
         struct http *http;
         enum app_state state;
         struct event *ev_term, *ev_int, *ev_hup, *ev_drain_deadline, *ev_drain_poll;

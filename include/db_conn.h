@@ -16,6 +16,8 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 
+#include "util.h"
+
 enum db_state {
         DB_DOWN,       /* not started, or stopped */
         DB_CONNECTING, /* PQconnectPoll in progress, deadline armed */
@@ -24,8 +26,9 @@ enum db_state {
 };
 
 struct db_seg;
-/* Called for each result of a segment, in order; res is cleared afterwards. */
-typedef void (*db_result_fn)(struct db_seg *s, PGresult *res);
+/* Called for each result of a segment, in order. Returns true to keep res
+ * (the callee then PQclears it), false to let db_conn clear it. */
+typedef bool (*db_result_fn)(struct db_seg *s, PGresult *res);
 /* Called once per pushed segment: lost=false after its Sync (committed unless
  * on_result saw an error), lost=true when the connection died first
  * (outcome unknown). The callee owns s from here on. */
@@ -63,5 +66,13 @@ unsigned long db_conn_reconnects(const struct db_conn *c);
 void db_conn_push(struct db_conn *c, struct db_seg *s);
 /* Declares the connection broken (e.g. a PQsend* call failed). */
 void db_conn_fail(struct db_conn *c, const char *where);
+
+/* One statement (text parameters) as its own transaction. fn gets the
+ * statement's result after the Sync (borrowed, cleared after fn returns), or
+ * NULL when the connection was lost first. Returns -1 without calling fn
+ * when the connection is not READY or the send fails. */
+typedef void (*db_query_fn)(PGresult *res, void *arg);
+MUST_CHECK int db_conn_query(struct db_conn *c, const char *sql, int nparams,
+                             const char *const *values, db_query_fn fn, void *arg);
 
 #endif

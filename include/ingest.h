@@ -40,6 +40,7 @@ struct ingest_item {
         char *dead_error;          /* set when the event broke its batch: store raw + error */
         char status[16];           /* outcome text from the database */
         ingest_done_fn done;
+        void *arg;                 /* for done: the submitter's context */
         uint64_t t_submit_us;
 };
 

@@ -22,6 +22,8 @@
 
 #include "http.h"
 #include "ingest.h"
+#include "jobs.h"
+#include "sync.h"
 #include "log.h"
 #include "sig.h"
 
@@ -102,6 +104,8 @@ app_drain(struct app *a)
         a->state = APP_DRAINING;
         log_info("app", "draining: %u events in flight", ingest_depth(a->ingest));
         http_stop_accepting(a->http);
+        jobs_stop(a->jobs);
+        sync_stop(a->sync);
         evtimer_add(a->ev_drain_deadline, &dl);
         evtimer_add(a->ev_drain_poll, &now);
 }
@@ -152,6 +156,8 @@ reload(struct app *a)
         cfg_free(a->cfg);
         a->cfg = next;
         apply_logging(a->cfg);
+        jobs_reload(a->jobs);
+        sync_reload(a->sync);
         log_info("app", "configuration reloaded (%zu webhook secrets)", sig_keyset_count(a->keys));
 }
 
@@ -193,6 +199,8 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         signal(SIGPIPE, SIG_IGN);
         a->ingest = ingest_new(a->base, cfg->database_url, (unsigned)cfg->db_connections,
                                (unsigned)cfg->queue_limit, (unsigned)cfg->batch_max);
+        a->jobs = jobs_new(a);
+        a->sync = sync_new(a);
         a->http = http_new(a, e);
         if (a->http == NULL)
                 return -1;
@@ -205,6 +213,8 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         evsignal_add(a->ev_int, NULL);
         evsignal_add(a->ev_hup, NULL);
         ingest_start(a->ingest);
+        jobs_start(a->jobs);
+        sync_start(a->sync);
         log_info("app", "easypost-syncd %s listening on %s (port %u), webhooks at %s, %zu secret(s), "
                         "instance %s",
                  PACKAGE_VERSION, cfg->listen, http_port(a->http), cfg->webhook_path,
@@ -224,10 +234,16 @@ app_fini(struct app *a)
 {
         /* Answer whatever is still queued (503) while the HTTP side exists, and
          * give the loop one pass to write those answers. */
+        if (a->sync)
+                sync_stop(a->sync);
         ingest_free(a->ingest);
         a->ingest = NULL;
         if (a->base)
                 event_base_loop(a->base, EVLOOP_NONBLOCK);
+        jobs_free(a->jobs); /* lost-query callbacks still reach sync */
+        a->jobs = NULL;
+        sync_free(a->sync);
+        a->sync = NULL;
         http_free(a->http);
         if (a->ev_term)
                 event_free(a->ev_term);

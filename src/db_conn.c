@@ -265,8 +265,8 @@ drain(struct db_conn *c)
                         db_conn_fail(c, "unexpected result");
                         return -1;
                 }
-                s->on_result(s, res);
-                PQclear(res);
+                if (!s->on_result(s, res))
+                        PQclear(res);
         }
         if (budget <= 0 && c->io)
                 event_active(c->io, EV_READ, 0); /* more may be buffered: come back soon */
@@ -352,4 +352,51 @@ unsigned long
 db_conn_reconnects(const struct db_conn *c)
 {
         return c->reconnects;
+}
+
+struct db_query {
+        struct db_seg seg; /* first */
+        PGresult *res;
+        db_query_fn fn;
+        void *arg;
+};
+
+static bool
+query_result(struct db_seg *s, PGresult *res)
+{
+        struct db_query *q = (struct db_query *)s;
+
+        if (q->res != NULL)
+                return false; /* one statement: anything after its result is noise */
+        q->res = res;
+        return true;
+}
+
+static void
+query_done(struct db_seg *s, bool lost)
+{
+        struct db_query *q = (struct db_query *)s;
+
+        q->fn(lost ? NULL : q->res, q->arg);
+        PQclear(q->res);
+        free(q);
+}
+
+int
+db_conn_query(struct db_conn *c, const char *sql, int nparams, const char *const *values,
+              db_query_fn fn, void *arg)
+{
+        if (c->state != DB_READY)
+                return -1;
+        if (!PQsendQueryParams(c->pq, sql, nparams, NULL, values, NULL, NULL, 0)) {
+                db_conn_fail(c, "send");
+                return -1;
+        }
+        struct db_query *q = xcalloc(1, sizeof(*q));
+        q->seg.on_result = query_result;
+        q->seg.on_done = query_done;
+        q->fn = fn;
+        q->arg = arg;
+        db_conn_push(c, &q->seg);
+        return 0;
 }

@@ -228,7 +228,7 @@ sqlstate_is_data_error(const char *st)
         return false;
 }
 
-static void
+static bool
 batch_result(struct db_seg *s, PGresult *res)
 {
         struct batch *b = (struct batch *)s;
@@ -255,6 +255,7 @@ batch_result(struct db_seg *s, PGresult *res)
                 break;
         }
         }
+        return false;
 }
 
 static void

@@ -1,0 +1,38 @@
+/*
+ * sync.h - the sync worker: fetches shipments and trackers named by
+ * sync_jobs from the EasyPost API, and backfills events that webhooks missed.
+ * Runs only with an API key. Every API request goes through one pacer:
+ * at most api_concurrency in flight and api_rate started per second.
+ */
+#ifndef EPS_SYNC_H
+#define EPS_SYNC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct app;
+struct sync;
+
+struct sync_stats {
+        uint64_t requests_by_class[6]; /* [0] transport errors, [2] 2xx .. [5] 5xx */
+        uint64_t jobs_done, jobs_retried, jobs_failed;
+        uint64_t backfill_runs, backfill_events, backfill_recovered;
+};
+
+struct sync *sync_new(struct app *a);
+void sync_start(struct sync *s);
+/* Stops timers and new requests (drain); requests in flight finish or are cancelled at free. */
+void sync_stop(struct sync *s);
+void sync_free(struct sync *s);
+/* New API key, rates or intervals (SIGHUP): a rejected key is tried again. */
+void sync_reload(struct sync *s);
+/* The jobs connection came up: claim due jobs now. */
+void sync_conn_ready(struct sync *s);
+
+unsigned sync_in_flight(const struct sync *s);
+bool sync_enabled(const struct sync *s);
+/* True after a 401/403 from the API, until the key changes. */
+bool sync_auth_failed(const struct sync *s);
+const struct sync_stats *sync_stats(const struct sync *s);
+
+#endif

@@ -1,0 +1,1625 @@
+/*
+ * fake_easypost.c - a local stand-in for the EasyPost API v2, for integration tests.
+ *
+ * One evhttp on one event_base serves GET /v2/shipments/{id}, /v2/trackers/{id},
+ * /v2/events and /v2/events/{id} from an in-memory store that the test seeds over
+ * /_control (tests/fake_easypost.md lists the control API). Fault rules turn the next
+ * matching API requests into errors, slow answers or dropped connections; counters let
+ * a test check what the client sent and how fast. Delays are timers, never sleeps, so a
+ * slow answer on one connection never holds up another.
+ *
+ * Deliberately not a full API: no writes under /v2, no pagination except for events,
+ * and one API key (no test/production distinction). Control requests need no auth and
+ * are not counted in the stats.
+ */
+#include <arpa/inet.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#ifndef EPS_SRCDIR
+#define EPS_SRCDIR "."
+#endif
+
+#define FAKE_BODY_MAX           (8u << 20)      /* control bodies; API requests have none */
+#define FAKE_PAGE_DEFAULT       20
+#define FAKE_PAGE_MAX           100
+#define FAKE_RECENT_MAX         256             /* requests kept for GET /_control/stats */
+#define FAKE_SECONDS_MAX        3600            /* per-second buckets kept (oldest dropped) */
+#define FAKE_UA_MAX             64              /* distinct User-Agent values kept */
+#define FAKE_STR_MAX            512             /* longest path/UA/URI kept in stats and logs */
+#define FAKE_DELAY_MAX_MS       600000
+#define FAKE_AUTH_MAX           1024            /* longer Authorization values are just wrong */
+
+/* What a fault rule does to a request it matches; copied into the call it hits. */
+struct fault_action {
+        int status;             /* 0: answer normally (after delay_ms) */
+        int retry_after;        /* seconds for Retry-After; -1: no header */
+        unsigned delay_ms;
+        bool drop;              /* close the connection without answering */
+        char *body;             /* NULL: the EasyPost error document */
+        char *code, *message;   /* NULL: derived from status */
+};
+
+struct fault {
+        TAILQ_ENTRY(fault) link;
+        char *path_prefix;
+        int remaining;          /* -1: forever */
+        struct fault_action act;
+};
+TAILQ_HEAD(fault_list, fault);
+
+/* One stored event; the list is kept newest first (created_at, then id). */
+struct event_entry {
+        int64_t created_ms;
+        const char *id;         /* borrowed from obj */
+        json_t *obj;            /* own reference */
+};
+
+struct second_count {
+        int64_t second;
+        unsigned count;
+};
+
+struct recent {
+        uint64_t t_ms;
+        const char *method;     /* static string */
+        char *uri;
+        int status;             /* 0: dropped */
+};
+
+struct stats {
+        unsigned gen;           /* bumped by reset, so late completions are not counted */
+        uint64_t since_ms;
+        unsigned long requests, auth_failures, faults_applied, dropped, no_user_agent;
+        json_t *by_path, *by_status, *user_agents;
+        struct second_count *seconds;
+        size_t nseconds, cap_seconds;
+        unsigned max_per_second;
+        uint64_t *win;          /* monotonic ms of arrivals in the last 1000 ms */
+        size_t win_start, win_end, win_cap;
+        unsigned max_per_window;
+        struct recent recent[FAKE_RECENT_MAX];
+        size_t recent_next, recent_len;
+};
+
+/*
+ * One request in progress. API and control requests answered at once live on the
+ * stack; delayed or dropped ones are on the heap, in fake.pending, with a timer.
+ */
+struct call {
+        TAILQ_ENTRY(call) link;
+        struct fake *f;
+        struct evhttp_request *req;     /* NULL once answered or dropped */
+        struct event *timer;
+        char *path, *query;             /* raw copies: the request may be detached later */
+        char *safe_path, *safe_uri;     /* printable copies for logs and stats */
+        const char *method;
+        enum evhttp_cmd_type cmd;
+        uint64_t t_ms;                  /* arrival, unix ms */
+        unsigned gen;
+        bool api, faulted;
+        struct fault_action act;
+};
+TAILQ_HEAD(call_list, call);
+
+struct fake {
+        struct event_base *base;
+        struct evhttp *http;
+        struct event *sigterm, *sigint;
+        const char *api_key;
+        size_t api_key_len;
+        json_t *objects;                /* id -> object, every kind */
+        struct event_entry *events;
+        size_t nevents, cap_events;
+        struct fault_list faults;
+        struct call_list pending;
+        struct stats st;
+        unsigned long seq;              /* x-ep-request-uuid */
+};
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static void *
+xrealloc(void *p, size_t n)
+{
+        void *q = realloc(p, n ? n : 1);
+
+        if (q == NULL) {
+                fprintf(stderr, "fake_easypost: out of memory\n");
+                abort();
+        }
+        return q;
+}
+
+static void *
+xcalloc(size_t n, size_t size)
+{
+        void *p = calloc(n ? n : 1, size ? size : 1);
+
+        if (p == NULL) {
+                fprintf(stderr, "fake_easypost: out of memory\n");
+                abort();
+        }
+        return p;
+}
+
+static char *
+xstrdup(const char *s)
+{
+        size_t n = strlen(s) + 1;
+
+        return memcpy(xrealloc(NULL, n), s, n);
+}
+
+static char *
+strdup_or_null(const char *s)
+{
+        return s ? xstrdup(s) : NULL;
+}
+
+/* Jansson returns NULL only on OOM here (inputs are valid), which we treat like malloc. */
+static json_t *
+jcheck(json_t *j)
+{
+        if (j == NULL) {
+                fprintf(stderr, "fake_easypost: out of memory (jansson)\n");
+                abort();
+        }
+        return j;
+}
+
+static uint64_t
+clock_real_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t
+clock_mono_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * Printable ASCII copy, capped: request lines and headers are attacker-controlled
+ * bytes, and they end up in log lines and as jansson keys (which must be UTF-8).
+ */
+static char *
+printable_dup(const char *s)
+{
+        size_t n = strlen(s);
+        char *d;
+
+        if (n > FAKE_STR_MAX)
+                n = FAKE_STR_MAX;
+        d = xrealloc(NULL, n + 1);
+        for (size_t i = 0; i < n; i++) {
+                unsigned char ch = (unsigned char)s[i];
+                d[i] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
+        }
+        d[n] = '\0';
+        return d;
+}
+
+static bool
+has_prefix(const char *s, const char *prefix)
+{
+        return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Strict decimal integer in [min, max]; false on anything else. */
+static bool
+int_parse(const char *s, long min, long max, long *out)
+{
+        char *end;
+        long v;
+
+        if (s == NULL || *s == '\0' || *s == ' ' || *s == '+')
+                return false;
+        v = strtol(s, &end, 10);
+        if (*end != '\0' || v < min || v > max)
+                return false;
+        *out = v;
+        return true;
+}
+
+static int64_t
+days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+        y -= m <= 2;
+        int64_t era = (y >= 0 ? y : y - 399) / 400;
+        unsigned yoe = (unsigned)(y - era * 400);
+        unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+        unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+
+        return era * 146097 + (int64_t)doe - 719468;
+}
+
+static bool
+digits(const char **p, int n, unsigned *out)
+{
+        unsigned v = 0;
+
+        for (int i = 0; i < n; i++) {
+                if ((*p)[i] < '0' || (*p)[i] > '9')
+                        return false;
+                v = v * 10 + (unsigned)((*p)[i] - '0');
+        }
+        *p += n;
+        *out = v;
+        return true;
+}
+
+/*
+ * "YYYY-MM-DD[THH:MM:SS[.fff...]][Z|+-HH:MM|+-HHMM]" to unix ms. EasyPost mixes event
+ * timestamps with milliseconds and object timestamps without, so comparing the strings
+ * would order "...:05Z" after "...:05.456Z"; we compare numbers instead.
+ */
+static bool
+time_parse_ms(const char *s, int64_t *out)
+{
+        unsigned y, mo, d, h = 0, mi = 0, sec = 0, ms = 0, oh, om;
+        int64_t off_min = 0;
+        const char *p = s;
+
+        if (!digits(&p, 4, &y) || *p++ != '-' || !digits(&p, 2, &mo) || *p++ != '-' ||
+            !digits(&p, 2, &d))
+                return false;
+        if (*p == 'T' || *p == 't' || *p == ' ') {
+                p++;
+                if (!digits(&p, 2, &h) || *p++ != ':' || !digits(&p, 2, &mi) || *p++ != ':' ||
+                    !digits(&p, 2, &sec))
+                        return false;
+                if (*p == '.') {
+                        unsigned scale = 100;
+                        p++;
+                        if (*p < '0' || *p > '9')
+                                return false;
+                        for (; *p >= '0' && *p <= '9'; p++) {
+                                ms += (unsigned)(*p - '0') * scale;
+                                scale /= 10;
+                        }
+                }
+                if (*p == 'Z' || *p == 'z') {
+                        p++;
+                } else if (*p == '+' || *p == '-') {
+                        int sign = *p++ == '-' ? -1 : 1;
+                        if (!digits(&p, 2, &oh))
+                                return false;
+                        if (*p == ':')
+                                p++;
+                        if (!digits(&p, 2, &om) || oh > 23 || om > 59)
+                                return false;
+                        off_min = sign * (int64_t)(oh * 60 + om);
+                }
+        }
+        if (*p != '\0' || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+                return false;
+        *out = ((days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec) - off_min * 60) *
+                       1000 + ms;
+        return true;
+}
+
+static const char *
+reason_phrase(int status)
+{
+        switch (status) {
+        case 200: return "OK";
+        case 201: return "Created";
+        case 204: return "No Content";
+        case 400: return "Bad Request";
+        case 401: return "Unauthorized";
+        case 402: return "Payment Required";
+        case 403: return "Forbidden";
+        case 404: return "Not Found";
+        case 405: return "Method Not Allowed";
+        case 408: return "Request Timeout";
+        case 409: return "Conflict";
+        case 422: return "Unprocessable Entity";
+        case 429: return "Too Many Requests";
+        case 500: return "Internal Server Error";
+        case 502: return "Bad Gateway";
+        case 503: return "Service Unavailable";
+        case 504: return "Gateway Timeout";
+        default: return "Status";
+        }
+}
+
+/* EasyPost-style error code for an injected status without an explicit "code". */
+static const char *
+status_code_name(int status)
+{
+        switch (status) {
+        case 400: return "BAD_REQUEST";
+        case 401: return "APIKEY.INACTIVE";
+        case 402: return "PAYMENT_REQUIRED";
+        case 403: return "FORBIDDEN";
+        case 404: return "NOT_FOUND";
+        case 408: return "REQUEST_TIMEOUT";
+        case 422: return "UNPROCESSABLE_ENTITY";
+        case 429: return "RATE_LIMITED";
+        case 500: return "INTERNAL_SERVER_ERROR";
+        case 502: return "BAD_GATEWAY";
+        case 503: return "SERVICE_UNAVAILABLE";
+        case 504: return "GATEWAY_TIMEOUT";
+        default: return "FAULT.INJECTED";
+        }
+}
+
+static const char *
+method_name(enum evhttp_cmd_type cmd)
+{
+        switch (cmd) {
+        case EVHTTP_REQ_GET: return "GET";
+        case EVHTTP_REQ_POST: return "POST";
+        case EVHTTP_REQ_HEAD: return "HEAD";
+        case EVHTTP_REQ_PUT: return "PUT";
+        case EVHTTP_REQ_DELETE: return "DELETE";
+        case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+        case EVHTTP_REQ_TRACE: return "TRACE";
+        case EVHTTP_REQ_CONNECT: return "CONNECT";
+        case EVHTTP_REQ_PATCH: return "PATCH";
+        default: return "OTHER";
+        }
+}
+
+/* ---- stats ---------------------------------------------------------------------------- */
+
+static void
+stats_init(struct stats *st)
+{
+        st->by_path = jcheck(json_object());
+        st->by_status = jcheck(json_object());
+        st->user_agents = jcheck(json_array());
+        st->since_ms = clock_real_ms();
+}
+
+static void
+stats_fini(struct stats *st)
+{
+        json_decref(st->by_path);
+        json_decref(st->by_status);
+        json_decref(st->user_agents);
+        for (size_t i = 0; i < FAKE_RECENT_MAX; i++)
+                free(st->recent[i].uri);
+        free(st->seconds);
+        free(st->win);
+        memset(st, 0, sizeof(*st));
+}
+
+/* Counters go back to zero; the generation survives so in-flight calls are not counted. */
+static void
+stats_reset(struct stats *st)
+{
+        unsigned gen = st->gen + 1;
+
+        stats_fini(st);
+        stats_init(st);
+        st->gen = gen;
+}
+
+static void
+counter_inc(json_t *obj, const char *key)
+{
+        json_int_t v = json_integer_value(json_object_get(obj, key));
+
+        json_object_set_new(obj, key, jcheck(json_integer(v + 1)));
+}
+
+/* Called once per API request when it arrives, before faults or auth. */
+static void
+stats_arrival(struct stats *st, const struct call *c, const char *ua)
+{
+        int64_t sec = (int64_t)(c->t_ms / 1000);
+        size_t i;
+        uint64_t now;
+
+        st->requests++;
+        counter_inc(st->by_path, c->safe_path);
+
+        /* wall-clock seconds, ascending; the clock may step back, so search from the end */
+        i = st->nseconds;
+        while (i > 0 && st->seconds[i - 1].second > sec)
+                i--;
+        if (i > 0 && st->seconds[i - 1].second == sec) {
+                i--;
+                st->seconds[i].count++;
+        } else {
+                if (st->nseconds == FAKE_SECONDS_MAX) {
+                        memmove(st->seconds, st->seconds + 1, (st->nseconds - 1) * sizeof(*st->seconds));
+                        st->nseconds--;
+                        if (i > 0)
+                                i--;
+                }
+                if (st->nseconds == st->cap_seconds) {
+                        st->cap_seconds = st->cap_seconds ? 2 * st->cap_seconds : 64;
+                        st->seconds = xrealloc(st->seconds, st->cap_seconds * sizeof(*st->seconds));
+                }
+                memmove(st->seconds + i + 1, st->seconds + i, (st->nseconds - i) * sizeof(*st->seconds));
+                st->seconds[i].second = sec;
+                st->seconds[i].count = 1;
+                st->nseconds++;
+        }
+        if (st->seconds[i].count > st->max_per_second)
+                st->max_per_second = st->seconds[i].count;
+
+        /* sliding 1 s window on the monotonic clock: catches bursts across a second boundary */
+        now = clock_mono_ms();
+        while (st->win_start < st->win_end && st->win[st->win_start] + 1000 <= now)
+                st->win_start++;
+        if (st->win_end == st->win_cap) {
+                if (st->win_start > 0) {
+                        memmove(st->win, st->win + st->win_start,
+                                (st->win_end - st->win_start) * sizeof(*st->win));
+                        st->win_end -= st->win_start;
+                        st->win_start = 0;
+                } else {
+                        st->win_cap = st->win_cap ? 2 * st->win_cap : 64;
+                        st->win = xrealloc(st->win, st->win_cap * sizeof(*st->win));
+                }
+        }
+        st->win[st->win_end++] = now;
+        if (st->win_end - st->win_start > st->max_per_window)
+                st->max_per_window = (unsigned)(st->win_end - st->win_start);
+
+        if (ua == NULL) {
+                st->no_user_agent++;
+        } else {
+                char *safe = printable_dup(ua);
+                size_t k;
+                json_t *v;
+                bool seen = false;
+
+                json_array_foreach(st->user_agents, k, v) {
+                        if (strcmp(json_string_value(v), safe) == 0) {
+                                seen = true;
+                                break;
+                        }
+                }
+                if (!seen && json_array_size(st->user_agents) < FAKE_UA_MAX)
+                        json_array_append_new(st->user_agents, jcheck(json_string(safe)));
+                free(safe);
+        }
+}
+
+/* Called once per API request when it is answered (status) or dropped (status 0). */
+static void
+stats_completion(struct stats *st, const struct call *c, int status)
+{
+        struct recent *r;
+        char key[16];
+
+        if (c->gen != st->gen)
+                return;
+        if (status == 0) {
+                st->dropped++;
+        } else {
+                snprintf(key, sizeof(key), "%d", status);
+                counter_inc(st->by_status, key);
+        }
+        r = &st->recent[st->recent_next];
+        free(r->uri);
+        r->uri = xstrdup(c->safe_uri);
+        r->t_ms = c->t_ms;
+        r->method = c->method;
+        r->status = status;
+        st->recent_next = (st->recent_next + 1) % FAKE_RECENT_MAX;
+        if (st->recent_len < FAKE_RECENT_MAX)
+                st->recent_len++;
+}
+
+static json_t *
+stats_to_json(const struct fake *f)
+{
+        const struct stats *st = &f->st;
+        json_t *secs = jcheck(json_array());
+        json_t *recent = jcheck(json_array());
+        size_t first = (st->recent_next + FAKE_RECENT_MAX - st->recent_len) % FAKE_RECENT_MAX;
+        size_t npending = 0;
+        const struct call *c;
+
+        for (size_t i = 0; i < st->nseconds; i++)
+                json_array_append_new(secs, jcheck(json_pack("{s:I,s:i}",
+                        "second", (json_int_t)st->seconds[i].second,
+                        "count", (int)st->seconds[i].count)));
+        for (size_t i = 0; i < st->recent_len; i++) {
+                const struct recent *r = &st->recent[(first + i) % FAKE_RECENT_MAX];
+                json_array_append_new(recent, jcheck(json_pack("{s:I,s:s,s:s,s:i}",
+                        "t_ms", (json_int_t)r->t_ms, "method", r->method,
+                        "uri", r->uri, "status", r->status)));
+        }
+        TAILQ_FOREACH(c, &f->pending, link)
+                npending++;
+        return jcheck(json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:O,s:O,s:o,s:i,s:i,s:O,s:I,s:I,s:o}",
+                "since_ms", (json_int_t)st->since_ms,
+                "requests", (json_int_t)st->requests,
+                "auth_failures", (json_int_t)st->auth_failures,
+                "faults_applied", (json_int_t)st->faults_applied,
+                "dropped", (json_int_t)st->dropped,
+                "in_flight", (json_int_t)npending,
+                "by_path", st->by_path,
+                "by_status", st->by_status,
+                "per_second", secs,
+                "max_per_second", (int)st->max_per_second,
+                "max_per_1s_window", (int)st->max_per_window,
+                "user_agents", st->user_agents,
+                "no_user_agent", (json_int_t)st->no_user_agent,
+                "recent_max", (json_int_t)FAKE_RECENT_MAX,
+                "recent", recent));
+}
+
+/* ---- replies -------------------------------------------------------------------------- */
+
+static void
+call_log(const struct call *c, int status)
+{
+        uint64_t ms = clock_real_ms() - c->t_ms;
+
+        fprintf(stderr, "fake_easypost method=%s uri=\"%s\" status=%d%s%s ms=%" PRIu64 "\n",
+                c->method, c->safe_uri, status, c->faulted ? " fault=1" : "",
+                status == 0 ? " dropped=1" : "", ms);
+}
+
+/* Sends the single reply for c->req; body is sent as given (NULL: empty). */
+static void
+call_reply(struct call *c, int status, const char *body, int retry_after)
+{
+        struct fake *f = c->f;
+        struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
+        struct evbuffer *out = evbuffer_new();
+        char buf[64];
+
+        if (out == NULL)
+                abort();
+        evhttp_add_header(h, "Content-Type", "application/json; charset=utf-8");
+        if (c->api) {
+                /* same shape as EasyPost's header, so clients can log it */
+                snprintf(buf, sizeof(buf), "fake%028lx", ++f->seq);
+                evhttp_add_header(h, "x-ep-request-uuid", buf);
+        }
+        if (retry_after >= 0) {
+                snprintf(buf, sizeof(buf), "%d", retry_after);
+                evhttp_add_header(h, "Retry-After", buf);
+        }
+        if (status == 401)
+                evhttp_add_header(h, "WWW-Authenticate", "Basic realm=\"EasyPost\"");
+        if (body)
+                evbuffer_add(out, body, strlen(body));
+        evhttp_send_reply(c->req, status, reason_phrase(status), out);
+        evbuffer_free(out);
+        c->req = NULL;
+        call_log(c, status);
+        if (c->api)
+                stats_completion(&f->st, c, status);
+}
+
+/* Takes ownership of j. */
+static void
+call_reply_json(struct call *c, int status, json_t *j)
+{
+        char *text = json_dumps(j, JSON_COMPACT);
+
+        if (text == NULL)
+                abort();
+        call_reply(c, status, text, -1);
+        free(text);
+        json_decref(j);
+}
+
+static void
+call_reply_error(struct call *c, int status, const char *code, const char *message)
+{
+        call_reply_json(c, status, jcheck(json_pack("{s:{s:s,s:s,s:[]}}", "error",
+                "code", code, "message", message, "errors")));
+}
+
+/*
+ * Closes the connection without a byte of answer. Never called from inside the
+ * evhttp request callback (libevent still uses the connection after it returns):
+ * only from the call's timer.
+ */
+static void
+call_drop(struct call *c)
+{
+        struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
+
+        if (evcon)
+                evhttp_connection_free(evcon);  /* frees the request too */
+        else
+                evhttp_request_free(c->req);    /* client already gone: request is ours */
+        c->req = NULL;
+        call_log(c, 0);
+        if (c->api)
+                stats_completion(&c->f->st, c, 0);
+}
+
+/* ---- store ---------------------------------------------------------------------------- */
+
+static const char *
+object_id(const json_t *obj)
+{
+        const char *id = json_string_value(json_object_get(obj, "id"));
+
+        return id && id[0] ? id : NULL;
+}
+
+/* Checks an object can be stored; fills msg and returns false otherwise. */
+static bool
+store_check(const json_t *obj, char *msg, size_t msglen)
+{
+        const char *id, *created;
+        int64_t ms;
+
+        if (!json_is_object(obj)) {
+                snprintf(msg, msglen, "each object must be a JSON object");
+                return false;
+        }
+        id = object_id(obj);
+        if (id == NULL) {
+                snprintf(msg, msglen, "object has no string \"id\"");
+                return false;
+        }
+        if (strchr(id, '/') || strlen(id) > 256) {
+                snprintf(msg, msglen, "id is not usable in a URL path");
+                return false;
+        }
+        created = json_string_value(json_object_get(obj, "created_at"));
+        if (has_prefix(id, "evt_") && (created == NULL || !time_parse_ms(created, &ms))) {
+                snprintf(msg, msglen, "event %.64s needs a parseable \"created_at\"", id);
+                return false;
+        }
+        return true;
+}
+
+static void
+events_remove(struct fake *f, const char *id)
+{
+        for (size_t i = 0; i < f->nevents; i++) {
+                if (strcmp(f->events[i].id, id) == 0) {
+                        json_decref(f->events[i].obj);
+                        memmove(f->events + i, f->events + i + 1,
+                                (f->nevents - i - 1) * sizeof(*f->events));
+                        f->nevents--;
+                        return;
+                }
+        }
+}
+
+static bool
+event_newer(const struct event_entry *a, const struct event_entry *b)
+{
+        return a->created_ms > b->created_ms ||
+               (a->created_ms == b->created_ms && strcmp(a->id, b->id) > 0);
+}
+
+/* Stores obj (store_check passed) under its id, replacing an older one with the same id. */
+static void
+store_put(struct fake *f, json_t *obj)
+{
+        const char *id = object_id(obj);
+        struct event_entry e;
+        size_t i;
+
+        if (has_prefix(id, "evt_")) {
+                events_remove(f, id);
+                time_parse_ms(json_string_value(json_object_get(obj, "created_at")), &e.created_ms);
+                e.id = id;
+                e.obj = json_incref(obj);
+                for (i = 0; i < f->nevents && !event_newer(&e, &f->events[i]); i++)
+                        ;
+                if (f->nevents == f->cap_events) {
+                        f->cap_events = f->cap_events ? 2 * f->cap_events : 64;
+                        f->events = xrealloc(f->events, f->cap_events * sizeof(*f->events));
+                }
+                memmove(f->events + i + 1, f->events + i, (f->nevents - i) * sizeof(*f->events));
+                f->events[i] = e;
+                f->nevents++;
+        }
+        json_object_set(f->objects, id, obj);
+}
+
+static size_t
+store_clear(struct fake *f)
+{
+        size_t n = json_object_size(f->objects);
+
+        for (size_t i = 0; i < f->nevents; i++)
+                json_decref(f->events[i].obj);
+        f->nevents = 0;
+        json_object_clear(f->objects);
+        return n;
+}
+
+/* The event as list and retrieve answers show it: without "result". */
+static json_t *
+event_public(const json_t *obj)
+{
+        json_t *copy = jcheck(json_copy((json_t *)obj));
+
+        json_object_del(copy, "result");
+        return copy;
+}
+
+/* ---- faults --------------------------------------------------------------------------- */
+
+static void
+fault_action_fini(struct fault_action *a)
+{
+        free(a->body);
+        free(a->code);
+        free(a->message);
+        memset(a, 0, sizeof(*a));
+}
+
+static void
+fault_action_copy(struct fault_action *dst, const struct fault_action *src)
+{
+        *dst = *src;
+        dst->body = strdup_or_null(src->body);
+        dst->code = strdup_or_null(src->code);
+        dst->message = strdup_or_null(src->message);
+}
+
+static void
+fault_free(struct fault *r)
+{
+        if (r == NULL)
+                return;
+        free(r->path_prefix);
+        fault_action_fini(&r->act);
+        free(r);
+}
+
+static bool
+json_int_in(const json_t *v, long min, long max, long *out)
+{
+        if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+                return false;
+        *out = (long)json_integer_value(v);
+        return true;
+}
+
+/* Parses one rule; NULL with msg on a bad one. Unknown keys are errors: typos must show. */
+static struct fault *
+fault_parse(const json_t *o, char *msg, size_t msglen)
+{
+        struct fault *r = xcalloc(1, sizeof(*r));
+        const char *key;
+        json_t *v;
+        long n;
+
+        r->remaining = 1;
+        r->act.retry_after = -1;
+        if (!json_is_object(o)) {
+                snprintf(msg, msglen, "a fault rule must be a JSON object");
+                goto fail;
+        }
+        json_object_foreach((json_t *)o, key, v) {
+                if (strcmp(key, "path_prefix") == 0) {
+                        if (!json_is_string(v) || json_string_value(v)[0] != '/')
+                                goto bad;
+                        r->path_prefix = xstrdup(json_string_value(v));
+                } else if (strcmp(key, "status") == 0) {
+                        if (!json_int_in(v, 100, 599, &n))
+                                goto bad;
+                        r->act.status = (int)n;
+                } else if (strcmp(key, "retry_after") == 0) {
+                        if (!json_int_in(v, 0, 86400, &n))
+                                goto bad;
+                        r->act.retry_after = (int)n;
+                } else if (strcmp(key, "count") == 0) {
+                        if (!json_int_in(v, -1, 1000000, &n) || n == 0)
+                                goto bad;
+                        r->remaining = (int)n;
+                } else if (strcmp(key, "delay_ms") == 0) {
+                        if (!json_int_in(v, 0, FAKE_DELAY_MAX_MS, &n))
+                                goto bad;
+                        r->act.delay_ms = (unsigned)n;
+                } else if (strcmp(key, "drop") == 0) {
+                        if (!json_is_boolean(v))
+                                goto bad;
+                        r->act.drop = json_is_true(v);
+                } else if (strcmp(key, "body") == 0) {
+                        if (json_is_string(v))
+                                r->act.body = xstrdup(json_string_value(v));
+                        else if (json_is_object(v) || json_is_array(v))
+                                r->act.body = json_dumps(v, JSON_COMPACT);
+                        else
+                                goto bad;
+                } else if (strcmp(key, "code") == 0 || strcmp(key, "message") == 0) {
+                        if (!json_is_string(v))
+                                goto bad;
+                        if (key[0] == 'c')
+                                r->act.code = xstrdup(json_string_value(v));
+                        else
+                                r->act.message = xstrdup(json_string_value(v));
+                } else {
+                        snprintf(msg, msglen, "unknown field \"%.64s\"", key);
+                        goto fail;
+                }
+        }
+        if (r->act.drop && r->act.status) {
+                snprintf(msg, msglen, "\"drop\" and \"status\" exclude each other");
+                goto fail;
+        }
+        if (!r->act.drop && r->act.status == 0 && r->act.delay_ms == 0) {
+                snprintf(msg, msglen, "rule does nothing: give status, drop or delay_ms");
+                goto fail;
+        }
+        if (r->path_prefix == NULL)
+                r->path_prefix = xstrdup("/v2/");
+        return r;
+bad:
+        snprintf(msg, msglen, "bad value for \"%.64s\"", key);
+fail:
+        fault_free(r);
+        return NULL;
+}
+
+/* First rule matching path, in the order they were queued; uses up one of its count. */
+static bool
+faults_take(struct fake *f, const char *path, struct fault_action *out)
+{
+        struct fault *r;
+
+        TAILQ_FOREACH(r, &f->faults, link) {
+                if (!has_prefix(path, r->path_prefix))
+                        continue;
+                fault_action_copy(out, &r->act);
+                if (r->remaining > 0 && --r->remaining == 0) {
+                        TAILQ_REMOVE(&f->faults, r, link);
+                        fault_free(r);
+                }
+                return true;
+        }
+        return false;
+}
+
+static size_t
+faults_clear(struct fake *f)
+{
+        struct fault *r;
+        size_t n = 0;
+
+        while ((r = TAILQ_FIRST(&f->faults)) != NULL) {
+                TAILQ_REMOVE(&f->faults, r, link);
+                fault_free(r);
+                n++;
+        }
+        return n;
+}
+
+static json_t *
+faults_to_json(const struct fake *f)
+{
+        json_t *arr = jcheck(json_array());
+        const struct fault *r;
+
+        TAILQ_FOREACH(r, &f->faults, link) {
+                json_t *o = jcheck(json_pack("{s:s,s:i}", "path_prefix", r->path_prefix,
+                                             "count", r->remaining));
+                if (r->act.status)
+                        json_object_set_new(o, "status", jcheck(json_integer(r->act.status)));
+                if (r->act.retry_after >= 0)
+                        json_object_set_new(o, "retry_after", jcheck(json_integer(r->act.retry_after)));
+                if (r->act.delay_ms)
+                        json_object_set_new(o, "delay_ms", jcheck(json_integer(r->act.delay_ms)));
+                if (r->act.drop)
+                        json_object_set_new(o, "drop", json_true());
+                if (r->act.body)
+                        json_object_set_new(o, "body", jcheck(json_string(r->act.body)));
+                if (r->act.code)
+                        json_object_set_new(o, "code", jcheck(json_string(r->act.code)));
+                if (r->act.message)
+                        json_object_set_new(o, "message", jcheck(json_string(r->act.message)));
+                json_array_append_new(arr, o);
+        }
+        return jcheck(json_pack("{s:o}", "faults", arr));
+}
+
+/* ---- API ------------------------------------------------------------------------------ */
+
+/*
+ * Basic with "KEY:" (empty password, as EasyPost's clients send it) or Bearer KEY.
+ * Constant-time compare of equal lengths: the fake should not teach clients bad habits,
+ * but it must never print or store the value either.
+ */
+static bool
+auth_ok(const struct fake *f, struct evhttp_request *req)
+{
+        const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+        unsigned char dec[FAKE_AUTH_MAX];
+        size_t n, pad = 0;
+        int len;
+
+        if (h == NULL || strlen(h) > FAKE_AUTH_MAX)
+                return false;
+        if (strncasecmp(h, "Bearer ", 7) == 0) {
+                h += 7;
+                while (*h == ' ')
+                        h++;
+                n = strlen(h);
+                return n == f->api_key_len && CRYPTO_memcmp(h, f->api_key, n) == 0;
+        }
+        if (strncasecmp(h, "Basic ", 6) != 0)
+                return false;
+        h += 6;
+        while (*h == ' ')
+                h++;
+        n = strlen(h);
+        while (n > 0 && h[n - 1] == ' ')
+                n--;
+        if (n == 0 || n % 4 != 0)
+                return false;
+        if (h[n - 1] == '=')
+                pad++;
+        if (n > 1 && h[n - 2] == '=')
+                pad++;
+        len = EVP_DecodeBlock(dec, (const unsigned char *)h, (int)n);
+        if (len < 0 || (size_t)len < pad)
+                return false;
+        len -= (int)pad;                /* EVP_DecodeBlock counts padding as zero bytes */
+        return (size_t)len == f->api_key_len + 1 && dec[f->api_key_len] == ':' &&
+               CRYPTO_memcmp(dec, f->api_key, f->api_key_len) == 0;
+}
+
+static void
+api_object_get(struct call *c, const char *id, const char *prefix)
+{
+        json_t *obj;
+
+        if (*id == '\0' || strchr(id, '/') || !has_prefix(id, prefix) ||
+            (obj = json_object_get(c->f->objects, id)) == NULL) {
+                call_reply_error(c, 404, "NOT_FOUND", "The requested resource could not be found.");
+                return;
+        }
+        if (has_prefix(id, "evt_"))
+                call_reply_json(c, 200, event_public(obj));
+        else
+                call_reply_json(c, 200, json_incref(obj));
+}
+
+static ssize_t
+events_find(const struct fake *f, const char *id)
+{
+        for (size_t i = 0; i < f->nevents; i++)
+                if (strcmp(f->events[i].id, id) == 0)
+                        return (ssize_t)i;
+        return -1;
+}
+
+/*
+ * GET /v2/events. before_id pages towards older events (the next page is
+ * before_id=<last id>); after_id gives the page_size events just newer than the cursor,
+ * still newest first, with has_more telling whether even newer ones exist. Cursors
+ * must name a stored event. start_datetime/end_datetime filter by created_at (inclusive).
+ */
+static void
+api_events_list(struct call *c)
+{
+        struct fake *f = c->f;
+        struct evkeyvalq q;
+        const char *v, *before, *after;
+        long page = FAKE_PAGE_DEFAULT;
+        int64_t start = INT64_MIN, end = INT64_MAX;
+        ssize_t lo = 0, hi, pos;        /* candidate range [lo, hi) of f->events */
+        size_t *match = NULL, nmatch = 0, first, take;
+        json_t *items;
+
+        TAILQ_INIT(&q);
+        if (evhttp_parse_query_str(c->query ? c->query : "", &q) != 0) {
+                call_reply_error(c, 400, "BAD_REQUEST", "Malformed query string.");
+                goto out;
+        }
+        if ((v = evhttp_find_header(&q, "page_size")) && !int_parse(v, 1, FAKE_PAGE_MAX, &page)) {
+                call_reply_error(c, 422, "PARAMETER.INVALID", "page_size must be between 1 and 100.");
+                goto out;
+        }
+        if (((v = evhttp_find_header(&q, "start_datetime")) && !time_parse_ms(v, &start)) ||
+            ((v = evhttp_find_header(&q, "end_datetime")) && !time_parse_ms(v, &end))) {
+                call_reply_error(c, 422, "PARAMETER.INVALID", "Invalid datetime.");
+                goto out;
+        }
+        before = evhttp_find_header(&q, "before_id");
+        after = evhttp_find_header(&q, "after_id");
+        if (before && after) {
+                call_reply_error(c, 422, "PARAMETER.INVALID", "Use before_id or after_id, not both.");
+                goto out;
+        }
+        hi = (ssize_t)f->nevents;
+        if (before || after) {
+                pos = events_find(f, before ? before : after);
+                if (pos < 0) {
+                        call_reply_error(c, 422, "PARAMETER.INVALID", "Unknown event id in cursor.");
+                        goto out;
+                }
+                if (before)
+                        lo = pos + 1;
+                else
+                        hi = pos;
+        }
+        match = xcalloc(f->nevents, sizeof(*match));
+        for (ssize_t i = lo; i < hi; i++)
+                if (f->events[i].created_ms >= start && f->events[i].created_ms <= end)
+                        match[nmatch++] = (size_t)i;
+        take = nmatch < (size_t)page ? nmatch : (size_t)page;
+        first = after ? nmatch - take : 0;      /* after_id: the ones closest to the cursor */
+        items = jcheck(json_array());
+        for (size_t i = first; i < first + take; i++)
+                json_array_append_new(items, event_public(f->events[match[i]].obj));
+        call_reply_json(c, 200, jcheck(json_pack("{s:o,s:b}", "events", items,
+                                                 "has_more", nmatch > take)));
+out:
+        free(match);
+        evhttp_clear_headers(&q);
+}
+
+/* Normal API answer: auth, method, route. */
+static void
+api_serve(struct call *c)
+{
+        struct fake *f = c->f;
+        const char *p = c->path;
+
+        if (!auth_ok(f, c->req)) {
+                if (c->gen == f->st.gen)
+                        f->st.auth_failures++;
+                call_reply_error(c, 401, "APIKEY.REQUIRED",
+                                 "Unauthorized. Please check credentials and try again.");
+                return;
+        }
+        if (c->cmd != EVHTTP_REQ_GET) {
+                call_reply_error(c, 405, "METHOD.NOT_ALLOWED", "The fake API answers GET only.");
+                return;
+        }
+        if (has_prefix(p, "/v2/shipments/"))
+                api_object_get(c, p + strlen("/v2/shipments/"), "shp_");
+        else if (has_prefix(p, "/v2/trackers/"))
+                api_object_get(c, p + strlen("/v2/trackers/"), "trk_");
+        else if (strcmp(p, "/v2/events") == 0 || strcmp(p, "/v2/events/") == 0)
+                api_events_list(c);
+        else if (has_prefix(p, "/v2/events/"))
+                api_object_get(c, p + strlen("/v2/events/"), "evt_");
+        else
+                call_reply_error(c, 404, "NOT_FOUND", "The requested resource could not be found.");
+}
+
+/* Runs a call to its end: the fault's answer if one applies, else the normal one. */
+static void
+call_run(struct call *c)
+{
+        if (c->faulted && c->act.drop) {
+                call_drop(c);
+        } else if (c->faulted && c->act.status) {
+                char *def = NULL;
+
+                if (c->act.body == NULL) {
+                        json_t *e = jcheck(json_pack("{s:{s:s,s:s,s:[]}}", "error",
+                                "code", c->act.code ? c->act.code : status_code_name(c->act.status),
+                                "message", c->act.message ? c->act.message : "Injected fault.",
+                                "errors"));
+                        def = json_dumps(e, JSON_COMPACT);
+                        json_decref(e);
+                }
+                call_reply(c, c->act.status, c->act.body ? c->act.body : def, c->act.retry_after);
+                free(def);
+        } else {
+                api_serve(c);
+        }
+}
+
+static struct call *
+call_new(struct fake *f, struct evhttp_request *req, bool api)
+{
+        struct call *c = xcalloc(1, sizeof(*c));
+        const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+        const char *path = u ? evhttp_uri_get_path(u) : NULL;
+        const char *query = u ? evhttp_uri_get_query(u) : NULL;
+        const char *uri = evhttp_request_get_uri(req);
+
+        c->f = f;
+        c->req = req;
+        c->api = api;
+        c->path = xstrdup(path ? path : "");
+        c->query = strdup_or_null(query);
+        c->safe_path = printable_dup(c->path);
+        c->safe_uri = printable_dup(uri ? uri : "");
+        c->cmd = evhttp_request_get_command(req);
+        c->method = method_name(c->cmd);
+        c->t_ms = clock_real_ms();
+        c->gen = f->st.gen;
+        c->act.retry_after = -1;
+        return c;
+}
+
+static void
+call_free(struct call *c)
+{
+        if (c == NULL)
+                return;
+        if (c->timer)
+                event_free(c->timer);
+        fault_action_fini(&c->act);
+        free(c->path);
+        free(c->query);
+        free(c->safe_path);
+        free(c->safe_uri);
+        free(c);
+}
+
+static void
+call_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct call *c = arg;
+
+        (void)fd;
+        (void)what;
+        TAILQ_REMOVE(&c->f->pending, c, link);
+        call_run(c);
+        call_free(c);
+}
+
+static void
+api_begin(struct fake *f, struct evhttp_request *req)
+{
+        struct call *c = call_new(f, req, true);
+        struct timeval tv;
+
+        stats_arrival(&f->st, c,
+                      evhttp_find_header(evhttp_request_get_input_headers(req), "User-Agent"));
+        if (faults_take(f, c->path, &c->act)) {
+                c->faulted = true;
+                f->st.faults_applied++;
+        }
+        /* drops go through the timer too: the connection must outlive this callback */
+        if (c->faulted && (c->act.drop || c->act.delay_ms > 0)) {
+                c->timer = evtimer_new(f->base, call_timer_cb, c);
+                if (c->timer == NULL)
+                        abort();
+                tv.tv_sec = c->act.delay_ms / 1000;
+                tv.tv_usec = (c->act.delay_ms % 1000) * 1000;
+                TAILQ_INSERT_TAIL(&f->pending, c, link);
+                evtimer_add(c->timer, &tv);
+                return;
+        }
+        call_run(c);
+        call_free(c);
+}
+
+/* ---- control -------------------------------------------------------------------------- */
+
+/* The request body as JSON (object or array); NULL after answering 400. */
+static json_t *
+control_body(struct call *c)
+{
+        struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
+        size_t len = evbuffer_get_length(in);
+        json_error_t jerr;
+        json_t *j;
+        char msg[256];
+
+        if (len == 0) {
+                call_reply_error(c, 400, "BAD_REQUEST", "Empty body: send JSON.");
+                return NULL;
+        }
+        j = json_loadb((const char *)evbuffer_pullup(in, -1), len, 0, &jerr);
+        if (j == NULL) {
+                snprintf(msg, sizeof(msg), "Invalid JSON at line %d: %s", jerr.line, jerr.text);
+                call_reply_error(c, 400, "BAD_REQUEST", msg);
+        }
+        return j;
+}
+
+static void
+control_objects_post(struct call *c)
+{
+        json_t *body = control_body(c), *v, *ids;
+        size_t i;
+        char msg[200];
+
+        if (body == NULL)
+                return;
+        if (json_is_object(body)) {
+                json_t *arr = jcheck(json_array());
+                json_array_append_new(arr, body);
+                body = arr;
+        }
+        json_array_foreach(body, i, v) {
+                if (!store_check(v, msg, sizeof(msg))) {
+                        call_reply_error(c, 422, "PARAMETER.INVALID", msg);
+                        json_decref(body);
+                        return;
+                }
+        }
+        ids = jcheck(json_array());
+        json_array_foreach(body, i, v) {
+                store_put(c->f, v);
+                json_array_append_new(ids, jcheck(json_string(object_id(v))));
+        }
+        call_reply_json(c, 201, jcheck(json_pack("{s:i,s:o}", "stored", (int)json_array_size(ids),
+                                                 "ids", ids)));
+        json_decref(body);
+}
+
+static void
+control_objects_get(struct call *c)
+{
+        struct fake *f = c->f;
+        json_t *ids = jcheck(json_array()), *evs = jcheck(json_array()), *v;
+        const char *key;
+
+        json_object_foreach(f->objects, key, v)
+                json_array_append_new(ids, jcheck(json_string(key)));
+        for (size_t i = 0; i < f->nevents; i++)
+                json_array_append_new(evs, jcheck(json_string(f->events[i].id)));
+        call_reply_json(c, 200, jcheck(json_pack("{s:o,s:o}", "ids", ids, "events", evs)));
+}
+
+static void
+control_faults_post(struct call *c)
+{
+        struct fake *f = c->f;
+        json_t *body = control_body(c), *v;
+        struct fault_list staged;
+        struct fault *r;
+        size_t i, n = 0, total = 0;
+        char msg[200];
+
+        if (body == NULL)
+                return;
+        if (json_is_object(body)) {
+                json_t *arr = jcheck(json_array());
+                json_array_append_new(arr, body);
+                body = arr;
+        }
+        /* all or nothing: a bad rule in a list queues none of them */
+        TAILQ_INIT(&staged);
+        json_array_foreach(body, i, v) {
+                if ((r = fault_parse(v, msg, sizeof(msg))) == NULL) {
+                        while ((r = TAILQ_FIRST(&staged)) != NULL) {
+                                TAILQ_REMOVE(&staged, r, link);
+                                fault_free(r);
+                        }
+                        call_reply_error(c, 422, "PARAMETER.INVALID", msg);
+                        json_decref(body);
+                        return;
+                }
+                TAILQ_INSERT_TAIL(&staged, r, link);
+        }
+        while ((r = TAILQ_FIRST(&staged)) != NULL) {
+                TAILQ_REMOVE(&staged, r, link);
+                TAILQ_INSERT_TAIL(&f->faults, r, link);
+                n++;
+        }
+        TAILQ_FOREACH(r, &f->faults, link)
+                total++;
+        call_reply_json(c, 201, jcheck(json_pack("{s:i,s:i}", "queued", (int)n, "faults", (int)total)));
+        json_decref(body);
+}
+
+static void
+control_handle(struct fake *f, struct evhttp_request *req)
+{
+        struct call *c = call_new(f, req, false);
+        const char *p = c->path;
+        enum evhttp_cmd_type m = c->cmd;
+
+        if (strcmp(p, "/_control/objects") == 0) {
+                if (m == EVHTTP_REQ_POST)
+                        control_objects_post(c);
+                else if (m == EVHTTP_REQ_GET)
+                        control_objects_get(c);
+                else if (m == EVHTTP_REQ_DELETE)
+                        call_reply_json(c, 200, jcheck(json_pack("{s:i}", "deleted", (int)store_clear(f))));
+                else
+                        goto method;
+        } else if (strcmp(p, "/_control/faults") == 0) {
+                if (m == EVHTTP_REQ_POST)
+                        control_faults_post(c);
+                else if (m == EVHTTP_REQ_GET)
+                        call_reply_json(c, 200, faults_to_json(f));
+                else if (m == EVHTTP_REQ_DELETE)
+                        call_reply_json(c, 200, jcheck(json_pack("{s:i}", "cleared", (int)faults_clear(f))));
+                else
+                        goto method;
+        } else if (strcmp(p, "/_control/stats") == 0) {
+                if (m != EVHTTP_REQ_GET)
+                        goto method;
+                call_reply_json(c, 200, stats_to_json(f));
+        } else if (strcmp(p, "/_control/reset") == 0) {
+                if (m != EVHTTP_REQ_POST)
+                        goto method;
+                stats_reset(&f->st);
+                call_reply_json(c, 200, jcheck(json_pack("{s:b}", "reset", 1)));
+        } else {
+                call_reply_error(c, 404, "NOT_FOUND", "Unknown control path.");
+        }
+        call_free(c);
+        return;
+method:
+        call_reply_error(c, 405, "METHOD.NOT_ALLOWED", "Method not allowed here.");
+        call_free(c);
+}
+
+static void
+request_cb(struct evhttp_request *req, void *arg)
+{
+        struct fake *f = arg;
+        const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+        const char *path = u ? evhttp_uri_get_path(u) : NULL;
+
+        if (path == NULL)
+                path = "";
+        if (strcmp(path, "/v2") == 0 || has_prefix(path, "/v2/")) {
+                api_begin(f, req);
+        } else if (has_prefix(path, "/_control/")) {
+                control_handle(f, req);
+        } else {
+                struct call *c = call_new(f, req, false);
+                call_reply_error(c, 404, "NOT_FOUND", "The requested resource could not be found.");
+                call_free(c);
+        }
+}
+
+/* ---- process -------------------------------------------------------------------------- */
+
+/* Answers every delayed call with 503: a detached request is freed only by a reply. */
+static void
+pending_flush(struct fake *f)
+{
+        struct call *c;
+
+        while ((c = TAILQ_FIRST(&f->pending)) != NULL) {
+                TAILQ_REMOVE(&f->pending, c, link);
+                c->faulted = false;
+                call_reply_error(c, 503, "SERVICE_UNAVAILABLE", "Fake server shutting down.");
+                call_free(c);
+        }
+}
+
+/*
+ * Delayed clients get their 503 before we go: the loop runs a little longer so the
+ * replies are written, rather than cut off by evhttp_free.
+ */
+static void
+signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+        struct fake *f = arg;
+        struct timeval grace = { 0, 100 * 1000 };
+
+        (void)what;
+        fprintf(stderr, "fake_easypost: signal %d, exiting\n", (int)sig);
+        pending_flush(f);
+        event_base_loopexit(f->base, &grace);
+}
+
+/*
+ * The fixture objects a test gets without seeding. A missing default directory is only
+ * a warning (the fixtures live outside the repository); an explicit one must be complete.
+ */
+static int
+fixtures_load(struct fake *f, const char *dir, bool required)
+{
+        static const char *const names[] = {
+                "shipment_bought.json", "shipment_unpurchased.json", "tracker_retrieve.json",
+        };
+        char path[4096], msg[200];
+        json_error_t jerr;
+
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+                json_t *obj;
+
+                if (snprintf(path, sizeof(path), "%s/%s", dir, names[i]) >= (int)sizeof(path)) {
+                        fprintf(stderr, "fake_easypost: fixtures path too long\n");
+                        return -1;
+                }
+                obj = json_load_file(path, 0, &jerr);
+                if (obj == NULL) {
+                        fprintf(stderr, "fake_easypost: %s: %s: %s\n",
+                                required ? "error" : "warning", path, jerr.text);
+                        if (required)
+                                return -1;
+                        continue;
+                }
+                if (!store_check(obj, msg, sizeof(msg))) {
+                        fprintf(stderr, "fake_easypost: %s: %s\n", path, msg);
+                        json_decref(obj);
+                        if (required)
+                                return -1;
+                        continue;
+                }
+                store_put(f, obj);
+                json_decref(obj);
+        }
+        return 0;
+}
+
+/* "HOST:PORT", "[V6]:PORT"; host is written into buf. */
+static int
+listen_parse(const char *s, char *buf, size_t buflen, unsigned short *port)
+{
+        const char *colon = strrchr(s, ':');
+        size_t hl;
+        long p;
+
+        if (colon == NULL || !int_parse(colon + 1, 0, 65535, &p))
+                return -1;
+        hl = (size_t)(colon - s);
+        if (hl >= 2 && s[0] == '[' && s[hl - 1] == ']') {
+                s++;
+                hl -= 2;
+        }
+        if (hl == 0 || hl >= buflen)
+                return -1;
+        memcpy(buf, s, hl);
+        buf[hl] = '\0';
+        *port = (unsigned short)p;
+        return 0;
+}
+
+static void
+usage(FILE *out)
+{
+        fprintf(out,
+                "usage: fake_easypost --api-key KEY [--listen HOST:PORT] [--fixtures DIR] [--no-fixtures]\n"
+                "  --listen    default 127.0.0.1:0 (0 = any free port; \"port=N\" is printed first)\n"
+                "  --fixtures  default $EASYPOST_FIXTURES or <srcdir>/../shared/fixtures/easypost\n"
+                "  --no-fixtures  start with an empty store\n"
+                "Control API: see tests/fake_easypost.md\n");
+}
+
+static void
+fake_fini(struct fake *f)
+{
+        pending_flush(f);               /* calls delayed during the grace period */
+        if (f->http)
+                evhttp_free(f->http);
+        if (f->sigterm)
+                event_free(f->sigterm);
+        if (f->sigint)
+                event_free(f->sigint);
+        faults_clear(f);
+        store_clear(f);
+        free(f->events);
+        json_decref(f->objects);
+        stats_fini(&f->st);
+        if (f->base)
+                event_base_free(f->base);
+}
+
+int
+main(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "listen", required_argument, NULL, 'l' },
+                { "fixtures", required_argument, NULL, 'f' },
+                { "no-fixtures", no_argument, NULL, 'n' },
+                { "api-key", required_argument, NULL, 'k' },
+                { "help", no_argument, NULL, 'h' },
+                { NULL, 0, NULL, 0 },
+        };
+        struct fake f;
+        const char *listen = "127.0.0.1:0", *fixtures = NULL;
+        char host[256], defdir[4096];
+        unsigned short port;
+        bool no_fixtures = false;
+        struct evhttp_bound_socket *bound;
+        struct sockaddr_storage ss;
+        socklen_t sslen = sizeof(ss);
+        int opt, rc = EXIT_FAILURE;
+
+        memset(&f, 0, sizeof(f));
+        while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+                switch (opt) {
+                case 'l': listen = optarg; break;
+                case 'f': fixtures = optarg; break;
+                case 'n': no_fixtures = true; break;
+                case 'k': f.api_key = optarg; break;
+                case 'h': usage(stdout); return 0;
+                default: usage(stderr); return EXIT_FAILURE;
+                }
+        }
+        if (optind != argc || f.api_key == NULL || f.api_key[0] == '\0' ||
+            strlen(f.api_key) >= FAKE_AUTH_MAX / 2) {
+                usage(stderr);
+                return EXIT_FAILURE;
+        }
+        f.api_key_len = strlen(f.api_key);
+        if (listen_parse(listen, host, sizeof(host), &port) != 0) {
+                fprintf(stderr, "fake_easypost: bad --listen %s\n", listen);
+                return EXIT_FAILURE;
+        }
+
+        /* a client closing mid-reply must not kill us */
+        signal(SIGPIPE, SIG_IGN);
+        TAILQ_INIT(&f.faults);
+        TAILQ_INIT(&f.pending);
+        f.objects = jcheck(json_object());
+        stats_init(&f.st);
+
+        if (!no_fixtures) {
+                const char *env = getenv("EASYPOST_FIXTURES");
+                bool required = fixtures != NULL;
+
+                if (fixtures == NULL) {
+                        snprintf(defdir, sizeof(defdir), "%s/../shared/fixtures/easypost",
+                                 EPS_SRCDIR);
+                        fixtures = env && env[0] ? env : defdir;
+                }
+                if (fixtures_load(&f, fixtures, required) != 0)
+                        goto out;
+        }
+
+        f.base = event_base_new();
+        f.http = f.base ? evhttp_new(f.base) : NULL;
+        if (f.http == NULL) {
+                fprintf(stderr, "fake_easypost: libevent setup failed\n");
+                goto out;
+        }
+        evhttp_set_max_body_size(f.http, FAKE_BODY_MAX);
+        evhttp_set_max_headers_size(f.http, 64 * 1024);
+        evhttp_set_timeout(f.http, 120);
+        /* every method reaches us, so a wrong one gets a JSON 405, not libevent's page */
+        evhttp_set_allowed_methods(f.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                   EVHTTP_REQ_PATCH);
+        evhttp_set_gencb(f.http, request_cb, &f);
+        bound = evhttp_bind_socket_with_handle(f.http, host, port);
+        if (bound == NULL) {
+                fprintf(stderr, "fake_easypost: cannot listen on %s\n", listen);
+                goto out;
+        }
+        if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&ss, &sslen) != 0) {
+                perror("fake_easypost: getsockname");
+                goto out;
+        }
+        port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+
+        f.sigterm = evsignal_new(f.base, SIGTERM, signal_cb, &f);
+        f.sigint = evsignal_new(f.base, SIGINT, signal_cb, &f);
+        if (f.sigterm == NULL || f.sigint == NULL || evsignal_add(f.sigterm, NULL) != 0 ||
+            evsignal_add(f.sigint, NULL) != 0) {
+                fprintf(stderr, "fake_easypost: signal setup failed\n");
+                goto out;
+        }
+
+        /* the first line a test reads; everything is ready once it is out */
+        printf("port=%u\n", (unsigned)port);
+        fflush(stdout);
+        fprintf(stderr, "fake_easypost: listening on %s port %u, %zu objects, %zu events\n",
+                host, (unsigned)port, json_object_size(f.objects), f.nevents);
+
+        event_base_dispatch(f.base);
+        rc = 0;
+out:
+        fake_fini(&f);
+        libevent_global_shutdown();
+        return rc;
+}
