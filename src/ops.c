@@ -18,8 +18,11 @@
 
 #include "app.h"
 #include "http.h"
+#include "db_migrate.h"
 #include "ingest.h"
+#include "jobs.h"
 #include "metrics.h"
+#include "sync.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "0"
@@ -75,22 +78,34 @@ healthz_cb(struct evhttp_request *req, void *arg)
                 http_reply_json(req, EP_HEALTHZ, 200, "{\"status\":\"ok\"}");
 }
 
+/*
+ * Ready = a database connection is up, the schema is at this build's
+ * migration, the queue has room and we are not draining. A rejected API key
+ * is reported but does not make the daemon unready: webhooks still commit.
+ */
 static void
 readyz_cb(struct evhttp_request *req, void *arg)
 {
         struct app *a = arg;
         struct strbuf b = { 0 };
         bool db = ingest_db_up(a->ingest);
+        int schema = jobs_schema_version(a->jobs);
+        bool current = schema >= DB_SCHEMA_VERSION;
         bool room = ingest_has_room(a->ingest);
         bool running = a->state == APP_RUNNING;
+        bool ready = db && current && room && running;
+        const char *api = !sync_enabled(a->sync) ? "off"
+                          : sync_auth_failed(a->sync) ? "unauthorized"
+                                                      : "ok";
 
         if (!only_get(req, EP_READYZ))
                 return;
-        strbuf_printf(&b, "{\"status\":\"%s\",\"checks\":{\"database\":\"%s\",\"queue\":\"%s\","
-                          "\"state\":\"%s\"}}",
-                      db && room && running ? "ready" : "not ready", db ? "ok" : "down",
-                      room ? "ok" : "full", running ? "ok" : "draining");
-        http_reply_json(req, EP_READYZ, db && room && running ? 200 : 503, b.data);
+        strbuf_printf(&b, "{\"status\":\"%s\",\"checks\":{\"database\":\"%s\",\"migrations\":\"%s\","
+                          "\"queue\":\"%s\",\"state\":\"%s\",\"api\":\"%s\"}}",
+                      ready ? "ready" : "not ready", db ? "ok" : "down",
+                      current ? "ok" : schema < 0 ? "unknown" : "pending", room ? "ok" : "full",
+                      running ? "ok" : "draining", api);
+        http_reply_json(req, EP_READYZ, ready ? 200 : 503, b.data);
         strbuf_free(&b);
 }
 

@@ -108,6 +108,8 @@ conn(struct sync *s)
         return jobs_conn(s->app->jobs);
 }
 
+static void ignore_cb(PGresult *res, void *arg);
+
 /* ---- the pacer: concurrency and rate for every API request ---- */
 
 struct preq_ctx {
@@ -156,7 +158,8 @@ pump(struct sync *s)
         struct app *a = s->app;
         uint64_t gap = 1000000u / (uint64_t)a->cfg->api_rate;
 
-        while (s->qhead && s->in_flight < (unsigned)a->cfg->api_concurrency && !s->stopped) {
+        while (s->qhead && s->in_flight < (unsigned)a->cfg->api_concurrency && !s->stopped &&
+               !s->auth_failed) {
                 uint64_t now = clock_mono_us();
                 if (now < s->next_send_us) {
                         uint64_t us = s->next_send_us - now;
@@ -221,6 +224,33 @@ api_url(struct sync *s, const char *fmt, const char *a1, const char *a2)
         return url;
 }
 
+static void job_http_done(struct sync *s, const struct httpc_resp *r, void *arg);
+
+/* Drops requests not yet sent; their owners see them as cancelled, and jobs
+ * among them go back to pending at once rather than waiting out a lease. */
+static void
+drop_queued(struct sync *s)
+{
+        static const char *release = "SELECT eps_sync_release($1::uuid, 'not sent: API key rejected', 0)";
+
+        while (s->qhead) {
+                struct preq *p = s->qhead;
+                s->qhead = p->next;
+                s->queued--;
+                if (p->fn == job_http_done && !s->stopped) {
+                        const char *vals[1] = { ((struct sjob *)p->arg)->id };
+                        if (db_conn_query(conn(s), release, 1, vals, ignore_cb, s) != 0)
+                                log_debug("sync", "job not released: database unavailable");
+                }
+                struct httpc_resp r = { .rc = CURLE_ABORTED_BY_CALLBACK, .body = "", .error = "",
+                                        .request_id = "", .retry_after_s = -1 };
+                p->fn(s, &r, p->arg);
+                free(p->url);
+                free(p);
+        }
+        s->qtail = NULL;
+}
+
 static void
 auth_rejected(struct sync *s, long status)
 {
@@ -229,6 +259,7 @@ auth_rejected(struct sync *s, long status)
                                 "backfill stopped until the key changes (SIGHUP)",
                         status);
         s->auth_failed = true;
+        drop_queued(s);
 }
 
 /* ---- jobs ---- */
@@ -382,7 +413,7 @@ claim_tick(evutil_socket_t fd, short what, void *arg)
                 return;
         }
         snprintf(n, sizeof(n), "%u", r);
-        snprintf(lease, sizeof(lease), "%ld", a->cfg->api_timeout + 10);
+        snprintf(lease, sizeof(lease), "%ld", a->cfg->api_timeout + 5);
         vals[0] = n;
         vals[1] = a->instance_id;
         vals[2] = lease;
@@ -826,15 +857,7 @@ sync_free(struct sync *s)
                 return;
         s->stopped = true;
         httpc_free(s->hc); /* in-flight requests report ABORTED */
-        while (s->qhead) {
-                struct preq *p = s->qhead;
-                s->qhead = p->next;
-                struct httpc_resp r = { .rc = CURLE_ABORTED_BY_CALLBACK, .body = "", .error = "",
-                                        .request_id = "", .retry_after_s = -1 };
-                p->fn(s, &r, p->arg);
-                free(p->url);
-                free(p);
-        }
+        drop_queued(s);
         bf_reset(s);
         event_free(s->claim_timer);
         event_free(s->pace_timer);

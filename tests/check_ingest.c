@@ -250,7 +250,9 @@ START_TEST(test_db_down_at_start)
         char resp[256];
 
         pg_ctl("stop");
+        itest_wait_ready = false;
         ck_assert_int_eq(daemon_start(&d2, NULL), 0);
+        itest_wait_ready = true;
         ck_assert_int_eq(post_event(d2.port, b, strlen(b), resp, sizeof(resp)), 503);
         ck_assert_ptr_nonnull(strstr(resp, "\"error\""));
         pg_ctl("start");

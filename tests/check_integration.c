@@ -13,6 +13,7 @@ main(void)
         SRunner *sr = srunner_create(ingest_suite());
 
         srunner_add_suite(sr, project_suite());
+        srunner_add_suite(sr, sync_suite());
 
         curl_global_init(CURL_GLOBAL_DEFAULT);
         srunner_run_all(sr, CK_NORMAL);

@@ -1080,6 +1080,33 @@ out:
         evhttp_clear_headers(&q);
 }
 
+/*
+ * GET /v2/events/{id}/payloads: EasyPost's log of delivery attempts. A seeded
+ * event with a "result" has one failed attempt whose request_body is the whole
+ * event as it would have been sent (compact JSON); one without has none.
+ */
+static void
+api_event_payloads(struct call *c, const char *id)
+{
+        json_t *obj = json_object_get(c->f->objects, id), *list;
+
+        if (obj == NULL || !has_prefix(id, "evt_")) {
+                call_reply_error(c, 404, "NOT_FOUND", "The requested resource could not be found.");
+                return;
+        }
+        list = jcheck(json_array());
+        if (json_object_get(obj, "result") != NULL) {
+                char *body = json_dumps(obj, JSON_COMPACT);
+                if (body == NULL)
+                        abort();
+                json_array_append_new(list, jcheck(json_pack("{s:s,s:s,s:s,s:i,s:s,s:i}",
+                        "object", "Payload", "id", "payload_fake", "request_body", body,
+                        "response_code", 500, "response_body", "{}", "total_time", 30)));
+                free(body);
+        }
+        call_reply_json(c, 200, jcheck(json_pack("{s:o}", "payloads", list)));
+}
+
 /* Normal API answer: auth, method, route. */
 static void
 api_serve(struct call *c)
@@ -1104,7 +1131,16 @@ api_serve(struct call *c)
                 api_object_get(c, p + strlen("/v2/trackers/"), "trk_");
         else if (strcmp(p, "/v2/events") == 0 || strcmp(p, "/v2/events/") == 0)
                 api_events_list(c);
-        else if (has_prefix(p, "/v2/events/"))
+        else if (has_prefix(p, "/v2/events/") && strlen(p) > strlen("/v2/events//payloads") &&
+                 strcmp(p + strlen(p) - strlen("/payloads"), "/payloads") == 0) {
+                char id[128];
+                size_t n = strlen(p) - strlen("/v2/events/") - strlen("/payloads");
+                if (n >= sizeof(id))
+                        n = sizeof(id) - 1;
+                memcpy(id, p + strlen("/v2/events/"), n);
+                id[n] = '\0';
+                api_event_payloads(c, id);
+        } else if (has_prefix(p, "/v2/events/"))
                 api_object_get(c, p + strlen("/v2/events/"), "evt_");
         else
                 call_reply_error(c, 404, "NOT_FOUND", "The requested resource could not be found.");

@@ -59,6 +59,8 @@ wait_status(unsigned port, const char *path, int want, int timeout_ms)
         return false;
 }
 
+bool itest_wait_ready = true;
+
 int
 daemon_start(struct daemon *d, const char *const *extra_env)
 {
@@ -100,7 +102,8 @@ daemon_start(struct daemon *d, const char *const *extra_env)
                         execl(buf, "easypost-syncd", (char *)NULL);
                 _exit(127);
         }
-        if (!wait_status(d->port, "/healthz", 200, 20000)) {
+        if (!wait_status(d->port, "/healthz", 200, 20000) ||
+            (itest_wait_ready && !wait_status(d->port, "/readyz", 200, 20000))) {
                 daemon_stop(d, SIGKILL);
                 return -1;
         }
@@ -326,4 +329,80 @@ pg_ctl(const char *what)
                 snprintf(cmd, sizeof(cmd), "%s stop '%s' %s", srcdir_path("tests/pg.sh"), dir,
                          strcmp(what, "stop-immediate") == 0 ? "immediate" : "fast");
         ck_assert_int_eq(system(cmd), 0);
+}
+
+int
+fake_start(struct fake_api *f, const char *api_key)
+{
+        int fds[2];
+        char line[64] = "";
+
+        memset(f, 0, sizeof(*f));
+        ck_assert_int_eq(pipe(fds), 0);
+        f->pid = fork();
+        ck_assert_int_ge(f->pid, 0);
+        if (f->pid == 0) {
+                char bin[600], log[600];
+                const char *tmp = getenv("TEST_TMPDIR");
+                snprintf(bin, sizeof(bin), "%s/tests/fake_easypost", builddir());
+                snprintf(log, sizeof(log), "%s/fake-%d.log", tmp ? tmp : "/tmp", (int)getpid());
+                int lfd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+                if (lfd >= 0) {
+                        dup2(lfd, 2);
+                        close(lfd);
+                }
+                dup2(fds[1], 1);
+                close(fds[0]);
+                close(fds[1]);
+                execl(bin, "fake_easypost", "--listen", "127.0.0.1:0", "--api-key", api_key,
+                      "--no-fixtures", (char *)NULL);
+                _exit(127);
+        }
+        close(fds[1]);
+        FILE *in = fdopen(fds[0], "r");
+        if (in == NULL || fgets(line, sizeof(line), in) == NULL || sscanf(line, "port=%u", &f->port) != 1) {
+                if (in)
+                        fclose(in);
+                fake_stop(f);
+                return -1;
+        }
+        fclose(in);
+        snprintf(f->url, sizeof(f->url), "http://127.0.0.1:%u/v2", f->port);
+        return 0;
+}
+
+void
+fake_stop(struct fake_api *f)
+{
+        int st;
+
+        if (f->pid > 0) {
+                kill(f->pid, SIGTERM);
+                while (waitpid(f->pid, &st, 0) < 0 && errno == EINTR)
+                        ;
+        }
+        f->pid = 0;
+}
+
+int
+fake_control(struct fake_api *f, const char *method, const char *path, const char *json,
+             char *resp, size_t cap)
+{
+        const char *h[] = { "Content-Type: application/json", NULL };
+
+        return http_req(f->port, method, path, h, json, json ? strlen(json) : 0, resp, cap);
+}
+
+long
+db_wait_long(PGconn *c, const char *sql, long want, int timeout_ms)
+{
+        uint64_t end = clock_mono_us() + (uint64_t)timeout_ms * 1000u;
+        long v;
+
+        for (;;) {
+                v = db_long(c, sql, NULL);
+                if (v == want || clock_mono_us() > end)
+                        return v;
+                sleep_ms(50);
+        }
 }

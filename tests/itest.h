@@ -23,8 +23,10 @@ struct daemon {
 
 /* Starts easypost-syncd with DATABASE_URL, the test secret, a free port and
  * extra "NAME=value" settings (NULL-terminated, may be NULL); waits until
- * /healthz answers. Returns 0 on success. */
+ * /healthz (and /readyz, see itest_wait_ready) answer 200. 0 on success. */
 int daemon_start(struct daemon *d, const char *const *extra_env);
+/* daemon_start waits for /readyz too unless this is false (database down on purpose). */
+extern bool itest_wait_ready;
 /* Sends sig and waits for exit; returns the exit status (or -1 if killed). */
 int daemon_stop(struct daemon *d, int sig);
 /* Polls GET path until it answers want (bounded by timeout_ms); true if it did. */
@@ -50,7 +52,22 @@ void db_exec(PGconn *c, const char *sql);
 /* PostgreSQL control: "stop", "start", "stop-immediate". */
 void pg_ctl(const char *what);
 
+/* The fake EasyPost API (tests/fake_easypost) as a child process. */
+struct fake_api {
+        pid_t pid;
+        unsigned port;
+        char url[64]; /* http://127.0.0.1:PORT/v2 */
+};
+int fake_start(struct fake_api *f, const char *api_key);
+void fake_stop(struct fake_api *f);
+/* POST (or GET with body NULL) to a control path; returns the status, resp filled. */
+int fake_control(struct fake_api *f, const char *method, const char *path, const char *json,
+                 char *resp, size_t cap);
+/* Polls sql (one number) until it equals want or timeout; returns the last value. */
+long db_wait_long(PGconn *c, const char *sql, long want, int timeout_ms);
+
 Suite *ingest_suite(void);
+Suite *sync_suite(void);
 Suite *project_suite(void);
 
 #endif

@@ -1,0 +1,366 @@
+/*
+ * check_sync.c - the sync worker and backfill against the fake EasyPost API
+ * over real HTTP: shipments filled in, 429 + Retry-After, 401 without a
+ * storm, the rate limit, a kill mid-queue, and events recovered by backfill.
+ */
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "itest.h"
+#include "util.h"
+
+#define API_KEY "EZTKtestkey0123456789"
+
+static struct fake_api fk;
+
+static void
+fake_up(void)
+{
+        ck_assert_int_eq(fake_start(&fk, API_KEY), 0);
+}
+
+static void
+fake_down(void)
+{
+        fake_stop(&fk);
+}
+
+static void
+start_syncd(struct daemon *d, const char *key, const char *rate, const char *backfill)
+{
+        char url[128], keyenv[128], rateenv[64], bfenv[64];
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", key);
+        snprintf(rateenv, sizeof(rateenv), "EASYPOST_SYNC_API_RATE=%s", rate);
+        snprintf(bfenv, sizeof(bfenv), "EASYPOST_SYNC_BACKFILL_INTERVAL=%s", backfill);
+        const char *env[] = { url, keyenv, rateenv, bfenv, "EASYPOST_SYNC_API_TIMEOUT=2",
+                              "EASYPOST_SYNC_SYNC_INTERVAL=1", NULL };
+        ck_assert_int_eq(daemon_start(d, env), 0);
+}
+
+static void
+wipe(PGconn *c)
+{
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, addresses, parcels, customs_infos, "
+                   "webhook_events, sync_jobs, sync_state CASCADE");
+        ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/objects", NULL, NULL, 0), 200);
+        ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/reset", "{}", NULL, 0), 200);
+}
+
+static char *
+shipment_json(const char *shp)
+{
+        json_t *o = json_pack(
+                "{s:s,s:s,s:s,s:s,s:s,s:s,s:{s:s,s:s,s:s,s:s,s:s,s:s,s:s},s:{s:s,s:s,s:s,s:s,s:s,s:s,s:s},"
+                "s:{s:s,s:f,s:f,s:f,s:f},s:{s:s,s:s,s:s,s:s},s:n}",
+                "id", shp, "object", "Shipment", "mode", "test", "status", "unknown",
+                "created_at", "2025-05-01T10:00:00Z", "updated_at", "2025-05-01T10:05:00Z",
+                "from_address", "id", "adr_from1", "name", "Sender", "street1", "1 Main St", "city",
+                "San Francisco", "state", "CA", "zip", "94105", "country", "US",
+                "to_address", "id", "adr_to1", "name", "Receiver", "street1", "2 Oak Ave", "city",
+                "Chicago", "state", "IL", "zip", "60601", "country", "US",
+                "parcel", "id", "prcl_1", "length", 10.0, "width", 8.0, "height", 4.0, "weight", 15.4,
+                "selected_rate", "carrier", "USPS", "service", "GroundAdvantage", "rate", "6.07",
+                "currency", "USD",
+                "customs_info");
+        ck_assert_ptr_nonnull(o);
+        char *s = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        return s;
+}
+
+static void
+seed_shipment(const char *shp)
+{
+        char *s = shipment_json(shp);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", s, NULL, 0), 201);
+        free(s);
+}
+
+static char *
+tracker_event(const char *evid, const char *shp, const char *created)
+{
+        char *b = xmalloc(1024);
+        snprintf(b, 1024,
+                 "{\"id\":\"%s\",\"object\":\"Event\",\"mode\":\"test\",\"description\":\"tracker.updated\","
+                 "\"created_at\":\"%s\",\"result\":{\"id\":\"trk_%s\",\"object\":\"Tracker\","
+                 "\"tracking_code\":\"EZ%s\",\"carrier\":\"USPS\",\"status\":\"in_transit\","
+                 "\"updated_at\":\"%s\",\"shipment_id\":\"%s\",\"tracking_details\":[{\"message\":\"Accepted\","
+                 "\"status\":\"pre_transit\",\"datetime\":\"%s\"}]}}",
+                 evid, created, evid + 4, evid + 4, created, shp, created);
+        return b;
+}
+
+static void
+post_tracker(unsigned port, const char *evid, const char *shp)
+{
+        char *b = tracker_event(evid, shp, "2025-05-02T08:00:00Z");
+        ck_assert_int_eq(post_event(port, b, strlen(b), NULL, 0), 200);
+        free(b);
+}
+
+static long
+stat_long(const char *key, const char *sub)
+{
+        char resp[65536];
+        ck_assert_int_eq(fake_control(&fk, "GET", "/_control/stats", NULL, resp, sizeof(resp)), 200);
+        json_t *o = json_loads(resp, 0, NULL);
+        ck_assert_ptr_nonnull(o);
+        json_t *v = json_object_get(o, key);
+        if (sub)
+                v = json_object_get(v, sub);
+        long n = json_is_integer(v) ? (long)json_integer_value(v) : 0;
+        json_decref(o);
+        return n;
+}
+
+START_TEST(test_tracker_event_fills_shipment)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        wipe(c);
+        seed_shipment("shp_fill1");
+        start_syncd(&d, API_KEY, "5", "0");
+        post_tracker(d.port, "evt_fill1", "shp_fill1");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM shipments WHERE easypost_id = 'shp_fill1' "
+                                         "AND synced_at IS NOT NULL", 1, 15000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipments s JOIN addresses f ON f.id = s.from_address_id "
+                                    "JOIN addresses t ON t.id = s.to_address_id JOIN parcels p ON p.id = s.parcel_id "
+                                    "WHERE s.easypost_id = 'shp_fill1' AND s.carrier = 'USPS' AND s.service = "
+                                    "'GroundAdvantage' AND s.rate = 6.07 AND s.currency = 'USD' AND f.city = "
+                                    "'San Francisco' AND t.country = 'US' AND p.weight = 15.4", NULL), 1);
+        /* the delivery status stays the tracker's */
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipments WHERE easypost_id = 'shp_fill1' "
+                                    "AND status = 'in_transit'", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'done'", NULL), 1);
+        /* a second event for the same shipment does not fetch it again */
+        post_tracker(d.port, "evt_fill2", "shp_fill1");
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs", NULL), 1);
+        ck_assert_int_eq(stat_long("by_path", "/v2/shipments/shp_fill1"), 1);
+        /* User-Agent and auth as EasyPost expects */
+        char resp[65536];
+        fake_control(&fk, "GET", "/_control/stats", NULL, resp, sizeof(resp));
+        ck_assert_ptr_nonnull(strstr(resp, "easypost-sync/"));
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_429_then_200_honours_retry_after)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        wipe(c);
+        seed_shipment("shp_r429");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/shipments/shp_r429\",\"status\":429,"
+                                      "\"retry_after\":2,\"count\":1}", NULL, 0), 201);
+        start_syncd(&d, API_KEY, "5", "0");
+        uint64_t t0 = clock_mono_us();
+        post_tracker(d.port, "evt_r429", "shp_r429");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM shipments WHERE easypost_id = 'shp_r429' "
+                                         "AND synced_at IS NOT NULL", 1, 20000), 1);
+        double secs = (double)(clock_mono_us() - t0) / 1e6;
+        ck_assert_int_eq(stat_long("by_path", "/v2/shipments/shp_r429"), 2); /* one 429, one 200 */
+        ck_assert_msg(secs >= 2.0, "fetched again after %.2f s, before Retry-After", secs);
+        ck_assert_int_eq(db_long(c, "SELECT attempts FROM sync_jobs WHERE object_id = 'shp_r429'", NULL), 2);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_401_stops_worker_without_storm)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char resp[512];
+
+        wipe(c);
+        for (int i = 0; i < 5; i++) {
+                char shp[32];
+                snprintf(shp, sizeof(shp), "shp_auth%d", i);
+                seed_shipment(shp);
+        }
+        start_syncd(&d, "EZTKwrongkey", "5", "0");
+        for (int i = 0; i < 5; i++) {
+                char shp[32], ev[32];
+                snprintf(shp, sizeof(shp), "shp_auth%d", i);
+                snprintf(ev, sizeof(ev), "evt_auth%d", i);
+                post_tracker(d.port, ev, shp);
+        }
+        /* wait for the worker to give up, then watch that it stays quiet */
+        uint64_t end = clock_mono_us() + 10000000u;
+        while (stat_long("auth_failures", NULL) == 0 && clock_mono_us() < end)
+                wait_status(d.port, "/healthz", 200, 100);
+        ck_assert_int_ge(stat_long("auth_failures", NULL), 1);
+        long before = stat_long("requests", NULL);
+        struct daemon probe; /* time passes while a second daemon starts and stops */
+        ck_assert_int_eq(daemon_start(&probe, NULL), 0);
+        ck_assert_int_eq(daemon_stop(&probe, SIGTERM), 0);
+        end = clock_mono_us() + 3000000u;
+        while (clock_mono_us() < end)
+                wait_status(d.port, "/healthz", 200, 100);
+        long after = stat_long("requests", NULL);
+        ck_assert_msg(after == before, "requests went on after 401: %ld -> %ld", before, after);
+        ck_assert_int_le(after, 4); /* at most the first concurrent wave */
+        ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "\"api\":\"unauthorized\""));
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'pending'", NULL), 5);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_rate_never_above_api_rate)
+{
+        enum { N = 12 };
+        PGconn *c = db_open();
+        struct daemon d;
+
+        wipe(c);
+        for (int i = 0; i < N; i++) {
+                char shp[32];
+                snprintf(shp, sizeof(shp), "shp_rate%02d", i);
+                seed_shipment(shp);
+        }
+        start_syncd(&d, API_KEY, "3", "0");
+        for (int i = 0; i < N; i++) {
+                char shp[32], ev[32];
+                snprintf(shp, sizeof(shp), "shp_rate%02d", i);
+                snprintf(ev, sizeof(ev), "evt_rate%02d", i);
+                post_tracker(d.port, ev, shp);
+        }
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'done'", N, 30000), N);
+        long maxw = stat_long("max_per_1s_window", NULL);
+        fprintf(stderr, "rate test: %d fetches, at most %ld in any 1 s window (api_rate 3)\n", N, maxw);
+        ck_assert_int_le(maxw, 3);
+        ck_assert_int_ge(maxw, 2);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_kill_mid_queue_every_job_done_once)
+{
+        enum { N = 6 };
+        PGconn *c = db_open();
+        struct daemon d;
+
+        wipe(c);
+        for (int i = 0; i < N; i++) {
+                char shp[32];
+                snprintf(shp, sizeof(shp), "shp_kill%d", i);
+                seed_shipment(shp);
+        }
+        /* slow answers so that the kill lands with fetches in flight */
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/shipments/\",\"delay_ms\":1500,\"count\":3}",
+                                      NULL, 0), 201);
+        start_syncd(&d, API_KEY, "5", "0");
+        for (int i = 0; i < N; i++) {
+                char shp[32], ev[32];
+                snprintf(shp, sizeof(shp), "shp_kill%d", i);
+                snprintf(ev, sizeof(ev), "evt_kill%d", i);
+                post_tracker(d.port, ev, shp);
+        }
+        ck_assert_int_ge(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'running'", 2, 10000), 1);
+        daemon_stop(&d, SIGKILL);
+        long running = db_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'running'", NULL);
+        fprintf(stderr, "killed with %ld jobs running\n", running);
+        ck_assert_int_ge(running, 1);
+        start_syncd(&d, API_KEY, "5", "0");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'done'", N, 30000), N);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs", NULL), N);
+        ck_assert_int_eq(db_long(c, "SELECT count(DISTINCT object_id) FROM sync_jobs", NULL), N);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipments WHERE synced_at IS NOT NULL", NULL), N);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+static void
+seed_event(int i, const char *created)
+{
+        char ev[32], shp[32];
+        snprintf(ev, sizeof(ev), "evt_bf%02d", i);
+        snprintf(shp, sizeof(shp), "shp_bf%02d", i);
+        char *b = tracker_event(ev, shp, created);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", b, NULL, 0), 201);
+        seed_shipment(shp);
+        free(b);
+}
+
+START_TEST(test_backfill_recovers_missed_events_once)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        wipe(c);
+        for (int i = 0; i < 5; i++) {
+                char created[40];
+                snprintf(created, sizeof(created), "2025-06-01T10:0%d:00Z", i);
+                seed_event(i, created);
+        }
+        /* two of them were delivered as webhooks; three never were */
+        start_syncd(&d, API_KEY, "20", "0");
+        for (int i = 0; i < 2; i++) {
+                char ev[32], shp[32];
+                snprintf(ev, sizeof(ev), "evt_bf%02d", i);
+                snprintf(shp, sizeof(shp), "shp_bf%02d", i);
+                char created[40];
+                snprintf(created, sizeof(created), "2025-06-01T10:0%d:00Z", i);
+                char *b = tracker_event(ev, shp, created);
+                ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
+                free(b);
+        }
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        start_syncd(&d, API_KEY, "20", "1");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_bf%'",
+                                      5, 20000), 5);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_bf04'", 1, 10000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE source = 'backfill'", NULL), 3);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE source = 'webhook'", NULL), 2);
+        /* recovered bodies are projected like webhooks */
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'projected'", NULL), 5);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id LIKE 'trk_bf%'", NULL), 5);
+        /* newer events after the cursor; one also arrives as a webhook meanwhile */
+        seed_event(5, "2025-06-01T11:00:00Z");
+        seed_event(6, "2025-06-01T11:01:00Z");
+        char *b = tracker_event("evt_bf06", "shp_bf06", "2025-06-01T11:01:00Z");
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
+        free(b);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_bf%'",
+                                      7, 20000), 7);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_bf06'", 1, 10000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM (SELECT event_id FROM webhook_events "
+                                    "GROUP BY 1 HAVING count(*) > 1) d", NULL), 0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+Suite *
+sync_suite(void)
+{
+        Suite *s = suite_create("sync");
+        TCase *tc = tcase_create("worker");
+
+        tcase_set_timeout(tc, 90);
+        tcase_add_unchecked_fixture(tc, fake_up, fake_down);
+        tcase_add_test(tc, test_tracker_event_fills_shipment);
+        tcase_add_test(tc, test_429_then_200_honours_retry_after);
+        tcase_add_test(tc, test_401_stops_worker_without_storm);
+        tcase_add_test(tc, test_rate_never_above_api_rate);
+        tcase_add_test(tc, test_kill_mid_queue_every_job_done_once);
+        tcase_add_test(tc, test_backfill_recovers_missed_events_once);
+        suite_add_tcase(s, tc);
+        return s;
+}
