@@ -68,6 +68,7 @@ long db_wait_long(PGconn *c, const char *sql, long want, int timeout_ms);
 
 Suite *ingest_suite(void);
 Suite *sync_suite(void);
+Suite *timers_suite(void);
 Suite *project_suite(void);
 
 #endif

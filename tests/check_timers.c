@@ -1,0 +1,264 @@
+/*
+ * check_timers.c - system_metrics rows, analytics refreshes (one per view and
+ * slot across two daemons), timers under a database outage, and a lock on a
+ * view's base table that stalls the refresh but not the webhooks.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "itest.h"
+#include "util.h"
+
+static void
+wipe(PGconn *c)
+{
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, sync_jobs, "
+                   "system_metrics, analytics_refreshes CASCADE");
+}
+
+static double
+q_double(PGconn *c, const char *sql)
+{
+        PGresult *r = PQexec(c, sql);
+        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s", PQerrorMessage(c));
+        double v = PQgetisnull(r, 0, 0) ? -1 : atof(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        return v;
+}
+
+static char *
+event_n(const char *prefix, int i, const char *desc, const char *status)
+{
+        char id[64], res[300];
+        snprintf(id, sizeof(id), "evt_%s_%04d", prefix, i);
+        snprintf(res, sizeof(res),
+                 "{\"id\":\"trk_%s_%04d\",\"object\":\"Tracker\",\"carrier\":\"%s\",\"status\":\"%s\","
+                 "\"tracking_code\":\"T%d\",\"updated_at\":\"2025-07-01T00:00:00Z\",\"tracking_details\":[]}",
+                 prefix, i, i % 2 ? "UPS" : "USPS", status, i);
+        return make_event(id, desc, res);
+}
+
+START_TEST(test_system_metrics_rows)
+{
+        enum { N = 40 };
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_METRICS_INTERVAL=1", NULL };
+
+        wipe(c);
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 1) FROM system_metrics", 1, 5000), 1);
+        db_exec(c, "CREATE TEMP TABLE mark AS SELECT max(ts) AS ts FROM system_metrics");
+        for (int i = 0; i < N; i++) {
+                char *b = event_n("met", i, "batch.created", "x");
+                ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
+                free(b);
+        }
+        /* every event stored after the mark shows up in the rates of the following rows */
+        ck_assert_int_eq(db_wait_long(c, "SELECT round(sum(events_stored_ps * interval_s)) FROM system_metrics "
+                                         "WHERE ts > (SELECT ts FROM mark)", N, 5000), N);
+        double req = q_double(c, "SELECT sum(http_requests_ps * interval_s) FROM system_metrics "
+                                 "WHERE ts > (SELECT ts FROM mark)");
+        ck_assert_msg(req >= N - 0.5 && req <= N + 5, "requests counted %.1f for %d sent", req, N);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM system_metrics WHERE rss_bytes <= 0 OR open_fds <= 0 "
+                                    "OR cpu_pct < 0 OR queue_limit <= 0 OR db_conns_configured <> 2 "
+                                    "OR uptime_s <= 0", NULL), 0);
+        ck_assert_int_ge(db_long(c, "SELECT count(*) FROM system_metrics WHERE ack_p50_ms > 0 AND "
+                                    "ack_p99_ms >= ack_p50_ms AND ack_max_ms > 0", NULL), 1);
+        PGresult *r = PQexec(c, "SELECT ts, instance_id, interval_s, rss_bytes, cpu_pct, open_fds, queue_depth, "
+                                "queue_limit, db_conns_configured, db_conns_up, db_conns_busy, http_requests_ps, "
+                                "events_stored_ps, duplicates_ps, http_4xx_ps, http_5xx_ps, ack_p50_ms, "
+                                "ack_p99_ms, ack_max_ms, api_in_flight, uptime_s FROM system_metrics "
+                                "WHERE events_stored_ps > 0 ORDER BY ts LIMIT 1");
+        if (PQntuples(r) == 1) {
+                fprintf(stderr, "sample system_metrics row:");
+                for (int i = 0; i < PQnfields(r); i++)
+                        fprintf(stderr, " %s=%s", PQfname(r, i), PQgetvalue(r, 0, i));
+                fprintf(stderr, "\n");
+        }
+        PQclear(r);
+        /* retention: a row older than metrics_retention_days goes at the next tick */
+        db_exec(c, "INSERT INTO system_metrics (ts, instance_id, interval_s, rss_bytes, cpu_pct, open_fds, "
+                   "queue_depth, queue_limit, db_conns_configured, db_conns_up, db_conns_busy, http_requests_ps, "
+                   "events_stored_ps, duplicates_ps, http_4xx_ps, http_5xx_ps, uptime_s) VALUES "
+                   "(now() - interval '31 days', 'old', 1, 1, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1)");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM system_metrics WHERE instance_id = 'old'", 0, 5000), 0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_views_reflect_events_before_refresh)
+{
+        enum { N = 12 };
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", NULL };
+
+        wipe(c);
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        for (int i = 0; i < N; i++) {
+                char *b = event_n("view", i, "tracker.updated", i < 8 ? "delivered" : "in_transit");
+                ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
+                free(b);
+        }
+        db_exec(c, "CREATE TEMP TABLE sent AS SELECT clock_timestamp() AS at");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM analytics_refreshes WHERE outcome = 'ok' "
+                                         "AND started_at > (SELECT at FROM sent)", 3, 5000), 3);
+        ck_assert_int_eq(db_long(c, "SELECT sum(trackers) FROM analytics_status_funnel", NULL), N);
+        ck_assert_int_eq(db_long(c, "SELECT trackers FROM analytics_status_funnel WHERE carrier = 'USPS' "
+                                    "AND status = 'delivered'", NULL), 4);
+        ck_assert_int_eq(db_long(c, "SELECT trackers FROM analytics_status_funnel WHERE carrier = 'UPS' "
+                                    "AND status = 'in_transit'", NULL), 2);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_two_daemons_one_refresh_per_view_and_slot)
+{
+        PGconn *c = db_open();
+        struct daemon d1, d2;
+        const char *e1[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", "EASYPOST_SYNC_INSTANCE_ID=replica-a", NULL };
+        const char *e2[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", "EASYPOST_SYNC_INSTANCE_ID=replica-b", NULL };
+
+        wipe(c);
+        ck_assert_int_eq(daemon_start(&d1, e1), 0);
+        ck_assert_int_eq(daemon_start(&d2, e2), 0);
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(DISTINCT tick), 5) FROM analytics_refreshes",
+                                      5, 10000), 5);
+        ck_assert_int_eq(daemon_stop(&d1, SIGTERM), 0);
+        ck_assert_int_eq(daemon_stop(&d2, SIGTERM), 0);
+        /* between the first and the last slot seen: every slot, every view, exactly once */
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM (SELECT view_name, tick FROM analytics_refreshes "
+                                    "GROUP BY 1, 2 HAVING count(*) <> 1) d", NULL), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM (SELECT view_name FROM analytics_refreshes "
+                                    "WHERE tick > (SELECT min(tick) FROM analytics_refreshes) "
+                                    "AND tick < (SELECT max(tick) FROM analytics_refreshes) "
+                                    "GROUP BY 1 HAVING count(*) <> (SELECT max(tick) - min(tick) - 1 "
+                                    "FROM analytics_refreshes)) d", NULL), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(DISTINCT view_name) FROM analytics_refreshes", NULL), 3);
+        PGresult *r = PQexec(c, "SELECT tick, view_name, instance_id, outcome, rows, round(duration_ms::numeric, 1) "
+                                "FROM analytics_refreshes ORDER BY tick, view_name");
+        fprintf(stderr, "refresh log of two daemons (tick view instance outcome rows ms):\n");
+        for (int i = 0; i < PQntuples(r); i++)
+                fprintf(stderr, "  %s %s %s %s %s %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+                        PQgetvalue(r, i, 2), PQgetvalue(r, i, 3), PQgetvalue(r, i, 4), PQgetvalue(r, i, 5));
+        PQclear(r);
+        PQfinish(c);
+}
+END_TEST
+
+/* Sends n webhooks one after another; returns p50 and max latency in ms. */
+static void
+measure(unsigned port, const char *prefix, int n, double *p50, double *max)
+{
+        double *lat = xcalloc((size_t)n, sizeof(double));
+        for (int i = 0; i < n; i++) {
+                char *b = event_n(prefix, i, "batch.created", "x");
+                uint64_t t0 = clock_mono_us();
+                ck_assert_int_eq(post_event(port, b, strlen(b), NULL, 0), 200);
+                lat[i] = (double)(clock_mono_us() - t0) / 1000.0;
+                free(b);
+        }
+        for (int i = 1; i < n; i++)
+                for (int k = i; k > 0 && lat[k - 1] > lat[k]; k--) {
+                        double t = lat[k];
+                        lat[k] = lat[k - 1];
+                        lat[k - 1] = t;
+                }
+        *p50 = lat[n / 2];
+        *max = lat[n - 1];
+        free(lat);
+}
+
+START_TEST(test_locked_base_table_does_not_slow_webhooks)
+{
+        PGconn *c = db_open(), *locker = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", NULL };
+        double p50a, maxa, p50b, maxb;
+
+        wipe(c);
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        measure(d.port, "base", 100, &p50a, &maxa);
+        db_exec(locker, "BEGIN");
+        db_exec(locker, "LOCK TABLE trackers IN ACCESS EXCLUSIVE MODE");
+        uint64_t t_lock = clock_mono_us();
+        /* the refresh now waits on the lock on its own connection */
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                         "AND query LIKE '%eps_refresh_view%'", 1, 5000), 1);
+        measure(d.port, "locked", 100, &p50b, &maxb);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND query LIKE '%eps_refresh_view%'", NULL), 1);
+        int held = 0;
+        while (clock_mono_us() - t_lock < 10000000u) { /* hold it the full 10 s */
+                double p, m;
+                char prefix[32];
+                snprintf(prefix, sizeof(prefix), "hold%d", held++);
+                measure(d.port, prefix, 1, &p, &m);
+                if (m > maxb)
+                        maxb = m;
+        }
+        db_exec(locker, "COMMIT");
+        fprintf(stderr, "webhook latency: p50 %.2f ms max %.2f ms before; p50 %.2f ms max %.2f ms "
+                        "while a refresh waited on a 10 s lock (%d more sent during the hold)\n",
+                p50a, maxa, p50b, maxb, 100 + held);
+        ck_assert_msg(p50b < p50a * 3 + 5, "p50 rose from %.2f to %.2f ms", p50a, p50b);
+        ck_assert_msg(maxb < 500, "max latency %.2f ms while the refresh was blocked", maxb);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                         "AND query LIKE '%eps_refresh_view%'", 0, 5000), 0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(locker);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_timers_skip_while_database_down)
+{
+        PGconn *c;
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_METRICS_INTERVAL=1", "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", NULL };
+
+        c = db_open();
+        wipe(c);
+        PQfinish(c);
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        pg_ctl("stop");
+        ck_assert(wait_status(d.port, "/readyz", 503, 5000));
+        /* a few ticks pass with the database down */
+        ck_assert(!wait_status(d.port, "/readyz", 200, 2500));
+        pg_ctl("start");
+        c = db_open();
+        db_exec(c, "CREATE TEMP TABLE back AS SELECT now() AS at");
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 1) FROM system_metrics "
+                                         "WHERE ts > (SELECT at FROM back)", 1, 15000), 1);
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 1) FROM analytics_refreshes "
+                                         "WHERE started_at > (SELECT at FROM back)", 1, 15000), 1);
+        ck_assert_int_eq(kill(d.pid, 0), 0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        /* one log line per state change, not one per skipped tick */
+        char cmd[700];
+        snprintf(cmd, sizeof(cmd), "test $(grep -c 'skipping system_metrics ticks' '%s') -le 1", d.log);
+        ck_assert_int_eq(system(cmd), 0);
+        PQfinish(c);
+}
+END_TEST
+
+Suite *
+timers_suite(void)
+{
+        Suite *s = suite_create("timers");
+        TCase *tc = tcase_create("timers");
+
+        tcase_set_timeout(tc, 90);
+        tcase_add_test(tc, test_system_metrics_rows);
+        tcase_add_test(tc, test_views_reflect_events_before_refresh);
+        tcase_add_test(tc, test_two_daemons_one_refresh_per_view_and_slot);
+        tcase_add_test(tc, test_locked_base_table_does_not_slow_webhooks);
+        tcase_add_test(tc, test_timers_skip_while_database_down);
+        suite_add_tcase(s, tc);
+        return s;
+}
