@@ -24,18 +24,28 @@ struct latency_hist {
         uint64_t max_us;
 };
 
+/* Event outcomes by description; unknown descriptions share "other" so a
+ * client cannot grow the label set. */
+enum metrics_outcome { OUT_STORED, OUT_DUPLICATE, OUT_FAILED, OUT_UNAVAILABLE, OUT_COUNT };
+#define METRICS_NDESC 20
+
 struct metrics {
         uint64_t requests[EP_COUNT][6]; /* by status class: [1]=1xx .. [5]=5xx */
         uint64_t rejected_sig, rejected_parse, rejected_auth;
         uint64_t sig_matches[SIG_MAX_KEYS];
         struct latency_hist ack;        /* webhook ack latency, whole run */
         struct latency_hist ack_window; /* since the last system_metrics tick */
+        uint64_t events[METRICS_NDESC][OUT_COUNT];
 };
 
 extern struct metrics metrics;
 
 const double *metrics_lat_bounds_ms(void);
 void metrics_request(enum metrics_endpoint ep, int status);
+void metrics_event(const char *description, enum metrics_outcome o);
+/* Name of description slot i ("other" for the last). */
+const char *metrics_desc_name(int i);
+const char *metrics_outcome_name(enum metrics_outcome o);
 void metrics_latency(struct latency_hist *h, uint64_t us);
 /* Quantile estimate in ms from the histogram (upper bound of the bucket). */
 double metrics_quantile_ms(const struct latency_hist *h, double q);

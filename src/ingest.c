@@ -21,6 +21,7 @@
 
 #include "db_conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 /* One statement per event; eps_ingest (sql/) stores, deduplicates and projects. */
@@ -129,12 +130,16 @@ item_finish(struct ingest *g, struct ingest_item *it, enum ingest_result r)
                 g->stats.stored++;
                 if (it->dead_error)
                         g->stats.dead_letters++;
+                metrics_event(it->ev.description,
+                              strcmp(it->status, "failed") == 0 ? OUT_FAILED : OUT_STORED);
                 break;
         case INGEST_DUPLICATE:
                 g->stats.duplicates++;
+                metrics_event(it->ev.description, OUT_DUPLICATE);
                 break;
         case INGEST_UNAVAILABLE:
                 g->stats.unavailable++;
+                metrics_event(it->ev.description, OUT_UNAVAILABLE);
                 break;
         }
         it->next = NULL;

@@ -11,6 +11,7 @@
 #include "cfg.h"
 #include "db_migrate.h"
 #include "log.h"
+#include "testevent.h"
 
 extern char **environ;
 
@@ -26,6 +27,7 @@ usage(FILE *f)
                 "  --migrate           apply pending migrations from sql/ and exit\n"
                 "  --check-config      validate the configuration and exit\n"
                 "  --replay failed|ID  re-run the projection of failed events (or one event) and exit\n"
+                "  --send-test-event [URL]  post one signed sample event to a running daemon\n"
                 "  --KEY=VALUE         set any non-secret key (e.g. --listen=127.0.0.1:9000)\n"
                 "  --version           print the version and exit\n"
                 "  --help              this text; the keys are listed below\n"
@@ -45,7 +47,7 @@ main(int argc, char **argv)
 {
         const char *cfg_path = NULL;
         bool migrate = false, check = false;
-        const char *replay = NULL;
+        const char *replay = NULL, *send_url = NULL;
         char **overrides = calloc((size_t)argc, sizeof(char *));
         size_t nover = 0;
         struct err e = { 0 };
@@ -72,6 +74,10 @@ main(int argc, char **argv)
                                 goto out;
                         }
                         replay = argv[i];
+                } else if (strcmp(a, "--send-test-event") == 0) {
+                        send_url = i + 1 < argc && argv[i + 1][0] != '-'
+                                           ? argv[++i]
+                                           : "http://127.0.0.1:8080/webhooks/easypost";
                 } else if (strcmp(a, "--check-config") == 0) {
                         check = true;
                 } else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
@@ -104,6 +110,13 @@ main(int argc, char **argv)
         }
         log_configure((enum log_level)log_level_parse(cfg->log_level),
                       (enum log_format)log_format_parse(cfg->log_format));
+        if (send_url) {
+                curl_global_init(CURL_GLOBAL_DEFAULT);
+                rc = testevent_send(cfg, send_url) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+                curl_global_cleanup();
+                cfg_free(cfg);
+                goto out;
+        }
         if (replay) {
                 long ok = 0, bad = 0;
                 if (db_replay_run(cfg->database_url, replay, &ok, &bad, &e) != 0) {

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "util.h"
 
@@ -30,6 +31,37 @@ metrics_request(enum metrics_endpoint ep, int status)
         if (cls < 1 || cls > 5)
                 cls = 5;
         metrics.requests[ep][cls]++;
+}
+
+static const char *const desc_names[METRICS_NDESC] = {
+        "tracker.created", "tracker.updated", "batch.created", "batch.updated",
+        "scan_form.created", "scan_form.updated", "insurance.purchased", "insurance.cancelled",
+        "payment.created", "payment.completed", "payment.failed", "refund.successful",
+        "report.new", "report.available", "report.failed", "shipment.invoice.created",
+        "shipment.invoice.updated", "claim.submitted", "claim.updated", "other",
+};
+
+const char *
+metrics_desc_name(int i)
+{
+        return desc_names[i];
+}
+
+const char *
+metrics_outcome_name(enum metrics_outcome o)
+{
+        static const char *const names[OUT_COUNT] = { "stored", "duplicate", "failed", "unavailable" };
+        return names[o];
+}
+
+void
+metrics_event(const char *description, enum metrics_outcome o)
+{
+        int i = 0;
+
+        while (i < METRICS_NDESC - 1 && strcmp(desc_names[i], description) != 0)
+                i++;
+        metrics.events[i][o]++;
 }
 
 void

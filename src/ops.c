@@ -127,15 +127,19 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                         strbuf_printf(b,
                                       "easypost_sync_http_requests_total{endpoint=\"%s\",code=\"%dxx\"} %llu\n",
                                       ep_names[e], c, (unsigned long long)metrics.requests[e][c]);
-        strbuf_printf(b, "# HELP easypost_sync_events_total Webhook events by outcome.\n"
-                         "# TYPE easypost_sync_events_total counter\n"
-                         "easypost_sync_events_total{outcome=\"stored\"} %llu\n"
-                         "easypost_sync_events_total{outcome=\"duplicate\"} %llu\n"
-                         "easypost_sync_events_total{outcome=\"dead_letter\"} %llu\n"
-                         "easypost_sync_events_total{outcome=\"unavailable\"} %llu\n",
-                      (unsigned long long)(st->stored - st->dead_letters),
-                      (unsigned long long)st->duplicates, (unsigned long long)st->dead_letters,
-                      (unsigned long long)st->unavailable);
+        strbuf_printf(b, "# HELP easypost_sync_events_total Events answered, by description and outcome "
+                         "(failed = stored with an error, e.g. a dead letter).\n"
+                         "# TYPE easypost_sync_events_total counter\n");
+        for (int i = 0; i < METRICS_NDESC; i++)
+                for (int o = 0; o < OUT_COUNT; o++)
+                        if (metrics.events[i][o] || i == METRICS_NDESC - 1)
+                                strbuf_printf(b, "easypost_sync_events_total{description=\"%s\",outcome=\"%s\"} %llu\n",
+                                              metrics_desc_name(i), metrics_outcome_name((enum metrics_outcome)o),
+                                              (unsigned long long)metrics.events[i][o]);
+        strbuf_printf(b, "# HELP easypost_sync_dead_letters_total Events that broke their batch, stored raw.\n"
+                         "# TYPE easypost_sync_dead_letters_total counter\n"
+                         "easypost_sync_dead_letters_total %llu\n",
+                      (unsigned long long)st->dead_letters);
         strbuf_printf(b, "# HELP easypost_sync_queue_depth Webhooks waiting for a commit.\n"
                          "# TYPE easypost_sync_queue_depth gauge\n"
                          "easypost_sync_queue_depth %u\n"
@@ -197,6 +201,48 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                       (unsigned long long)metrics.rejected_sig,
                       (unsigned long long)metrics.rejected_parse,
                       (unsigned long long)metrics.rejected_auth);
+        const struct jobs_view_stats *vs = jobs_views(a->jobs);
+        strbuf_printf(b, "# HELP easypost_sync_analytics_refreshes_total View refreshes by outcome "
+                         "(skipped = another replica had the slot).\n"
+                         "# TYPE easypost_sync_analytics_refreshes_total counter\n");
+        for (int i = 0; i < JOBS_NVIEWS; i++)
+                strbuf_printf(b,
+                              "easypost_sync_analytics_refreshes_total{view=\"%s\",outcome=\"ok\"} %llu\n"
+                              "easypost_sync_analytics_refreshes_total{view=\"%s\",outcome=\"failed\"} %llu\n"
+                              "easypost_sync_analytics_refreshes_total{view=\"%s\",outcome=\"skipped\"} %llu\n",
+                              vs[i].name, (unsigned long long)vs[i].ok, vs[i].name,
+                              (unsigned long long)vs[i].failed, vs[i].name, (unsigned long long)vs[i].skipped);
+        strbuf_printf(b, "# HELP easypost_sync_analytics_refresh_duration_seconds Last refresh of each view.\n"
+                         "# TYPE easypost_sync_analytics_refresh_duration_seconds gauge\n");
+        for (int i = 0; i < JOBS_NVIEWS; i++)
+                strbuf_printf(b, "easypost_sync_analytics_refresh_duration_seconds{view=\"%s\"} %.6f\n",
+                              vs[i].name, vs[i].last_duration_ms / 1000.0);
+        const struct sync_stats *ss = sync_stats(a->sync);
+        static const char *const cls[6] = { "error", "1xx", "2xx", "3xx", "4xx", "5xx" };
+        strbuf_printf(b, "# HELP easypost_sync_api_requests_total EasyPost API requests by status class "
+                         "(error = no HTTP answer).\n"
+                         "# TYPE easypost_sync_api_requests_total counter\n");
+        for (int i = 0; i < 6; i++)
+                if (i != 1 && i != 3)
+                        strbuf_printf(b, "easypost_sync_api_requests_total{code=\"%s\"} %llu\n", cls[i],
+                                      (unsigned long long)ss->requests_by_class[i]);
+        strbuf_printf(b, "# HELP easypost_sync_api_in_flight EasyPost API requests in flight.\n"
+                         "# TYPE easypost_sync_api_in_flight gauge\n"
+                         "easypost_sync_api_in_flight %u\n"
+                         "# HELP easypost_sync_api_authorized 0 after the API rejected the key.\n"
+                         "# TYPE easypost_sync_api_authorized gauge\n"
+                         "easypost_sync_api_authorized %d\n",
+                      sync_in_flight(a->sync), sync_auth_failed(a->sync) ? 0 : 1);
+        strbuf_printf(b, "# HELP easypost_sync_sync_jobs_total Sync jobs finished by this process, by outcome.\n"
+                         "# TYPE easypost_sync_sync_jobs_total counter\n"
+                         "easypost_sync_sync_jobs_total{state=\"done\"} %llu\n"
+                         "easypost_sync_sync_jobs_total{state=\"retried\"} %llu\n"
+                         "easypost_sync_sync_jobs_total{state=\"failed\"} %llu\n"
+                         "# HELP easypost_sync_backfill_events_total Events recovered by backfill.\n"
+                         "# TYPE easypost_sync_backfill_events_total counter\n"
+                         "easypost_sync_backfill_events_total %llu\n",
+                      (unsigned long long)ss->jobs_done, (unsigned long long)ss->jobs_retried,
+                      (unsigned long long)ss->jobs_failed, (unsigned long long)ss->backfill_recovered);
         strbuf_printf(b, "# HELP easypost_sync_process_resident_memory_bytes Resident set size.\n"
                          "# TYPE easypost_sync_process_resident_memory_bytes gauge\n"
                          "easypost_sync_process_resident_memory_bytes %lu\n"

@@ -21,6 +21,9 @@ struct daemon {
         char log[512];
 };
 
+/* A port on 127.0.0.1 that was free a moment ago. */
+unsigned free_port(void);
+
 /* Starts easypost-syncd with DATABASE_URL, the test secret, a free port and
  * extra "NAME=value" settings (NULL-terminated, may be NULL); waits until
  * /healthz (and /readyz, see itest_wait_ready) answer 200. 0 on success. */
@@ -69,6 +72,7 @@ long db_wait_long(PGconn *c, const char *sql, long want, int timeout_ms);
 Suite *ingest_suite(void);
 Suite *sync_suite(void);
 Suite *timers_suite(void);
+Suite *ops_suite(void);
 Suite *project_suite(void);
 
 #endif

@@ -1,0 +1,343 @@
+/*
+ * check_ops.c - what an operator relies on: /readyz following the database,
+ * /metrics as Prometheus text whose counters move, SIGHUP secret rotation
+ * under load, SIGTERM under load, a separate metrics listener, JSON logs.
+ */
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "itest.h"
+#include "util.h"
+
+static char *
+tmpfile_with(const char *text)
+{
+        char *path = xstrdup("/tmp/eps-ops-XXXXXX");
+        int fd = mkstemp(path);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+        close(fd);
+        return path;
+}
+
+static void
+rewrite(const char *path, const char *text)
+{
+        char tmp[300];
+        snprintf(tmp, sizeof(tmp), "%s.new", path);
+        FILE *f = fopen(tmp, "w");
+        ck_assert_ptr_nonnull(f);
+        fputs(text, f);
+        fclose(f);
+        ck_assert_int_eq(rename(tmp, path), 0);
+}
+
+START_TEST(test_readyz_follows_database)
+{
+        struct daemon d;
+        char resp[512];
+
+        ck_assert_int_eq(daemon_start(&d, NULL), 0);
+        ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "\"migrations\":\"ok\""));
+        ck_assert_int_eq(http_req(d.port, "GET", "/healthz", NULL, NULL, 0, NULL, 0), 200);
+        pg_ctl("stop");
+        ck_assert(wait_status(d.port, "/readyz", 503, 10000));
+        http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp));
+        ck_assert_ptr_nonnull(strstr(resp, "\"database\":\"down\""));
+        ck_assert_int_eq(http_req(d.port, "GET", "/healthz", NULL, NULL, 0, NULL, 0), 200);
+        pg_ctl("start");
+        ck_assert(wait_status(d.port, "/readyz", 200, 20000));
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+}
+END_TEST
+
+/* Every sample line is name{labels} value; every name has HELP and TYPE. */
+static double
+prom_value(const char *text, const char *series)
+{
+        const char *p = text;
+        size_t n = strlen(series);
+
+        while ((p = strstr(p, series)) != NULL) {
+                if ((p == text || p[-1] == '\n') && p[n] == ' ')
+                        return atof(p + n + 1);
+                p += n;
+        }
+        return -1;
+}
+
+static void
+check_exposition(const char *text)
+{
+        char *copy = xstrdup(text), *save = NULL;
+        int samples = 0;
+
+        for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                if (line[0] == '#') {
+                        ck_assert_msg(strncmp(line, "# HELP easypost_sync_", 21) == 0 ||
+                                              strncmp(line, "# TYPE easypost_sync_", 21) == 0,
+                                      "bad comment: %s", line);
+                        continue;
+                }
+                char name[200];
+                size_t k = strcspn(line, "{ ");
+                ck_assert_msg(k < sizeof(name) && strncmp(line, "easypost_sync_", 14) == 0, "bad line: %s", line);
+                memcpy(name, line, k);
+                name[k] = '\0';
+                const char *sp = strrchr(line, ' ');
+                ck_assert_ptr_nonnull(sp);
+                char *end;
+                strtod(sp + 1, &end);
+                ck_assert_msg(*end == '\0', "bad value: %s", line);
+                if (line[k] == '{')
+                        ck_assert_msg(strchr(line, '}') != NULL && strchr(line, '}') < sp, "labels: %s", line);
+                /* histogram series belong to their base name */
+                char base[200];
+                snprintf(base, sizeof(base), "%s", name);
+                const char *suffixes[] = { "_bucket", "_sum", "_count" };
+                for (int i = 0; i < 3; i++) {
+                        size_t bl = strlen(base), sl = strlen(suffixes[i]);
+                        if (bl > sl && strcmp(base + bl - sl, suffixes[i]) == 0) {
+                                char t[260];
+                                snprintf(t, sizeof(t), "# TYPE %.*s histogram", (int)(bl - sl), base);
+                                if (strstr(text, t)) {
+                                        base[bl - sl] = '\0';
+                                        break;
+                                }
+                        }
+                }
+                char help[260], type[260];
+                snprintf(help, sizeof(help), "# HELP %s ", base);
+                snprintf(type, sizeof(type), "# TYPE %s ", base);
+                ck_assert_msg(strstr(text, help) && strstr(text, type), "no HELP/TYPE for %s", base);
+                samples++;
+        }
+        ck_assert_int_gt(samples, 30);
+        free(copy);
+}
+
+START_TEST(test_metrics_exposition_moves_with_traffic)
+{
+        struct daemon d;
+        static char m1[200000], m2[200000];
+        const char *series = "easypost_sync_events_total{description=\"batch.created\",outcome=\"stored\"}";
+
+        ck_assert_int_eq(daemon_start(&d, NULL), 0);
+        ck_assert_int_eq(http_req(d.port, "GET", "/metrics", NULL, NULL, 0, m1, sizeof(m1)), 200);
+        check_exposition(m1);
+        double req0 = prom_value(m1, "easypost_sync_http_requests_total{endpoint=\"webhook\",code=\"2xx\"}");
+        double lat0 = prom_value(m1, "easypost_sync_ack_latency_seconds_count");
+        for (int i = 0; i < 7; i++) {
+                char id[40];
+                snprintf(id, sizeof(id), "evt_metrics_%d_%d", (int)getpid(), i);
+                char *b = make_event(id, "batch.created", NULL);
+                ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
+                ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200); /* duplicate */
+                free(b);
+        }
+        ck_assert_int_eq(post_event(d.port, "nope", 4, NULL, 0), 400);
+        ck_assert_int_eq(http_req(d.port, "GET", "/metrics", NULL, NULL, 0, m2, sizeof(m2)), 200);
+        check_exposition(m2);
+        ck_assert_double_eq(prom_value(m2, "easypost_sync_http_requests_total{endpoint=\"webhook\",code=\"2xx\"}"),
+                            req0 + 14);
+        ck_assert_double_eq(prom_value(m2, "easypost_sync_ack_latency_seconds_count"), lat0 + 14);
+        ck_assert_double_eq(prom_value(m2, series), 7);
+        ck_assert_double_eq(prom_value(m2, "easypost_sync_events_total{description=\"batch.created\",outcome=\"duplicate\"}"), 7);
+        ck_assert_double_ge(prom_value(m2, "easypost_sync_http_requests_total{endpoint=\"webhook\",code=\"4xx\"}"), 1);
+        ck_assert_double_ge(prom_value(m2, "easypost_sync_signature_matches_total{slot=\"0\"}"), 15);
+        ck_assert_double_gt(prom_value(m2, "easypost_sync_process_resident_memory_bytes"), 1e6);
+        ck_assert_double_eq(prom_value(m2, "easypost_sync_db_connections{state=\"up\"}"), 2);
+        ck_assert_ptr_null(strstr(m2, ITEST_SECRET));
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+}
+END_TEST
+
+/* Child process: sends n events signed with the test secret; writes statuses. */
+static pid_t
+load_in_child(unsigned port, const char *prefix, int n, const char *out)
+{
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                char **bodies = xcalloc((size_t)n, sizeof(char *));
+                size_t *lens = xcalloc((size_t)n, sizeof(size_t));
+                int *st = xcalloc((size_t)n, sizeof(int));
+                for (int i = 0; i < n; i++) {
+                        char id[64];
+                        snprintf(id, sizeof(id), "evt_%s_%05d", prefix, i);
+                        bodies[i] = make_event(id, "batch.created", NULL);
+                        lens[i] = strlen(bodies[i]);
+                }
+                post_many(port, bodies, lens, (size_t)n, 16, st);
+                FILE *f = fopen(out, "w");
+                for (int i = 0; f && i < n; i++)
+                        fprintf(f, "%d\n", st[i]);
+                if (f)
+                        fclose(f);
+                _exit(0);
+        }
+        return pid;
+}
+
+static int *
+read_statuses(const char *path, int n)
+{
+        int *st = xcalloc((size_t)n, sizeof(int));
+        FILE *f = fopen(path, "r");
+        ck_assert_ptr_nonnull(f);
+        for (int i = 0; i < n; i++)
+                ck_assert_int_eq(fscanf(f, "%d", &st[i]), 1);
+        fclose(f);
+        return st;
+}
+
+START_TEST(test_sighup_rotates_secret_under_load)
+{
+        enum { N = 3000 };
+        struct daemon d;
+        char *secrets = tmpfile_with(ITEST_SECRET "\n");
+        char env1[300], out[] = "/tmp/eps-ops-load-XXXXXX";
+        snprintf(env1, sizeof(env1), "EASYPOST_WEBHOOK_SECRET_FILE=%s", secrets);
+        const char *env[] = { "EASYPOST_WEBHOOK_SECRET=", env1, NULL };
+        int st;
+
+        close(mkstemp(out));
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        /* rotation step 1: the new secret first, the old one still accepted */
+        pid_t child = load_in_child(d.port, "hup", N, out);
+        rewrite(secrets, "rotated-secret\n" ITEST_SECRET "\n");
+        for (int i = 0; i < 20; i++) {
+                kill(d.pid, SIGHUP);
+                wait_status(d.port, "/nowhere", 200, 25); /* pace the signals */
+        }
+        ck_assert_int_eq(waitpid(child, &st, 0), child);
+        int *codes = read_statuses(out, N);
+        for (int i = 0; i < N; i++)
+                ck_assert_msg(codes[i] == 200, "request %d got %d during reloads", i, codes[i]);
+        free(codes);
+        /* step 2: the old secret retired */
+        rewrite(secrets, "rotated-secret\n");
+        kill(d.pid, SIGHUP);
+        char *b = make_event("evt_hup_after", "batch.created", NULL);
+        uint64_t end = clock_mono_us() + 5000000u;
+        while (post_event(d.port, b, strlen(b), NULL, 0) != 401 && clock_mono_us() < end)
+                ;
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 401);
+        char sig[81], hdr[120];
+        sign_body("rotated-secret", b, strlen(b), sig);
+        snprintf(hdr, sizeof(hdr), "X-Hmac-Signature: %s", sig);
+        const char *h[] = { "Content-Type: application/json", hdr, NULL };
+        ck_assert_int_eq(http_req(d.port, "POST", "/webhooks/easypost", h, b, strlen(b), NULL, 0), 200);
+        /* a broken file keeps the running configuration */
+        rewrite(secrets, "");
+        kill(d.pid, SIGHUP);
+        wait_status(d.port, "/nowhere", 200, 300);
+        ck_assert_int_eq(http_req(d.port, "POST", "/webhooks/easypost", h, b, strlen(b), NULL, 0), 200);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        char cmd[700];
+        snprintf(cmd, sizeof(cmd), "grep -q 'reload refused' '%s'", d.log);
+        ck_assert_int_eq(system(cmd), 0);
+        free(b);
+        unlink(out);
+        unlink(secrets);
+        free(secrets);
+}
+END_TEST
+
+START_TEST(test_sigterm_under_load_answers_are_stored)
+{
+        enum { N = 4000 };
+        struct daemon d;
+        char out[] = "/tmp/eps-ops-term-XXXXXX";
+        PGconn *c = db_open();
+        int st;
+
+        close(mkstemp(out));
+        db_exec(c, "DELETE FROM webhook_events WHERE event_id LIKE 'evt_term_%'");
+        ck_assert_int_eq(daemon_start(&d, NULL), 0);
+        pid_t child = load_in_child(d.port, "term", N, out);
+        /* let the load get going, then ask the daemon to stop */
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 300) FROM webhook_events "
+                                         "WHERE event_id LIKE 'evt_term_%'", 300, 20000), 300);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        ck_assert_int_eq(waitpid(child, &st, 0), child);
+        int *codes = read_statuses(out, N);
+        int ok = 0, other = 0;
+        for (int i = 0; i < N; i++) {
+                if (codes[i] == 200) {
+                        char id[64];
+                        snprintf(id, sizeof(id), "evt_term_%05d", i);
+                        ck_assert_msg(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = $1", id) == 1,
+                                      "%s answered 200 but not stored", id);
+                        ok++;
+                } else {
+                        ck_assert_msg(codes[i] == 0 || codes[i] == 503, "unexpected %d", codes[i]);
+                        other++;
+                }
+        }
+        fprintf(stderr, "SIGTERM under load: %d answered 200 (all stored), %d refused or cut off\n", ok, other);
+        ck_assert_int_ge(ok, 300);
+        free(codes);
+        unlink(out);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_metrics_listen_and_json_logs)
+{
+        struct daemon d;
+        unsigned mport = free_port();
+        char env1[64];
+
+        snprintf(env1, sizeof(env1), "EASYPOST_SYNC_METRICS_LISTEN=127.0.0.1:%u", mport);
+        const char *env[] = { env1, "EASYPOST_SYNC_LOG_FORMAT=json", NULL };
+        itest_wait_ready = false; /* /readyz lives on the ops port here */
+        int started = daemon_start(&d, env);
+        itest_wait_ready = true;
+        ck_assert_int_eq(started, 0);
+        ck_assert(wait_status(mport, "/readyz", 200, 20000));
+        ck_assert_int_eq(http_req(mport, "GET", "/metrics", NULL, NULL, 0, NULL, 0), 200);
+        ck_assert_int_eq(http_req(mport, "GET", "/healthz", NULL, NULL, 0, NULL, 0), 200);
+        ck_assert_int_eq(http_req(d.port, "GET", "/metrics", NULL, NULL, 0, NULL, 0), 404);
+        ck_assert_int_eq(http_req(mport, "POST", "/webhooks/easypost", NULL, "{}", 2, NULL, 0), 404);
+        ck_assert_int_eq(post_event(d.port, "x", 1, NULL, 0), 400);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        FILE *f = fopen(d.log, "r");
+        char line[4096];
+        int n = 0;
+        while (f && fgets(line, sizeof(line), f)) {
+                json_error_t je;
+                json_t *o = json_loads(line, 0, &je);
+                ck_assert_msg(o != NULL, "log line is not JSON: %s", line);
+                ck_assert(json_is_string(json_object_get(o, "ts")) && json_is_string(json_object_get(o, "lvl")) &&
+                          json_is_string(json_object_get(o, "msg")));
+                json_decref(o);
+                n++;
+        }
+        if (f)
+                fclose(f);
+        ck_assert_int_ge(n, 3);
+}
+END_TEST
+
+Suite *
+ops_suite(void)
+{
+        Suite *s = suite_create("ops");
+        TCase *tc = tcase_create("ops");
+
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_readyz_follows_database);
+        tcase_add_test(tc, test_metrics_exposition_moves_with_traffic);
+        tcase_add_test(tc, test_sighup_rotates_secret_under_load);
+        tcase_add_test(tc, test_sigterm_under_load_answers_are_stored);
+        tcase_add_test(tc, test_metrics_listen_and_json_logs);
+        suite_add_tcase(s, tc);
+        return s;
+}
