@@ -19,6 +19,8 @@ void http_free(struct http *h);
 void http_stop_accepting(struct http *h);
 /* Port actually bound for the webhook listener (useful with port 0). */
 unsigned http_port(const struct http *h);
+/* How often max_connections paused the listeners. */
+unsigned long http_pauses(const struct http *h);
 
 /* Sends body (may be NULL) as application/json with status code. */
 void http_reply_json(struct evhttp_request *req, enum metrics_endpoint ep, int code,

@@ -15,6 +15,7 @@
 #include <event2/event.h>
 #include <openssl/evp.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,6 +185,13 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         } else {
                 gethostname(host, sizeof(host) - 1);
                 snprintf(a->instance_id, sizeof(a->instance_id), "%s:%d", host, (int)getpid());
+        }
+        /* one fd per client connection: take the hard limit, not the 1024 default */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                        log_warn("app", "cannot raise the open-file limit");
         }
         if (geteuid() == 0)
                 log_warn("app", "running as root: run easypost-syncd as an unprivileged user");

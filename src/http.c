@@ -6,14 +6,23 @@
  * Every method is let through to the handlers so a wrong one gets our JSON
  * 405 instead of libevent's page. Oversized bodies are refused by evhttp
  * itself from Content-Length, before a byte of the body is read.
+ *
+ * Connections: see conn_bev for the cap; TLS (1.2 at least) is OpenSSL
+ * through bufferevent_openssl when tls_cert and tls_key are set.
  */
 #include "http.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,7 +36,104 @@ struct http {
         struct evhttp *main, *ops;
         struct evhttp_bound_socket *main_sock, *ops_sock;
         unsigned port;
+        SSL_CTX *tls;
+        struct event *pause_timer;
+        bool paused;
+        unsigned long pauses;
 };
+
+/* Descriptors the daemon holds besides client connections (listeners,
+ * database and API connections, logs): headroom for the cap below. */
+#define HTTP_FD_RESERVE 64
+#define HTTP_PAUSE_CHECK_MS 100
+
+static void
+pause_listeners(struct http *h, bool pause)
+{
+        struct evhttp_bound_socket *socks[2] = { h->main_sock, h->ops_sock };
+
+        for (int i = 0; i < 2; i++) {
+                if (socks[i] == NULL)
+                        continue;
+                struct evconnlistener *l = evhttp_bound_socket_get_listener(socks[i]);
+                if (pause)
+                        evconnlistener_disable(l);
+                else
+                        evconnlistener_enable(l);
+        }
+        h->paused = pause;
+}
+
+static void
+pause_check_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct http *h = arg;
+        struct timeval tv = { 0, HTTP_PAUSE_CHECK_MS * 1000 };
+
+        (void)fd;
+        (void)what;
+        if (ops_open_fds() < (unsigned)h->app->cfg->max_connections + HTTP_FD_RESERVE) {
+                log_info("http", "below max_connections again: accepting");
+                pause_listeners(h, false);
+                return;
+        }
+        evtimer_add(h->pause_timer, &tv);
+}
+
+/*
+ * A bufferevent for each new connection (TLS when configured). libevent 2.1
+ * has no connection cap and tells nobody when a connection closes, so the
+ * cap counts open descriptors at each accept: over max_connections the
+ * listeners pause (the kernel queues new connections in the backlog) and
+ * resume once connections have closed.
+ */
+static struct bufferevent *
+conn_bev(struct event_base *base, void *arg)
+{
+        struct http *h = arg;
+        struct bufferevent *bev;
+        long max = h->app->cfg->max_connections;
+
+        if (h->tls) {
+                SSL *ssl = SSL_new(h->tls);
+                if (ssl == NULL)
+                        abort();
+                bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                     BEV_OPT_CLOSE_ON_FREE);
+        } else {
+                bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+        }
+        if (bev == NULL)
+                abort();
+        if (max > 0 && !h->paused && ops_open_fds() >= (unsigned)max + HTTP_FD_RESERVE) {
+                struct timeval tv = { 0, HTTP_PAUSE_CHECK_MS * 1000 };
+                log_warn("http", "max_connections (%ld) reached: new connections wait in the backlog",
+                         max);
+                h->pauses++;
+                pause_listeners(h, true);
+                evtimer_add(h->pause_timer, &tv);
+        }
+        return bev;
+}
+
+static SSL_CTX *
+tls_ctx_new(const struct cfg *c, struct err *e)
+{
+        SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+        char msg[160];
+
+        if (ctx == NULL || !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
+            SSL_CTX_use_certificate_chain_file(ctx, c->tls_cert) != 1 ||
+            SSL_CTX_use_PrivateKey_file(ctx, c->tls_key, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(ctx) != 1) {
+                ERR_error_string_n(ERR_get_error(), msg, sizeof(msg));
+                err_set(e, -1, "TLS setup with %s / %s: %s", c->tls_cert, c->tls_key, msg);
+                SSL_CTX_free(ctx);
+                return NULL;
+        }
+        SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+        return ctx;
+}
 
 void
 http_reply_json(struct evhttp_request *req, enum metrics_endpoint ep, int code, const char *json)
@@ -80,9 +186,10 @@ notfound_cb(struct evhttp_request *req, void *arg)
 }
 
 static struct evhttp *
-server_new(struct app *a, const char *hostport, struct evhttp_bound_socket **sock, bool webhook,
+server_new(struct http *hs, const char *hostport, struct evhttp_bound_socket **sock, bool webhook,
            bool ops, struct err *e)
 {
+        struct app *a = hs->app;
         const struct cfg *c = a->cfg;
         char host[256];
         unsigned port;
@@ -107,6 +214,7 @@ server_new(struct app *a, const char *hostport, struct evhttp_bound_socket **soc
         if (ops)
                 ops_register(h, a);
         evhttp_set_gencb(h, notfound_cb, a);
+        evhttp_set_bevcb(h, conn_bev, hs);
         *sock = evhttp_bind_socket_with_handle(h, host, (ev_uint16_t)port);
         if (*sock == NULL) {
                 err_set(e, -1, "cannot listen on %s", hostport);
@@ -126,11 +234,17 @@ http_new(struct app *a, struct err *e)
         bool split = a->cfg->metrics_listen[0] != '\0';
 
         h->app = a;
-        h->main = server_new(a, a->cfg->listen, &h->main_sock, true, !split, e);
+        h->pause_timer = evtimer_new(a->base, pause_check_cb, h);
+        if (a->cfg->tls_cert[0]) {
+                h->tls = tls_ctx_new(a->cfg, e);
+                if (h->tls == NULL)
+                        goto fail;
+        }
+        h->main = server_new(h, a->cfg->listen, &h->main_sock, true, !split, e);
         if (h->main == NULL)
                 goto fail;
         if (split) {
-                h->ops = server_new(a, a->cfg->metrics_listen, &h->ops_sock, false, true, e);
+                h->ops = server_new(h, a->cfg->metrics_listen, &h->ops_sock, false, true, e);
                 if (h->ops == NULL)
                         goto fail;
         }
@@ -158,6 +272,12 @@ http_stop_accepting(struct http *h)
         }
 }
 
+unsigned long
+http_pauses(const struct http *h)
+{
+        return h->pauses;
+}
+
 unsigned
 http_port(const struct http *h)
 {
@@ -173,5 +293,8 @@ http_free(struct http *h)
                 evhttp_free(h->main);
         if (h->ops)
                 evhttp_free(h->ops);
+        SSL_CTX_free(h->tls);
+        if (h->pause_timer)
+                event_free(h->pause_timer);
         free(h);
 }

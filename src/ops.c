@@ -246,10 +246,13 @@ ops_render_metrics(struct app *a, struct strbuf *b)
         strbuf_printf(b, "# HELP easypost_sync_process_resident_memory_bytes Resident set size.\n"
                          "# TYPE easypost_sync_process_resident_memory_bytes gauge\n"
                          "easypost_sync_process_resident_memory_bytes %lu\n"
+                         "# HELP easypost_sync_http_accept_pauses_total Times max_connections paused accepting.\n"
+                         "# TYPE easypost_sync_http_accept_pauses_total counter\n"
+                         "easypost_sync_http_accept_pauses_total %lu\n"
                          "# HELP easypost_sync_process_open_fds Open file descriptors.\n"
                          "# TYPE easypost_sync_process_open_fds gauge\n"
                          "easypost_sync_process_open_fds %u\n",
-                      ops_rss_bytes(), ops_open_fds());
+                      ops_rss_bytes(), http_pauses(a->http), ops_open_fds());
 }
 
 static void
