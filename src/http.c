@@ -46,6 +46,7 @@ struct http {
  * database and API connections, logs): headroom for the cap below. */
 #define HTTP_FD_RESERVE 64
 #define HTTP_PAUSE_CHECK_MS 100
+#define HTTP_LISTEN_BACKLOG 4096
 
 static void
 pause_listeners(struct http *h, bool pause)
@@ -185,6 +186,36 @@ notfound_cb(struct evhttp_request *req, void *arg)
         http_reply_error(req, EP_OTHER, 404, "not found");
 }
 
+/*
+ * Our own listener instead of evhttp_bind_socket: evhttp listens with a
+ * backlog of 128, and a burst of connections beyond it leaves clients that
+ * believe they are connected waiting for SYN-ACK retransmits for seconds.
+ */
+static struct evhttp_bound_socket *
+bind_listener(struct event_base *base, struct evhttp *h, const char *host, unsigned port)
+{
+        struct evutil_addrinfo hints = { 0 }, *ai = NULL;
+        char portstr[8];
+        struct evconnlistener *l = NULL;
+
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_NUMERICSERV;
+        snprintf(portstr, sizeof(portstr), "%u", port);
+        if (evutil_getaddrinfo(host, portstr, &hints, &ai) != 0 || ai == NULL)
+                return NULL;
+        l = evconnlistener_new_bind(base, NULL, NULL,
+                                    LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+                                    HTTP_LISTEN_BACKLOG, ai->ai_addr, (int)ai->ai_addrlen);
+        evutil_freeaddrinfo(ai);
+        if (l == NULL)
+                return NULL;
+        struct evhttp_bound_socket *bs = evhttp_bind_listener(h, l);
+        if (bs == NULL)
+                evconnlistener_free(l);
+        return bs;
+}
+
 static struct evhttp *
 server_new(struct http *hs, const char *hostport, struct evhttp_bound_socket **sock, bool webhook,
            bool ops, struct err *e)
@@ -215,7 +246,7 @@ server_new(struct http *hs, const char *hostport, struct evhttp_bound_socket **s
                 ops_register(h, a);
         evhttp_set_gencb(h, notfound_cb, a);
         evhttp_set_bevcb(h, conn_bev, hs);
-        *sock = evhttp_bind_socket_with_handle(h, host, (ev_uint16_t)port);
+        *sock = bind_listener(a->base, h, host, port);
         if (*sock == NULL) {
                 err_set(e, -1, "cannot listen on %s", hostport);
                 goto fail;

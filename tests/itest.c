@@ -60,6 +60,7 @@ wait_status(unsigned port, const char *path, int want, int timeout_ms)
 }
 
 bool itest_wait_ready = true;
+const char *itest_tls_ca = NULL;
 
 int
 daemon_start(struct daemon *d, const char *const *extra_env)
@@ -160,7 +161,9 @@ http_req(unsigned port, const char *method, const char *path, const char *const 
 
         if (resp && cap)
                 resp[0] = '\0';
-        snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", port, path);
+        snprintf(url, sizeof(url), "%s://127.0.0.1:%u%s", itest_tls_ca ? "https" : "http", port, path);
+        if (itest_tls_ca)
+                curl_easy_setopt(c, CURLOPT_CAINFO, itest_tls_ca);
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);

@@ -30,6 +30,8 @@ unsigned free_port(void);
 int daemon_start(struct daemon *d, const char *const *extra_env);
 /* daemon_start waits for /readyz too unless this is false (database down on purpose). */
 extern bool itest_wait_ready;
+/* When set, http_req speaks HTTPS and trusts this CA file. */
+extern const char *itest_tls_ca;
 /* Sends sig and waits for exit; returns the exit status (or -1 if killed). */
 int daemon_stop(struct daemon *d, int sig);
 /* Polls GET path until it answers want (bounded by timeout_ms); true if it did. */
@@ -73,6 +75,7 @@ Suite *ingest_suite(void);
 Suite *sync_suite(void);
 Suite *timers_suite(void);
 Suite *ops_suite(void);
+Suite *faults_suite(void);
 Suite *project_suite(void);
 
 #endif
