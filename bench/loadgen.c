@@ -51,6 +51,7 @@
  * connect through the callback alone (response code 0, no error callback) */
 #define LG_NERR 7
 #define LG_HIST_N 2048
+#define LG_HI_SALT 0x632be59bd9b4e019ULL  /* keeps an id's two halves from coinciding */
 
 /* One generated event: where its body lives in the arena, and what became of it. */
 struct msg {
@@ -424,9 +425,9 @@ gen_event(struct arena *a, struct msg *m, size_t i, uint64_t run_hi, const char 
 
         /* the low halves are a bijection of (run, i): unique within a run; the
          * random run half keeps runs apart */
-        hex_id(m->id, sizeof(m->id), "evt_", mix64(run_hi + 3 * (uint64_t)i),
+        hex_id(m->id, sizeof(m->id), "evt_", mix64(run_hi + 3 * (uint64_t)i + LG_HI_SALT),
                mix64(run_hi ^ (2 * (uint64_t)i)));
-        hex_id(trk, sizeof(trk), "trk_", mix64(run_hi + 3 * (uint64_t)i + 1),
+        hex_id(trk, sizeof(trk), "trk_", mix64(run_hi + 3 * (uint64_t)i + 1 + LG_HI_SALT),
                mix64(run_hi ^ (2 * (uint64_t)i + 1)));
         hex_id(shp, sizeof(shp), "shp_", splitmix(r), splitmix(r));
         tracking_code(code, sizeof(code), cr->kind, r);

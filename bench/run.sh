@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# run.sh - the benchmark suite in one command: build if needed, a throwaway
+# PostgreSQL, migrations, the daemon on 127.0.0.1, then closed loop at 1, 32
+# and 256 connections, open loop at 1,000 and 5,000 events/s, and bare_server
+# (evhttp only, the ceiling) at 32 connections. Writes a markdown table to
+# bench/results.md (bench/results-quick.md with BENCH_QUICK=1) and stdout.
+#
+# Everything listens on 127.0.0.1 (PostgreSQL on a unix socket only), every
+# step is bounded in time, and the EXIT trap stops exactly the processes this
+# script started, by PID. Exit status: 0 when every run passed its database
+# check (lost = 0), 1 otherwise.
+#
+# Knobs: BENCH_N (events per closed-loop run, default 60000), BENCH_N1 (the
+# 1-connection run, default BENCH_N/12), BENCH_OPEN_SECONDS (open-loop length,
+# default 12), BENCH_OPEN_CONNS (open-loop pool, default 256), BENCH_QUICK=1
+# (2000 events per run), BENCH_PG_FSYNC (on), BENCH_DAEMON_ARGS (extra
+# --key=value for the daemon), BENCH_OUT (table file), BENCH_KEEP=1 (keep the
+# work directory: logs, JSON, metrics).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+cd "$top"
+
+quick=${BENCH_QUICK:-0}
+if [ "$quick" = 1 ]; then
+        n=${BENCH_N:-2000}
+        n1=${BENCH_N1:-$n}
+        open_secs=0 # fixed size instead: $n events per open-loop run
+        out=${BENCH_OUT:-$here/results-quick.md}
+else
+        n=${BENCH_N:-60000}
+        n1=${BENCH_N1:-$((n / 12))}
+        open_secs=${BENCH_OPEN_SECONDS:-12}
+        out=${BENCH_OUT:-$here/results.md}
+fi
+open_conns=${BENCH_OPEN_CONNS:-256}
+pg_fsync=${BENCH_PG_FSYNC:-on}
+read -r -a daemon_args <<<"${BENCH_DAEMON_ARGS:-}"
+secret="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+# ---- build ----------------------------------------------------------------
+if [ ! -f Makefile ]; then
+        log "configuring"
+        [ -x configure ] || autoreconf -fi >/dev/null
+        ./configure >/dev/null
+fi
+log "building (make easypost-syncd bench/loadgen bench/bare_server)"
+make -s easypost-syncd bench/loadgen bench/bare_server >/dev/null || die "build failed"
+
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -x "$pgbin/psql" ] || die "PostgreSQL not found (apt-get install postgresql)"
+
+# ---- processes we own, and their cleanup ------------------------------------
+work=$(mktemp -d /tmp/eps-bench.XXXXXX)
+chmod 755 "$work" # the cluster runs as another user when we are root
+daemon_pid="" bare_pid="" pg_started=0 status=0
+
+stop_pid() { # pid name: TERM, up to 20 s, then KILL; only our own children
+        local pid=$1 i
+        [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 200); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+                echo "run.sh: $2 (pid $pid) ignored SIGTERM for 20 s: SIGKILL" >&2
+                kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+        local rc=$?
+        trap - EXIT INT TERM
+        stop_pid "$bare_pid" bare_server
+        stop_pid "$daemon_pid" easypost-syncd
+        [ "$pg_started" = 1 ] && tests/pg.sh stop "$work/pg" fast
+        if [ "$rc" != 0 ] || [ "${BENCH_KEEP:-0}" = 1 ]; then
+                echo "run.sh: logs kept in $work" >&2
+        else
+                rm -rf "$work"
+        fi
+        exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { # first port from $1 on which nothing answers
+        local p
+        for p in $(seq "$1" $(($1 + 200))); do
+                if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+                        echo "$p"
+                        return
+                fi
+        done
+        die "no free port near $1"
+}
+
+wait_http() { # url pid name: until GET answers 200, at most 30 s
+        local i
+        for i in $(seq 300); do
+                curl -fs -m 1 -o /dev/null "$1" && return 0
+                kill -0 "$2" 2>/dev/null || { tail -n 30 "$work/$3.log" >&2; die "$3 exited"; }
+                sleep 0.1
+        done
+        tail -n 30 "$work/$3.log" >&2
+        die "$3 not ready within 30 s ($1)"
+}
+
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+metric() { awk -v k="$1" '$1 == k { print $2 }' "$2"; }
+jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$2"; }
+slug() { printf '%s' "$1" | tr -c 'A-Za-z0-9=.-' '_'; }
+# accept-queue overflows (SYNs dropped because the listener was full), whole namespace
+listen_ovf() {
+        awk '/^TcpExt:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "ListenOverflows") c = i; h = 1 }
+                          else if (c) print $c }' /proc/net/netstat
+}
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+# what is measured: taken now, since the tree may change while the suite runs
+revision="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src include sql 2>/dev/null || echo '+local changes')"
+
+# ---- PostgreSQL and the daemon ------------------------------------------------
+pgport=$(( (RANDOM % 1000) + 56000 )) # names the socket in $work/pg only
+log "PostgreSQL in $work/pg (fsync=$pg_fsync)"
+PG_FSYNC=$pg_fsync tests/pg.sh start "$work/pg" "$pgport"
+pg_started=1
+tests/pg.sh createdb "$work/pg" "$pgport" easypost_sync
+conninfo=$(tests/pg.sh conninfo "$work/pg" "$pgport" easypost_sync)
+pg_pid=$(head -n 1 "$work/pg/data/postmaster.pid")
+psql() { "$pgbin/psql" "$conninfo" -qAtX -v ON_ERROR_STOP=1 "$@"; }
+
+log "migrating"
+DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --migrate \
+        >"$work/migrate.log" 2>&1 || { cat "$work/migrate.log" >&2; die "migration failed"; }
+
+port=$(free_port 18080)
+log "starting easypost-syncd on 127.0.0.1:$port ${daemon_args[*]:-}"
+DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd \
+        --listen="127.0.0.1:$port" --log_level=warn "${daemon_args[@]}" >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+wait_http "http://127.0.0.1:$port/readyz" "$daemon_pid" daemon
+sleep 1
+idle_rss=$(rss_kb "$daemon_pid")
+log "daemon ready (pid $daemon_pid), idle RSS $(mb "$idle_rss") MB"
+
+# ---- the runs ------------------------------------------------------------------
+labels=() failed=()
+
+# run LABEL URL TIMEOUT LOADGEN-ARGS...: one loadgen run, its files in $work/<slug>.*
+run() {
+        local label=$1 url=$2 limit=$3 rc=0 f
+        shift 3
+        f="$work/$(slug "$label")"
+        log "$label"
+        if [ -n "${daemon_pid:-}" ] && [ "$url" = "$daemon_url" ]; then
+                # each run starts from an empty table and a fresh checkpoint
+                psql -c "SET client_min_messages = warning" -c "TRUNCATE webhook_events CASCADE" \
+                        -c "CHECKPOINT"
+                curl -fs -m 5 "http://127.0.0.1:$port/metrics" >"$f.metrics0" || true
+        fi
+        listen_ovf >"$f.ovf0"
+        # INT lets loadgen stop sending, collect what is in flight and report
+        timeout --foreground -s INT -k 45 "$limit" ./bench/loadgen --url "$url" --secret "$secret" \
+                --label "$label" --json "$f.json" "$@" || rc=$?
+        listen_ovf >"$f.ovf1"
+        if [ -f "$f.metrics0" ]; then
+                curl -fs -m 5 "http://127.0.0.1:$port/metrics" >"$f.metrics1" || true
+        fi
+        labels+=("$label")
+        if [ "$rc" != 0 ] || [ ! -f "$f.json" ]; then
+                failed+=("$label (loadgen exit $rc)")
+                status=1
+        fi
+}
+
+daemon_url="http://127.0.0.1:$port/webhooks/easypost"
+watch=(--pid "$daemon_pid" --pg-pid "$pg_pid" --db "$conninfo")
+closed_limit() { echo $(( $1 / 50 + 120 )); } # 50 events/s would already be a failure
+
+run "closed c=1" "$daemon_url" "$(closed_limit "$n1")" -n "$n1" -c 1 "${watch[@]}"
+run "closed c=32" "$daemon_url" "$(closed_limit "$n")" -n "$n" -c 32 "${watch[@]}"
+run "closed c=256" "$daemon_url" "$(closed_limit "$n")" -n "$n" -c 256 "${watch[@]}"
+for rate in 1000 5000; do
+        # a fixed offered load for a fixed time: what the daemon cannot take shows
+        # as late starts and latency, not as a longer run
+        dur=()
+        if [ "$open_secs" = 0 ]; then on=$n; else on=$((rate * open_secs)) dur=(-d "$open_secs"); fi
+        run "open ${rate}/s" "$daemon_url" "$(closed_limit "$on")" -n "$on" -r "$rate" \
+                -c "$open_conns" "${dur[@]}" "${watch[@]}"
+done
+peak_rss=$(hwm_kb "$daemon_pid")
+curl -fs -m 5 "http://127.0.0.1:$port/metrics" >"$work/final.metrics" || true
+
+# A graceful stop is part of the result: it must drain and exit 0.
+log "stopping the daemon (SIGTERM)"
+t0=$(date +%s.%N)
+kill -TERM "$daemon_pid"
+daemon_exit=0
+for i in $(seq 300); do
+        kill -0 "$daemon_pid" 2>/dev/null || break
+        sleep 0.1
+done
+if kill -0 "$daemon_pid" 2>/dev/null; then
+        daemon_stop="did not exit within 30 s of SIGTERM (killed)"
+        kill -KILL "$daemon_pid" 2>/dev/null || true
+        wait "$daemon_pid" 2>/dev/null || true
+        status=1
+else
+        wait "$daemon_pid" || daemon_exit=$?
+        daemon_stop=$(awk -v a="$t0" -v b="$(date +%s.%N)" -v c="$daemon_exit" \
+                'BEGIN { printf "exit %d after %.1f s", c, b - a }')
+        [ "$daemon_exit" = 0 ] || status=1
+fi
+daemon_pid=""
+
+bport=$(free_port 18090)
+log "starting bare_server on 127.0.0.1:$bport"
+./bench/bare_server --listen "127.0.0.1:$bport" >"$work/bare.log" 2>&1 &
+bare_pid=$!
+wait_http "http://127.0.0.1:$bport/readyz" "$bare_pid" bare
+run "bare c=32" "http://127.0.0.1:$bport/webhooks/easypost" "$(closed_limit "$n")" -n "$n" -c 32 \
+        --pid "$bare_pid"
+stop_pid "$bare_pid" bare_server
+bare_pid=""
+
+# ---- the table -------------------------------------------------------------------
+bare_tp=$(jget throughput "$work/$(slug "bare c=32").json" 2>/dev/null || true)
+warns=$(grep -c 'lvl=warn' "$work/daemon.log" || true)
+errs=$(grep -c 'lvl=err' "$work/daemon.log" || true)
+{
+        echo "# easypost-syncd benchmark"
+        echo
+        echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $revision,"
+        echo "$(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr),"
+        echo "$("$pgbin/postgres" --version) (fsync=$pg_fsync, unix socket), loadgen on the same host,"
+        echo "load average before the runs: $load0."
+        [ "$quick" = 1 ] && echo "BENCH_QUICK=1: $n events per run, a smoke test, not a measurement."
+        [ -n "${BENCH_DAEMON_ARGS:-}" ] && echo "Daemon options: ${BENCH_DAEMON_ARGS}"
+        echo
+        echo "| run | events/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | late | lost | batch | daemon CPU % | PG CPU % | peak RSS MB | vs bare | SYN ovf |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for label in "${labels[@]}"; do
+                f="$work/$(slug "$label")"
+                j="$f.json"
+                if [ ! -f "$j" ]; then
+                        echo "| $label | failed | | | | | | | | | | | | | | | |"
+                        continue
+                fi
+                tp=$(jget throughput "$j")
+                lost=$(jget lost "$j")
+                [ "$(jget db_checked "$j")" = true ] || lost=n/a
+                batch=-
+                if [ -s "$f.metrics0" ] && [ -s "$f.metrics1" ]; then
+                        batch=$(awk -v b0="$(metric easypost_sync_batches_total "$f.metrics0")" \
+                                -v b1="$(metric easypost_sync_batches_total "$f.metrics1")" \
+                                -v s0="$(metric easypost_sync_batch_size_sum "$f.metrics0")" \
+                                -v s1="$(metric easypost_sync_batch_size_sum "$f.metrics1")" \
+                                'BEGIN { if (b1 > b0) printf "%.1f", (s1 - s0) / (b1 - b0); else print "-" }')
+                fi
+                pg=$(jget pg_cpu_pct "$j")
+                [ "${pg%%.*}" = -1 ] && pg=-
+                vs=-
+                [ -n "$bare_tp" ] && vs=$(awk -v a="$tp" -v b="$bare_tp" 'BEGIN { if (b > 0) printf "%.2f", a / b }')
+                ovf=$(( $(cat "$f.ovf1") - $(cat "$f.ovf0") ))
+                printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s |\n' \
+                        "$label" "$tp" "$(jget p50_ms "$j")" "$(jget p90_ms "$j")" "$(jget p99_ms "$j")" \
+                        "$(jget p999_ms "$j")" "$(jget max_ms "$j")" "$(jget non2xx "$j")" \
+                        "$(jget errors "$j")" "$(jget late "$j")" "$lost" "$batch" \
+                        "$(jget daemon_cpu_pct "$j")" "$pg" "$(mb "$(jget daemon_rss_peak_kb "$j")")" "$vs" "$ovf"
+        done
+        echo
+        echo "Daemon: idle RSS $(mb "$idle_rss") MB before the runs, peak RSS (VmHWM) $(mb "${peak_rss:-0}") MB;"
+        echo "log at warn level: $warns warning(s), $errs error(s); SIGTERM: $daemon_stop."
+        echo "Rows \"bare\": bare_server (evhttp, no check, no database); its CPU/RSS columns are bare_server's."
+        if [ "${#failed[@]}" -gt 0 ]; then
+                echo
+                echo "FAILED: ${failed[*]}"
+        fi
+} >"$out"
+cat "$out"
+if [ "$warns$errs" != 00 ]; then
+        echo >&2
+        echo "daemon log (distinct warnings/errors, first 10):" >&2
+        grep -E 'lvl=(warn|err)' "$work/daemon.log" | sed 's/^ts=[^ ]* //; s/rid=[^ ]* //' |
+                sed 's/evt_[0-9a-f]*/evt_…/g' | sort | uniq -c | sort -rn | head -n 10 >&2 || true
+fi
+exit "$status"
