@@ -1,4 +1,6 @@
 -- 0001: raw webhook events and the ingest function the daemon calls per event.
+-- lz4 rather than the default pglz for the two copies of the body: a fraction
+-- of the CPU per event on the ingest path, at a slightly lower ratio.
 
 CREATE TABLE webhook_events (
     id               uuid        PRIMARY KEY,              -- UUID v7 made by the daemon
@@ -6,8 +8,8 @@ CREATE TABLE webhook_events (
     description      text        NOT NULL,                 -- e.g. tracker.updated
     mode             text,                                 -- test / production
     object_id        text,                                 -- result.id (trk_, shp_, batch_ ...)
-    raw              text        NOT NULL,                 -- the body byte for byte as received
-    body             jsonb,                                -- NULL when jsonb cannot hold it
+    raw              text        COMPRESSION lz4 NOT NULL, -- the body byte for byte as received
+    body             jsonb       COMPRESSION lz4,          -- NULL when jsonb cannot hold it
     body_error       text,                                 -- why body is NULL
     source           text        NOT NULL DEFAULT 'webhook'
                                  CHECK (source IN ('webhook', 'backfill')),
@@ -19,7 +21,6 @@ CREATE TABLE webhook_events (
     processed_at     timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE INDEX webhook_events_description_received ON webhook_events (description, received_at);
 CREATE INDEX webhook_events_object ON webhook_events (object_id);
 CREATE INDEX webhook_events_failed ON webhook_events (received_at) WHERE status = 'failed';
 

@@ -1,7 +1,12 @@
 -- 0002: shipment data and the projection of tracker events into it.
 --
 -- EasyPost delivers at least once, in no guaranteed order, and every
--- tracker.updated repeats the tracker's whole history. So: trackers are
+-- tracker.updated repeats the tracker's whole history.
+--
+-- The projection's own rows (trackers, shipment_events) carry no foreign
+-- keys: eps_project_tracker makes every row they point at in the same
+-- transaction, and a per-row RI trigger would double the cost of each
+-- tracking detail on the ingest path. So: trackers are
 -- upserted newest-wins on the tracker's own updated_at, each tracking detail
 -- is one shipment_events row stored once (unique key), and a shipment the
 -- webhooks mention before the sync worker has fetched it is a stub row keyed
@@ -117,11 +122,11 @@ CREATE TABLE trackers (
     signed_by            text,
     public_url           text,
     shipment_easypost_id text,                                  -- shp_ as sent
-    shipment_id          uuid        REFERENCES shipments (id),
+    shipment_id          uuid,                                  -- shipments.id
     carrier_detail       jsonb,                                 -- kept whole, not searched
     ep_created_at        timestamptz,
     ep_updated_at        timestamptz,                           -- newer wins on this
-    last_webhook_event_id uuid       REFERENCES webhook_events (id),
+    last_webhook_event_id uuid,                                 -- webhook_events.id
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
@@ -131,9 +136,9 @@ CREATE INDEX trackers_carrier_status ON trackers (carrier, status);
 
 CREATE TABLE shipment_events (
     id                uuid        PRIMARY KEY DEFAULT eps_uuid7(),
-    tracker_id        uuid        NOT NULL REFERENCES trackers (id),
-    shipment_id       uuid        REFERENCES shipments (id),
-    webhook_event_id  uuid        REFERENCES webhook_events (id), -- first event that carried it
+    tracker_id        uuid        NOT NULL,                     -- trackers.id
+    shipment_id       uuid,                                     -- shipments.id
+    webhook_event_id  uuid,                                     -- webhook_events.id of the first event that carried it
     status            text        NOT NULL DEFAULT '',
     status_detail     text,
     message           text        NOT NULL DEFAULT '',
@@ -148,8 +153,6 @@ CREATE TABLE shipment_events (
     CONSTRAINT shipment_events_once UNIQUE (tracker_id, event_datetime, status, message)
 );
 CREATE INDEX shipment_events_shipment ON shipment_events (shipment_id);
--- "events at a place": tracking_location @> '{"city": "CHICAGO"}'
-CREATE INDEX shipment_events_location ON shipment_events USING gin (tracking_location jsonb_path_ops);
 
 -- Outbox hook: the sync worker's migration replaces this with a real enqueue.
 CREATE FUNCTION eps_enqueue(p_kind text, p_object_id text) RETURNS void
@@ -180,12 +183,14 @@ DECLARE
     v_shipment uuid;
     v_tracker  uuid;
     v_newer    boolean := false;
+    v_new_shipment boolean := false;
 BEGIN
     IF v_shp IS NOT NULL THEN
-        INSERT INTO shipments (easypost_id, mode, tracking_code, carrier)
-        VALUES (v_shp, r ->> 'mode', r ->> 'tracking_code', r ->> 'carrier')
+        INSERT INTO shipments (easypost_id, mode, tracking_code, carrier, status, status_at)
+        VALUES (v_shp, r ->> 'mode', r ->> 'tracking_code', r ->> 'carrier', r ->> 'status', v_updated)
         ON CONFLICT (easypost_id) DO NOTHING
         RETURNING id INTO v_shipment;
+        v_new_shipment := v_shipment IS NOT NULL;
         IF v_shipment IS NULL THEN
             SELECT id INTO v_shipment FROM shipments WHERE easypost_id = v_shp;
         END IF;
@@ -218,7 +223,7 @@ BEGIN
         SELECT id INTO v_tracker FROM trackers WHERE easypost_id = r ->> 'id';
     END IF;
 
-    IF v_shipment IS NOT NULL AND v_newer THEN
+    IF v_shipment IS NOT NULL AND v_newer AND NOT v_new_shipment THEN
         UPDATE shipments s SET status = r ->> 'status', status_at = v_updated,
                tracking_code = coalesce(s.tracking_code, r ->> 'tracking_code'),
                carrier = coalesce(s.carrier, r ->> 'carrier'), updated_at = now()
@@ -237,7 +242,9 @@ BEGIN
     WHERE jsonb_typeof(d) = 'object'
     ON CONFLICT ON CONSTRAINT shipment_events_once DO NOTHING;
 
-    IF v_shp IS NOT NULL THEN
+    IF v_new_shipment THEN
+        PERFORM eps_enqueue('shipment', v_shp);
+    ELSIF v_shp IS NOT NULL THEN
         PERFORM eps_enqueue('shipment', v_shp)
         FROM shipments WHERE id = v_shipment AND synced_at IS NULL;
     END IF;
