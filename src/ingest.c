@@ -24,7 +24,7 @@
 #include "metrics.h"
 #include "util.h"
 
-/* One statement per event; eps_ingest (sql/) stores, deduplicates and projects. */
+/* One execution per event; eps_ingest (sql/) stores, deduplicates and projects. */
 static const char SQL_INGEST[] =
         "SELECT eps_ingest($1::uuid, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9::jsonb, $10)";
 #define INGEST_NPARAMS 10
@@ -237,7 +237,20 @@ static bool
 batch_result(struct db_seg *s, PGresult *res)
 {
         struct batch *b = (struct batch *)s;
-        unsigned idx = b->nres++;
+
+        if (b->nres++ == 0) {
+                /* the batch's Prepare: an error here is nobody's data */
+                if (PQresultStatus(res) != PGRES_COMMAND_OK && b->fail_index < 0) {
+                        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+                        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+                        b->fail_index = (int)b->n;
+                        b->transient = true;
+                        snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", st ? st : "XX000");
+                        b->errmsg = xstrdup(msg ? msg : "prepare failed");
+                }
+                return false;
+        }
+        unsigned idx = b->nres - 2;
 
         switch (PQresultStatus(res)) {
         case PGRES_TUPLES_OK:
@@ -269,7 +282,7 @@ batch_done(struct db_seg *s, bool lost)
         struct batch *b = (struct batch *)s;
         struct ingest *g = b->g;
 
-        if (!lost && b->fail_index < 0 && b->nres != b->n) {
+        if (!lost && b->fail_index < 0 && b->nres != b->n + 1) {
                 log_err("ingest", "batch of %u got %u results: answering 503", b->n, b->nres);
                 lost = true;
         }
@@ -347,6 +360,14 @@ send_batch(struct ingest *g, struct db_conn *c)
                 lim = lim < 4 ? lim * 2 : lim * 4;
         g->stats.batch_size_buckets[bucket]++;
 
+        /* One Parse per batch: the unnamed statement lives until the next Parse,
+         * so it is PgBouncer-safe, and each event costs a Bind/Execute only. */
+        if (!PQsendPrepare(pq, "", SQL_INGEST, INGEST_NPARAMS, types)) {
+                db_conn_push(c, &b->seg);
+                if (db_conn_ready(c))
+                        db_conn_fail(c, "send");
+                return false;
+        }
         for (unsigned i = 0; i < b->n; i++) {
                 struct ingest_item *it = b->items[i];
                 const char *v[INGEST_NPARAMS] = {
@@ -363,7 +384,7 @@ send_batch(struct ingest *g, struct db_conn *c)
                 };
                 int lens[INGEST_NPARAMS] = { 0 };
                 lens[5] = (int)it->len;
-                if (!PQsendQueryParams(pq, SQL_INGEST, INGEST_NPARAMS, types, v, lens, formats, 0)) {
+                if (!PQsendQueryPrepared(pq, "", INGEST_NPARAMS, v, lens, formats, 0)) {
                         /* the segment is incomplete: push it so the failure hands
                          * every item back through batch_done(lost) */
                         db_conn_push(c, &b->seg);
