@@ -1,27 +1,16 @@
 /*
- * epevent.c - jansson-based validation of an EasyPost Event.
+ * epevent.c - validation of an EasyPost Event and extraction of its fields.
  *
- * Rules: a JSON object (no duplicate keys, valid UTF-8, nesting within
- * jansson's limit), "object" == "Event", string "id" and "description" of
+ * Rules: a JSON object (no duplicate keys, valid UTF-8, nesting at most
+ * EPEVENT_MAX_DEPTH), "object" == "Event", string "id" and "description" of
  * sane length. Everything else in the document is kept as sent.
  */
 #include "epevent.h"
 
 #include <jansson.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
-
-static int
-copy_str(char *dst, size_t cap, json_t *v)
-{
-        size_t n = json_string_length(v);
-
-        if (n >= cap || memchr(json_string_value(v), '\0', n) != NULL)
-                return -1;
-        memcpy(dst, json_string_value(v), n);
-        dst[n] = '\0';
-        return 0;
-}
 
 /* Removes U+0000 from every string in the tree; true if any was found. */
 static bool
@@ -111,70 +100,517 @@ epevent_valid_time(const char *s)
         return false;
 }
 
-int
-epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
+/*
+ * The scanner: one pass over the raw bytes that validates the whole document
+ * as strict JSON (UTF-8, escapes and surrogate pairs, no control characters
+ * in strings, numbers PostgreSQL's numeric can hold, nesting at most
+ * EPEVENT_MAX_DEPTH, no duplicate keys in any object) and copies out only
+ * the fields ingest needs. No tree is built: PostgreSQL parses the body once
+ * more into jsonb anyway, and a DOM here was the largest cost per event.
+ */
+#define EPEVENT_MAX_DEPTH 512
+#define EPEVENT_MAX_NUM_DIGITS 10000
+
+enum field { F_NONE, F_ID, F_OBJECT, F_DESC, F_MODE, F_CREATED, F_RESULT_ID };
+
+struct scan {
+        const unsigned char *start, *p, *end;
+        struct epevent *ev;
+        struct err *e;
+        bool has_nul;
+        bool object_is_event;
+        int seen;                 /* bitmask of F_* captured */
+        uint64_t *keys;           /* key hashes of the open objects, a stack */
+        size_t nkeys, capkeys;
+};
+
+static int
+fail(struct scan *s, const char *what)
+{
+        if (s->e->code == 0)
+                err_set(s->e, 400, "invalid JSON at byte %ld: %s", (long)(s->p - s->start), what);
+        return -1;
+}
+
+static void
+skip_ws(struct scan *s)
+{
+        while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+                s->p++;
+}
+
+static int
+hexval(unsigned char c)
+{
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+static int
+hex4(struct scan *s, unsigned *out)
+{
+        unsigned v = 0;
+
+        if (s->end - s->p < 4)
+                return -1;
+        for (int i = 0; i < 4; i++) {
+                int h = hexval(s->p[i]);
+                if (h < 0)
+                        return -1;
+                v = (v << 4) | (unsigned)h;
+        }
+        s->p += 4;
+        *out = v;
+        return 0;
+}
+
+/* Appends a decoded byte: into out while it fits, into the hash always. */
+static inline void
+emit(unsigned char c, char *out, size_t cap, size_t *n, uint64_t *h)
+{
+        if (out && *n + 1 < cap)
+                out[*n] = (char)c;
+        (*n)++;
+        *h = (*h ^ c) * 0x100000001b3ULL;
+}
+
+/* Valid UTF-8 sequence starting at p (first byte >= 0x80)? Returns its length or 0. */
+static size_t
+utf8_len(const unsigned char *p, const unsigned char *end)
+{
+        unsigned char c = p[0];
+        size_t n;
+        unsigned cp;
+
+        if (c >= 0xc2 && c <= 0xdf) {
+                n = 2;
+                cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+                n = 3;
+                cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+                n = 4;
+                cp = c & 0x07;
+        } else {
+                return 0;
+        }
+        if ((size_t)(end - p) < n)
+                return 0;
+        for (size_t i = 1; i < n; i++) {
+                if ((p[i] & 0xc0) != 0x80)
+                        return 0;
+                cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+                return 0;
+        return n;
+}
+
+/*
+ * A string at s->p (on the opening quote). Decoded bytes go to out (NUL-
+ * terminated, truncated to cap; *len is the full decoded length) and into
+ * *hash (FNV-1a), so keys compare as PostgreSQL compares them.
+ */
+static int
+scan_string(struct scan *s, char *out, size_t cap, size_t *len, uint64_t *hash)
+{
+        uint64_t h = 0xcbf29ce484222325ULL;
+        size_t n = 0;
+
+        s->p++; /* opening quote */
+        while (s->p < s->end) {
+                unsigned char c = *s->p;
+                if (c == '"') {
+                        s->p++;
+                        if (out && cap)
+                                out[n < cap ? n : cap - 1] = '\0';
+                        *len = n;
+                        if (hash)
+                                *hash = h;
+                        return 0;
+                }
+                if (c < 0x20)
+                        return fail(s, "control character in a string");
+                if (c == '\\') {
+                        if (s->end - s->p < 2)
+                                break;
+                        unsigned char esc = s->p[1];
+                        s->p += 2;
+                        switch (esc) {
+                        case '"': emit('"', out, cap, &n, &h); break;
+                        case '\\': emit('\\', out, cap, &n, &h); break;
+                        case '/': emit('/', out, cap, &n, &h); break;
+                        case 'b': emit('\b', out, cap, &n, &h); break;
+                        case 'f': emit('\f', out, cap, &n, &h); break;
+                        case 'n': emit('\n', out, cap, &n, &h); break;
+                        case 'r': emit('\r', out, cap, &n, &h); break;
+                        case 't': emit('\t', out, cap, &n, &h); break;
+                        case 'u': {
+                                unsigned cp, lo;
+                                if (hex4(s, &cp) != 0)
+                                        return fail(s, "bad \\u escape");
+                                if (cp >= 0xdc00 && cp <= 0xdfff)
+                                        return fail(s, "lone low surrogate");
+                                if (cp >= 0xd800 && cp <= 0xdbff) {
+                                        if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u')
+                                                return fail(s, "high surrogate without its pair");
+                                        s->p += 2;
+                                        if (hex4(s, &lo) != 0 || lo < 0xdc00 || lo > 0xdfff)
+                                                return fail(s, "high surrogate without its pair");
+                                        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                                }
+                                if (cp == 0)
+                                        s->has_nul = true;
+                                if (cp < 0x80) {
+                                        emit((unsigned char)cp, out, cap, &n, &h);
+                                } else if (cp < 0x800) {
+                                        emit((unsigned char)(0xc0 | (cp >> 6)), out, cap, &n, &h);
+                                        emit((unsigned char)(0x80 | (cp & 0x3f)), out, cap, &n, &h);
+                                } else if (cp < 0x10000) {
+                                        emit((unsigned char)(0xe0 | (cp >> 12)), out, cap, &n, &h);
+                                        emit((unsigned char)(0x80 | ((cp >> 6) & 0x3f)), out, cap, &n, &h);
+                                        emit((unsigned char)(0x80 | (cp & 0x3f)), out, cap, &n, &h);
+                                } else {
+                                        emit((unsigned char)(0xf0 | (cp >> 18)), out, cap, &n, &h);
+                                        emit((unsigned char)(0x80 | ((cp >> 12) & 0x3f)), out, cap, &n, &h);
+                                        emit((unsigned char)(0x80 | ((cp >> 6) & 0x3f)), out, cap, &n, &h);
+                                        emit((unsigned char)(0x80 | (cp & 0x3f)), out, cap, &n, &h);
+                                }
+                                break;
+                        }
+                        default:
+                                return fail(s, "bad escape");
+                        }
+                        continue;
+                }
+                if (c < 0x80) {
+                        emit(c, out, cap, &n, &h);
+                        s->p++;
+                        continue;
+                }
+                size_t k = utf8_len(s->p, s->end);
+                if (k == 0)
+                        return fail(s, "invalid UTF-8");
+                for (size_t i = 0; i < k; i++)
+                        emit(s->p[i], out, cap, &n, &h);
+                s->p += k;
+        }
+        return fail(s, "unterminated string");
+}
+
+static int
+scan_number(struct scan *s)
+{
+        long digits = 0, exp = 0;
+
+        if (s->p < s->end && *s->p == '-')
+                s->p++;
+        if (s->p < s->end && *s->p == '0') {
+                s->p++;
+                digits = 1;
+        } else if (s->p < s->end && *s->p >= '1' && *s->p <= '9') {
+                while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
+                        s->p++;
+                        digits++;
+                }
+        } else {
+                return fail(s, "bad number");
+        }
+        if (s->p < s->end && *s->p == '.') {
+                s->p++;
+                if (s->p >= s->end || *s->p < '0' || *s->p > '9')
+                        return fail(s, "bad number");
+                while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
+                        s->p++;
+                        digits++;
+                }
+        }
+        if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+                s->p++;
+                if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
+                        s->p++;
+                if (s->p >= s->end || *s->p < '0' || *s->p > '9')
+                        return fail(s, "bad number");
+                while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
+                        if (exp < 1000000)
+                                exp = exp * 10 + (*s->p - '0');
+                        s->p++;
+                }
+        }
+        /* beyond what PostgreSQL's numeric (and anyone's number) holds */
+        if (digits > EPEVENT_MAX_NUM_DIGITS || exp > EPEVENT_MAX_NUM_DIGITS)
+                return fail(s, "number out of range");
+        return 0;
+}
+
+static int
+scan_literal(struct scan *s, const char *lit, size_t n)
+{
+        if ((size_t)(s->end - s->p) < n || memcmp(s->p, lit, n) != 0)
+                return fail(s, "unexpected character");
+        s->p += n;
+        return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+static int scan_value(struct scan *s, int depth, enum field f);
+
+/* Where a key's value goes: only the top object and its "result" matter. */
+static enum field
+field_for(int depth, bool in_result, const char *key, size_t len)
+{
+        if (depth == 1 && !in_result) {
+                if (len == 2 && memcmp(key, "id", 2) == 0)
+                        return F_ID;
+                if (len == 6 && memcmp(key, "object", 6) == 0)
+                        return F_OBJECT;
+                if (len == 11 && memcmp(key, "description", 11) == 0)
+                        return F_DESC;
+                if (len == 4 && memcmp(key, "mode", 4) == 0)
+                        return F_MODE;
+                if (len == 10 && memcmp(key, "created_at", 10) == 0)
+                        return F_CREATED;
+                if (len == 6 && memcmp(key, "result", 6) == 0)
+                        return F_RESULT_ID; /* the object itself; its "id" below */
+        } else if (depth == 2 && in_result && len == 2 && memcmp(key, "id", 2) == 0) {
+                return F_RESULT_ID;
+        }
+        return F_NONE;
+}
+
+static int
+scan_object(struct scan *s, int depth, bool is_result)
+{
+        size_t base = s->nkeys;
+        char key[16];
+
+        s->p++; /* { */
+        skip_ws(s);
+        if (s->p < s->end && *s->p == '}') {
+                s->p++;
+                return 0;
+        }
+        for (;;) {
+                size_t klen;
+                uint64_t h;
+                skip_ws(s);
+                if (s->p >= s->end || *s->p != '"')
+                        return fail(s, "expected a key");
+                if (scan_string(s, key, sizeof(key), &klen, &h) != 0)
+                        return -1;
+                if (s->nkeys == s->capkeys) {
+                        s->capkeys = s->capkeys ? s->capkeys * 2 : 64;
+                        s->keys = xrealloc(s->keys, s->capkeys * sizeof(*s->keys));
+                }
+                s->keys[s->nkeys++] = h ^ klen;
+                skip_ws(s);
+                if (s->p >= s->end || *s->p != ':')
+                        return fail(s, "expected ':'");
+                s->p++;
+                skip_ws(s);
+                enum field f = klen < sizeof(key) ? field_for(depth, is_result, key, klen) : F_NONE;
+                if (depth == 1 && f == F_RESULT_ID) {
+                        /* "result": an object whose id we want, or anything else */
+                        if (s->p < s->end && *s->p == '{') {
+                                if (depth + 1 > EPEVENT_MAX_DEPTH)
+                                        return fail(s, "nested too deep");
+                                if (scan_object(s, depth + 1, true) != 0)
+                                        return -1;
+                        } else if (scan_value(s, depth + 1, F_NONE) != 0) {
+                                return -1;
+                        }
+                } else if (scan_value(s, depth + 1, f) != 0) {
+                        return -1;
+                }
+                skip_ws(s);
+                if (s->p < s->end && *s->p == ',') {
+                        s->p++;
+                        continue;
+                }
+                if (s->p < s->end && *s->p == '}') {
+                        s->p++;
+                        break;
+                }
+                return fail(s, "expected ',' or '}'");
+        }
+        size_t n = s->nkeys - base;
+        if (n > 1) {
+                qsort(s->keys + base, n, sizeof(*s->keys), cmp_u64);
+                for (size_t i = base + 1; i < s->nkeys; i++)
+                        if (s->keys[i] == s->keys[i - 1])
+                                return fail(s, "duplicate key");
+        }
+        s->nkeys = base;
+        return 0;
+}
+
+static int
+capture(struct scan *s, enum field f)
+{
+        char *dst = NULL;
+        size_t cap = 0, len;
+        char tmp[16];
+        uint64_t h;
+
+        switch (f) {
+        case F_ID: dst = s->ev->id; cap = sizeof(s->ev->id); break;
+        case F_DESC: dst = s->ev->description; cap = sizeof(s->ev->description); break;
+        case F_MODE: dst = s->ev->mode; cap = sizeof(s->ev->mode); break;
+        case F_CREATED: dst = s->ev->created_at; cap = sizeof(s->ev->created_at); break;
+        case F_RESULT_ID: dst = s->ev->object_id; cap = sizeof(s->ev->object_id); break;
+        case F_OBJECT: dst = tmp; cap = sizeof(tmp); break;
+        default: break;
+        }
+        bool nul_before = s->has_nul;
+        s->has_nul = false;
+        if (scan_string(s, dst, cap, &len, &h) != 0)
+                return -1;
+        bool bad = s->has_nul || len >= cap; /* a NUL inside, or too long to keep */
+        s->has_nul |= nul_before;
+        if (bad) {
+                if (f == F_ID || f == F_DESC)
+                        s->seen |= 1 << 30; /* reported by the caller */
+                dst[0] = '\0';
+                return 0;
+        }
+        s->seen |= 1 << f;
+        if (f == F_OBJECT)
+                s->object_is_event = strcmp(tmp, "Event") == 0;
+        return 0;
+}
+
+static int
+scan_value(struct scan *s, int depth, enum field f)
+{
+        if (s->p >= s->end)
+                return fail(s, "unexpected end");
+        if (depth > EPEVENT_MAX_DEPTH)
+                return fail(s, "nested too deep");
+        switch (*s->p) {
+        case '{':
+                return scan_object(s, depth, false);
+        case '[':
+                s->p++;
+                skip_ws(s);
+                if (s->p < s->end && *s->p == ']') {
+                        s->p++;
+                        return 0;
+                }
+                for (;;) {
+                        skip_ws(s);
+                        if (scan_value(s, depth + 1, F_NONE) != 0)
+                                return -1;
+                        skip_ws(s);
+                        if (s->p < s->end && *s->p == ',') {
+                                s->p++;
+                                continue;
+                        }
+                        if (s->p < s->end && *s->p == ']') {
+                                s->p++;
+                                return 0;
+                        }
+                        return fail(s, "expected ',' or ']'");
+                }
+        case '"': {
+                if (f != F_NONE)
+                        return capture(s, f);
+                size_t len;
+                return scan_string(s, NULL, 0, &len, NULL);
+        }
+        case 't':
+                return scan_literal(s, "true", 4);
+        case 'f':
+                return scan_literal(s, "false", 5);
+        case 'n':
+                return scan_literal(s, "null", 4);
+        default:
+                if (*s->p == '-' || (*s->p >= '0' && *s->p <= '9'))
+                        return scan_number(s);
+                return fail(s, "unexpected character");
+        }
+}
+
+/* Rare path: a body with U+0000 gets a cleaned copy for the projection. */
+static int
+make_clean(const void *body, size_t len, struct epevent *ev, struct err *e)
 {
         json_error_t jerr;
-        json_t *root, *v, *result;
-        int rc = -1;
+        json_t *root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
 
-        memset(ev, 0, sizeof(*ev));
-        if (len == 0) {
-                err_set(e, 400, "empty body");
-                return -1;
-        }
-        root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
         if (root == NULL) {
                 err_set(e, 400, "invalid JSON at byte %d: %s", jerr.position, jerr.text);
                 return -1;
         }
-        if (!json_is_object(root)) {
+        strip_nul(root);
+        ev->clean = json_dumps(root, JSON_COMPACT);
+        json_decref(root);
+        if (ev->clean == NULL)
+                abort();
+        ev->clean_len = strlen(ev->clean);
+        ev->has_nul = true;
+        return 0;
+}
+
+int
+epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
+{
+        struct scan s = { .start = body, .p = body, .end = (const unsigned char *)body + len,
+                          .ev = ev, .e = e };
+        int rc = -1;
+
+        memset(ev, 0, sizeof(*ev));
+        e->code = 0;
+        e->msg[0] = '\0';
+        if (len == 0) {
+                err_set(e, 400, "empty body");
+                return -1;
+        }
+        skip_ws(&s);
+        if (s.p >= s.end || *s.p != '{') {
                 err_set(e, 400, "body is not a JSON object");
                 goto out;
         }
-        v = json_object_get(root, "object");
-        if (!json_is_string(v) || strcmp(json_string_value(v), "Event") != 0) {
+        if (scan_object(&s, 1, false) != 0)
+                goto out;
+        skip_ws(&s);
+        if (s.p != s.end) {
+                fail(&s, "trailing data after the object");
+                goto out;
+        }
+        if (!s.object_is_event) {
                 err_set(e, 400, "not an EasyPost Event: \"object\" must be \"Event\"");
                 goto out;
         }
-        v = json_object_get(root, "id");
-        if (!json_is_string(v) || json_string_length(v) == 0 ||
-            copy_str(ev->id, sizeof(ev->id), v) != 0) {
+        if (!(s.seen & (1 << F_ID)) || ev->id[0] == '\0') {
                 err_set(e, 400, "\"id\" must be a non-empty string of at most %d bytes",
                         EPEVENT_ID_MAX);
                 goto out;
         }
-        v = json_object_get(root, "description");
-        if (!json_is_string(v) || json_string_length(v) == 0 ||
-            copy_str(ev->description, sizeof(ev->description), v) != 0) {
+        if (!(s.seen & (1 << F_DESC)) || ev->description[0] == '\0') {
                 err_set(e, 400, "\"description\" must be a non-empty string of at most %d bytes",
                         EPEVENT_DESC_MAX);
                 goto out;
         }
-        v = json_object_get(root, "mode");
-        if (json_is_string(v) && copy_str(ev->mode, sizeof(ev->mode), v) != 0)
-                ev->mode[0] = '\0';
-        v = json_object_get(root, "created_at");
-        if (json_is_string(v) && copy_str(ev->created_at, sizeof(ev->created_at), v) == 0 &&
-            !epevent_valid_time(ev->created_at))
+        if (ev->created_at[0] && !epevent_valid_time(ev->created_at))
                 ev->created_at[0] = '\0';
-        result = json_object_get(root, "result");
-        if (json_is_object(result)) {
-                v = json_object_get(result, "id");
-                if (json_is_string(v) && copy_str(ev->object_id, sizeof(ev->object_id), v) != 0)
-                        ev->object_id[0] = '\0';
-        }
-        /* Cheap pre-check on the raw bytes; the tree walk confirms. */
-        if (memmem(body, len, "\\u0000", 6) != NULL && strip_nul(root)) {
-                ev->has_nul = true;
-                ev->clean = json_dumps(root, JSON_COMPACT);
-                if (ev->clean == NULL)
-                        abort();
-                ev->clean_len = strlen(ev->clean);
-        }
+        if (s.has_nul && make_clean(body, len, ev, e) != 0)
+                goto out;
         rc = 0;
 out:
-        json_decref(root);
+        free(s.keys);
+        if (rc != 0)
+                ev->id[0] = '\0';
         return rc;
 }
 

@@ -64,7 +64,18 @@ START_TEST(test_rejects)
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"id\":\"evt_2\",\"description\":\"x\"}",
                 "{\"object\":\"Event\",\"id\":\"evt_\\u0000\",\"description\":\"x\"}",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"n\":1e999999}",
-                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"n\":123456789012345678901234567890}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"n\":-1.5e-99999}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"n\":01}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"s\":\"\\udc00\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"s\":\"a\tb\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"r\":{\"k\":1,\"\\u006b\":2}}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\"} x",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"a\":[1,]}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"a\":tru}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"\xc0\xaf\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"\xed\xa0\x80\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"s\":\"\\x\"}",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"\xff\xfe\"}",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"s\":\"\\ud800\"}",
         };
@@ -84,6 +95,45 @@ START_TEST(test_rejects)
         deep[k] = '\0';
         ck_assert_int_ne(parse(deep, &ev), 0);
         free(deep);
+}
+END_TEST
+
+/* What the scanner accepts, with the fields it extracts. */
+START_TEST(test_accepts)
+{
+        struct epevent ev;
+        static const char *const good[] = {
+                " {\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\"} \n",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"n\":[0,-0.5,1e5,2E-3,123456789012345678901234567890]}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"s\":\"\\ud83d\\ude00 \xf0\x9f\x98\x80 \\\" \\/\"}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"a\":{\"k\":{\"k\":1}},\"b\":{\"k\":2}}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"result\":[1,{\"id\":\"not this\"}]}",
+        };
+        for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+                ck_assert_msg(parse(good[i], &ev) == 0, "refused case %zu", i);
+                ck_assert_str_eq(ev.id, "evt_1");
+                ck_assert_str_eq(ev.object_id, "");
+                epevent_fini(&ev);
+        }
+        /* escapes are decoded before the fields are compared and kept */
+        ck_assert_int_eq(parse("{\"\\u006fbject\":\"Ev\\u0065nt\",\"id\":\"evt_\\u0031\",\"description\":\"d\","
+                               "\"result\":{\"id\":\"trk_\\u0032\",\"x\":{\"id\":\"no\"}}}", &ev), 0);
+        ck_assert_str_eq(ev.id, "evt_1");
+        ck_assert_str_eq(ev.object_id, "trk_2");
+        epevent_fini(&ev);
+        /* 100,000 keys within one object: accepted, no duplicate among them */
+        size_t n = 100000, k = 0;
+        char *big = malloc(n * 16 + 100);
+        k += (size_t)sprintf(big, "{\"object\":\"Event\",\"id\":\"e\",\"description\":\"d\"");
+        for (size_t i = 0; i < n; i++)
+                k += (size_t)sprintf(big + k, ",\"k%zu\":%zu", i, i);
+        big[k++] = '}';
+        big[k] = '\0';
+        ck_assert_int_eq(parse(big, &ev), 0);
+        big[k - 1] = ',';
+        k += (size_t)sprintf(big + k - 1, "\"k7\":1}") - 1; /* now a duplicate */
+        ck_assert_int_ne(parse(big, &ev), 0);
+        free(big);
 }
 END_TEST
 
@@ -134,6 +184,7 @@ epevent_suite(void)
         tcase_set_timeout(tc, 20);
         tcase_add_test(tc, test_fixture_events);
         tcase_add_test(tc, test_rejects);
+        tcase_add_test(tc, test_accepts);
         tcase_add_test(tc, test_nul_and_fields);
         tcase_add_test(tc, test_times);
         suite_add_tcase(s, tc);
