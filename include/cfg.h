@@ -32,6 +32,7 @@ struct cfg {
         long db_connections;
         long queue_limit;
         long batch_max;
+        char *projection;             /* "inline" or "deferred" */
         char *sql_dir;
         /* webhook secrets (NFKD-normalised later by sig) */
         char *webhook_secret;         /* secret */

@@ -11,7 +11,7 @@
 #include "util.h"
 
 /* Highest migration this build expects; the daemon's readiness checks it. */
-#define DB_SCHEMA_VERSION 4
+#define DB_SCHEMA_VERSION 5
 
 /* Applies pending migrations from dir. *applied = how many ran now. A file
  * that was applied with a different checksum is refused (0 on success). */

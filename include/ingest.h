@@ -53,8 +53,11 @@ struct ingest_stats {
 
 struct ingest;
 
+/* defer: tracker events are stored 'pending' and projected later (see jobs). */
 struct ingest *ingest_new(struct event_base *base, const char *conninfo, unsigned nconn,
-                          unsigned queue_limit, unsigned batch_max);
+                          unsigned queue_limit, unsigned batch_max, bool defer);
+/* Called after a commit that left events 'pending' (deferred projection). */
+void ingest_on_pending(struct ingest *g, void (*fn)(void *arg), void *arg);
 /* Answers every queued item INGEST_UNAVAILABLE and frees. */
 void ingest_free(struct ingest *g);
 void ingest_start(struct ingest *g);

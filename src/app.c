@@ -206,8 +206,11 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         }
         signal(SIGPIPE, SIG_IGN);
         a->ingest = ingest_new(a->base, cfg->database_url, (unsigned)cfg->db_connections,
-                               (unsigned)cfg->queue_limit, (unsigned)cfg->batch_max);
+                               (unsigned)cfg->queue_limit, (unsigned)cfg->batch_max,
+                               strcmp(cfg->projection, "deferred") == 0);
         a->jobs = jobs_new(a);
+        if (strcmp(cfg->projection, "deferred") == 0)
+                ingest_on_pending(a->ingest, jobs_project_kick, a->jobs);
         a->sync = sync_new(a);
         a->http = http_new(a, e);
         if (a->http == NULL)

@@ -36,6 +36,7 @@ const struct cfg_key cfg_keys[] = {
         I("db_connections", db_connections, "2", 1, 64, false, "ingest connections to PostgreSQL"),
         I("queue_limit", queue_limit, "4096", 1, 1000000, false, "webhooks waiting for a commit at most; beyond it 503 at once"),
         I("batch_max", batch_max, "256", 1, 10000, true, "events per transaction at most"),
+        S("projection", projection, "inline", false, false, "inline: project tracker events in the webhook's transaction; deferred: right after it, off the ack path"),
         S("sql_dir", sql_dir, "", false, false, "directory of migrations (default: the source tree's or the installed sql/)"),
         S("webhook_secret", webhook_secret, "", true, true, "webhook secret (slot 0)"),
         S("webhook_secret_file", webhook_secret_file, "", true, false, "file with one webhook secret per line (several = rotation)"),
@@ -403,6 +404,10 @@ cfg_validate(const struct cfg *c, enum cfg_purpose p, struct err *e)
         }
         if (strcmp(c->log_format, "logfmt") != 0 && strcmp(c->log_format, "json") != 0) {
                 err_set(e, -1, "log_format: \"%s\" is not logfmt or json", c->log_format);
+                return -1;
+        }
+        if (strcmp(c->projection, "inline") != 0 && strcmp(c->projection, "deferred") != 0) {
+                err_set(e, -1, "projection: \"%s\" is not inline or deferred", c->projection);
                 return -1;
         }
         if ((c->tls_cert[0] != '\0') != (c->tls_key[0] != '\0')) {

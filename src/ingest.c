@@ -26,8 +26,8 @@
 
 /* One execution per event; eps_ingest (sql/) stores, deduplicates and projects. */
 static const char SQL_INGEST[] =
-        "SELECT eps_ingest($1::uuid, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9::jsonb, $10)";
-#define INGEST_NPARAMS 10
+        "SELECT eps_ingest($1::uuid, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9::jsonb, $10, $11::bool)";
+#define INGEST_NPARAMS 11
 #define TEXTOID 25
 
 struct batch {
@@ -49,6 +49,9 @@ struct ingest {
         unsigned npending;
         unsigned depth;                  /* submitted and not yet done */
         unsigned limit, batch_max;
+        bool defer;
+        void (*on_pending)(void *arg);
+        void *on_pending_arg;
         struct event *kick;
         struct ingest_stats stats;
 };
@@ -90,11 +93,12 @@ static const struct db_conn_hooks hooks = {
 
 struct ingest *
 ingest_new(struct event_base *base, const char *conninfo, unsigned nconn, unsigned queue_limit,
-           unsigned batch_max)
+           unsigned batch_max, bool defer)
 {
         struct ingest *g = xcalloc(1, sizeof(*g));
         char name[32];
 
+        g->defer = defer;
         g->base = base;
         g->nconn = nconn;
         g->limit = queue_limit;
@@ -113,6 +117,13 @@ ingest_start(struct ingest *g)
 {
         for (unsigned i = 0; i < g->nconn; i++)
                 db_conn_start(g->conns[i]);
+}
+
+void
+ingest_on_pending(struct ingest *g, void (*fn)(void *arg), void *arg)
+{
+        g->on_pending = fn;
+        g->on_pending_arg = arg;
 }
 
 void
@@ -313,12 +324,16 @@ batch_done(struct db_seg *s, bool lost)
                 requeue_front(g, b);
                 kick(g);
         } else {
+                bool pending = false;
                 for (unsigned i = 0; i < b->n; i++) {
                         struct ingest_item *it = b->items[i];
+                        pending |= strcmp(it->status, "pending") == 0;
                         item_finish(g, it, strcmp(it->status, "duplicate") == 0
                                                    ? INGEST_DUPLICATE
                                                    : INGEST_STORED);
                 }
+                if (pending && g->on_pending)
+                        g->on_pending(g->on_pending_arg);
         }
         batch_free(b);
 }
@@ -336,8 +351,8 @@ send_batch(struct ingest *g, struct db_conn *c)
         unsigned n = g->npending < g->batch_max ? g->npending : g->batch_max;
         struct batch *b = xcalloc(1, sizeof(*b));
         PGconn *pq = db_conn_pq(c);
-        static const Oid types[INGEST_NPARAMS] = { 0, 0, 0, 0, 0, TEXTOID, 0, 0, 0, 0 };
-        static const int formats[INGEST_NPARAMS] = { 0, 0, 0, 0, 0, 1, 0, 0, 0, 0 };
+        static const Oid types[INGEST_NPARAMS] = { 0, 0, 0, 0, 0, TEXTOID, 0, 0, 0, 0, 0 };
+        static const int formats[INGEST_NPARAMS] = { 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0 };
 
         b->seg.on_result = batch_result;
         b->seg.on_done = batch_done;
@@ -381,6 +396,7 @@ send_batch(struct ingest *g, struct db_conn *c)
                         it->ev.created_at[0] ? it->ev.created_at : NULL,
                         it->ev.clean,
                         it->dead_error,
+                        g->defer ? "t" : "f",
                 };
                 int lens[INGEST_NPARAMS] = { 0 };
                 lens[5] = (int)it->len;

@@ -2,6 +2,9 @@
  * jobs.c - timers for system_metrics and the analytics views.
  *
  *   metrics:   IDLE --tick--> INSERT in flight --done--> IDLE (re-armed)
+ *   projector: (projection = deferred) kicked by ingest after a commit that
+ *              left events pending, and every second; runs batches of
+ *              eps_project_pending until one comes back short
  *   analytics: IDLE --tick (wall-clock slot)--> view 0 --> view 1 --> view 2 --> IDLE
  *
  * Database down: the tick is skipped with one log line (state changes only)
@@ -41,6 +44,10 @@ struct jobs {
         struct app *app;
         struct db_conn *conn;  /* metrics inserts, schema check, sync worker */
         struct db_conn *aconn; /* analytics refreshes only */
+        struct db_conn *pconn; /* deferred projection only (NULL when inline) */
+        struct event *project_timer;
+        bool projecting, project_again;
+        uint64_t projected;
         struct event *metrics_timer, *analytics_timer;
         bool stopped;
         bool metrics_busy, analytics_busy;
@@ -319,6 +326,75 @@ arm_analytics(struct jobs *j)
         evtimer_add(j->analytics_timer, &tv);
 }
 
+/* ---- deferred projection ---- */
+
+#define PROJECT_BATCH 50
+#define PROJECT_POLL_S 1
+
+static void project_run(struct jobs *j);
+
+static void
+project_done(PGresult *res, void *arg)
+{
+        struct jobs *j = arg;
+        int n = 0;
+
+        j->projecting = false;
+        if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+                n = atoi(PQgetvalue(res, 0, 0));
+                j->projected += (uint64_t)n;
+        } else if (res) {
+                log_warn("jobs", "projecting pending events failed: %s", PQresultErrorMessage(res));
+        }
+        /* a full batch means more are waiting; so does a kick during the run */
+        if (!j->stopped && (n == PROJECT_BATCH || j->project_again))
+                project_run(j);
+}
+
+static void
+project_run(struct jobs *j)
+{
+        const char *vals[1] = { "50" };
+
+        j->project_again = false;
+        if (j->pconn == NULL || j->projecting || j->stopped)
+                return;
+        if (db_conn_query(j->pconn, "SELECT eps_project_pending($1::int)", 1, vals, project_done,
+                          j) == 0)
+                j->projecting = true;
+}
+
+static void
+project_tick(evutil_socket_t fd, short what, void *arg)
+{
+        struct jobs *j = arg;
+        struct timeval tv = { PROJECT_POLL_S, 0 };
+
+        (void)fd;
+        (void)what;
+        if (j->stopped)
+                return;
+        project_run(j); /* also picks up what another replica or a crash left */
+        evtimer_add(j->project_timer, &tv);
+}
+
+void
+jobs_project_kick(void *arg)
+{
+        struct jobs *j = arg;
+
+        if (j->projecting)
+                j->project_again = true;
+        else
+                project_run(j);
+}
+
+uint64_t
+jobs_projected(const struct jobs *j)
+{
+        return j->projected;
+}
+
 /* ---- lifecycle ---- */
 
 struct jobs *
@@ -332,6 +408,10 @@ jobs_new(struct app *a)
         j->aconn = db_conn_new(a->base, a->cfg->database_url, "analytics", &hooks, j);
         j->metrics_timer = evtimer_new(a->base, metrics_tick, j);
         j->analytics_timer = evtimer_new(a->base, analytics_tick, j);
+        if (strcmp(a->cfg->projection, "deferred") == 0) {
+                j->pconn = db_conn_new(a->base, a->cfg->database_url, "projector", &hooks, j);
+                j->project_timer = evtimer_new(a->base, project_tick, j);
+        }
         for (int i = 0; i < JOBS_NVIEWS; i++)
                 j->views[i].name = view_names[i];
         return j;
@@ -346,6 +426,11 @@ jobs_start(struct jobs *j)
         db_conn_start(j->conn);
         if (j->app->cfg->analytics_interval > 0)
                 db_conn_start(j->aconn);
+        if (j->pconn) {
+                struct timeval tv = { PROJECT_POLL_S, 0 };
+                db_conn_start(j->pconn);
+                evtimer_add(j->project_timer, &tv);
+        }
         arm_metrics(j);
         arm_analytics(j);
 }
@@ -371,6 +456,8 @@ jobs_stop(struct jobs *j)
         j->stopped = true;
         evtimer_del(j->metrics_timer);
         evtimer_del(j->analytics_timer);
+        if (j->project_timer)
+                evtimer_del(j->project_timer);
 }
 
 void
@@ -379,8 +466,11 @@ jobs_free(struct jobs *j)
         if (j == NULL)
                 return;
         j->stopped = true;
-        db_conn_free(j->aconn); /* in-flight callbacks run now, as lost */
+        db_conn_free(j->pconn); /* in-flight callbacks run now, as lost */
+        db_conn_free(j->aconn);
         db_conn_free(j->conn);
+        if (j->project_timer)
+                event_free(j->project_timer);
         event_free(j->metrics_timer);
         event_free(j->analytics_timer);
         free(j);

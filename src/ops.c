@@ -217,6 +217,11 @@ ops_render_metrics(struct app *a, struct strbuf *b)
         for (int i = 0; i < JOBS_NVIEWS; i++)
                 strbuf_printf(b, "easypost_sync_analytics_refresh_duration_seconds{view=\"%s\"} %.6f\n",
                               vs[i].name, vs[i].last_duration_ms / 1000.0);
+        strbuf_printf(b, "# HELP easypost_sync_projected_deferred_total Events projected after their commit "
+                         "(projection = deferred).\n"
+                         "# TYPE easypost_sync_projected_deferred_total counter\n"
+                         "easypost_sync_projected_deferred_total %llu\n",
+                      (unsigned long long)jobs_projected(a->jobs));
         const struct sync_stats *ss = sync_stats(a->sync);
         static const char *const cls[6] = { "error", "1xx", "2xx", "3xx", "4xx", "5xx" };
         strbuf_printf(b, "# HELP easypost_sync_api_requests_total EasyPost API requests by status class "

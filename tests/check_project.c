@@ -311,6 +311,43 @@ START_TEST(test_dead_letter_then_replay)
 }
 END_TEST
 
+/* projection = deferred: acknowledged once stored, projected right after
+ * through the same code; a poison event is recorded, the others projected. */
+START_TEST(test_deferred_projection)
+{
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_PROJECTION=deferred", NULL };
+        PGconn *c = db_open();
+
+        wipe(c);
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        char *newer = tracker_event("evt_def_2", "trk_def", "delivered", "2025-01-05T10:00:00Z", 5);
+        char *older = tracker_event("evt_def_1", "trk_def", "in_transit", "2025-01-03T10:00:00Z", 3);
+        char *poison = xstrdup("{\"id\":\"evt_def_poison\",\"object\":\"Event\",\"description\":\"tracker.updated\","
+                               "\"result\":{\"id\":\"trk_def_p\",\"object\":\"Tracker\",\"status\":\"x\","
+                               "\"updated_at\":\"2025-02-30T00:00:00Z\",\"tracking_details\":[]}}");
+        char resp[256];
+        ck_assert_int_eq(post_event(d.port, newer, strlen(newer), resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "\"stored\""));
+        ck_assert_int_eq(post_event(d.port, poison, strlen(poison), NULL, 0), 200);
+        ck_assert_int_eq(post_event(d.port, older, strlen(older), NULL, 0), 200);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'pending'", 0, 10000), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'projected'", NULL), 2);
+        char *st = q1s(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = 'evt_def_poison'", NULL);
+        ck_assert_str_eq(st, "failed 22008");
+        free(st);
+        st = q1s(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_def'", NULL);
+        ck_assert_str_eq(st, "delivered");
+        free(st);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events", NULL), 5);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        free(newer);
+        free(older);
+        free(poison);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 project_suite(void)
 {
@@ -324,6 +361,7 @@ project_suite(void)
         tcase_add_test(tc, test_growing_history_each_detail_once);
         tcase_add_test(tc, test_hostile_events_keep_neighbours);
         tcase_add_test(tc, test_dead_letter_then_replay);
+        tcase_add_test(tc, test_deferred_projection);
         suite_add_tcase(s, tc);
         return s;
 }
