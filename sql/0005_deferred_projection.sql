@@ -82,12 +82,14 @@ BEGIN
              LIMIT least(p_limit, 60)
              FOR UPDATE SKIP LOCKED
     LOOP
-        v_problem := NULL;
-        BEGIN
-            PERFORM eps_project_tracker(r.id, r.body);
-        EXCEPTION WHEN others THEN
-            v_problem := SQLSTATE || ': ' || SQLERRM;
-        END;
+        v_problem := eps_tracker_problem(r.body);
+        IF v_problem IS NULL THEN
+            BEGIN
+                PERFORM eps_project_tracker(r.id, r.body);
+            EXCEPTION WHEN others THEN
+                v_problem := SQLSTATE || ': ' || SQLERRM;
+            END;
+        END IF;
         UPDATE webhook_events
         SET status = CASE WHEN v_problem IS NULL THEN 'projected' ELSE 'failed' END,
             error = v_problem, processed_at = now()

@@ -28,6 +28,15 @@
 static const char SQL_INGEST[] =
         "SELECT eps_ingest($1::uuid, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9::jsonb, $10, $11::bool)";
 #define INGEST_NPARAMS 11
+
+/* The common case needs no function: one plain row insert whose RETURNING
+ * tells stored (or pending) from duplicate (no row). */
+static const char SQL_INSERT[] =
+        "INSERT INTO webhook_events (id, event_id, description, mode, object_id, raw, body, source,"
+        " status, event_created_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $6::jsonb, $7,"
+        " CASE WHEN $3 IN ('tracker.created', 'tracker.updated') THEN $9 ELSE 'stored' END,"
+        " $8::timestamptz) ON CONFLICT (event_id) DO NOTHING RETURNING status";
+#define INSERT_NPARAMS 9
 #define TEXTOID 25
 
 struct batch {
@@ -265,9 +274,10 @@ batch_result(struct db_seg *s, PGresult *res)
 
         switch (PQresultStatus(res)) {
         case PGRES_TUPLES_OK:
-                if (idx < b->n && PQntuples(res) == 1) {
+                if (idx < b->n) {
                         struct ingest_item *it = b->items[idx];
-                        snprintf(it->status, sizeof(it->status), "%s", PQgetvalue(res, 0, 0));
+                        snprintf(it->status, sizeof(it->status), "%s",
+                                 PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "duplicate");
                 }
                 break;
         case PGRES_PIPELINE_ABORTED:
@@ -344,16 +354,34 @@ source_name(enum ingest_source s)
         return s == INGEST_BACKFILL ? "backfill" : "webhook";
 }
 
+/*
+ * Does this event go through eps_ingest()? Dead letters, bodies only a
+ * cleaned copy can project, and tracker events projected inline do; the
+ * rest is a plain insert. A batch holds one kind only, so that it needs one
+ * Parse.
+ */
+static bool
+needs_fn(const struct ingest *g, const struct ingest_item *it)
+{
+        return it->dead_error || it->ev.has_nul ||
+               (!g->defer && (strcmp(it->ev.description, "tracker.created") == 0 ||
+                              strcmp(it->ev.description, "tracker.updated") == 0));
+}
+
 /* Sends one batch on c. Returns false if the connection failed meanwhile. */
 static bool
 send_batch(struct ingest *g, struct db_conn *c)
 {
-        unsigned n = g->npending < g->batch_max ? g->npending : g->batch_max;
+        bool fn = needs_fn(g, g->head);
+        unsigned n = 0;
         struct batch *b = xcalloc(1, sizeof(*b));
         PGconn *pq = db_conn_pq(c);
         static const Oid types[INGEST_NPARAMS] = { 0, 0, 0, 0, 0, TEXTOID, 0, 0, 0, 0, 0 };
         static const int formats[INGEST_NPARAMS] = { 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0 };
 
+        for (struct ingest_item *it = g->head; it && n < g->batch_max && needs_fn(g, it) == fn;
+             it = it->next)
+                n++;
         b->seg.on_result = batch_result;
         b->seg.on_done = batch_done;
         b->g = g;
@@ -377,7 +405,8 @@ send_batch(struct ingest *g, struct db_conn *c)
 
         /* One Parse per batch: the unnamed statement lives until the next Parse,
          * so it is PgBouncer-safe, and each event costs a Bind/Execute only. */
-        if (!PQsendPrepare(pq, "", SQL_INGEST, INGEST_NPARAMS, types)) {
+        int np = fn ? INGEST_NPARAMS : INSERT_NPARAMS;
+        if (!PQsendPrepare(pq, "", fn ? SQL_INGEST : SQL_INSERT, np, types)) {
                 db_conn_push(c, &b->seg);
                 if (db_conn_ready(c))
                         db_conn_fail(c, "send");
@@ -394,13 +423,13 @@ send_batch(struct ingest *g, struct db_conn *c)
                         it->body,
                         source_name(it->source),
                         it->ev.created_at[0] ? it->ev.created_at : NULL,
-                        it->ev.clean,
+                        fn ? it->ev.clean : g->defer ? "pending" : "stored",
                         it->dead_error,
                         g->defer ? "t" : "f",
                 };
                 int lens[INGEST_NPARAMS] = { 0 };
                 lens[5] = (int)it->len;
-                if (!PQsendQueryPrepared(pq, "", INGEST_NPARAMS, v, lens, formats, 0)) {
+                if (!PQsendQueryPrepared(pq, "", np, v, lens, formats, 0)) {
                         /* the segment is incomplete: push it so the failure hands
                          * every item back through batch_done(lost) */
                         db_conn_push(c, &b->seg);

@@ -330,6 +330,7 @@ arm_analytics(struct jobs *j)
 
 #define PROJECT_BATCH 50
 #define PROJECT_POLL_S 1
+#define PROJECT_YIELD_MS 250
 
 static void project_run(struct jobs *j);
 
@@ -346,9 +347,17 @@ project_done(PGresult *res, void *arg)
         } else if (res) {
                 log_warn("jobs", "projecting pending events failed: %s", PQresultErrorMessage(res));
         }
-        /* a full batch means more are waiting; so does a kick during the run */
-        if (!j->stopped && (n == PROJECT_BATCH || j->project_again))
-                project_run(j);
+        /* A full batch means more are waiting; so does a kick during the run.
+         * While webhooks are queued, acknowledgements come first: one batch
+         * per PROJECT_YIELD_MS, so projection still progresses under load. */
+        if (!j->stopped && (n == PROJECT_BATCH || j->project_again)) {
+                if (ingest_depth(j->app->ingest) > 0) {
+                        struct timeval tv = { 0, PROJECT_YIELD_MS * 1000 };
+                        evtimer_add(j->project_timer, &tv);
+                } else {
+                        project_run(j);
+                }
+        }
 }
 
 static void
@@ -375,7 +384,8 @@ project_tick(evutil_socket_t fd, short what, void *arg)
         if (j->stopped)
                 return;
         project_run(j); /* also picks up what another replica or a crash left */
-        evtimer_add(j->project_timer, &tv);
+        if (!evtimer_pending(j->project_timer, NULL))
+                evtimer_add(j->project_timer, &tv);
 }
 
 void
@@ -385,7 +395,7 @@ jobs_project_kick(void *arg)
 
         if (j->projecting)
                 j->project_again = true;
-        else
+        else if (!evtimer_pending(j->project_timer, NULL) || ingest_depth(j->app->ingest) == 0)
                 project_run(j);
 }
 
