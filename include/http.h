@@ -6,6 +6,7 @@
 #define EPS_HTTP_H
 
 #include <event2/http.h>
+#include <stdbool.h>
 
 #include "metrics.h"
 #include "util.h"
@@ -21,6 +22,10 @@ void http_stop_accepting(struct http *h);
 unsigned http_port(const struct http *h);
 /* How often max_connections paused the listeners. */
 unsigned long http_pauses(const struct http *h);
+
+/* evhttp routes on the percent-decoded path, so "/healthz%00x" reaches the
+ * /healthz handler: handlers check the raw path with this. */
+bool http_path_exact(struct evhttp_request *req, const char *path);
 
 /* Sends body (may be NULL) as application/json with status code. */
 void http_reply_json(struct evhttp_request *req, enum metrics_endpoint ep, int code,

@@ -132,7 +132,8 @@ static int
 load_file(struct cfg *c, const char *path, struct err *e)
 {
         struct err fe;
-        char *text = file_read_all(path, NULL, &fe);
+        size_t len = 0;
+        char *text = file_read_all(path, &len, &fe);
         char *line, *save = NULL;
         int lineno = 0, rc = 0;
 
@@ -172,8 +173,8 @@ load_file(struct cfg *c, const char *path, struct err *e)
                         break;
                 }
         }
-        /* the buffer may have held secrets */
-        memset(text, 0, strlen(text));
+        /* the buffer may have held secrets (strtok_r cut it into lines: all of it) */
+        memset(text, 0, len);
         free(text);
         return rc;
 }

@@ -93,10 +93,19 @@ epevent_valid_time(const char *s)
         }
         if (*p == '\0' || (p[0] == 'Z' && p[1] == '\0'))
                 return true;
-        if ((*p == '+' || *p == '-') && digits(p + 1, 2) &&
-            ((p[3] == ':' && digits(p + 4, 2) && p[6] == '\0') ||
-             (digits(p + 3, 2) && p[5] == '\0') || p[3] == '\0'))
-                return num(p + 1, 2) <= 15;
+        if ((*p == '+' || *p == '-') && digits(p + 1, 2)) {
+                int om;
+                if (p[3] == '\0')
+                        om = 0;
+                else if (p[3] == ':' && digits(p + 4, 2) && p[6] == '\0')
+                        om = num(p + 4, 2);
+                else if (digits(p + 3, 2) && p[5] == '\0')
+                        om = num(p + 3, 2);
+                else
+                        return false;
+                /* PostgreSQL: "time zone displacement out of range" beyond 15:59 */
+                return num(p + 1, 2) <= 15 && om <= 59;
+        }
         return false;
 }
 
@@ -307,7 +316,8 @@ scan_string(struct scan *s, char *out, size_t cap, size_t *len, uint64_t *hash)
 static int
 scan_number(struct scan *s)
 {
-        long digits = 0, exp = 0;
+        long digits = 0, frac = 0, exp = 0;
+        bool neg_exp = false;
 
         if (s->p < s->end && *s->p == '-')
                 s->p++;
@@ -329,12 +339,13 @@ scan_number(struct scan *s)
                 while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
                         s->p++;
                         digits++;
+                        frac++;
                 }
         }
         if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
                 s->p++;
                 if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
-                        s->p++;
+                        neg_exp = *s->p++ == '-';
                 if (s->p >= s->end || *s->p < '0' || *s->p > '9')
                         return fail(s, "bad number");
                 while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
@@ -344,7 +355,9 @@ scan_number(struct scan *s)
                 }
         }
         /* beyond what PostgreSQL's numeric (and anyone's number) holds */
-        if (digits > EPEVENT_MAX_NUM_DIGITS || exp > EPEVENT_MAX_NUM_DIGITS)
+        /* ... and numeric keeps at most 16383 digits after the point */
+        if (digits > EPEVENT_MAX_NUM_DIGITS || exp > EPEVENT_MAX_NUM_DIGITS ||
+            (neg_exp && frac + exp > 16383))
                 return fail(s, "number out of range");
         return 0;
 }

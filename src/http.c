@@ -178,6 +178,14 @@ http_reply_error(struct evhttp_request *req, enum metrics_endpoint ep, int code,
         json_decref(o);
 }
 
+bool
+http_path_exact(struct evhttp_request *req, const char *path)
+{
+        const char *got = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+
+        return got != NULL && strcmp(got, path) == 0;
+}
+
 static void
 notfound_cb(struct evhttp_request *req, void *arg)
 {

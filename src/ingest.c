@@ -422,8 +422,9 @@ send_batch(struct ingest *g, struct db_conn *c)
                         it->ev.object_id[0] ? it->ev.object_id : NULL,
                         it->body,
                         source_name(it->source),
-                        it->ev.created_at[0] ? it->ev.created_at : NULL,
-                        fn ? it->ev.clean : g->defer ? "pending" : "stored",
+                        /* a dead letter keeps nothing that might have broken it */
+                        it->ev.created_at[0] && !it->dead_error ? it->ev.created_at : NULL,
+                        !fn ? (g->defer ? "pending" : "stored") : it->dead_error ? NULL : it->ev.clean,
                         it->dead_error,
                         g->defer ? "t" : "f",
                 };

@@ -61,8 +61,13 @@ ops_open_fds(void)
 static bool
 only_get(struct evhttp_request *req, enum metrics_endpoint ep)
 {
+        static const char *const paths[EP_COUNT] = { "", "/healthz", "/readyz", "/metrics", "" };
         enum evhttp_cmd_type m = evhttp_request_get_command(req);
 
+        if (!http_path_exact(req, paths[ep])) {
+                http_reply_error(req, EP_OTHER, 404, "not found");
+                return false;
+        }
         if (m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD)
                 return true;
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");

@@ -146,6 +146,11 @@ webhook_cb(struct evhttp_request *req, void *arg)
         uint64_t t0 = clock_mono_us();
 
         snprintf(rid, sizeof(rid), "%llx", (unsigned long long)++a->next_rid);
+        if (!http_path_exact(req, a->cfg->webhook_path)) {
+                log_info_req("webhook", rid, "404 %s", "unknown path");
+                http_reply_error(req, EP_OTHER, 404, "not found");
+                return;
+        }
         if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
                 evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
                 reject(a, req, rid, 405, "method not allowed: POST only");

@@ -134,6 +134,15 @@ START_TEST(test_accepts)
         k += (size_t)sprintf(big + k - 1, "\"k7\":1}") - 1; /* now a duplicate */
         ck_assert_int_ne(parse(big, &ev), 0);
         free(big);
+        /* numeric keeps 16383 digits after the point (found by epevent_fuzz) */
+        char *num = malloc(7000 + 200);
+        for (int zeros = 6382; zeros <= 6383; zeros++) {
+                int m = sprintf(num, "{\"object\":\"Event\",\"id\":\"e\",\"description\":\"d\",\"n\":0.");
+                memset(num + m, '0', (size_t)zeros);
+                sprintf(num + m + zeros, "1e-10000}");
+                ck_assert_int_eq(parse(num, &ev), zeros == 6382 ? 0 : -1);
+        }
+        free(num);
 }
 END_TEST
 
@@ -172,6 +181,14 @@ START_TEST(test_times)
         ck_assert(!epevent_valid_time("2023-13-01T00:00:00Z"));
         ck_assert(!epevent_valid_time("yesterday"));
         ck_assert(!epevent_valid_time("2023-01-01T00:00:00Zjunk"));
+        /* offsets PostgreSQL refuses (found by extract_fuzz) */
+        ck_assert(!epevent_valid_time("2025-01-02T03:04:05+05:99"));
+        ck_assert(!epevent_valid_time("2020-01-02T03:04:05-0799"));
+        ck_assert(!epevent_valid_time("2020-01-02T03:04:05+15:60"));
+        ck_assert(!epevent_valid_time("2020-01-02T03:04:05-0860"));
+        ck_assert(epevent_valid_time("2020-01-02T03:04:05+15:59"));
+        ck_assert(epevent_valid_time("2020-01-02T03:04:05-0800"));
+        ck_assert(epevent_valid_time("2020-01-02T03:04:05+05"));
 }
 END_TEST
 

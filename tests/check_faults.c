@@ -314,7 +314,9 @@ START_TEST(test_lock_stall_fills_queue_then_503_at_once)
         fprintf(stderr, "lock stall 10 s: RSS %ld kB before, %ld kB at most during; a request beyond the "
                         "queue answered 503 within %.1f ms\n", rss0, max_rss, worst_ms);
         ck_assert_msg(worst_ms < 200, "503 took %.1f ms", worst_ms);
+#ifndef __SANITIZE_ADDRESS__
         ck_assert_msg(max_rss < rss0 + 64 * 1024, "RSS grew from %ld to %ld kB", rss0, max_rss);
+#endif
         verify_and_retry(c, &l, codes, d.port, "table lock stalling commits for 10 s");
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         free(codes);
@@ -395,7 +397,9 @@ START_TEST(test_slow_idle_and_vanishing_clients)
         fprintf(stderr, "afterwards: daemon fds %d (baseline %d), RSS %ld kB (baseline %ld kB)\n", fds_after,
                 fd0, rss1, rss0);
         ck_assert_int_le(fds_after, fd0 + 2);
+#ifndef __SANITIZE_ADDRESS__ /* ASan keeps freed memory in quarantine: RSS says nothing there */
         ck_assert_msg(rss1 < rss0 + 8 * 1024, "RSS %ld kB vs %ld kB baseline", rss1, rss0);
+#endif
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
 }

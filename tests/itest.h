@@ -76,6 +76,7 @@ Suite *sync_suite(void);
 Suite *timers_suite(void);
 Suite *ops_suite(void);
 Suite *faults_suite(void);
+Suite *hostile_suite(void);
 Suite *project_suite(void);
 
 #endif
