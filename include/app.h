@@ -37,7 +37,6 @@ struct app {
         char instance_id[128];
         char *basic_auth;             /* expected "Basic base64(user:pass)" or NULL */
         uint64_t next_rid;
-        int exit_code;
 };
 
 /* Builds everything from cfg (takes ownership). Dies before the loop on error. */

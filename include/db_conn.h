@@ -48,7 +48,7 @@ struct db_conn_hooks {
         void (*on_idle)(struct db_conn *c, void *arg);  /* a segment finished: room for more */
 };
 
-/* conninfo is copied. setup_sql (may be NULL) runs after each connect, before READY. */
+/* conninfo is copied; name labels the log lines. */
 struct db_conn *db_conn_new(struct event_base *base, const char *conninfo, const char *name,
                             const struct db_conn_hooks *hooks, void *arg);
 /* Fails in-flight segments (lost) and frees. */

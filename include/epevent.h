@@ -25,12 +25,15 @@ struct epevent {
          * document with those characters removed, for projection. */
         bool has_nul;
         char *clean;
-        size_t clean_len;
 };
 
 /* Parses body[0..len). 0 on success; -1 with err (a message fit for a 400). */
 MUST_CHECK int epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e);
 void epevent_fini(struct epevent *ev);
+
+/* True when s is a non-empty id of letters, digits, '_' and '-' only: safe
+ * to put into JSON, URLs and array literals as it is. */
+bool epevent_id_plain(const char *s);
 
 /* True when s is an ISO 8601 timestamp PostgreSQL accepts as timestamptz. */
 bool epevent_valid_time(const char *s);

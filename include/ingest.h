@@ -41,7 +41,6 @@ struct ingest_item {
         char status[16];           /* outcome text from the database */
         ingest_done_fn done;
         void *arg;                 /* for done: the submitter's context */
-        uint64_t t_submit_us;
 };
 
 struct ingest_stats {
@@ -69,6 +68,9 @@ bool ingest_has_room(const struct ingest *g);
 bool ingest_db_up(const struct ingest *g);
 /* Takes ownership of it until it->done. Never fails: check has_room first. */
 void ingest_submit(struct ingest *g, struct ingest_item *it);
+/* Frees what the item owns (parsed fields, a detached body, a dead-letter
+ * error); the item itself stays the caller's. */
+void ingest_item_fini(struct ingest_item *it);
 /* Copies the borrowed body so the request that lent it can be answered early. */
 void ingest_item_detach(struct ingest_item *it);
 

@@ -236,8 +236,7 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
 int
 app_run(struct app *a)
 {
-        event_base_dispatch(a->base);
-        return a->exit_code;
+        return event_base_dispatch(a->base) < 0 ? -1 : 0;
 }
 
 void

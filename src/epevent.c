@@ -66,6 +66,18 @@ num(const char *s, int n)
 }
 
 bool
+epevent_id_plain(const char *s)
+{
+        if (*s == '\0')
+                return false;
+        for (; *s; s++)
+                if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+                      (*s >= '0' && *s <= '9') || *s == '_' || *s == '-'))
+                        return false;
+        return true;
+}
+
+bool
 epevent_valid_time(const char *s)
 {
         static const int mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
@@ -570,7 +582,6 @@ make_clean(const void *body, size_t len, struct epevent *ev, struct err *e)
         json_decref(root);
         if (ev->clean == NULL)
                 abort();
-        ev->clean_len = strlen(ev->clean);
         ev->has_nul = true;
         return 0;
 }

@@ -81,13 +81,6 @@ conn_ready(struct db_conn *c, void *arg)
 }
 
 static void
-conn_down(struct db_conn *c, void *arg)
-{
-        (void)c;
-        (void)arg;
-}
-
-static void
 conn_idle(struct db_conn *c, void *arg)
 {
         (void)c;
@@ -96,7 +89,6 @@ conn_idle(struct db_conn *c, void *arg)
 
 static const struct db_conn_hooks hooks = {
         .on_ready = conn_ready,
-        .on_down = conn_down,
         .on_idle = conn_idle,
 };
 
@@ -207,6 +199,15 @@ ingest_submit(struct ingest *g, struct ingest_item *it)
         g->npending++;
         g->depth++;
         kick(g);
+}
+
+void
+ingest_item_fini(struct ingest_item *it)
+{
+        epevent_fini(&it->ev);
+        free(it->owned_body);
+        free(it->dead_error);
+        it->owned_body = it->dead_error = NULL;
 }
 
 void

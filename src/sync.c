@@ -509,9 +509,7 @@ bf_item_done(struct ingest_item *it, enum ingest_result r)
         struct sync *s = it->arg;
 
         if (s->stopped) {
-                epevent_fini(&it->ev);
-                free(it->owned_body);
-                free(it->dead_error);
+                ingest_item_fini(it);
                 free(it);
                 return;
         }
@@ -519,9 +517,7 @@ bf_item_done(struct ingest_item *it, enum ingest_result r)
                 s->bf_failed = true;
         else if (r == INGEST_STORED)
                 s->stats.backfill_recovered++;
-        epevent_fini(&it->ev);
-        free(it->owned_body);
-        free(it->dead_error);
+        ingest_item_fini(it);
         free(it);
         if (--s->bf_pending == 0 && s->bf_next >= s->bf_n) {
                 if (s->bf_failed)
@@ -673,16 +669,6 @@ bf_check(struct sync *s)
 
 static void bf_list(struct sync *s, const char *after, const char *before);
 
-static bool
-plain_id(const char *id)
-{
-        for (const char *p = id; *p; p++)
-                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-                      *p == '_' || *p == '-'))
-                        return false;
-        return *id != '\0';
-}
-
 static void
 bf_list_done(struct sync *s, const struct httpc_resp *r, void *arg)
 {
@@ -704,7 +690,7 @@ bf_list_done(struct sync *s, const struct httpc_resp *r, void *arg)
         const char *first = NULL, *last = NULL;
         json_array_foreach(events, i, ev) {
                 const char *id = json_string_value(json_object_get(ev, "id"));
-                if (id == NULL || !plain_id(id) || strlen(id) > EPEVENT_ID_MAX)
+                if (id == NULL || !epevent_id_plain(id) || strlen(id) > EPEVENT_ID_MAX)
                         continue;
                 if (first == NULL)
                         first = id;

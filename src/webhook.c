@@ -30,7 +30,6 @@
 
 struct wh_item {
         struct ingest_item it; /* first: ingest hands this back */
-        struct app *app;
         struct evhttp_request *req; /* NULL once answered */
         struct event *deadline;
         uint64_t t0_us;
@@ -46,22 +45,12 @@ ack_latency(const struct wh_item *w)
         metrics_latency(&metrics.ack_window, us);
 }
 
-static bool
-id_is_plain(const char *s)
-{
-        for (; *s; s++)
-                if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-                      (*s >= '0' && *s <= '9') || *s == '_' || *s == '-'))
-                        return false;
-        return true;
-}
-
 static void
 reply_ok(struct wh_item *w, const char *status)
 {
         char buf[EPEVENT_ID_MAX + 64];
 
-        if (id_is_plain(w->it.ev.id)) {
+        if (epevent_id_plain(w->it.ev.id)) {
                 snprintf(buf, sizeof(buf), "{\"id\":\"%s\",\"status\":\"%s\"}", w->it.ev.id, status);
                 http_reply_json(w->req, EP_WEBHOOK, 200, buf);
         } else {
@@ -90,9 +79,7 @@ item_done(struct ingest_item *it, enum ingest_result r)
                 w->req = NULL;
         }
         event_free(w->deadline);
-        epevent_fini(&it->ev);
-        free(it->owned_body);
-        free(it->dead_error);
+        ingest_item_fini(it);
         free(w);
 }
 
@@ -129,9 +116,8 @@ is_json_type(const char *ct)
 }
 
 static void
-reject(struct app *a, struct evhttp_request *req, const char *rid, int code, const char *msg)
+reject(struct evhttp_request *req, const char *rid, int code, const char *msg)
 {
-        (void)a;
         log_info_req("webhook", rid, "%d %s", code, msg);
         http_reply_error(req, EP_WEBHOOK, code, msg);
 }
@@ -153,11 +139,11 @@ webhook_cb(struct evhttp_request *req, void *arg)
         }
         if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
                 evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
-                reject(a, req, rid, 405, "method not allowed: POST only");
+                reject(req, rid, 405, "method not allowed: POST only");
                 return;
         }
         if (!is_json_type(evhttp_find_header(hdrs, "Content-Type"))) {
-                reject(a, req, rid, 415, "content type must be application/json");
+                reject(req, rid, 415, "content type must be application/json");
                 return;
         }
         if (a->basic_auth) {
@@ -167,7 +153,7 @@ webhook_cb(struct evhttp_request *req, void *arg)
                         metrics.rejected_auth++;
                         evhttp_add_header(evhttp_request_get_output_headers(req),
                                           "WWW-Authenticate", "Basic realm=\"easypost-sync\"");
-                        reject(a, req, rid, 401, "basic auth required");
+                        reject(req, rid, 401, "basic auth required");
                         return;
                 }
         }
@@ -178,7 +164,7 @@ webhook_cb(struct evhttp_request *req, void *arg)
         if (sig_verify(a->keys, evhttp_find_header(hdrs, "X-Hmac-Signature"), body, len, &slot,
                        &e) != 0) {
                 metrics.rejected_sig++;
-                reject(a, req, rid, 401, e.msg);
+                reject(req, rid, 401, e.msg);
                 return;
         }
         metrics.sig_matches[slot]++;
@@ -187,7 +173,7 @@ webhook_cb(struct evhttp_request *req, void *arg)
         if (epevent_parse(body, len, &w->it.ev, &e) != 0) {
                 free(w);
                 metrics.rejected_parse++;
-                reject(a, req, rid, 400, e.msg);
+                reject(req, rid, 400, e.msg);
                 return;
         }
         if (a->state != APP_RUNNING || !ingest_has_room(a->ingest) || !ingest_db_up(a->ingest)) {
@@ -200,7 +186,6 @@ webhook_cb(struct evhttp_request *req, void *arg)
                 free(w);
                 return;
         }
-        w->app = a;
         w->req = req;
         w->t0_us = t0;
         memcpy(w->rid, rid, sizeof(rid));
@@ -208,7 +193,6 @@ webhook_cb(struct evhttp_request *req, void *arg)
         w->it.len = len;
         w->it.source = INGEST_WEBHOOK;
         w->it.done = item_done;
-        w->it.t_submit_us = t0;
         uuid7_next_str(&a->uuid, w->it.uuid);
         struct timeval tv = { a->cfg->request_timeout, 0 };
         w->deadline = evtimer_new(a->base, deadline_cb, w);
