@@ -1,6 +1,7 @@
 /*
  * db_migrate.h - applies sql/NNNN_name.sql files in order, each once, in its
- * own transaction, recorded in schema_migrations. Blocking libpq: used only
+ * own transaction, recorded in schema_migrations, and the function files
+ * in sql/functions/. Blocking libpq: used only
  * by --migrate and --replay, before or instead of the event loop. Concurrent
  * runs are safe: each transaction first takes a transaction-level advisory
  * lock (no session lock, so it also works through PgBouncer).
@@ -11,12 +12,14 @@
 #include "util.h"
 
 /* Highest migration this build expects; the daemon's readiness checks it. */
-#define DB_SCHEMA_VERSION 5
+#define DB_SCHEMA_VERSION 6
 
-/* Applies pending migrations from dir. *applied = how many ran now. A file
- * that was applied with a different checksum is refused (0 on success). */
+/* Applies the .sql files in dir/functions whose text changed (CREATE OR REPLACE; recorded
+ * in schema_functions), then pending migrations from dir. *applied and
+ * *fn_applied = how many of each ran now. A migration that was applied with
+ * a different checksum is refused (0 on success). */
 MUST_CHECK int db_migrate_run(const char *conninfo, const char *dir, int *applied,
-                              struct err *e);
+                              int *fn_applied, struct err *e);
 
 /* The migrations directory: configured, else the source tree's, else the
  * installed one. Returns a borrowed static string or the configured value. */

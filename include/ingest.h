@@ -37,7 +37,9 @@ struct ingest_item {
         size_t len;
         char *owned_body;          /* ... or owned here once detached */
         enum ingest_source source;
-        char *dead_error;          /* set when the event broke its batch: store raw + error */
+        char *dead_error;          /* set when the event failed alone: store raw + error */
+        bool solo;                 /* its batch failed on some event's data: send it alone */
+        unsigned char retries;     /* sent again after a deadlock or serialization failure */
         char status[16];           /* outcome text from the database */
         ingest_done_fn done;
         void *arg;                 /* for done: the submitter's context */
@@ -47,7 +49,8 @@ struct ingest_stats {
         uint64_t stored, duplicates, dead_letters, unavailable;
         uint64_t batches, batch_events;
         uint64_t batch_size_buckets[8]; /* <=1, 2, 4, 16, 64, 256, 1024, more */
-        uint64_t poison_splits;
+        uint64_t poison_splits;         /* batches sent again one event at a time */
+        uint64_t retries;               /* batches sent again after a deadlock */
 };
 
 struct ingest;

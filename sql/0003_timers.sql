@@ -91,35 +91,3 @@ CREATE TABLE analytics_refreshes (
 );
 CREATE INDEX analytics_refreshes_started ON analytics_refreshes (started_at);
 
--- Refreshes one view for one wall-clock slot, at most once across replicas:
--- a transaction-level advisory lock (safe behind PgBouncer) elects one, the
--- unique (view, tick) record keeps a late replica from repeating the slot.
--- A failure is recorded, not raised.
-CREATE FUNCTION eps_refresh_view(p_view text, p_tick bigint, p_instance text,
-                                 OUT outcome text, OUT rows bigint, OUT duration_ms double precision,
-                                 OUT error text)
-LANGUAGE plpgsql AS $$
-DECLARE
-    t0 timestamptz := clock_timestamp();
-BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('easypost-sync refresh'), hashtext(p_view)) THEN
-        outcome := 'busy';
-        RETURN;
-    END IF;
-    IF EXISTS (SELECT 1 FROM analytics_refreshes r WHERE r.view_name = p_view AND r.tick = p_tick) THEN
-        outcome := 'skipped';
-        RETURN;
-    END IF;
-    BEGIN
-        EXECUTE format('REFRESH MATERIALIZED VIEW CONCURRENTLY %I', p_view);
-        EXECUTE format('SELECT count(*) FROM %I', p_view) INTO rows;
-        outcome := 'ok';
-    EXCEPTION WHEN others THEN
-        outcome := 'failed';
-        error := SQLSTATE || ': ' || SQLERRM;
-    END;
-    duration_ms := extract(epoch FROM clock_timestamp() - t0) * 1000;
-    INSERT INTO analytics_refreshes (view_name, tick, started_at, duration_ms, rows, outcome, error, instance_id)
-    VALUES (p_view, p_tick, t0, duration_ms, rows, outcome, error, p_instance);
-END
-$$;

@@ -1,15 +1,20 @@
 /*
  * ingest.c - bounded queue of verified events -> one transaction per batch.
  *
+ * A batch is one statement, eps_ingest_batch() over parallel arrays sent in
+ * binary: PostgreSQL's work per batch is a fixed number of set-based
+ * statements, whatever its size.
+ *
  * Item life:  submit -> pending queue -> batch (in flight on one db_conn)
  *               -> Sync ok:            done(STORED | DUPLICATE)
  *               -> connection lost:    done(UNAVAILABLE)   (sender retries; dedup by id)
- *               -> transient error:    done(UNAVAILABLE)
- *               -> data error at k:    item k gets dead_error, the whole batch goes back
- *                                      to the front of the queue in order; item k is then
- *                                      stored raw with status 'failed' (a dead letter)
- * A segment reports exactly which statement failed, so the split lands on the
- * poison event at once instead of halving blindly; the rest commit next round.
+ *               -> error nobody's:     done(UNAVAILABLE)   (disk full, shutdown ...)
+ *               -> deadlock/serialization: back to the queue, a few times
+ *               -> error some event's: (data refused, a statement timeout) the batch
+ *                                      goes back to the front of the queue in order, each
+ *                                      item marked solo: sent alone, so the neighbours
+ *                                      commit and the one that fails alone gets
+ *                                      dead_error and is stored raw as 'failed'
  *
  * Sending happens only from the kick event, never from inside a db_conn
  * callback, so completions and sends never recurse into each other.
@@ -24,28 +29,24 @@
 #include "metrics.h"
 #include "util.h"
 
-/* One execution per event; eps_ingest (sql/) stores, deduplicates and projects. */
-static const char SQL_INGEST[] =
-        "SELECT eps_ingest($1::uuid, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9::jsonb, $10, $11::bool)";
-#define INGEST_NPARAMS 11
+#include <uuid/uuid.h>
 
-/* The common case needs no function: one plain row insert whose RETURNING
- * tells stored (or pending) from duplicate (no row). */
-static const char SQL_INSERT[] =
-        "INSERT INTO webhook_events (id, event_id, description, mode, object_id, raw, body, source,"
-        " status, event_created_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $6::jsonb, $7,"
-        " CASE WHEN $3 IN ('tracker.created', 'tracker.updated') THEN $9 ELSE 'stored' END,"
-        " $8::timestamptz) ON CONFLICT (event_id) DO NOTHING RETURNING status";
-#define INSERT_NPARAMS 9
+static const char SQL_BATCH[] =
+        "SELECT ord, status FROM eps_ingest_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::bool)";
+#define BATCH_NPARAMS 11
+#define BATCH_ARRAYS 10
+#define UUIDARRAYOID 2951
+#define UUIDOID 2950
+#define TEXTARRAYOID 1009
 #define TEXTOID 25
+#define RETRY_MAX 3 /* deadlock or serialization failure: sent again at most this often */
 
 struct batch {
         struct db_seg seg; /* first: db_conn hands it back */
         struct ingest *g;
         struct ingest_item **items;
         unsigned n, nres;
-        int fail_index;    /* statement whose result was the first error, -1 if none */
-        bool transient;
+        bool failed, transient, retry;
         char sqlstate[6];
         char *errmsg;
 };
@@ -243,15 +244,17 @@ batch_free(struct batch *b)
         free(b);
 }
 
+/* Errors that one event's data causes: isolate it, keep its neighbours. */
 static bool
-sqlstate_is_data_error(const char *st)
+sqlstate_is_events(const char *st)
 {
         static const char *const classes[] = { "22", "23", "54", "P0", "2F", "38", "39",
                                                "09", "21", "44" };
         for (size_t i = 0; i < ARRAY_LEN(classes); i++)
                 if (strncmp(st, classes[i], 2) == 0)
                         return true;
-        return false;
+        /* query_canceled: statement_timeout, or a cancel aimed at one slow batch */
+        return strcmp(st, "57014") == 0;
 }
 
 static bool
@@ -259,43 +262,36 @@ batch_result(struct db_seg *s, PGresult *res)
 {
         struct batch *b = (struct batch *)s;
 
-        if (b->nres++ == 0) {
-                /* the batch's Prepare: an error here is nobody's data */
-                if (PQresultStatus(res) != PGRES_COMMAND_OK && b->fail_index < 0) {
-                        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-                        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-                        b->fail_index = (int)b->n;
-                        b->transient = true;
-                        snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", st ? st : "XX000");
-                        b->errmsg = xstrdup(msg ? msg : "prepare failed");
+        b->nres++;
+        if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+                for (int r = 0; r < PQntuples(res); r++) {
+                        long ord = strtol(PQgetvalue(res, r, 0), NULL, 10);
+                        if (ord >= 1 && ord <= (long)b->n)
+                                snprintf(b->items[ord - 1]->status, sizeof(b->items[0]->status),
+                                         "%s", PQgetvalue(res, r, 1));
                 }
                 return false;
         }
-        unsigned idx = b->nres - 2;
-
-        switch (PQresultStatus(res)) {
-        case PGRES_TUPLES_OK:
-                if (idx < b->n) {
-                        struct ingest_item *it = b->items[idx];
-                        snprintf(it->status, sizeof(it->status), "%s",
-                                 PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "duplicate");
-                }
-                break;
-        case PGRES_PIPELINE_ABORTED:
-                break;
-        default: {
-                if (b->fail_index >= 0)
-                        break;
-                const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-                const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-                b->fail_index = (int)idx;
-                snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", st ? st : "XX000");
-                b->transient = !sqlstate_is_data_error(b->sqlstate) || idx >= b->n;
-                b->errmsg = xstrdup(msg ? msg : "unknown error");
-                break;
-        }
-        }
+        if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED || b->failed)
+                return false;
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        b->failed = true;
+        snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", st ? st : "XX000");
+        b->retry = strcmp(b->sqlstate, "40P01") == 0 || strcmp(b->sqlstate, "40001") == 0;
+        b->transient = !b->retry && !sqlstate_is_events(b->sqlstate);
+        b->errmsg = xstrdup(msg ? msg : "unknown error");
         return false;
+}
+
+/* A batch failed because of one of its events, or a deadlock: everything
+ * goes back to the front of the queue, in order. */
+static void
+batch_requeue(struct ingest *g, struct batch *b)
+{
+        requeue_front(g, b);
+        b->n = 0;
+        kick(g);
 }
 
 static void
@@ -304,36 +300,59 @@ batch_done(struct db_seg *s, bool lost)
         struct batch *b = (struct batch *)s;
         struct ingest *g = b->g;
 
-        if (!lost && b->fail_index < 0 && b->nres != b->n + 1) {
-                log_err("ingest", "batch of %u got %u results: answering 503", b->n, b->nres);
-                lost = true;
+        if (!lost && !b->failed) {
+                /* every event must have its outcome row */
+                for (unsigned i = 0; i < b->n; i++)
+                        if (b->items[i]->status[0] == '\0') {
+                                log_err("ingest", "batch of %u: no outcome for event %s: answering 503",
+                                        b->n, b->items[i]->ev.id);
+                                lost = true;
+                                break;
+                        }
         }
-        if (lost || (b->fail_index >= 0 && b->transient)) {
+        if (lost || (b->failed && b->transient)) {
                 if (!lost)
                         log_warn("ingest", "batch of %u failed (%s): %s", b->n, b->sqlstate,
                                  b->errmsg);
                 for (unsigned i = 0; i < b->n; i++)
                         item_finish(g, b->items[i], INGEST_UNAVAILABLE);
-        } else if (b->fail_index >= 0) {
-                struct ingest_item *bad = b->items[b->fail_index];
+        } else if (b->failed && b->retry) {
+                unsigned kept = 0;
+                g->stats.retries++;
+                for (unsigned i = 0; i < b->n; i++) {
+                        struct ingest_item *it = b->items[i];
+                        if (++it->retries > RETRY_MAX)
+                                item_finish(g, it, INGEST_UNAVAILABLE);
+                        else
+                                b->items[kept++] = it;
+                }
+                log_warn("ingest", "batch of %u: %s (%s); sending %u again", b->n, b->errmsg,
+                         b->sqlstate, kept);
+                b->n = kept;
+                batch_requeue(g, b);
+        } else if (b->failed && b->n > 1) {
+                /* one of them did it: each goes alone, so only that one fails */
+                log_warn("ingest", "batch of %u failed on an event's data (%s): %s; "
+                         "sending its events one by one", b->n, b->sqlstate, b->errmsg);
+                for (unsigned i = 0; i < b->n; i++)
+                        b->items[i]->solo = true;
+                g->stats.poison_splits++;
+                batch_requeue(g, b);
+        } else if (b->failed) {
+                struct ingest_item *bad = b->items[0];
                 if (bad->dead_error) {
                         /* even the raw store failed: nothing more we can do now */
                         log_err("ingest", "dead letter %s not stored (%s): %s", bad->ev.id,
                                 b->sqlstate, b->errmsg);
                         item_finish(g, bad, INGEST_UNAVAILABLE);
-                        b->n--;
-                        memmove(b->items + b->fail_index, b->items + b->fail_index + 1,
-                                (b->n - (unsigned)b->fail_index) * sizeof(*b->items));
                 } else {
-                        log_warn("ingest", "event %s breaks its batch (%s): %s; storing it as failed",
+                        log_warn("ingest", "event %s refused (%s): %s; storing it as failed",
                                  bad->ev.id, b->sqlstate, b->errmsg);
                         size_t n = strlen(b->sqlstate) + strlen(b->errmsg) + 4;
                         bad->dead_error = xmalloc(n);
                         snprintf(bad->dead_error, n, "%s: %s", b->sqlstate, b->errmsg);
+                        batch_requeue(g, b);
                 }
-                g->stats.poison_splits++;
-                requeue_front(g, b);
-                kick(g);
         } else {
                 bool pending = false;
                 for (unsigned i = 0; i < b->n; i++) {
@@ -356,37 +375,113 @@ source_name(enum ingest_source s)
 }
 
 /*
- * Does this event go through eps_ingest()? Dead letters, bodies only a
- * cleaned copy can project, and tracker events projected inline do; the
- * rest is a plain insert. A batch holds one kind only, so that it needs one
- * Parse.
+ * A one-dimensional array in PostgreSQL's binary format (array_recv):
+ * ndim, has-nulls flag, element type, length and lower bound, then each
+ * element as a 32-bit length (-1: NULL) and its bytes.
  */
-static bool
-needs_fn(const struct ingest *g, const struct ingest_item *it)
+struct pgarr {
+        char *buf;
+        size_t len, cap;
+};
+
+static void
+arr_put(struct pgarr *a, const void *p, size_t n)
 {
-        return it->dead_error || it->ev.has_nul ||
-               (!g->defer && (strcmp(it->ev.description, "tracker.created") == 0 ||
-                              strcmp(it->ev.description, "tracker.updated") == 0));
+        if (a->len + n > a->cap) {
+                a->cap = a->cap ? a->cap * 2 : 256;
+                while (a->cap < a->len + n)
+                        a->cap *= 2;
+                a->buf = xrealloc(a->buf, a->cap);
+        }
+        memcpy(a->buf + a->len, p, n);
+        a->len += n;
+}
+
+static void
+arr_u32(struct pgarr *a, uint32_t v)
+{
+        unsigned char b[4] = { v >> 24, v >> 16, v >> 8, v };
+        arr_put(a, b, 4);
+}
+
+static void
+arr_begin(struct pgarr *a, Oid elem, unsigned n)
+{
+        a->len = 0;
+        arr_u32(a, 1);    /* ndim */
+        arr_u32(a, 1);    /* may hold NULLs */
+        arr_u32(a, elem);
+        arr_u32(a, n);    /* length */
+        arr_u32(a, 1);    /* lower bound */
+}
+
+/* One element: p/n, or NULL when p is NULL. */
+static void
+arr_add(struct pgarr *a, const char *p, size_t n)
+{
+        if (p == NULL) {
+                arr_u32(a, UINT32_MAX);
+                return;
+        }
+        arr_u32(a, (uint32_t)n);
+        arr_put(a, p, n);
+}
+
+static void
+arr_str(struct pgarr *a, const char *s)
+{
+        arr_add(a, s, s ? strlen(s) : 0);
+}
+
+/* Builds the batch's parameters from its items: arrays in binary, then the flag. */
+static void
+batch_params(const struct ingest *g, const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
+{
+        for (int k = 0; k < BATCH_ARRAYS; k++)
+                arr_begin(&arr[k], k == 0 ? UUIDOID : TEXTOID, b->n);
+        for (unsigned i = 0; i < b->n; i++) {
+                const struct ingest_item *it = b->items[i];
+                unsigned char u[16];
+                if (uuid_parse(it->uuid, u) != 0)
+                        abort(); /* made by uuid7_make: always well formed */
+                arr_add(&arr[0], (const char *)u, sizeof(u));
+                arr_str(&arr[1], it->ev.id);
+                arr_str(&arr[2], it->ev.description);
+                arr_str(&arr[3], it->ev.mode[0] ? it->ev.mode : NULL);
+                arr_str(&arr[4], it->ev.object_id[0] ? it->ev.object_id : NULL);
+                arr_add(&arr[5], it->body, it->len);
+                arr_str(&arr[6], source_name(it->source));
+                /* a dead letter keeps nothing that might have broken it */
+                arr_str(&arr[7], it->ev.created_at[0] && !it->dead_error ? it->ev.created_at : NULL);
+                arr_str(&arr[8], it->dead_error ? NULL : it->ev.clean);
+                arr_str(&arr[9], it->dead_error);
+        }
+        (void)g;
 }
 
 /* Sends one batch on c. Returns false if the connection failed meanwhile. */
 static bool
 send_batch(struct ingest *g, struct db_conn *c)
 {
-        bool fn = needs_fn(g, g->head);
         unsigned n = 0;
         struct batch *b = xcalloc(1, sizeof(*b));
         PGconn *pq = db_conn_pq(c);
-        static const Oid types[INGEST_NPARAMS] = { 0, 0, 0, 0, 0, TEXTOID, 0, 0, 0, 0, 0 };
-        static const int formats[INGEST_NPARAMS] = { 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0 };
+        static const Oid types[BATCH_NPARAMS] = { UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+                                                  TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+                                                  TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+                                                  TEXTARRAYOID, 0 };
+        static const int formats[BATCH_NPARAMS] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0 };
 
-        for (struct ingest_item *it = g->head; it && n < g->batch_max && needs_fn(g, it) == fn;
-             it = it->next)
-                n++;
+        /* an item under suspicion goes alone; the others as many as allowed */
+        if (g->head->solo)
+                n = 1;
+        else
+                for (struct ingest_item *it = g->head; it && n < g->batch_max && !it->solo;
+                     it = it->next)
+                        n++;
         b->seg.on_result = batch_result;
         b->seg.on_done = batch_done;
         b->g = g;
-        b->fail_index = -1;
         b->items = xmalloc(n * sizeof(*b->items));
         for (unsigned i = 0; i < n; i++) {
                 struct ingest_item *it = g->head;
@@ -395,6 +490,7 @@ send_batch(struct ingest *g, struct db_conn *c)
                         g->tail = NULL;
                 g->npending--;
                 it->next = NULL;
+                it->status[0] = '\0';
                 b->items[b->n++] = it;
         }
         g->stats.batches++;
@@ -404,43 +500,27 @@ send_batch(struct ingest *g, struct db_conn *c)
                 lim = lim < 4 ? lim * 2 : lim * 4;
         g->stats.batch_size_buckets[bucket]++;
 
-        /* One Parse per batch: the unnamed statement lives until the next Parse,
-         * so it is PgBouncer-safe, and each event costs a Bind/Execute only. */
-        int np = fn ? INGEST_NPARAMS : INSERT_NPARAMS;
-        if (!PQsendPrepare(pq, "", fn ? SQL_INGEST : SQL_INSERT, np, types)) {
-                db_conn_push(c, &b->seg);
+        struct pgarr arr[BATCH_ARRAYS];
+        memset(arr, 0, sizeof(arr));
+        batch_params(g, b, arr);
+        const char *v[BATCH_NPARAMS];
+        int lens[BATCH_NPARAMS] = { 0 };
+        for (int k = 0; k < BATCH_ARRAYS; k++) {
+                v[k] = arr[k].buf;
+                lens[k] = (int)arr[k].len;
+        }
+        v[BATCH_ARRAYS] = g->defer ? "t" : "f";
+        /* unnamed statement: nothing outlives the batch (PgBouncer-safe) */
+        int ok = PQsendQueryParams(pq, SQL_BATCH, BATCH_NPARAMS, types, v, lens, formats, 0);
+        for (int k = 0; k < BATCH_ARRAYS; k++)
+                free(arr[k].buf);
+        /* pushed either way: a failure hands every item back through batch_done(lost) */
+        db_conn_push(c, &b->seg);
+        if (!ok) {
                 if (db_conn_ready(c))
                         db_conn_fail(c, "send");
                 return false;
         }
-        for (unsigned i = 0; i < b->n; i++) {
-                struct ingest_item *it = b->items[i];
-                const char *v[INGEST_NPARAMS] = {
-                        it->uuid,
-                        it->ev.id,
-                        it->ev.description,
-                        it->ev.mode[0] ? it->ev.mode : NULL,
-                        it->ev.object_id[0] ? it->ev.object_id : NULL,
-                        it->body,
-                        source_name(it->source),
-                        /* a dead letter keeps nothing that might have broken it */
-                        it->ev.created_at[0] && !it->dead_error ? it->ev.created_at : NULL,
-                        !fn ? (g->defer ? "pending" : "stored") : it->dead_error ? NULL : it->ev.clean,
-                        it->dead_error,
-                        g->defer ? "t" : "f",
-                };
-                int lens[INGEST_NPARAMS] = { 0 };
-                lens[5] = (int)it->len;
-                if (!PQsendQueryPrepared(pq, "", np, v, lens, formats, 0)) {
-                        /* the segment is incomplete: push it so the failure hands
-                         * every item back through batch_done(lost) */
-                        db_conn_push(c, &b->seg);
-                        if (db_conn_ready(c))
-                                db_conn_fail(c, "send");
-                        return false;
-                }
-        }
-        db_conn_push(c, &b->seg);
         return db_conn_ready(c);
 }
 

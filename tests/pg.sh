@@ -8,6 +8,7 @@
 #   pg.sh status DIR         exit 0 when running
 #   pg.sh createdb DIR PORT DB
 #   pg.sh conninfo DIR [PORT] [DB]
+# PG_FSYNC=off and PG_OPTS="-c key=value ..." pass server settings at start.
 set -eu
 
 cmd=${1:?usage: pg.sh start|stop|conninfo DIR}
@@ -54,7 +55,7 @@ start)
                         { cat "$dir/initdb.log" >&2; exit 1; }
         fi
         as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-                -o "-k $dir -c listen_addresses='' -p $port -c max_connections=200 -c fsync=${PG_FSYNC:-on}" \
+                -o "-k $dir -c listen_addresses='' -p $port -c max_connections=200 -c fsync=${PG_FSYNC:-on} ${PG_OPTS:-}" \
                 start >/dev/null ||
                 { tail -n 20 "$dir/postgres.log" >&2; exit 1; }
         ;;

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# pgprofile.sh - where PostgreSQL's time goes per event: one loadgen run
+# against the daemon with pg_stat_statements and track_functions on, then the
+# statements and functions by time per event, WAL bytes and PostgreSQL CPU
+# per event. Everything on 127.0.0.1 / a unix socket, bounded in time; the
+# EXIT trap stops exactly what this script started.
+#
+#   bench/pgprofile.sh [unique|progressive] [EVENTS] [CONNECTIONS]
+#
+# Env: PROFILE_DAEMON_ARGS (extra --key=value for the daemon), PROFILE_PG_OPTS
+# (extra "-c key=value" for PostgreSQL), PROFILE_KEEP=1 keeps the work dir.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+cd "$top"
+
+profile=${1:-unique}
+n=${2:-20000}
+conns=${3:-32}
+read -r -a daemon_args <<<"${PROFILE_DAEMON_ARGS:-}"
+secret="prof-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+
+[ -f Makefile ] || { [ -x configure ] || autoreconf -fi >/dev/null; ./configure >/dev/null; }
+make -s easypost-syncd bench/loadgen >/dev/null
+
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+work=$(mktemp -d /tmp/eps-prof.XXXXXX)
+chmod 755 "$work"
+daemon_pid="" pg_started=0
+cleanup() {
+        local rc=$?
+        trap - EXIT INT TERM
+        if [ -n "$daemon_pid" ]; then
+                kill -TERM "$daemon_pid" 2>/dev/null || true
+                wait "$daemon_pid" 2>/dev/null || true
+        fi
+        [ "$pg_started" = 1 ] && tests/pg.sh stop "$work/pg" fast
+        if [ "$rc" != 0 ] || [ "${PROFILE_KEEP:-0}" = 1 ]; then
+                echo "pgprofile.sh: work directory kept: $work" >&2
+        else
+                rm -rf "$work"
+        fi
+        exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port=$(( (RANDOM % 1000) + 57000 ))
+PG_OPTS="-c shared_preload_libraries=pg_stat_statements -c track_functions=all \
+-c pg_stat_statements.track=all ${PROFILE_PG_OPTS:-}" tests/pg.sh start "$work/pg" "$port"
+pg_started=1
+tests/pg.sh createdb "$work/pg" "$port" easypost_sync
+conninfo=$(tests/pg.sh conninfo "$work/pg" "$port" easypost_sync)
+pg_pid=$(head -n 1 "$work/pg/data/postmaster.pid")
+psql() { "$pgbin/psql" "$conninfo" -qAtX -v ON_ERROR_STOP=1 "$@"; }
+psql -c "CREATE EXTENSION pg_stat_statements"
+DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --migrate >"$work/migrate.log" 2>&1
+
+hport=$(( (RANDOM % 1000) + 19000 ))
+DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --listen="127.0.0.1:$hport" \
+        --log_level=warn "${daemon_args[@]}" >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 300); do
+        curl -fs -m 1 -o /dev/null "http://127.0.0.1:$hport/readyz" && break
+        sleep 0.1
+done
+psql -c "SELECT pg_stat_statements_reset(), pg_stat_reset(), pg_stat_reset_shared('wal')" >/dev/null
+
+prof_args=()
+[ "$profile" = unique ] || prof_args=(--profile "$profile")
+timeout --foreground -s INT -k 30 600 ./bench/loadgen --url "http://127.0.0.1:$hport/webhooks/easypost" \
+        --secret "$secret" -n "$n" -c "$conns" "${prof_args[@]}" --pid "$daemon_pid" --pg-pid "$pg_pid" \
+        --db "$conninfo" --json "$work/run.json" >"$work/loadgen.log" 2>&1 || {
+        cat "$work/loadgen.log" >&2
+        exit 1
+}
+# let a deferred projector finish before reading the counters
+for _ in $(seq 600); do
+        [ "$(psql -c "SELECT count(*) FROM webhook_events WHERE status = 'pending'")" = 0 ] && break
+        sleep 0.1
+done
+
+sleep 2 # backends flush their statistics at most once a second
+jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$work/run.json"; }
+events=$(psql -c "SELECT count(*) FROM webhook_events")
+tp=$(jget throughput)
+secs=$(jget duration_s)
+pgcpu=$(jget pg_cpu_pct)
+dcpu=$(jget daemon_cpu_pct)
+echo "## $profile, $n events, c=$conns ${PROFILE_DAEMON_ARGS:-}"
+echo
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src sql || echo +local)"
+awk -v tp="$tp" -v s="$secs" -v pg="$pgcpu" -v d="$dcpu" -v ev="$events" 'BEGIN {
+        ok = tp * s
+        printf "%.0f events/s; PostgreSQL CPU %.0f µs per event, daemon CPU %.0f µs per event; %d rows in webhook_events\n",
+               tp, pg / 100 * s * 1e6 / ok, d / 100 * s * 1e6 / ok, ev }'
+psql -c "SELECT 'WAL ' || round(wal_bytes / $events) || ' bytes, ' || round(wal_records::numeric / $events, 1) ||
+                ' records, ' || round(wal_fpi::numeric / $events, 2) || ' full-page images per event' FROM pg_stat_wal"
+echo
+echo "| statement | calls | µs per event (exec) | ms per call | rows per call |"
+echo "|---|---:|---:|---:|---:|"
+psql -F'|' -c "SELECT left(regexp_replace(query, '\s+', ' ', 'g'), 90), calls,
+                      round((total_exec_time * 1000 / $events)::numeric, 1),
+                      round(mean_exec_time::numeric, 3), round(rows::numeric / calls, 1)
+               FROM pg_stat_statements WHERE toplevel AND calls > 0 AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+               ORDER BY total_exec_time DESC LIMIT 8" | sed 's/|/ | /g; s/^/| /; s/$/ |/; s/  */ /g'
+echo
+echo "| function | calls | self µs per event | total µs per event |"
+echo "|---|---:|---:|---:|"
+psql -F'|' -c "SELECT funcname, calls, round((self_time * 1000 / $events)::numeric, 1),
+                      round((total_time * 1000 / $events)::numeric, 1)
+               FROM pg_stat_user_functions ORDER BY self_time DESC LIMIT 10" |
+        sed 's/|/ | /g; s/^/| /; s/$/ |/; s/  */ /g'
+echo
+echo "| table | rows inserted per event | rows updated per event (HOT) | size MB |"
+echo "|---|---:|---:|---:|"
+psql -F'|' -c "SELECT relname, round(n_tup_ins::numeric / $events, 2),
+                      round(n_tup_upd::numeric / $events, 2) || ' (' || round(n_tup_hot_upd::numeric / $events, 2) || ')',
+                      round(pg_total_relation_size(relid) / 1048576.0, 1)
+               FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd > 0 ORDER BY pg_total_relation_size(relid) DESC" |
+        sed 's/|/ | /g; s/^/| /; s/$/ |/; s/  */ /g'

@@ -1,0 +1,45 @@
+-- 0006: fewer copies and index entries per event, and what newer-wins and
+-- the skipping of known tracking details need.
+--
+-- * webhook_events keeps the body once: `raw`, byte for byte. Its JSON form
+--   is the view webhook_event_bodies (raw::jsonb; every row whose body_error
+--   is NULL was parsed by PostgreSQL when it was stored, so the cast holds).
+-- * shipment_events is keyed by its natural key alone (tracker, time, status,
+--   message): no uuid key, no index on shipment_id (a shipment's events are
+--   reached through trackers.shipment_id, then the natural key's prefix).
+-- * trackers and shipments remember which snapshot they show: its newest
+--   tracking detail time and its number of details. Ties on updated_at are
+--   broken by those, and a later snapshot only inserts the details after the
+--   ones the tracker row already shows.
+
+ALTER TABLE webhook_events DROP COLUMN body;
+COMMENT ON COLUMN webhook_events.body_error IS
+    'why raw is not JSON PostgreSQL can hold (NULL: raw::jsonb works)';
+
+CREATE VIEW webhook_event_bodies AS
+SELECT id, event_id, description, mode, object_id, source, status, error, event_created_at,
+       received_at, processed_at,
+       CASE WHEN body_error IS NULL THEN raw::jsonb END AS body
+FROM webhook_events;
+
+ALTER TABLE shipment_events DROP CONSTRAINT shipment_events_pkey;
+ALTER TABLE shipment_events DROP COLUMN id;
+DROP INDEX shipment_events_shipment;
+
+ALTER TABLE trackers ADD COLUMN newest_detail_at timestamptz,  -- of the snapshot shown
+                     ADD COLUMN details_count    integer;      -- tracking details in it
+ALTER TABLE shipments ADD COLUMN status_detail_at timestamptz, -- same, for `status`
+                      ADD COLUMN status_details   integer;
+
+-- One tracker snapshot inside a batch (see eps_project_trackers).
+CREATE TYPE eps_snapshot AS (
+    ord        integer,     -- position in the batch (arrival order)
+    event      uuid,        -- webhook_events.id; NULL for an object the sync worker fetched
+    trk        text,        -- trk_
+    shp        text,        -- shp_ or NULL
+    updated_at timestamptz, -- the tracker's updated_at (else the event's)
+    newest_at  timestamptz, -- its newest tracking detail's datetime
+    details    integer,     -- elements in tracking_details
+    known      integer,     -- leading details the stored tracker row already shows
+    r          jsonb        -- the Tracker object
+);

@@ -1,0 +1,35 @@
+-- Helpers every other function uses. (Files in functions/ are applied by
+-- --migrate before the numbered migrations whenever their text changes, with
+-- check_function_bodies off; each function has this one definition.)
+
+-- UUID v7 (RFC 9562) for rows made inside PostgreSQL: the ms timestamp over
+-- the first 48 bits of a random v4, version bits turned from 4 into 7.
+CREATE OR REPLACE FUNCTION eps_uuid7() RETURNS uuid LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+    SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
+                  substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                  FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
+$$;
+
+-- ISO 8601 text -> timestamptz; NULL for NULL, empty or non-ISO text.
+-- EasyPost's own form (2024-05-01T12:00:00Z) takes the LIKE path, several
+-- times cheaper than the regular expression; it runs once per tracking detail.
+CREATE OR REPLACE FUNCTION eps_ts(p text) RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF p LIKE '____-__-__T__:__:__Z' AND translate(p, '0123456789', '') = '--T::Z' THEN
+        RETURN p::timestamptz;
+    END IF;
+    IF p ~ '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$' THEN
+        RETURN p::timestamptz;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- numeric from an EasyPost number or money string ("6.07"); NULL otherwise
+CREATE OR REPLACE FUNCTION eps_num(v jsonb) RETURNS numeric
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN jsonb_typeof(v) = 'number' THEN (v #>> '{}')::numeric
+                WHEN jsonb_typeof(v) = 'string' AND (v #>> '{}') ~ '^-?\d+(\.\d+)?$' THEN (v #>> '{}')::numeric
+           END
+$$;

@@ -1,0 +1,291 @@
+-- Storing events and projecting tracker events: one call per batch, a fixed
+-- number of set-based statements whatever the batch size.
+--
+-- Lock order, the same in every transaction that writes these tables, so
+-- that connections never deadlock: webhook_events by event_id, shipments by
+-- easypost_id, sync_jobs, trackers by easypost_id, shipment_events by
+-- (tracker, time). Rows are sent to each INSERT sorted on those keys.
+
+DROP FUNCTION IF EXISTS eps_ingest(uuid, text, text, text, text, text, text, timestamptz, jsonb, text);
+DROP FUNCTION IF EXISTS eps_ingest(uuid, text, text, text, text, text, text, timestamptz, jsonb, text, boolean);
+DROP FUNCTION IF EXISTS eps_project_tracker(uuid, jsonb);
+
+-- Why a tracker event cannot be projected, or NULL when it can.
+CREATE OR REPLACE FUNCTION eps_tracker_problem(p_body jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN p_body IS NULL THEN 'body is not JSON PostgreSQL can hold'
+        WHEN jsonb_typeof(p_body -> 'result') IS DISTINCT FROM 'object' THEN 'tracker event without a result object'
+        WHEN jsonb_typeof(p_body -> 'result' -> 'id') IS DISTINCT FROM 'string' THEN 'tracker result without an id'
+        WHEN (p_body -> 'result' ->> 'id') NOT LIKE 'trk\_%' THEN 'tracker result id is not a trk_ id'
+        WHEN jsonb_typeof(p_body -> 'result' -> 'tracking_details') NOT IN ('array', 'null') THEN 'tracking_details is not an array'
+    END
+$$;
+
+-- Projects tracker snapshots (Event bodies, or {"result": Tracker} for a
+-- fetched tracker with a NULL event) into shipments, sync_jobs, trackers and
+-- shipment_events. Each body must have passed eps_tracker_problem. Raises on
+-- data the schema refuses; callers isolate the event that did it.
+--
+-- Newer wins by the snapshot, never by arrival: (updated_at, newest detail
+-- time, number of details), NULL lowest; only a full tie keeps what is
+-- stored. Several snapshots of one tracker in a batch reduce to the newest
+-- for the tracker row, and their details are merged.
+CREATE OR REPLACE FUNCTION eps_project_trackers(p_event uuid[], p_body jsonb[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    s eps_snapshot[];
+BEGIN
+    -- each snapshot read once, with what the stored tracker row shows of it
+    -- (read without a lock: a stale row only means re-offering known details,
+    -- which the unique key then skips)
+    SELECT array_agg(ROW(x.ord, x.event, x.trk, x.shp, x.updated_at, x.newest_at, x.details,
+                         CASE WHEN t.details_count > 0 AND x.details >= t.details_count
+                                   AND eps_ts(x.r -> 'tracking_details' -> (t.details_count - 1) ->> 'datetime')
+                                       = t.newest_detail_at
+                              THEN t.details_count ELSE 0 END,
+                         x.r)::eps_snapshot)
+    INTO s
+    FROM (SELECT b.ord::integer AS ord, b.event, b.body -> 'result' ->> 'id' AS trk,
+                 nullif(b.body -> 'result' ->> 'shipment_id', '') AS shp,
+                 coalesce(eps_ts(b.body -> 'result' ->> 'updated_at'), eps_ts(b.body ->> 'updated_at'),
+                          eps_ts(b.body ->> 'created_at')) AS updated_at,
+                 d.newest_at, d.details, b.body -> 'result' AS r
+          FROM unnest(p_event, p_body) WITH ORDINALITY AS b(event, body, ord)
+          CROSS JOIN LATERAL (
+              SELECT max(eps_ts(e ->> 'datetime')) AS newest_at, count(*)::integer AS details
+              FROM jsonb_array_elements(CASE WHEN jsonb_typeof(b.body -> 'result' -> 'tracking_details') = 'array'
+                                             THEN b.body -> 'result' -> 'tracking_details' ELSE '[]' END) AS e
+          ) d) x
+    LEFT JOIN trackers t ON t.easypost_id = x.trk;
+
+    -- shipments: a stub for a shipment not seen yet (and its sync job), the
+    -- newest snapshot's status for the others
+    WITH w AS (
+        SELECT DISTINCT ON (shp) * FROM unnest(s) WHERE shp IS NOT NULL
+        ORDER BY shp, updated_at DESC NULLS LAST, newest_at DESC NULLS LAST, details DESC, ord
+    ), up AS (
+        INSERT INTO shipments AS t (easypost_id, mode, tracking_code, carrier, status, status_at,
+                                    status_detail_at, status_details)
+        SELECT shp, r ->> 'mode', r ->> 'tracking_code', r ->> 'carrier', r ->> 'status', updated_at,
+               newest_at, details
+        FROM w ORDER BY shp
+        ON CONFLICT (easypost_id) DO UPDATE SET
+            status = EXCLUDED.status, status_at = EXCLUDED.status_at,
+            status_detail_at = EXCLUDED.status_detail_at, status_details = EXCLUDED.status_details,
+            tracking_code = coalesce(t.tracking_code, EXCLUDED.tracking_code),
+            carrier = coalesce(t.carrier, EXCLUDED.carrier), updated_at = now()
+        WHERE (coalesce(EXCLUDED.status_at, '-infinity'), coalesce(EXCLUDED.status_detail_at, '-infinity'),
+               EXCLUDED.status_details)
+            > (coalesce(t.status_at, '-infinity'), coalesce(t.status_detail_at, '-infinity'),
+               coalesce(t.status_details, -1))
+        RETURNING t.easypost_id, t.xmax = 0 AS created
+    )
+    INSERT INTO sync_jobs (kind, object_id)
+    SELECT 'shipment', easypost_id FROM up WHERE created ORDER BY easypost_id
+    ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING;
+
+    -- trackers: the newest snapshot of each, newer-wins against the stored one
+    INSERT INTO trackers AS t (easypost_id, tracking_code, carrier, mode, status, status_detail,
+                               est_delivery_date, signed_by, public_url, shipment_easypost_id,
+                               shipment_id, carrier_detail, ep_created_at, ep_updated_at,
+                               newest_detail_at, details_count, last_webhook_event_id)
+    SELECT w.trk, w.r ->> 'tracking_code', w.r ->> 'carrier', w.r ->> 'mode', w.r ->> 'status',
+           w.r ->> 'status_detail', eps_ts(w.r ->> 'est_delivery_date'), w.r ->> 'signed_by',
+           w.r ->> 'public_url', w.shp, (SELECT sh.id FROM shipments sh WHERE sh.easypost_id = w.shp),
+           w.r -> 'carrier_detail', eps_ts(w.r ->> 'created_at'), w.updated_at, w.newest_at, w.details,
+           w.event
+    FROM (SELECT DISTINCT ON (trk) * FROM unnest(s)
+          ORDER BY trk, updated_at DESC NULLS LAST, newest_at DESC NULLS LAST, details DESC, ord) w
+    ORDER BY w.trk
+    ON CONFLICT (easypost_id) DO UPDATE SET
+        tracking_code = EXCLUDED.tracking_code, carrier = EXCLUDED.carrier, mode = EXCLUDED.mode,
+        status = EXCLUDED.status, status_detail = EXCLUDED.status_detail,
+        est_delivery_date = EXCLUDED.est_delivery_date, signed_by = EXCLUDED.signed_by,
+        public_url = EXCLUDED.public_url,
+        shipment_easypost_id = coalesce(EXCLUDED.shipment_easypost_id, t.shipment_easypost_id),
+        shipment_id = coalesce(EXCLUDED.shipment_id, t.shipment_id),
+        carrier_detail = EXCLUDED.carrier_detail,
+        ep_created_at = coalesce(EXCLUDED.ep_created_at, t.ep_created_at),
+        ep_updated_at = EXCLUDED.ep_updated_at, newest_detail_at = EXCLUDED.newest_detail_at,
+        details_count = EXCLUDED.details_count,
+        last_webhook_event_id = coalesce(EXCLUDED.last_webhook_event_id, t.last_webhook_event_id),
+        updated_at = now()
+    WHERE (coalesce(EXCLUDED.ep_updated_at, '-infinity'), coalesce(EXCLUDED.newest_detail_at, '-infinity'),
+           EXCLUDED.details_count)
+        > (coalesce(t.ep_updated_at, '-infinity'), coalesce(t.newest_detail_at, '-infinity'),
+           coalesce(t.details_count, -1));
+
+    -- shipment_events: each detail once; EasyPost repeats the whole history
+    -- in every update, so only the details after the known ones are offered
+    INSERT INTO shipment_events (tracker_id, shipment_id, webhook_event_id, status, status_detail,
+                                 message, description, carrier_code, source, event_datetime,
+                                 tracking_location)
+    SELECT DISTINCT ON (t.id, 10, 4, 6)
+           t.id, t.shipment_id, x.event, coalesce(d ->> 'status', ''), d ->> 'status_detail',
+           coalesce(d ->> 'message', ''), d ->> 'description', d ->> 'carrier_code', d ->> 'source',
+           coalesce(eps_ts(d ->> 'datetime'), x.updated_at, now()),
+           CASE WHEN jsonb_typeof(d -> 'tracking_location') = 'object' THEN d -> 'tracking_location' END
+    FROM unnest(s) x
+    JOIN trackers t ON t.easypost_id = x.trk
+    CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN x.details > x.known
+                                                 THEN x.r -> 'tracking_details' ELSE '[]' END)
+                       WITH ORDINALITY AS e(d, pos)
+    WHERE e.pos > x.known AND jsonb_typeof(d) = 'object'
+    ORDER BY t.id, 10, 4, 6, x.ord
+    ON CONFLICT ON CONSTRAINT shipment_events_once DO NOTHING;
+END
+$$;
+
+-- Stores a batch of verified events in one statement and projects its new
+-- tracker events (unless p_defer: then they stay 'pending' for the
+-- projector). Parallel arrays, one element per event; p_clean is the body
+-- without U+0000 where the raw body has one (jsonb cannot hold it), p_dead
+-- the error of an event that broke an earlier attempt: stored raw, 'failed',
+-- nothing parsed. Every other body is parsed here once, so body_error NULL
+-- means raw::jsonb works; a body PostgreSQL refuses breaks the statement and
+-- the daemon isolates it. Returns each event's position and outcome:
+-- projected, pending, stored, failed or duplicate.
+CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_description text[],
+                                            p_mode text[], p_object_id text[], p_raw text[],
+                                            p_source text[], p_created_at text[], p_clean text[],
+                                            p_dead text[], p_defer boolean)
+RETURNS TABLE (ord integer, status text) LANGUAGE plpgsql AS $$
+DECLARE
+    v_ord    integer[];
+    v_status text[];
+    v_event  uuid[];
+    v_body   jsonb[];
+BEGIN
+    WITH e AS MATERIALIZED (
+        SELECT u.*, CASE WHEN u.dead IS NULL THEN coalesce(u.clean, u.raw)::jsonb END AS body,
+               u.description IN ('tracker.created', 'tracker.updated') AS tracker
+        FROM unnest(p_id, p_event_id, p_description, p_mode, p_object_id, p_raw, p_source,
+                    p_created_at, coalesce(p_clean, array_fill(NULL::text, ARRAY[cardinality(p_id)])),
+                    coalesce(p_dead, array_fill(NULL::text, ARRAY[cardinality(p_id)])))
+             WITH ORDINALITY AS u(id, event_id, description, mode, object_id, raw, source,
+                                  created_at, clean, dead, ord)
+    ), c AS (
+        SELECT e.*, CASE WHEN e.tracker AND e.dead IS NULL THEN eps_tracker_problem(e.body) END AS problem
+        FROM e
+    ), ins AS (
+        INSERT INTO webhook_events AS w (id, event_id, description, mode, object_id, raw, body_error,
+                                         source, status, error, event_created_at)
+        SELECT c.id, c.event_id, c.description, c.mode, c.object_id, c.raw,
+               CASE WHEN c.dead IS NOT NULL THEN 'not parsed: dead letter'
+                    WHEN c.clean IS NOT NULL THEN 'contains \u0000, which jsonb cannot hold' END,
+               c.source,
+               CASE WHEN c.dead IS NOT NULL OR c.problem IS NOT NULL THEN 'failed'
+                    WHEN NOT c.tracker THEN 'stored'
+                    -- a body only the cleaned copy can project is projected now: it is not stored
+                    WHEN p_defer AND c.clean IS NULL THEN 'pending'
+                    ELSE 'projected' END,
+               coalesce(c.dead, c.problem),
+               CASE WHEN c.dead IS NULL THEN c.created_at::timestamptz END
+        FROM c ORDER BY c.event_id
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING w.id, w.status
+    )
+    SELECT array_agg(c.ord::integer), array_agg(coalesce(ins.status, 'duplicate')),
+           array_agg(c.id) FILTER (WHERE ins.status = 'projected' AND c.tracker),
+           array_agg(c.body) FILTER (WHERE ins.status = 'projected' AND c.tracker)
+    INTO v_ord, v_status, v_event, v_body
+    FROM c LEFT JOIN ins ON ins.id = c.id;
+
+    IF v_event IS NOT NULL THEN
+        PERFORM eps_project_trackers(v_event, v_body);
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(v_ord, v_status);
+END
+$$;
+
+-- Projects up to p_limit pending events, oldest first; replicas share the
+-- work through SKIP LOCKED. All of them set-based; if that fails, each on
+-- its own in a subtransaction, so one that fails is recorded 'failed' with
+-- its error and the others go on (the limit stays under 64 to keep
+-- snapshots free of subtransaction overflow). Returns how many it took.
+CREATE OR REPLACE FUNCTION eps_project_pending(p_limit integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id      uuid[];
+    v_body    jsonb[];
+    v_problem text;
+BEGIN
+    SELECT array_agg(p.id), array_agg(p.raw::jsonb) INTO v_id, v_body
+    FROM (SELECT w.id, w.raw FROM webhook_events w
+          WHERE w.status = 'pending'
+          ORDER BY w.received_at
+          LIMIT least(p_limit, 60)
+          FOR UPDATE SKIP LOCKED) p;
+    IF v_id IS NULL THEN
+        RETURN 0;
+    END IF;
+    BEGIN
+        PERFORM eps_project_trackers(v_id, v_body);
+        UPDATE webhook_events SET status = 'projected', error = NULL, processed_at = now()
+        WHERE id = ANY (v_id);
+    EXCEPTION WHEN others THEN
+        FOR i IN 1 .. cardinality(v_id) LOOP
+            v_problem := NULL;
+            BEGIN
+                PERFORM eps_project_trackers(ARRAY[v_id[i]], ARRAY[v_body[i]]);
+            EXCEPTION WHEN others THEN
+                v_problem := SQLSTATE || ': ' || SQLERRM;
+            END;
+            UPDATE webhook_events
+            SET status = CASE WHEN v_problem IS NULL THEN 'projected' ELSE 'failed' END,
+                error = v_problem, processed_at = now()
+            WHERE id = v_id[i];
+        END LOOP;
+    END;
+    RETURN cardinality(v_id);
+END
+$$;
+
+-- Re-runs the projection of one stored event through the same code, e.g.
+-- after a fix: easypost-syncd --replay failed | EVENT_ID. Returns the new
+-- status; a failure is recorded on the row, not raised.
+CREATE OR REPLACE FUNCTION eps_replay(p_id uuid) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    e         webhook_events;
+    v_body    jsonb;
+    v_berr    text;
+    v_problem text;
+BEGIN
+    SELECT * INTO e FROM webhook_events WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    v_berr := e.body_error;
+    BEGIN
+        v_body := e.raw::jsonb;
+        v_berr := NULL;
+    EXCEPTION WHEN others THEN
+        BEGIN
+            v_body := replace(e.raw, '\u0000', '')::jsonb;
+        EXCEPTION WHEN others THEN
+            v_problem := SQLSTATE || ': ' || SQLERRM;
+        END;
+    END;
+    IF v_problem IS NULL AND e.description IN ('tracker.created', 'tracker.updated') THEN
+        v_problem := eps_tracker_problem(v_body);
+        IF v_problem IS NULL THEN
+            BEGIN
+                PERFORM eps_project_trackers(ARRAY[p_id], ARRAY[v_body]);
+            EXCEPTION WHEN others THEN
+                v_problem := SQLSTATE || ': ' || SQLERRM;
+            END;
+        END IF;
+    END IF;
+    UPDATE webhook_events
+    SET status = CASE WHEN v_problem IS NOT NULL THEN 'failed'
+                      WHEN description IN ('tracker.created', 'tracker.updated') THEN 'projected'
+                      ELSE 'stored' END,
+        error = v_problem, body_error = v_berr, processed_at = now()
+    WHERE id = p_id;
+    RETURN CASE WHEN v_problem IS NOT NULL THEN 'failed'
+                WHEN e.description IN ('tracker.created', 'tracker.updated') THEN 'projected'
+                ELSE 'stored' END;
+END
+$$;
