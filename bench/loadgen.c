@@ -2,6 +2,11 @@
  * loadgen.c - load generator for the webhook endpoint: signed EasyPost
  * tracker.updated events sent over keep-alive evhttp client connections.
  *
+ * Two profiles. unique: every event is a new tracker with its whole history
+ * (the projection's worst case). progressive: K trackers advance in turn, each
+ * delivery the tracker's history so far plus one detail, as EasyPost sends
+ * them, with a few non-tracker events and exact redeliveries mixed in.
+ *
  * Every body is generated and signed before the clock starts, so the timed
  * part only queues bytes that already exist. Closed loop (-c C): each of C
  * connections keeps one request in flight. Open loop (--rate R): a 1 ms
@@ -62,6 +67,7 @@ struct msg {
         bool ok;                        /* answered 2xx at least once */
         char id[37];                    /* evt_ + 32 hex */
         char sig[SIG_HEADER_LEN + 1];
+        size_t dup_of;                  /* a redelivery: the message it repeats; else LG_NONE */
 };
 
 /* One client connection; at most one request in flight on it. */
@@ -74,9 +80,15 @@ struct conn {
         int err;                        /* evhttp_request_error seen for this request, -1 none */
 };
 
+enum profile { PROFILE_UNIQUE, PROFILE_PROGRESSIVE };
+
+static const char *const profile_names[] = { "unique", "progressive" };
+
 struct opts {
         const char *url, *secret, *db, *json, *label;
         size_t n;
+        enum profile profile;
+        size_t trackers;                /* progressive: trackers advancing in turn */
         unsigned conns;
         double rate;
         double duration;
@@ -107,6 +119,9 @@ struct lg {
         size_t n;
         char *arena;
         size_t arena_len;
+        size_t distinct;                /* distinct event ids (messages minus redeliveries) */
+        size_t redeliveries, others;    /* progressive: exact repeats, non-tracker events */
+        size_t tracker_ids;             /* distinct tracker ids in the bodies */
 
         struct conn *conns;
         struct conn *free_list;
@@ -353,16 +368,15 @@ tracking_code(char *out, size_t cap, enum code_kind k, uint64_t *r)
 }
 
 /*
- * Builds the tracking history: label, pick-up, hub scans, and for a quarter of
- * the trackers out-for-delivery + delivered. The step count (2..13) is what
- * spreads body sizes over roughly 2-6 KB.
+ * Builds a tracking history of `want` details: label, pick-up, hub scans, and
+ * when `delivered` out-for-delivery + delivered. Successive details are at
+ * least 10 minutes apart, so datetimes strictly increase along the history.
  */
 static unsigned
 make_steps(struct step *st, unsigned cap, const struct carrier *cr, const struct place *from,
-           const struct place *to, int64_t t, uint64_t *r)
+           const struct place *to, int64_t t, unsigned want, bool delivered, uint64_t *r)
 {
-        unsigned want = 2 + below(r, 12), n = 0; /* cap is 16: always room */
-        bool delivered = below(r, 4) == 0 && want >= 4;
+        unsigned n = 0; /* cap is 16 and want <= 15: always room */
         unsigned hubs = want - 2 - (delivered ? 2 : 0);
         const struct place *hub = from;
 
@@ -409,47 +423,32 @@ make_steps(struct step *st, unsigned cap, const struct carrier *cr, const struct
         return n;
 }
 
+/* Everything one tracker.updated body shows; both profiles fill it, put_tracker_event writes it. */
+struct tview {
+        const struct carrier *cr;
+        const struct place *from, *to;
+        const struct step *st;
+        unsigned n;                     /* details shown: st[0..n), n >= 1 */
+        const char *evt, *user_id, *trk, *shp, *code, *b64;
+        const char *ev_time;            /* the Event's created_at and updated_at */
+        const char *tc, *tu, *est, *estd;
+        bool prod, signed_by, is_return;
+        unsigned weight_i, weight_f;
+};
+
 static void
-gen_event(struct arena *a, struct msg *m, size_t i, uint64_t run_hi, const char *user_id,
-          uint64_t *r)
+put_tracker_event(struct arena *a, const struct tview *v)
 {
-        const struct carrier *cr = &carriers[below(r, ARRAY_LEN(carriers))];
-        const struct place *from = pick_place(cr, r);
-        const struct place *to = pick_place(cr, r);
-        struct step st[16];
-        char trk[40], shp[40], code[48], tb[40], tc[40], tu[40], ec[40], est[40], estd[16];
-        unsigned char b64[96];
-        char raw[48];
-        int64_t t0 = 1722470400 + (int64_t)below(r, 120 * 86400); /* Aug-Nov 2024 */
-        size_t start = a->len;
-
-        /* the low halves are a bijection of (run, i): unique within a run; the
-         * random run half keeps runs apart */
-        hex_id(m->id, sizeof(m->id), "evt_", mix64(run_hi + 3 * (uint64_t)i + LG_HI_SALT),
-               mix64(run_hi ^ (2 * (uint64_t)i)));
-        hex_id(trk, sizeof(trk), "trk_", mix64(run_hi + 3 * (uint64_t)i + 1 + LG_HI_SALT),
-               mix64(run_hi ^ (2 * (uint64_t)i + 1)));
-        hex_id(shp, sizeof(shp), "shp_", splitmix(r), splitmix(r));
-        tracking_code(code, sizeof(code), cr->kind, r);
-        unsigned n = make_steps(st, ARRAY_LEN(st), cr, from, to, t0, r);
-        const struct step *last = &st[n - 1], *prev = &st[n - 2];
-        int64_t created = t0 - 60 - below(r, 3600), updated = last->t + 1 + below(r, 120);
-        fmt_time(tc, sizeof(tc), created, -1);
-        fmt_time(tu, sizeof(tu), updated, -1);
-        fmt_time(ec, sizeof(ec), updated + 1, (int)below(r, 1000));
-        int64_t eta = (t0 / 86400 + 3 + below(r, 4)) * 86400;
-        fmt_time(est, sizeof(est), eta, -1);
-        fmt_date(estd, sizeof(estd), eta);
-        snprintf(raw, sizeof(raw), "v1:%s", trk);
-        int nb = EVP_EncodeBlock(b64, (const unsigned char *)raw, (int)strlen(raw));
-        while (nb > 0 && b64[nb - 1] == '=')
-                b64[--nb] = '\0';
+        const struct carrier *cr = v->cr;
+        const struct step *last = &v->st[v->n - 1], *prev = v->n > 1 ? &v->st[v->n - 2] : NULL;
         bool delivered = strcmp(last->status, "delivered") == 0;
-        bool prod = below(r, 10) != 0;
+        const char *mode = v->prod ? "production" : "test";
+        char tb[40];
 
-        arena_printf(a, "{\"description\":\"tracker.updated\",\"mode\":\"%s\",",
-                     prod ? "production" : "test");
-        if (strcmp(prev->status, last->status) != 0)
+        arena_printf(a, "{\"description\":\"tracker.updated\",\"mode\":\"%s\",", mode);
+        if (prev == NULL)
+                arena_printf(a, "\"previous_attributes\":{\"status\":\"unknown\"},");
+        else if (strcmp(prev->status, last->status) != 0)
                 arena_printf(a, "\"previous_attributes\":{\"status\":\"%s\"},", prev->status);
         else
                 arena_printf(a, "\"previous_attributes\":{\"status_detail\":\"%s\"},", prev->detail);
@@ -457,26 +456,27 @@ gen_event(struct arena *a, struct msg *m, size_t i, uint64_t run_hi, const char 
                      "\"created_at\":\"%s\",\"pending_urls\":[\"https://hooks.example.com/easypost\"],"
                      "\"completed_urls\":[],\"updated_at\":\"%s\",\"id\":\"%s\",\"user_id\":\"%s\","
                      "\"status\":\"pending\",\"object\":\"Event\",",
-                     ec, ec, m->id, user_id);
+                     v->ev_time, v->ev_time, v->evt, v->user_id);
         arena_printf(a,
                      "\"result\":{\"id\":\"%s\",\"object\":\"Tracker\",\"mode\":\"%s\","
                      "\"tracking_code\":\"%s\",\"status\":\"%s\",\"status_detail\":\"%s\","
                      "\"created_at\":\"%s\",\"updated_at\":\"%s\",\"signed_by\":",
-                     trk, prod ? "production" : "test", code, last->status, last->detail, tc, tu);
-        put_str(a, delivered && below(r, 2) ? "J SMITH" : NULL);
+                     v->trk, mode, v->code, last->status, last->detail, v->tc, v->tu);
+        put_str(a, delivered && v->signed_by ? "J SMITH" : NULL);
         arena_printf(a, ",\"weight\":%u.%u,\"est_delivery_date\":\"%s\",\"shipment_id\":",
-                     1 + below(r, 800), below(r, 10), est);
-        put_str(a, below(r, 5) ? shp : NULL);
+                     v->weight_i, v->weight_f, v->est);
+        put_str(a, v->shp);
         arena_printf(a, ",\"carrier\":\"%s\",\"tracking_details\":[", cr->name);
-        for (unsigned k = 0; k < n; k++) {
-                fmt_time(tb, sizeof(tb), st[k].t, -1);
+        for (unsigned k = 0; k < v->n; k++) {
+                const struct step *s = &v->st[k];
+                fmt_time(tb, sizeof(tb), s->t, -1);
                 arena_printf(a,
                              "%s{\"object\":\"TrackingDetail\",\"message\":\"%s\",\"description\":\"%s\","
                              "\"status\":\"%s\",\"status_detail\":\"%s\",\"datetime\":\"%s\","
                              "\"source\":\"%s\",\"carrier_code\":\"%s\",\"tracking_location\":",
-                             k ? "," : "", st[k].message, st[k].message, st[k].status, st[k].detail,
-                             tb, cr->name, st[k].code);
-                put_place(a, st[k].at, st[k].no_city);
+                             k ? "," : "", s->message, s->message, s->status, s->detail, tb,
+                             cr->name, s->code);
+                put_place(a, s->at, s->no_city);
                 arena_printf(a, "}");
         }
         arena_printf(a,
@@ -484,12 +484,12 @@ gen_event(struct arena *a, struct msg *m, size_t i, uint64_t run_hi, const char 
                      "\"container_type\":null,\"est_delivery_date_local\":\"%s\","
                      "\"est_delivery_time_local\":null,\"origin_location\":\"%s %s %s\","
                      "\"origin_tracking_location\":",
-                     cr->service, estd, from->city, from->state, from->country);
-        put_place(a, from, false);
+                     cr->service, v->estd, v->from->city, v->from->state, v->from->country);
+        put_place(a, v->from, false);
         arena_printf(a, ",\"destination_location\":\"%s %s %s\",\"destination_tracking_location\":",
-                     to->city, to->state, to->country);
+                     v->to->city, v->to->state, v->to->country);
         if (delivered)
-                put_place(a, to, false);
+                put_place(a, v->to, false);
         else
                 arena_printf(a, "null");
         arena_printf(a, ",\"guaranteed_delivery_date\":null,\"alternate_identifier\":null,"
@@ -505,9 +505,282 @@ gen_event(struct arena *a, struct msg *m, size_t i, uint64_t run_hi, const char 
                      "\"fees\":[{\"object\":\"Fee\",\"type\":\"TrackerFee\",\"amount\":\"0.02000\","
                      "\"charged\":true,\"refunded\":false}],"
                      "\"public_url\":\"https://track.easypost.com/%s\"}}",
-                     delivered ? "true" : "false", below(r, 20) ? "false" : "true", (char *)b64);
+                     delivered ? "true" : "false", v->is_return ? "true" : "false", v->b64);
+}
+
+/* The public_url token: base64 of "v1:<trk id>", unpadded. */
+static void
+public_token(char *out, size_t cap, const char *trk)
+{
+        unsigned char b64[96];
+        char raw[48];
+
+        snprintf(raw, sizeof(raw), "v1:%s", trk);
+        int nb = EVP_EncodeBlock(b64, (const unsigned char *)raw, (int)strlen(raw));
+        while (nb > 0 && b64[nb - 1] == '=')
+                b64[--nb] = '\0';
+        snprintf(out, cap, "%s", (char *)b64);
+}
+
+/* The i-th event id and the s-th tracker id of a run: the low halves are a
+ * bijection of (run, i), so unique within a run; the random run half keeps
+ * runs apart. */
+static void
+evt_id(char *out, size_t cap, uint64_t run_hi, size_t i)
+{
+        hex_id(out, cap, "evt_", mix64(run_hi + 3 * (uint64_t)i + LG_HI_SALT),
+               mix64(run_hi ^ (2 * (uint64_t)i)));
+}
+
+static void
+trk_id(char *out, size_t cap, uint64_t run_hi, size_t s)
+{
+        hex_id(out, cap, "trk_", mix64(run_hi + 3 * (uint64_t)s + 1 + LG_HI_SALT),
+               mix64(run_hi ^ (2 * (uint64_t)s + 1)));
+}
+
+/* --profile unique: event i about its own new tracker with 2-13 details. */
+static void
+gen_event(struct arena *a, struct msg *m, size_t i, uint64_t run_hi, const char *user_id,
+          uint64_t *r)
+{
+        const struct carrier *cr = &carriers[below(r, ARRAY_LEN(carriers))];
+        const struct place *from = pick_place(cr, r);
+        const struct place *to = pick_place(cr, r);
+        struct step st[16];
+        char trk[40], shp[40], code[48], tc[40], tu[40], ec[40], est[40], estd[16], b64[96];
+        int64_t t0 = 1722470400 + (int64_t)below(r, 120 * 86400); /* Aug-Nov 2024 */
+        size_t start = a->len;
+
+        evt_id(m->id, sizeof(m->id), run_hi, i);
+        trk_id(trk, sizeof(trk), run_hi, i);
+        hex_id(shp, sizeof(shp), "shp_", splitmix(r), splitmix(r));
+        tracking_code(code, sizeof(code), cr->kind, r);
+        unsigned want = 2 + below(r, 12);
+        bool will_deliver = below(r, 4) == 0 && want >= 4;
+        unsigned n = make_steps(st, ARRAY_LEN(st), cr, from, to, t0, want, will_deliver, r);
+        const struct step *last = &st[n - 1];
+        int64_t created = t0 - 60 - below(r, 3600), updated = last->t + 1 + below(r, 120);
+        fmt_time(tc, sizeof(tc), created, -1);
+        fmt_time(tu, sizeof(tu), updated, -1);
+        fmt_time(ec, sizeof(ec), updated + 1, (int)below(r, 1000));
+        int64_t eta = (t0 / 86400 + 3 + below(r, 4)) * 86400;
+        fmt_time(est, sizeof(est), eta, -1);
+        fmt_date(estd, sizeof(estd), eta);
+        public_token(b64, sizeof(b64), trk);
+        bool delivered = strcmp(last->status, "delivered") == 0;
+        struct tview v = {
+                .cr = cr, .from = from, .to = to, .st = st, .n = n, .evt = m->id,
+                .user_id = user_id, .trk = trk, .code = code, .b64 = b64, .ev_time = ec,
+                .tc = tc, .tu = tu, .est = est, .estd = estd,
+        };
+        /* the draws below keep the order of the original one-function generator,
+         * so a --seed gives the same bodies as before the profiles existed */
+        v.prod = below(r, 10) != 0;
+        v.signed_by = delivered && below(r, 2);
+        v.weight_f = below(r, 10);
+        v.weight_i = 1 + below(r, 800);
+        v.shp = below(r, 5) ? shp : NULL;
+        v.is_return = below(r, 20) == 0;
+        put_tracker_event(a, &v);
         m->off = start;
         m->len = (uint32_t)(a->len - start);
+}
+
+/* --profile progressive: one tracker's whole life, planned when it is created. */
+struct ptrk {
+        const struct carrier *cr;
+        const struct place *from, *to;
+        struct step st[16];
+        unsigned total, shown;          /* details planned / delivered so far */
+        char trk[40], shp[40], code[48], b64[96], tc[40], est[40], estd[16];
+        bool prod, has_shp, signed_by, is_return;
+        unsigned weight_i, weight_f;
+};
+
+static void
+ptrk_new(struct ptrk *p, size_t serial, uint64_t run_hi, uint64_t *r)
+{
+        int64_t t0 = 1722470400 + (int64_t)below(r, 120 * 86400); /* Aug-Nov 2024 */
+        uint64_t hi = splitmix(r), lo = splitmix(r);
+
+        p->cr = &carriers[below(r, ARRAY_LEN(carriers))];
+        p->from = pick_place(p->cr, r);
+        p->to = pick_place(p->cr, r);
+        trk_id(p->trk, sizeof(p->trk), run_hi, serial);
+        hex_id(p->shp, sizeof(p->shp), "shp_", hi, lo);
+        tracking_code(p->code, sizeof(p->code), p->cr->kind, r);
+        /* 8-14 details, the last two out for delivery and delivered */
+        p->total = make_steps(p->st, ARRAY_LEN(p->st), p->cr, p->from, p->to, t0, 8 + below(r, 7),
+                              true, r);
+        p->shown = 0;
+        fmt_time(p->tc, sizeof(p->tc), t0 - 60 - below(r, 3600), -1);
+        int64_t eta = (t0 / 86400 + 3 + below(r, 4)) * 86400;
+        fmt_time(p->est, sizeof(p->est), eta, -1);
+        fmt_date(p->estd, sizeof(p->estd), eta);
+        public_token(p->b64, sizeof(p->b64), p->trk);
+        p->prod = below(r, 10) != 0;
+        p->signed_by = below(r, 2) == 0;
+        p->weight_i = 1 + below(r, 800);
+        p->weight_f = below(r, 10);
+        p->has_shp = below(r, 5) != 0;
+        p->is_return = below(r, 20) == 0;
+}
+
+/* The tracker's next detail arrives: one tracker.updated carrying the whole
+ * history so far; tracker and event updated_at are that detail's datetime. */
+static void
+gen_progress(struct arena *a, struct msg *m, size_t i, uint64_t run_hi, const char *user_id,
+             struct ptrk *p)
+{
+        char tu[40];
+        size_t start = a->len;
+
+        p->shown++;
+        evt_id(m->id, sizeof(m->id), run_hi, i);
+        fmt_time(tu, sizeof(tu), p->st[p->shown - 1].t, -1);
+        struct tview v = {
+                .cr = p->cr, .from = p->from, .to = p->to, .st = p->st, .n = p->shown,
+                .evt = m->id, .user_id = user_id, .trk = p->trk, .shp = p->has_shp ? p->shp : NULL,
+                .code = p->code, .b64 = p->b64, .ev_time = tu, .tc = p->tc, .tu = tu,
+                .est = p->est, .estd = p->estd, .prod = p->prod, .signed_by = p->signed_by,
+                .is_return = p->is_return, .weight_i = p->weight_i, .weight_f = p->weight_f,
+        };
+        put_tracker_event(a, &v);
+        m->off = start;
+        m->len = (uint32_t)(a->len - start);
+}
+
+/* A non-tracker event (batch.created / batch.updated / scan_form.created),
+ * modelled on the EasyPost documentation payloads: its result id is no trk_. */
+static void
+gen_other(struct arena *a, struct msg *m, size_t i, uint64_t run_hi, const char *user_id,
+          uint64_t *r)
+{
+        unsigned kind = below(r, 3), ns = 1 + below(r, 12);
+        int64_t t = 1722470400 + (int64_t)below(r, 120 * 86400);
+        bool prod = below(r, 10) != 0;
+        const char *mode = prod ? "production" : "test";
+        char tc[40], tu[40], batch[48], obj[48];
+        size_t start = a->len;
+
+        evt_id(m->id, sizeof(m->id), run_hi, i);
+        fmt_time(tc, sizeof(tc), t, -1);
+        fmt_time(tu, sizeof(tu), t + 2 + below(r, 600), -1);
+        hex_id(batch, sizeof(batch), "batch_", splitmix(r), splitmix(r));
+        if (kind < 2) {
+                bool upd = kind == 1;
+                arena_printf(a,
+                             "{\"description\":\"batch.%s\",\"mode\":\"%s\",\"previous_attributes\":"
+                             "{\"state\":\"%s\"},\"created_at\":\"%s\",\"pending_urls\":"
+                             "[\"https://hooks.example.com/easypost\"],\"completed_urls\":[],"
+                             "\"updated_at\":\"%s\",\"id\":\"%s\",\"user_id\":\"%s\","
+                             "\"status\":\"pending\",\"object\":\"Event\",\"result\":{\"id\":\"%s\","
+                             "\"object\":\"Batch\",\"mode\":\"%s\",\"state\":\"%s\","
+                             "\"num_shipments\":%u,\"reference\":null,\"created_at\":\"%s\","
+                             "\"updated_at\":\"%s\",\"scan_form\":null,\"shipments\":[",
+                             upd ? "updated" : "created", mode,
+                             upd ? "label_generating" : "purchasing", tu, tu, m->id, user_id, batch,
+                             mode, upd ? "label_generated" : "purchased", ns, tc, tu);
+                for (unsigned k = 0; k < ns; k++) {
+                        uint64_t hi = splitmix(r), lo = splitmix(r);
+                        hex_id(obj, sizeof(obj), "shp_", hi, lo);
+                        arena_printf(a,
+                                     "%s{\"batch_status\":\"postage_purchased\",\"batch_message\":null,"
+                                     "\"id\":\"%s\"}",
+                                     k ? "," : "", obj);
+                }
+                arena_printf(a,
+                             "],\"status\":{\"created\":0,\"queued_for_purchase\":0,"
+                             "\"creation_failed\":0,\"postage_purchased\":%u,"
+                             "\"postage_purchase_failed\":0},\"pickup\":null,\"label_url\":",
+                             ns);
+                if (upd)
+                        arena_printf(a, "\"https://easypost-files.s3-us-west-2.amazonaws.com/files/"
+                                        "batch/%s.pdf\"}}",
+                                     batch + 6);
+                else
+                        arena_printf(a, "null}}");
+        } else {
+                const struct place *p = &places[below(r, 16)];
+                uint64_t hi = splitmix(r), lo = splitmix(r);
+                hex_id(obj, sizeof(obj), "sf_", hi, lo);
+                arena_printf(a,
+                             "{\"result\":{\"id\":\"%s\",\"object\":\"ScanForm\",\"created_at\":\"%s\","
+                             "\"updated_at\":\"%s\",\"tracking_codes\":[",
+                             obj, tc, tu);
+                for (unsigned k = 0; k < ns; k++) {
+                        char code[48];
+                        tracking_code(code, sizeof(code), CODE_USPS, r);
+                        arena_printf(a, "%s\"%s\"", k ? "," : "", code);
+                }
+                hi = splitmix(r);
+                arena_printf(a,
+                             "],\"address\":{\"id\":\"adr_%016" PRIx64 "\",\"object\":\"Address\","
+                             "\"created_at\":\"%s\",\"updated_at\":\"%s\",\"name\":\"Shipping Dept\","
+                             "\"company\":\"Example Goods\",\"street1\":\"%u Commerce Way\","
+                             "\"street2\":null,\"city\":\"%s\",\"state\":\"%s\",\"zip\":\"%s\","
+                             "\"country\":\"%s\",\"phone\":null,\"email\":null,\"mode\":\"%s\","
+                             "\"carrier_facility\":null,\"residential\":null,\"federal_tax_id\":null,"
+                             "\"state_tax_id\":null,\"verifications\":{}},\"status\":\"created\","
+                             "\"message\":null,\"form_url\":\"https://easypost-files.s3-us-west-2."
+                             "amazonaws.com/files/scan_form/%s.pdf\",\"form_file_type\":null,"
+                             "\"batch_id\":\"%s\",\"confirmation\":null},"
+                             "\"description\":\"scan_form.created\",\"mode\":\"%s\","
+                             "\"previous_attributes\":{},\"created_at\":\"%s\",\"pending_urls\":[],"
+                             "\"completed_urls\":[\"https://hooks.example.com/easypost\"],"
+                             "\"updated_at\":\"%s\",\"id\":\"%s\",\"user_id\":\"%s\","
+                             "\"status\":\"in_queue\",\"object\":\"Event\"}",
+                             hi, tc, tc, 1 + below(r, 9000), p->city, p->state, p->zip, p->country,
+                             mode, obj + 3, batch, mode, tu, tu, m->id, user_id);
+        }
+        m->off = start;
+        m->len = (uint32_t)(a->len - start);
+}
+
+/*
+ * The progressive stream: K trackers advance in turn, each delivery one more
+ * detail; a delivered tracker is replaced by a new id starting at 1 detail.
+ * The first K start at a random point of their planned history (the stream
+ * was running before the benchmark joined it), so body sizes and the share
+ * of new trackers are the same from the first event to the last. About 3 %
+ * are other events and 2 % exact redeliveries of one of the last 1,000.
+ */
+static void
+gen_progressive(struct lg *g, struct arena *a, uint64_t run_hi, const char *user_id, uint64_t *r)
+{
+        size_t k = g->o.trackers, rr = 0, serial = 0;
+        struct ptrk *tr = xcalloc(k, sizeof(*tr));
+
+        for (size_t j = 0; j < k; j++) {
+                ptrk_new(&tr[j], serial++, run_hi, r);
+                tr[j].shown = below(r, tr[j].total);
+        }
+        for (size_t i = 0; i < g->n; i++) {
+                struct msg *m = &g->msgs[i];
+                unsigned u = below(r, 100);
+
+                m->dup_of = LG_NONE;
+                if (u < 2 && i > 0) {
+                        size_t j = i - 1 - below(r, (unsigned)(i < 1000 ? i : 1000));
+                        if (g->msgs[j].dup_of != LG_NONE)
+                                j = g->msgs[j].dup_of;
+                        *m = g->msgs[j];
+                        m->dup_of = j;
+                        g->redeliveries++;
+                } else if (u < 5) {
+                        gen_other(a, m, i, run_hi, user_id, r);
+                        g->others++;
+                } else {
+                        struct ptrk *p = &tr[rr];
+                        rr = (rr + 1) % k;
+                        gen_progress(a, m, i, run_hi, user_id, p);
+                        if (p->shown == p->total)
+                                ptrk_new(p, serial++, run_hi, r);
+                }
+        }
+        g->tracker_ids = serial;
+        free(tr);
 }
 
 /* Generates and signs all events; returns 0, or -1 with err when the secret is unusable. */
@@ -528,14 +801,30 @@ gen_all(struct lg *g, struct err *e)
                 random_fill(&run_hi, sizeof(run_hi));
                 random_fill(&r, sizeof(r));
         }
+        /* the same seed in the other profile must not reuse its event ids with other bodies */
+        if (g->o.profile == PROFILE_PROGRESSIVE)
+                run_hi = mix64(run_hi ^ 0x70726f6772657373ULL);
         hex_id(user_id, sizeof(user_id), "user_", mix64(run_hi + 7), mix64(run_hi + 8));
         a.cap = g->n * 4500 + 4096;
         a.p = xmalloc(a.cap);
         g->msgs = xcalloc(g->n, sizeof(*g->msgs));
-        for (size_t i = 0; i < g->n; i++)
-                gen_event(&a, &g->msgs[i], i, run_hi, user_id, &r);
-        for (size_t i = 0; i < g->n; i++)
-                sig_sign(ks, 0, a.p + g->msgs[i].off, g->msgs[i].len, g->msgs[i].sig);
+        if (g->o.profile == PROFILE_PROGRESSIVE) {
+                gen_progressive(g, &a, run_hi, user_id, &r);
+        } else {
+                for (size_t i = 0; i < g->n; i++) {
+                        g->msgs[i].dup_of = LG_NONE;
+                        gen_event(&a, &g->msgs[i], i, run_hi, user_id, &r);
+                }
+                g->tracker_ids = g->n;
+        }
+        for (size_t i = 0; i < g->n; i++) {
+                struct msg *m = &g->msgs[i];
+                if (m->dup_of != LG_NONE) /* a redelivery: same bytes, same signature */
+                        memcpy(m->sig, g->msgs[m->dup_of].sig, sizeof(m->sig));
+                else
+                        sig_sign(ks, 0, a.p + m->off, m->len, m->sig);
+                g->distinct += m->dup_of == LG_NONE;
+        }
         sig_keyset_free(ks);
         g->arena = a.p;
         g->arena_len = a.len;
@@ -727,6 +1016,15 @@ watch_pct(long long t0, long long t1, double secs)
         if (t0 < 0 || t1 < 0 || secs <= 0)
                 return -1;
         return 100.0 * (double)(t1 - t0) / (double)sysconf(_SC_CLK_TCK) / secs;
+}
+
+/* CPU seconds between the two samples, -1 when unknown. */
+static double
+watch_secs(long long t0, long long t1)
+{
+        if (t0 < 0 || t1 < 0)
+                return -1;
+        return (double)(t1 - t0) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static void
@@ -989,7 +1287,24 @@ md5_hex(const void *p, size_t n, char out[33])
 }
 
 /*
- * One round trip: the ids, their 2xx flag and body md5 go in as three arrays;
+ * Folds redeliveries into the message they repeat: per distinct event id,
+ * bit 0 = sent at least once, bit 1 = answered 2xx at least once.
+ */
+static unsigned char *
+distinct_state(const struct lg *g)
+{
+        unsigned char *st = xcalloc(g->n ? g->n : 1, 1);
+
+        for (size_t i = 0; i < g->n; i++) {
+                const struct msg *m = &g->msgs[i];
+                size_t root = m->dup_of == LG_NONE ? i : m->dup_of;
+                st[root] |= (m->attempts > 0 ? 1 : 0) | (m->ok ? 2 : 0);
+        }
+        return st;
+}
+
+/*
+ * One round trip: the distinct ids, their 2xx flag and body md5 go in as three arrays;
  * a lateral count per id finds lost (2xx but absent), duplicated, altered
  * and "extra" rows (committed although we never saw a 2xx, e.g. a 503 on
  * the commit deadline whose commit landed later: harmless, the retry dedups).
@@ -1021,8 +1336,9 @@ db_check(struct lg *g, struct db_result *res)
                 fprintf(stderr, "loadgen: db check: %s", PQerrorMessage(pq));
                 goto out;
         }
+        unsigned char *st = distinct_state(g);
         for (size_t i = 0; i < g->n; i++)
-                cnt += g->msgs[i].attempts > 0;
+                cnt += (st[i] & 1) != 0;
         char *ids = xmalloc(cnt * 38 + 3), *oks = xmalloc(cnt * 2 + 3), *mds = xmalloc(cnt * 33 + 3);
         size_t pi = 0, po = 0, pm = 0;
         ids[pi++] = '{';
@@ -1030,7 +1346,7 @@ db_check(struct lg *g, struct db_result *res)
         mds[pm++] = '{';
         for (size_t i = 0; i < g->n; i++) {
                 const struct msg *m = &g->msgs[i];
-                if (m->attempts == 0)
+                if ((st[i] & 1) == 0) /* never sent, or a redelivery (counted with its original) */
                         continue;
                 if (pi > 1) {
                         ids[pi++] = ',';
@@ -1040,7 +1356,7 @@ db_check(struct lg *g, struct db_result *res)
                 size_t l = strlen(m->id);
                 memcpy(ids + pi, m->id, l);
                 pi += l;
-                oks[po++] = m->ok ? 't' : 'f';
+                oks[po++] = st[i] & 2 ? 't' : 'f';
                 md5_hex(g->arena + m->off, m->len, mds + pm);
                 pm += 32;
         }
@@ -1073,6 +1389,7 @@ db_check(struct lg *g, struct db_result *res)
         free(ids);
         free(oks);
         free(mds);
+        free(st);
 out:
         PQfinish(pq);
         return rc;
@@ -1106,6 +1423,12 @@ report(FILE *f, struct lg *g, const struct db_result *db, double secs)
                 fprintf(f, "loadgen: closed loop, %u connections", g->o.conns);
         fprintf(f, ", %zu events (%.1f-%.1f KB, mean %.2f KB) to %s\n", g->n, (double)minlen / 1024,
                 (double)maxlen / 1024, total / (double)g->n / 1024, g->o.url);
+        if (g->o.profile == PROFILE_PROGRESSIVE)
+                fprintf(f, "  profile      progressive: %zu trackers in turn, %zu tracker ids, "
+                           "%zu other events, %zu redeliveries, %zu distinct event ids\n",
+                        g->o.trackers, g->tracker_ids, g->others, g->redeliveries, g->distinct);
+        else
+                fprintf(f, "  profile      unique: every event a new tracker\n");
         fprintf(f, "  duration     %.2f s\n", secs);
         fprintf(f, "  throughput   %.1f 2xx/s   (sent %" PRIu64 ", 2xx %" PRIu64 ", non-2xx %" PRIu64
                    ", errors %" PRIu64 ", retries %" PRIu64 ", late %" PRIu64 ")\n",
@@ -1125,11 +1448,12 @@ report(FILE *f, struct lg *g, const struct db_result *db, double secs)
         fprintf(f, "  (connection closes %" PRIu64 ")\n", g->closes);
         fprintf(f, "  loadgen cpu  %.0f %%\n", secs > 0 ? 100.0 * lgcpu / secs : 0.0);
         if (g->w.pid > 0)
-                fprintf(f, "  daemon       cpu %.0f %%  rss %.1f MB at start, peak %.1f MB\n",
-                        watch_pct(g->w.cpu0, g->w.cpu1, secs), (double)g->w.rss0_kb / 1024,
-                        (double)g->w.rss_peak_kb / 1024);
+                fprintf(f, "  daemon       cpu %.0f %% (%.2f s)  rss %.1f MB at start, peak %.1f MB\n",
+                        watch_pct(g->w.cpu0, g->w.cpu1, secs), watch_secs(g->w.cpu0, g->w.cpu1),
+                        (double)g->w.rss0_kb / 1024, (double)g->w.rss_peak_kb / 1024);
         if (g->w.pg_pid > 0)
-                fprintf(f, "  postgres     cpu %.0f %%\n", watch_pct(g->w.pg0, g->w.pg1, secs));
+                fprintf(f, "  postgres     cpu %.0f %% (%.2f s)\n", watch_pct(g->w.pg0, g->w.pg1, secs),
+                        watch_secs(g->w.pg0, g->w.pg1));
         if (db->done)
                 fprintf(f, "  db check     checked=%lld stored=%lld lost=%lld duplicated=%lld "
                            "mismatched=%lld extra=%lld\n",
@@ -1157,9 +1481,17 @@ write_json(const char *path, struct lg *g, const struct db_result *db, double se
                 fputc(*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 ? '_' : *p, f);
         fprintf(f, "\",\n");
         fprintf(f, "  \"mode\": \"%s\",\n", g->o.rate > 0 ? "open" : "closed");
+        fprintf(f, "  \"profile\": \"%s\",\n", profile_names[g->o.profile]);
+        /* unique: every event is its own tracker */
+        fprintf(f, "  \"trackers\": %zu,\n",
+                g->o.profile == PROFILE_PROGRESSIVE ? g->o.trackers : g->n);
+        fprintf(f, "  \"tracker_ids\": %zu,\n", g->tracker_ids);
         fprintf(f, "  \"connections\": %u,\n", g->o.conns);
         fprintf(f, "  \"rate\": %.0f,\n", g->o.rate);
         fprintf(f, "  \"events\": %zu,\n", g->n);
+        fprintf(f, "  \"distinct_events\": %zu,\n", g->distinct);
+        fprintf(f, "  \"redeliveries\": %zu,\n", g->redeliveries);
+        fprintf(f, "  \"other_events\": %zu,\n", g->others);
         fprintf(f, "  \"sent\": %" PRIu64 ",\n", g->sent);
         fprintf(f, "  \"ok\": %" PRIu64 ",\n", g->ok);
         fprintf(f, "  \"non2xx\": %" PRIu64 ",\n", g->non2xx);
@@ -1184,8 +1516,11 @@ write_json(const char *path, struct lg *g, const struct db_result *db, double se
                 g->w.pid > 0 ? watch_pct(g->w.cpu0, g->w.cpu1, secs) : -1.0);
         fprintf(f, "  \"daemon_rss_start_kb\": %ld,\n", g->w.pid > 0 ? g->w.rss0_kb : -1L);
         fprintf(f, "  \"daemon_rss_peak_kb\": %ld,\n", g->w.pid > 0 ? g->w.rss_peak_kb : -1L);
+        fprintf(f, "  \"daemon_cpu_s\": %.2f,\n",
+                g->w.pid > 0 ? watch_secs(g->w.cpu0, g->w.cpu1) : -1.0);
         fprintf(f, "  \"pg_cpu_pct\": %.1f,\n",
                 g->w.pg_pid > 0 ? watch_pct(g->w.pg0, g->w.pg1, secs) : -1.0);
+        fprintf(f, "  \"pg_cpu_s\": %.2f,\n", g->w.pg_pid > 0 ? watch_secs(g->w.pg0, g->w.pg1) : -1.0);
         fprintf(f, "  \"status\": {");
         for (int s = 0; s < 600; s++) {
                 if (g->status_count[s]) {
@@ -1226,6 +1561,11 @@ usage(FILE *f)
                 "      --pg-pid PID       sample CPU of this postmaster and its backends\n"
                 "  -q, --quiet            no progress lines\n"
                 "      --dump I           print event I (0-based) and its signature header, exit\n"
+                "      --profile P        unique (default): every event a new tracker with 2-13\n"
+                "                         details; progressive: K trackers advance in turn, each\n"
+                "                         tracker.updated carrying the history so far plus one\n"
+                "                         detail, with ~3 %% other events and ~2 %% redeliveries\n"
+                "      --trackers K       progressive: trackers in flight (default n/10, at least 1)\n"
                 "exit: 0 ok; 1 lost, duplicated or altered events (or undelivered with --retry);\n"
                 "      2 usage, setup or database check failure\n");
 }
@@ -1265,6 +1605,8 @@ parse_opts(int argc, char **argv, struct opts *o)
                 { "pg-pid", required_argument, NULL, 'G' },
                 { "quiet", no_argument, NULL, 'q' },
                 { "dump", required_argument, NULL, 'X' },
+                { "profile", required_argument, NULL, 'F' },
+                { "trackers", required_argument, NULL, 'K' },
                 { "help", no_argument, NULL, 'h' },
                 { NULL, 0, NULL, 0 },
         };
@@ -1349,6 +1691,19 @@ parse_opts(int argc, char **argv, struct opts *o)
                                 goto bad;
                         o->dump = (long)v;
                         break;
+                case 'F':
+                        if (strcmp(optarg, "unique") == 0)
+                                o->profile = PROFILE_UNIQUE;
+                        else if (strcmp(optarg, "progressive") == 0)
+                                o->profile = PROFILE_PROGRESSIVE;
+                        else
+                                goto bad;
+                        break;
+                case 'K':
+                        if (parse_num(optarg, 1, 50e6, &v) != 0)
+                                goto bad;
+                        o->trackers = (size_t)v;
+                        break;
                 case 'h':
                         usage(stdout);
                         exit(0);
@@ -1361,13 +1716,18 @@ parse_opts(int argc, char **argv, struct opts *o)
                 fprintf(stderr, "loadgen: unexpected argument \"%s\"\n", argv[optind]);
                 return -1;
         }
+        if (o->trackers == 0)
+                o->trackers = o->n / 10 > 0 ? o->n / 10 : 1;
         if (o->secret == NULL || o->secret[0] == '\0') {
                 fprintf(stderr, "loadgen: no secret: use --secret or EASYPOST_WEBHOOK_SECRET\n");
                 return -1;
         }
         return 0;
 bad:
-        fprintf(stderr, "loadgen: bad value \"%s\" for -%c (try --help)\n", optarg, ch);
+        for (const struct option *lo = lopts; lo->name; lo++)
+                if (lo->val == ch)
+                        fprintf(stderr, "loadgen: bad value \"%s\" for --%s (try --help)\n", optarg,
+                                lo->name);
         return -1;
 }
 
@@ -1436,6 +1796,8 @@ main(int argc, char **argv)
         }
         if (g->o.dump >= 0) {
                 struct msg *m = &g->msgs[(size_t)g->o.dump < g->n ? (size_t)g->o.dump : g->n - 1];
+                if (m->dup_of != LG_NONE)
+                        fprintf(stderr, "(a redelivery of event %zu)\n", m->dup_of);
                 fprintf(stderr, "X-Hmac-Signature: %s\n", m->sig);
                 fwrite(g->arena + m->off, 1, m->len, stdout);
                 rc = 0;
@@ -1498,8 +1860,10 @@ main(int argc, char **argv)
                 rc = 1;
         if (g->o.retry) {
                 size_t undelivered = 0;
+                unsigned char *st = distinct_state(g);
                 for (size_t i = 0; i < g->n; i++)
-                        undelivered += g->msgs[i].attempts > 0 && !g->msgs[i].ok;
+                        undelivered += st[i] == 1; /* sent, never a 2xx */
+                free(st);
                 fprintf(stdout, "  undelivered  %zu events never answered 2xx\n", undelivered);
                 if (undelivered > 0 && rc == 0)
                         rc = 1;

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # run.sh - the benchmark suite in one command: build if needed, a throwaway
-# PostgreSQL, migrations, the daemon on 127.0.0.1, then closed loop at 1, 32
-# and 256 connections, open loop at 1,000 and 5,000 events/s, and bare_server
-# (evhttp only, the ceiling) at 32 connections. Writes a markdown table to
+# PostgreSQL, migrations, the daemon on 127.0.0.1, then for the unique profile
+# closed loop at 1, 32 and 256 connections and open loop at 1,000 and 3,000
+# events/s, for the progressive profile closed loop at 32 connections and the
+# same open loops; bare_server (evhttp only, the ceiling) at 32 connections;
+# then the same-work Node.js peer (bench/peer, node-postgres) in raw and full
+# mode at 32 connections with both profiles. Writes a markdown table to
 # bench/results.md (bench/results-quick.md with BENCH_QUICK=1) and stdout.
 #
 # Everything listens on 127.0.0.1 (PostgreSQL on a unix socket only), every
@@ -15,7 +18,9 @@
 # default 12), BENCH_OPEN_CONNS (open-loop pool, default 256), BENCH_QUICK=1
 # (2000 events per run), BENCH_PG_FSYNC (on), BENCH_DAEMON_ARGS (extra
 # --key=value for the daemon), BENCH_OUT (table file), BENCH_KEEP=1 (keep the
-# work directory: logs, JSON, metrics).
+# work directory: logs, JSON, metrics), BENCH_PROFILES ("unique progressive"),
+# BENCH_TRACKERS (progressive: trackers in turn, default loadgen's n/10),
+# BENCH_PEER_MODES ("raw full"; "none" skips the peer), BENCH_PEER_POOL (32).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,10 +42,26 @@ fi
 open_conns=${BENCH_OPEN_CONNS:-256}
 pg_fsync=${BENCH_PG_FSYNC:-on}
 read -r -a daemon_args <<<"${BENCH_DAEMON_ARGS:-}"
+read -r -a profiles <<<"${BENCH_PROFILES:-unique progressive}"
+peer_modes_s=${BENCH_PEER_MODES:-raw full}
+[ "$peer_modes_s" = none ] && peer_modes_s=""
+read -r -a peer_modes <<<"$peer_modes_s"
+peer_pool=${BENCH_PEER_POOL:-32}
 secret="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+has_profile() { [[ " ${profiles[*]} " == *" $1 "* ]]; }
+
+for p in "${profiles[@]}"; do
+        case $p in unique | progressive) ;; *) die "BENCH_PROFILES: unknown profile $p" ;; esac
+done
+[ "${#profiles[@]}" -gt 0 ] || die "BENCH_PROFILES is empty"
+for m in "${peer_modes[@]}"; do
+        case $m in raw | full) ;; *) die "BENCH_PEER_MODES: unknown mode $m (raw, full or none)" ;; esac
+done
+trackers=()
+[ -n "${BENCH_TRACKERS:-}" ] && trackers=(--trackers "$BENCH_TRACKERS")
 
 # ---- build ----------------------------------------------------------------
 if [ ! -f Makefile ]; then
@@ -57,7 +78,7 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 # ---- processes we own, and their cleanup ------------------------------------
 work=$(mktemp -d /tmp/eps-bench.XXXXXX)
 chmod 755 "$work" # the cluster runs as another user when we are root
-daemon_pid="" bare_pid="" pg_started=0 status=0
+daemon_pid="" bare_pid="" peer_pid="" pg_started=0 status=0
 
 stop_pid() { # pid name: TERM, up to 20 s, then KILL; only our own children
         local pid=$1 i
@@ -78,6 +99,7 @@ cleanup() {
         local rc=$?
         trap - EXIT INT TERM
         stop_pid "$bare_pid" bare_server
+        stop_pid "$peer_pid" peer.js
         stop_pid "$daemon_pid" easypost-syncd
         [ "$pg_started" = 1 ] && tests/pg.sh stop "$work/pg" fast
         if [ "$rc" != 0 ] || [ "${BENCH_KEEP:-0}" = 1 ]; then
@@ -101,14 +123,22 @@ free_port() { # first port from $1 on which nothing answers
         die "no free port near $1"
 }
 
-wait_http() { # url pid name: until GET answers 200, at most 30 s
-        local i
-        for i in $(seq 300); do
+wait_ready() { # url pid: 0 once GET answers 200 (at most 30 s), 1 when pid exits, 2 on timeout
+        local _
+        for _ in $(seq 300); do
                 curl -fs -m 1 -o /dev/null "$1" && return 0
-                kill -0 "$2" 2>/dev/null || { tail -n 30 "$work/$3.log" >&2; die "$3 exited"; }
+                kill -0 "$2" 2>/dev/null || return 1
                 sleep 0.1
         done
+        return 2
+}
+
+wait_http() { # url pid name: wait_ready, or the tail of $work/<name>.log and exit
+        local rc=0
+        wait_ready "$1" "$2" || rc=$?
+        [ "$rc" = 0 ] && return 0
         tail -n 30 "$work/$3.log" >&2
+        [ "$rc" = 1 ] && die "$3 exited"
         die "$3 not ready within 30 s ($1)"
 }
 
@@ -161,10 +191,12 @@ run() {
         shift 3
         f="$work/$(slug "$label")"
         log "$label"
-        if [ -n "${daemon_pid:-}" ] && [ "$url" = "$daemon_url" ]; then
-                # each run starts from an empty table and a fresh checkpoint
+        if [[ " $* " == *" --db "* ]]; then
+                # each run against the database starts from an empty table and a fresh checkpoint
                 psql -c "SET client_min_messages = warning" -c "TRUNCATE webhook_events CASCADE" \
                         -c "CHECKPOINT"
+        fi
+        if [ -n "${daemon_pid:-}" ] && [ "$url" = "$daemon_url" ]; then
                 curl -fs -m 5 "http://127.0.0.1:$port/metrics" >"$f.metrics0" || true
         fi
         listen_ovf >"$f.ovf0"
@@ -186,17 +218,32 @@ daemon_url="http://127.0.0.1:$port/webhooks/easypost"
 watch=(--pid "$daemon_pid" --pg-pid "$pg_pid" --db "$conninfo")
 closed_limit() { echo $(( $1 / 50 + 120 )); } # 50 events/s would already be a failure
 
-run "closed c=1" "$daemon_url" "$(closed_limit "$n1")" -n "$n1" -c 1 "${watch[@]}"
-run "closed c=32" "$daemon_url" "$(closed_limit "$n")" -n "$n" -c 32 "${watch[@]}"
-run "closed c=256" "$daemon_url" "$(closed_limit "$n")" -n "$n" -c 256 "${watch[@]}"
-for rate in 1000 5000; do
-        # a fixed offered load for a fixed time: what the daemon cannot take shows
-        # as late starts and latency, not as a longer run
-        dur=()
-        if [ "$open_secs" = 0 ]; then on=$n; else on=$((rate * open_secs)) dur=(-d "$open_secs"); fi
-        run "open ${rate}/s" "$daemon_url" "$(closed_limit "$on")" -n "$on" -r "$rate" \
-                -c "$open_conns" "${dur[@]}" "${watch[@]}"
-done
+open_runs() { # profile: open loop at 1,000 and 3,000 events/s
+        local rate on dur
+        for rate in 1000 3000; do
+                # a fixed offered load for a fixed time: what the daemon cannot take shows
+                # as late starts and latency, not as a longer run
+                dur=()
+                if [ "$open_secs" = 0 ]; then on=$n; else on=$((rate * open_secs)) dur=(-d "$open_secs"); fi
+                run "$1 open ${rate}/s" "$daemon_url" "$(closed_limit "$on")" -n "$on" -r "$rate" \
+                        -c "$open_conns" "${dur[@]}" --profile "$1" "${trackers[@]}" "${watch[@]}"
+        done
+}
+
+if has_profile unique; then
+        prof=(--profile unique)
+        run "unique closed c=1" "$daemon_url" "$(closed_limit "$n1")" -n "$n1" -c 1 "${prof[@]}" "${watch[@]}"
+        run "unique closed c=32" "$daemon_url" "$(closed_limit "$n")" -n "$n" -c 32 "${prof[@]}" "${watch[@]}"
+        run "unique closed c=256" "$daemon_url" "$(closed_limit "$n")" -n "$n" -c 256 "${prof[@]}" \
+                "${watch[@]}"
+        open_runs unique
+fi
+if has_profile progressive; then
+        prof=(--profile progressive "${trackers[@]}")
+        run "progressive closed c=32" "$daemon_url" "$(closed_limit "$n")" -n "$n" -c 32 "${prof[@]}" \
+                "${watch[@]}"
+        open_runs progressive
+fi
 peak_rss=$(hwm_kb "$daemon_pid")
 curl -fs -m 5 "http://127.0.0.1:$port/metrics" >"$work/final.metrics" || true
 
@@ -232,8 +279,61 @@ run "bare c=32" "http://127.0.0.1:$bport/webhooks/easypost" "$(closed_limit "$n"
 stop_pid "$bare_pid" bare_server
 bare_pid=""
 
+# ---- the same work in Node.js: bench/peer, node-postgres ----------------------------
+# Same database, same table, same checks, one transaction per request; the
+# peer's own CPU and RSS fill the daemon columns of its rows.
+peer_skip="" peer_notes=()
+if [ "${#peer_modes[@]}" -gt 0 ]; then
+        if ! command -v node >/dev/null 2>&1; then
+                peer_skip="node not found (apt-get install nodejs npm)"
+        elif [ ! -d "$here/peer/node_modules/pg" ]; then
+                if ! command -v npm >/dev/null 2>&1; then
+                        peer_skip="npm not found, and bench/peer/node_modules is missing"
+                else
+                        log "installing the peer's dependencies (npm ci --prefix bench/peer)"
+                        npm ci --prefix "$here/peer" --no-audit --no-fund >"$work/npm.log" 2>&1 ||
+                                peer_skip="npm ci failed (tail of its log: $(tail -n 1 "$work/npm.log"))"
+                fi
+        fi
+fi
+[ -n "$peer_skip" ] && log "peer skipped: $peer_skip"
+if [ -z "$peer_skip" ]; then
+        for mode in "${peer_modes[@]}"; do
+                pport=$(free_port 18100)
+                log "starting the peer (node+pg, $mode mode, pool $peer_pool) on 127.0.0.1:$pport"
+                DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret node "$here/peer/peer.js" \
+                        --listen "127.0.0.1:$pport" --mode "$mode" --pool "$peer_pool" \
+                        >"$work/peer-$mode.log" 2>&1 &
+                peer_pid=$!
+                if ! wait_ready "http://127.0.0.1:$pport/readyz" "$peer_pid"; then
+                        # the daemon's rows are done: report, do not abandon them
+                        stop_pid "$peer_pid" peer.js
+                        peer_pid=""
+                        peer_notes+=("peer $mode mode did not start: $(tail -n 1 "$work/peer-$mode.log")")
+                        failed+=("peer $mode (did not start)")
+                        status=1
+                        continue
+                fi
+                for p in "${profiles[@]}"; do
+                        prof=(--profile "$p")
+                        [ "$p" = progressive ] && prof+=("${trackers[@]}")
+                        run "peer $mode (node+pg) $p c=32" "http://127.0.0.1:$pport/webhooks/easypost" \
+                                "$(closed_limit "$n")" -n "$n" -c 32 "${prof[@]}" --pid "$peer_pid" \
+                                --pg-pid "$pg_pid" --db "$conninfo"
+                done
+                stop_pid "$peer_pid" peer.js
+                peer_pid=""
+                perr=$(grep -v -E '^peer.js: (listening|SIGTERM|SIGINT)' "$work/peer-$mode.log" | head -n 1 || true)
+                [ -n "$perr" ] && peer_notes+=("peer $mode mode, first error: ${perr#peer.js: }")
+        done
+fi
+
 # ---- the table -------------------------------------------------------------------
 bare_tp=$(jget throughput "$work/$(slug "bare c=32").json" 2>/dev/null || true)
+per_event() { # cpu-seconds ok-count: CPU µs per event answered 2xx, or -
+        awk -v s="$1" -v n="$2" 'BEGIN { if (s == "" || s < 0 || n <= 0) print "-"; else printf "%.0f", s * 1e6 / n }'
+}
+tp_of() { jget throughput "$work/$(slug "$1").json" 2>/dev/null || true; }
 warns=$(grep -c 'lvl=warn' "$work/daemon.log" || true)
 errs=$(grep -c 'lvl=err' "$work/daemon.log" || true)
 {
@@ -246,13 +346,13 @@ errs=$(grep -c 'lvl=err' "$work/daemon.log" || true)
         [ "$quick" = 1 ] && echo "BENCH_QUICK=1: $n events per run, a smoke test, not a measurement."
         [ -n "${BENCH_DAEMON_ARGS:-}" ] && echo "Daemon options: ${BENCH_DAEMON_ARGS}"
         echo
-        echo "| run | events/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | late | lost | batch | daemon CPU % | PG CPU % | peak RSS MB | vs bare | SYN ovf |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| run | events/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | errors | late | lost | batch | daemon CPU % | PG CPU % | daemon µs/event | PG µs/event | peak RSS MB | vs bare | SYN ovf |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for label in "${labels[@]}"; do
                 f="$work/$(slug "$label")"
                 j="$f.json"
                 if [ ! -f "$j" ]; then
-                        echo "| $label | failed | | | | | | | | | | | | | | | |"
+                        echo "| $label | failed | | | | | | | | | | | | | | | | | |"
                         continue
                 fi
                 tp=$(jget throughput "$j")
@@ -268,19 +368,43 @@ errs=$(grep -c 'lvl=err' "$work/daemon.log" || true)
                 fi
                 pg=$(jget pg_cpu_pct "$j")
                 [ "${pg%%.*}" = -1 ] && pg=-
+                ok=$(jget ok "$j")
+                dus=$(per_event "$(jget daemon_cpu_s "$j")" "$ok")
+                pus=$(per_event "$(jget pg_cpu_s "$j")" "$ok")
                 vs=-
                 [ -n "$bare_tp" ] && vs=$(awk -v a="$tp" -v b="$bare_tp" 'BEGIN { if (b > 0) printf "%.2f", a / b }')
                 ovf=$(( $(cat "$f.ovf1") - $(cat "$f.ovf0") ))
-                printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s |\n' \
+                printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n' \
                         "$label" "$tp" "$(jget p50_ms "$j")" "$(jget p90_ms "$j")" "$(jget p99_ms "$j")" \
                         "$(jget p999_ms "$j")" "$(jget max_ms "$j")" "$(jget non2xx "$j")" \
                         "$(jget errors "$j")" "$(jget late "$j")" "$lost" "$batch" \
-                        "$(jget daemon_cpu_pct "$j")" "$pg" "$(mb "$(jget daemon_rss_peak_kb "$j")")" "$vs" "$ovf"
+                        "$(jget daemon_cpu_pct "$j")" "$pg" "$dus" "$pus" \
+                        "$(mb "$(jget daemon_rss_peak_kb "$j")")" "$vs" "$ovf"
         done
+        [ -n "$peer_skip" ] && echo "| peer (node+pg) | skipped: ${peer_skip//|//} | | | | | | | | | | | | | | | | | |"
         echo
         echo "Daemon: idle RSS $(mb "$idle_rss") MB before the runs, peak RSS (VmHWM) $(mb "${peak_rss:-0}") MB;"
         echo "log at warn level: $warns warning(s), $errs error(s); SIGTERM: $daemon_stop."
         echo "Rows \"bare\": bare_server (evhttp, no check, no database); its CPU/RSS columns are bare_server's."
+        if [ "${#peer_modes[@]}" -gt 0 ] && [ -z "$peer_skip" ]; then
+                pg_ver=$(node -p "require('$here/peer/node_modules/pg/package.json').version" 2>/dev/null || echo '?')
+                echo "Rows \"peer\": bench/peer/peer.js (Node.js $(node --version), pg $pg_ver, pool $peer_pool, mode raw:" \
+                        "one INSERT, full: eps_ingest_batch); its daemon CPU/RSS columns are the node process's."
+                for p in "${profiles[@]}"; do
+                        ours=$(tp_of "$p closed c=32")
+                        line=""
+                        for mode in "${peer_modes[@]}"; do
+                                theirs=$(tp_of "peer $mode (node+pg) $p c=32")
+                                line+=$(awk -v a="$ours" -v b="$theirs" -v m="$mode" 'BEGIN {
+                                        if (a == "" || b == "" || b <= 0) printf "; %s-mode peer: n/a", m
+                                        else printf "; %.2f× the %s-mode peer (%.0f vs %.0f events/s)", a / b, m, a, b }')
+                        done
+                        [ -n "$ours" ] && echo "vs peer, $p closed c=32: easypost-syncd ${line#; }."
+                done
+                for note in "${peer_notes[@]}"; do
+                        echo "$note"
+                done
+        fi
         if [ "${#failed[@]}" -gt 0 ]; then
                 echo
                 echo "FAILED: ${failed[*]}"
