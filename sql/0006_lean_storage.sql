@@ -43,3 +43,7 @@ CREATE TYPE eps_snapshot AS (
     known      integer,     -- leading details the stored tracker row already shows
     r          jsonb        -- the Tracker object
 );
+
+-- Nothing looks trackers up by (carrier, status): the status funnel reads
+-- the whole table. One index less on every tracker write.
+DROP INDEX trackers_carrier_status;

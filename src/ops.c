@@ -145,6 +145,15 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                          "# TYPE easypost_sync_dead_letters_total counter\n"
                          "easypost_sync_dead_letters_total %llu\n",
                       (unsigned long long)st->dead_letters);
+        strbuf_printf(b, "# HELP easypost_sync_batch_isolations_total Batches that failed on one event's "
+                         "data and were sent again one event at a time.\n"
+                         "# TYPE easypost_sync_batch_isolations_total counter\n"
+                         "easypost_sync_batch_isolations_total %llu\n"
+                         "# HELP easypost_sync_batch_retries_total Batches sent again after a deadlock or "
+                         "serialization failure.\n"
+                         "# TYPE easypost_sync_batch_retries_total counter\n"
+                         "easypost_sync_batch_retries_total %llu\n",
+                      (unsigned long long)st->poison_splits, (unsigned long long)st->retries);
         strbuf_printf(b, "# HELP easypost_sync_queue_depth Webhooks waiting for a commit.\n"
                          "# TYPE easypost_sync_queue_depth gauge\n"
                          "easypost_sync_queue_depth %u\n"

@@ -13,6 +13,7 @@ main(void)
         SRunner *sr = srunner_create(ingest_suite());
 
         srunner_add_suite(sr, project_suite());
+        srunner_add_suite(sr, contention_suite());
         srunner_add_suite(sr, sync_suite());
         srunner_add_suite(sr, timers_suite());
         srunner_add_suite(sr, ops_suite());

@@ -78,5 +78,6 @@ Suite *ops_suite(void);
 Suite *faults_suite(void);
 Suite *hostile_suite(void);
 Suite *project_suite(void);
+Suite *contention_suite(void);
 
 #endif

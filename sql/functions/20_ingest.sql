@@ -36,7 +36,9 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     s eps_snapshot[];
 BEGIN
-    -- each snapshot read once, with what the stored tracker row shows of it
+    -- each snapshot read once, with what the stored tracker row shows of it.
+    -- The newest detail is the greatest datetime text: EasyPost writes them
+    -- all as UTC ISO 8601 (…Z), whose text order is time order.
     -- (read without a lock: a stale row only means re-offering known details,
     -- which the unique key then skips)
     SELECT array_agg(ROW(x.ord, x.event, x.trk, x.shp, x.updated_at, x.newest_at, x.details,
@@ -44,7 +46,7 @@ BEGIN
                                    AND eps_ts(x.r -> 'tracking_details' -> (t.details_count - 1) ->> 'datetime')
                                        = t.newest_detail_at
                               THEN t.details_count ELSE 0 END,
-                         x.r)::eps_snapshot)
+                         x.r)::eps_snapshot ORDER BY x.ord)
     INTO s
     FROM (SELECT b.ord::integer AS ord, b.event, b.body -> 'result' ->> 'id' AS trk,
                  nullif(b.body -> 'result' ->> 'shipment_id', '') AS shp,
@@ -53,11 +55,13 @@ BEGIN
                  d.newest_at, d.details, b.body -> 'result' AS r
           FROM unnest(p_event, p_body) WITH ORDINALITY AS b(event, body, ord)
           CROSS JOIN LATERAL (
-              SELECT max(eps_ts(e ->> 'datetime')) AS newest_at, count(*)::integer AS details
+              SELECT eps_ts(max(e ->> 'datetime')) AS newest_at, count(*)::integer AS details
               FROM jsonb_array_elements(CASE WHEN jsonb_typeof(b.body -> 'result' -> 'tracking_details') = 'array'
                                              THEN b.body -> 'result' -> 'tracking_details' ELSE '[]' END) AS e
           ) d) x
-    LEFT JOIN trackers t ON t.easypost_id = x.trk;
+    -- LIMIT 1 keeps these lookups index probes even in a plan cached while the table was empty
+    LEFT JOIN LATERAL (SELECT k.details_count, k.newest_detail_at FROM trackers k
+                       WHERE k.easypost_id = x.trk LIMIT 1) t ON true;
 
     -- shipments: a stub for a shipment not seen yet (and its sync job), the
     -- newest snapshot's status for the others
@@ -92,7 +96,7 @@ BEGIN
                                newest_detail_at, details_count, last_webhook_event_id)
     SELECT w.trk, w.r ->> 'tracking_code', w.r ->> 'carrier', w.r ->> 'mode', w.r ->> 'status',
            w.r ->> 'status_detail', eps_ts(w.r ->> 'est_delivery_date'), w.r ->> 'signed_by',
-           w.r ->> 'public_url', w.shp, (SELECT sh.id FROM shipments sh WHERE sh.easypost_id = w.shp),
+           w.r ->> 'public_url', w.shp, (SELECT sh.id FROM shipments sh WHERE sh.easypost_id = w.shp LIMIT 1),
            w.r -> 'carrier_detail', eps_ts(w.r ->> 'created_at'), w.updated_at, w.newest_at, w.details,
            w.event
     FROM (SELECT DISTINCT ON (trk) * FROM unnest(s)
@@ -117,22 +121,25 @@ BEGIN
            coalesce(t.details_count, -1));
 
     -- shipment_events: each detail once; EasyPost repeats the whole history
-    -- in every update, so only the details after the known ones are offered
+    -- in every update, so only the details after the known ones are offered.
+    -- Unsorted: two transactions can only meet here on the same tracker,
+    -- whose row the upsert above has locked (ON CONFLICT DO UPDATE locks the
+    -- row even when its WHERE keeps the stored one), so they wait there first.
+    -- The first event that carried a detail names it: rows are offered in
+    -- batch order and the later copies do nothing.
     INSERT INTO shipment_events (tracker_id, shipment_id, webhook_event_id, status, status_detail,
                                  message, description, carrier_code, source, event_datetime,
                                  tracking_location)
-    SELECT DISTINCT ON (t.id, 10, 4, 6)
-           t.id, t.shipment_id, x.event, coalesce(d ->> 'status', ''), d ->> 'status_detail',
+    SELECT t.id, t.shipment_id, x.event, coalesce(d ->> 'status', ''), d ->> 'status_detail',
            coalesce(d ->> 'message', ''), d ->> 'description', d ->> 'carrier_code', d ->> 'source',
            coalesce(eps_ts(d ->> 'datetime'), x.updated_at, now()),
            CASE WHEN jsonb_typeof(d -> 'tracking_location') = 'object' THEN d -> 'tracking_location' END
     FROM unnest(s) x
-    JOIN trackers t ON t.easypost_id = x.trk
+    CROSS JOIN LATERAL (SELECT k.id, k.shipment_id FROM trackers k WHERE k.easypost_id = x.trk LIMIT 1) t
     CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN x.details > x.known
                                                  THEN x.r -> 'tracking_details' ELSE '[]' END)
                        WITH ORDINALITY AS e(d, pos)
     WHERE e.pos > x.known AND jsonb_typeof(d) = 'object'
-    ORDER BY t.id, 10, 4, 6, x.ord
     ON CONFLICT ON CONSTRAINT shipment_events_once DO NOTHING;
 END
 $$;
@@ -142,9 +149,9 @@ $$;
 -- projector). Parallel arrays, one element per event; p_clean is the body
 -- without U+0000 where the raw body has one (jsonb cannot hold it), p_dead
 -- the error of an event that broke an earlier attempt: stored raw, 'failed',
--- nothing parsed. Every other body is parsed here once, so body_error NULL
--- means raw::jsonb works; a body PostgreSQL refuses breaks the statement and
--- the daemon isolates it. Returns each event's position and outcome:
+-- nothing parsed. Every other body is parsed here once (a deferred tracker
+-- event by the projector), so body_error NULL means raw::jsonb works; a body
+-- PostgreSQL refuses breaks the statement and the daemon isolates it. Returns each event's position and outcome:
 -- projected, pending, stored, failed or duplicate.
 CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_description text[],
                                             p_mode text[], p_object_id text[], p_raw text[],
@@ -158,7 +165,12 @@ DECLARE
     v_body   jsonb[];
 BEGIN
     WITH e AS MATERIALIZED (
-        SELECT u.*, CASE WHEN u.dead IS NULL THEN coalesce(u.clean, u.raw)::jsonb END AS body,
+        SELECT u.*,
+               CASE WHEN u.dead IS NOT NULL THEN NULL
+                    -- deferred: the projector parses it, off the acknowledgement path
+                    WHEN p_defer AND u.clean IS NULL
+                         AND u.description IN ('tracker.created', 'tracker.updated') THEN NULL
+                    ELSE coalesce(u.clean, u.raw)::jsonb END AS body,
                u.description IN ('tracker.created', 'tracker.updated') AS tracker
         FROM unnest(p_id, p_event_id, p_description, p_mode, p_object_id, p_raw, p_source,
                     p_created_at, coalesce(p_clean, array_fill(NULL::text, ARRAY[cardinality(p_id)])),
@@ -166,7 +178,8 @@ BEGIN
              WITH ORDINALITY AS u(id, event_id, description, mode, object_id, raw, source,
                                   created_at, clean, dead, ord)
     ), c AS (
-        SELECT e.*, CASE WHEN e.tracker AND e.dead IS NULL THEN eps_tracker_problem(e.body) END AS problem
+        SELECT e.*, CASE WHEN e.tracker AND e.dead IS NULL AND NOT (p_defer AND e.clean IS NULL)
+                         THEN eps_tracker_problem(e.body) END AS problem
         FROM e
     ), ins AS (
         INSERT INTO webhook_events AS w (id, event_id, description, mode, object_id, raw, body_error,
@@ -200,19 +213,26 @@ END
 $$;
 
 -- Projects up to p_limit pending events, oldest first; replicas share the
--- work through SKIP LOCKED. All of them set-based; if that fails, each on
--- its own in a subtransaction, so one that fails is recorded 'failed' with
--- its error and the others go on (the limit stays under 64 to keep
--- snapshots free of subtransaction overflow). Returns how many it took.
+-- work through SKIP LOCKED. Parsed and projected set-based; if that fails,
+-- each on its own in a subtransaction, so one that fails is recorded
+-- 'failed' with its error and the others go on (the limit stays under 64 to
+-- keep snapshots free of subtransaction overflow). Returns how many it took.
 CREATE OR REPLACE FUNCTION eps_project_pending(p_limit integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id      uuid[];
+    v_raw     text[];
+    v_ok      uuid[];
     v_body    jsonb[];
+    v_bad     uuid[];
+    v_why     text[];
+    v_one     jsonb;
     v_problem text;
+    v_berr    text;
 BEGIN
-    SELECT array_agg(p.id), array_agg(p.raw::jsonb) INTO v_id, v_body
-    FROM (SELECT w.id, w.raw FROM webhook_events w
+    SELECT array_agg(p.id ORDER BY p.received_at), array_agg(p.raw ORDER BY p.received_at)
+    INTO v_id, v_raw
+    FROM (SELECT w.id, w.raw, w.received_at FROM webhook_events w
           WHERE w.status = 'pending'
           ORDER BY w.received_at
           LIMIT least(p_limit, 60)
@@ -221,20 +241,42 @@ BEGIN
         RETURN 0;
     END IF;
     BEGIN
-        PERFORM eps_project_trackers(v_id, v_body);
-        UPDATE webhook_events SET status = 'projected', error = NULL, processed_at = now()
-        WHERE id = ANY (v_id);
+        WITH q AS (SELECT u.id, u.raw::jsonb AS body FROM unnest(v_id, v_raw) AS u(id, raw)),
+             c AS (SELECT q.*, eps_tracker_problem(q.body) AS problem FROM q)
+        SELECT array_agg(id) FILTER (WHERE problem IS NULL), array_agg(body) FILTER (WHERE problem IS NULL),
+               array_agg(id) FILTER (WHERE problem IS NOT NULL), array_agg(problem) FILTER (WHERE problem IS NOT NULL)
+        INTO v_ok, v_body, v_bad, v_why
+        FROM c;
+        IF v_ok IS NOT NULL THEN
+            PERFORM eps_project_trackers(v_ok, v_body);
+        END IF;
+        UPDATE webhook_events w
+        SET status = CASE WHEN x.why IS NULL THEN 'projected' ELSE 'failed' END, error = x.why,
+            processed_at = now()
+        FROM (SELECT unnest(v_ok) AS id, NULL::text AS why
+              UNION ALL SELECT * FROM unnest(v_bad, v_why)) x
+        WHERE w.id = x.id;
     EXCEPTION WHEN others THEN
         FOR i IN 1 .. cardinality(v_id) LOOP
             v_problem := NULL;
+            v_berr := NULL;
             BEGIN
-                PERFORM eps_project_trackers(ARRAY[v_id[i]], ARRAY[v_body[i]]);
+                v_one := v_raw[i]::jsonb;
             EXCEPTION WHEN others THEN
                 v_problem := SQLSTATE || ': ' || SQLERRM;
+                v_berr := 'not JSON PostgreSQL can hold';
             END;
+            v_problem := coalesce(v_problem, eps_tracker_problem(v_one));
+            IF v_problem IS NULL THEN
+                BEGIN
+                    PERFORM eps_project_trackers(ARRAY[v_id[i]], ARRAY[v_one]);
+                EXCEPTION WHEN others THEN
+                    v_problem := SQLSTATE || ': ' || SQLERRM;
+                END;
+            END IF;
             UPDATE webhook_events
             SET status = CASE WHEN v_problem IS NULL THEN 'projected' ELSE 'failed' END,
-                error = v_problem, processed_at = now()
+                error = v_problem, body_error = coalesce(v_berr, body_error), processed_at = now()
             WHERE id = v_id[i];
         END LOOP;
     END;
