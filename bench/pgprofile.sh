@@ -66,6 +66,17 @@ for _ in $(seq 300); do
         sleep 0.1
 done
 psql -c "SELECT pg_stat_statements_reset(), pg_stat_reset(), pg_stat_reset_shared('wal')" >/dev/null
+# PostgreSQL's CPU in clock ticks: the postmaster, its live children and the
+# ones it has reaped (cutime/cstime)
+pg_ticks() {
+        local t=0 p
+        for p in "$pg_pid" $(cat "/proc/$pg_pid/task/$pg_pid/children" 2>/dev/null); do
+                [ -r "/proc/$p/stat" ] || continue
+                t=$((t + $(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$p/stat")))
+        done
+        echo "$t"
+}
+ticks0=$(pg_ticks)
 
 prof_args=()
 [ "$profile" = unique ] || prof_args=(--profile "$profile")
@@ -77,10 +88,11 @@ timeout --foreground -s INT -k 30 600 ./bench/loadgen --url "http://127.0.0.1:$h
 }
 # let a deferred projector finish before reading the counters
 for _ in $(seq 600); do
-        [ "$(psql -c "SELECT count(*) FROM webhook_events WHERE status = 'pending'")" = 0 ] && break
+        [ "$(psql -c "SELECT EXISTS (SELECT FROM webhook_events WHERE status = 'pending')")" = f ] && break
         sleep 0.1
 done
 
+ticks1=$(pg_ticks)
 sleep 2 # backends flush their statistics at most once a second
 jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$work/run.json"; }
 events=$(psql -c "SELECT count(*) FROM webhook_events")
@@ -91,20 +103,23 @@ dcpu=$(jget daemon_cpu_pct)
 echo "## $profile, $n events, c=$conns ${PROFILE_DAEMON_ARGS:-}"
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src sql || echo +local)"
-awk -v tp="$tp" -v s="$secs" -v pg="$pgcpu" -v d="$dcpu" -v ev="$events" 'BEGIN {
+awk -v tp="$tp" -v s="$secs" -v pg="$pgcpu" -v d="$dcpu" -v ev="$events" -v t="$((ticks1 - ticks0))" \
+        -v hz="$(getconf CLK_TCK)" 'BEGIN {
         ok = tp * s
-        printf "%.0f events/s; PostgreSQL CPU %.0f µs per event, daemon CPU %.0f µs per event; %d rows in webhook_events\n",
-               tp, pg / 100 * s * 1e6 / ok, d / 100 * s * 1e6 / ok, ev }'
+        printf "%.0f events/s; PostgreSQL CPU %.0f µs per event during the run, %.0f µs per event " \
+               "until every event was projected; daemon CPU %.0f µs per event; %d rows in webhook_events\n",
+               tp, pg / 100 * s * 1e6 / ok, t / hz * 1e6 / ev, d / 100 * s * 1e6 / ok, ev }'
 psql -c "SELECT 'WAL ' || round(wal_bytes / $events) || ' bytes, ' || round(wal_records::numeric / $events, 1) ||
                 ' records, ' || round(wal_fpi::numeric / $events, 2) || ' full-page images per event' FROM pg_stat_wal"
 echo
-echo "| statement | calls | µs per event (exec) | ms per call | rows per call |"
+echo "| statement (nested: inside a function) | calls | µs per event (exec) | ms per call | rows per call |"
 echo "|---|---:|---:|---:|---:|"
-psql -F'|' -c "SELECT left(regexp_replace(query, '\s+', ' ', 'g'), 90), calls,
+psql -F'|' -c "SELECT CASE WHEN toplevel THEN '' ELSE 'nested: ' END ||
+                      left(regexp_replace(query, '\s+', ' ', 'g'), 90), calls,
                       round((total_exec_time * 1000 / $events)::numeric, 1),
                       round(mean_exec_time::numeric, 3), round(rows::numeric / calls, 1)
-               FROM pg_stat_statements WHERE toplevel AND calls > 0 AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-               ORDER BY total_exec_time DESC LIMIT 8" | sed 's/|/ | /g; s/^/| /; s/$/ |/; s/  */ /g'
+               FROM pg_stat_statements WHERE calls > 0 AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+               ORDER BY total_exec_time DESC LIMIT 14" | sed 's/|/ | /g; s/^/| /; s/$/ |/; s/  */ /g'
 echo
 echo "| function | calls | self µs per event | total µs per event |"
 echo "|---|---:|---:|---:|"

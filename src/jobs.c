@@ -328,9 +328,8 @@ arm_analytics(struct jobs *j)
 
 /* ---- deferred projection ---- */
 
-#define PROJECT_BATCH 50
+#define PROJECT_BATCH 200 /* events per projector transaction */
 #define PROJECT_POLL_S 1
-#define PROJECT_YIELD_MS 250
 
 static void project_run(struct jobs *j);
 
@@ -348,22 +347,19 @@ project_done(PGresult *res, void *arg)
                 log_warn("jobs", "projecting pending events failed: %s", PQresultErrorMessage(res));
         }
         /* A full batch means more are waiting; so does a kick during the run.
-         * While webhooks are queued, acknowledgements come first: one batch
-         * per PROJECT_YIELD_MS, so projection still progresses under load. */
-        if (!j->stopped && (n == PROJECT_BATCH || j->project_again)) {
-                if (ingest_depth(j->app->ingest) > 0) {
-                        struct timeval tv = { 0, PROJECT_YIELD_MS * 1000 };
-                        evtimer_add(j->project_timer, &tv);
-                } else {
-                        project_run(j);
-                }
-        }
+         * Back to back: the projector has a connection of its own, and a
+         * projector that waited for quiet would fall behind for good under a
+         * steady load (the backlog only grows while webhooks keep coming). */
+        if (!j->stopped && (n == PROJECT_BATCH || j->project_again))
+                project_run(j);
 }
 
 static void
 project_run(struct jobs *j)
 {
-        const char *vals[1] = { "50" };
+        char batch[16];
+        snprintf(batch, sizeof(batch), "%d", PROJECT_BATCH);
+        const char *vals[1] = { batch };
 
         j->project_again = false;
         if (j->pconn == NULL || j->projecting || j->stopped)
@@ -395,7 +391,7 @@ jobs_project_kick(void *arg)
 
         if (j->projecting)
                 j->project_again = true;
-        else if (!evtimer_pending(j->project_timer, NULL) || ingest_depth(j->app->ingest) == 0)
+        else
                 project_run(j);
 }
 

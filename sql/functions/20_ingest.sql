@@ -32,7 +32,7 @@ $$;
 -- stored. Several snapshots of one tracker in a batch reduce to the newest
 -- for the tracker row, and their details are merged.
 CREATE OR REPLACE FUNCTION eps_project_trackers(p_event uuid[], p_body jsonb[])
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     s eps_snapshot[];
 BEGIN
@@ -157,7 +157,7 @@ CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_de
                                             p_mode text[], p_object_id text[], p_raw text[],
                                             p_source text[], p_created_at text[], p_clean text[],
                                             p_dead text[], p_defer boolean)
-RETURNS TABLE (ord integer, status text) LANGUAGE plpgsql AS $$
+RETURNS TABLE (ord integer, status text) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_ord    integer[];
     v_status text[];
@@ -215,8 +215,7 @@ $$;
 -- Projects up to p_limit pending events, oldest first; replicas share the
 -- work through SKIP LOCKED. Parsed and projected set-based; if that fails,
 -- each on its own in a subtransaction, so one that fails is recorded
--- 'failed' with its error and the others go on (the limit stays under 64 to
--- keep snapshots free of subtransaction overflow). Returns how many it took.
+-- 'failed' with its error and the others go on. Returns how many it took.
 CREATE OR REPLACE FUNCTION eps_project_pending(p_limit integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -235,13 +234,13 @@ BEGIN
     FROM (SELECT w.id, w.raw, w.received_at FROM webhook_events w
           WHERE w.status = 'pending'
           ORDER BY w.received_at
-          LIMIT least(p_limit, 60)
+          LIMIT least(p_limit, 500)
           FOR UPDATE SKIP LOCKED) p;
     IF v_id IS NULL THEN
         RETURN 0;
     END IF;
     BEGIN
-        WITH q AS (SELECT u.id, u.raw::jsonb AS body FROM unnest(v_id, v_raw) AS u(id, raw)),
+        WITH q AS MATERIALIZED (SELECT u.id, u.raw::jsonb AS body FROM unnest(v_id, v_raw) AS u(id, raw)),
              c AS (SELECT q.*, eps_tracker_problem(q.body) AS problem FROM q)
         SELECT array_agg(id) FILTER (WHERE problem IS NULL), array_agg(body) FILTER (WHERE problem IS NULL),
                array_agg(id) FILTER (WHERE problem IS NOT NULL), array_agg(problem) FILTER (WHERE problem IS NOT NULL)
