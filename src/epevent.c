@@ -246,6 +246,16 @@ scan_string(struct scan *s, char *out, size_t cap, size_t *len, uint64_t *hash)
 
         s->p++; /* opening quote */
         while (s->p < s->end) {
+                if (out == NULL && hash == NULL) {
+                        /* a value nobody keeps: plain ASCII runs need no decoding */
+                        const unsigned char *q = s->p;
+                        while (q < s->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
+                                q++;
+                        n += (size_t)(q - s->p);
+                        s->p = q;
+                        if (s->p >= s->end)
+                                break;
+                }
                 unsigned char c = *s->p;
                 if (c == '"') {
                         s->p++;
@@ -389,6 +399,23 @@ static int cmp_u64(const void *a, const void *b)
         return x < y ? -1 : x > y;
 }
 
+/* Objects are small: insertion sort, qsort only for a big one. */
+static void
+sort_u64(uint64_t *a, size_t n)
+{
+        if (n > 24) {
+                qsort(a, n, sizeof(*a), cmp_u64);
+                return;
+        }
+        for (size_t i = 1; i < n; i++) {
+                uint64_t v = a[i];
+                size_t j = i;
+                for (; j > 0 && a[j - 1] > v; j--)
+                        a[j] = a[j - 1];
+                a[j] = v;
+        }
+}
+
 static int scan_value(struct scan *s, int depth, enum field f);
 
 /* Where a key's value goes: only the top object and its "result" matter. */
@@ -471,7 +498,7 @@ scan_object(struct scan *s, int depth, bool is_result)
         }
         size_t n = s->nkeys - base;
         if (n > 1) {
-                qsort(s->keys + base, n, sizeof(*s->keys), cmp_u64);
+                sort_u64(s->keys + base, n);
                 for (size_t i = base + 1; i < s->nkeys; i++)
                         if (s->keys[i] == s->keys[i - 1])
                                 return fail(s, "duplicate key");
