@@ -421,6 +421,9 @@ res=$(post_event "$BODY" "not-the-secret")
 check "a wrong signature gets 401 (${res%% *})" test "${res%% *}" = 401
 rows=$(psql_in "SELECT count(*) FROM webhook_events" 2>&1)
 check "one row in all ($rows)" test "$rows" = 1
+wal=$(psql_in "SELECT current_setting('max_wal_size') || ' ' || current_setting('wal_compression') || ' ' || current_setting('fsync') || ' ' || current_setting('synchronous_commit')" 2>&1)
+check "the compose file's WAL settings are in effect, fsync and synchronous_commit on ($wal)" \
+	test "$wal" = "4GB lz4 on on"
 
 # SIGHUP re-reads the secret files (docker-compose kill -s HUP easypost-syncd)
 "$DOCKER" kill -s HUP "$APP_CID" >/dev/null 2>&1
