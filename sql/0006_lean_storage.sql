@@ -47,3 +47,12 @@ CREATE TYPE eps_snapshot AS (
 -- Nothing looks trackers up by (carrier, status): the status funnel reads
 -- the whole table. One index less on every tracker write.
 DROP INDEX trackers_carrier_status;
+
+-- A tracker update rewrites its tracker and shipment rows. Room on each page
+-- and no always-changing column in an index let most of those updates be HOT
+-- (no new index entries): updated_at leaves the covering index, which keeps
+-- the columns a lookup by tracking code reads.
+DROP INDEX shipments_tracking_code;
+CREATE INDEX shipments_tracking_code ON shipments (tracking_code) INCLUDE (status, carrier, service);
+ALTER TABLE shipments SET (fillfactor = 80);
+ALTER TABLE trackers SET (fillfactor = 80);
