@@ -40,6 +40,7 @@ struct ingest_item {
         char *dead_error;          /* set when the event failed alone: store raw + error */
         bool solo;                 /* its batch failed on some event's data: send it alone */
         unsigned char retries;     /* sent again after a deadlock or serialization failure */
+        uint64_t queued_us;        /* when it was submitted (CLOCK_MONOTONIC) */
         char status[16];           /* outcome text from the database */
         ingest_done_fn done;
         void *arg;                 /* for done: the submitter's context */
