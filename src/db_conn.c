@@ -13,6 +13,11 @@
  * Results are drained after every read and every flush (PQflush may buffer
  * input itself) until our own in-flight FIFO is empty or libpq is busy.
  * A hook may fail the connection, so the drain re-checks the state after each.
+ *
+ * A failure hands the in-flight segments back (on_done lost) and calls
+ * on_down from an event of its own, never from inside the call that found
+ * it: a caller of db_conn_push or db_conn_query may set its own "busy" flag
+ * after the call returns, and must not be called back before that.
  */
 #include "db_conn.h"
 
@@ -42,12 +47,16 @@ struct db_conn {
         uint64_t down_since;  /* monotonic us of the first failure */
         struct db_seg *head, *tail;
         unsigned ninflight;
+        struct db_seg *lost;  /* failed segments waiting for lost_cb, in order */
+        bool lost_down;       /* lost_cb also calls on_down */
+        struct event *lostev;
         const struct db_conn_hooks *hooks;
         void *arg;
 };
 
 static void io_cb(evutil_socket_t fd, short what, void *arg);
 static void connect_cb(evutil_socket_t fd, short what, void *arg);
+static void lost_cb(evutil_socket_t fd, short what, void *arg);
 
 static void
 notice_cb(void *arg, const PGresult *res)
@@ -84,21 +93,47 @@ db_conn_new(struct event_base *base, const char *conninfo, const char *name,
         c->arg = arg;
         c->state = DB_DOWN;
         c->timer = evtimer_new(base, connect_cb, c);
+        c->lostev = event_new(base, -1, 0, lost_cb, c);
         return c;
 }
 
+/* Moves the in-flight FIFO to the end of the lost list. */
 static void
-fail_inflight(struct db_conn *c)
+take_inflight(struct db_conn *c)
 {
-        while (c->head) {
-                struct db_seg *s = c->head;
-                c->head = s->next;
-                if (c->head == NULL)
-                        c->tail = NULL;
-                c->ninflight--;
+        struct db_seg **end = &c->lost;
+
+        while (*end)
+                end = &(*end)->next;
+        *end = c->head;
+        c->head = c->tail = NULL;
+        c->ninflight = 0;
+}
+
+/* Hands every lost segment back, in order. */
+static void
+fail_lost(struct db_conn *c)
+{
+        while (c->lost) {
+                struct db_seg *s = c->lost;
+                c->lost = s->next;
                 s->next = NULL;
                 s->on_done(s, true);
         }
+}
+
+static void
+lost_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct db_conn *c = arg;
+        bool down = c->lost_down;
+
+        (void)fd;
+        (void)what;
+        c->lost_down = false;
+        fail_lost(c);
+        if (down && c->hooks->on_down)
+                c->hooks->on_down(c, c->arg);
 }
 
 static void
@@ -123,7 +158,9 @@ db_conn_free(struct db_conn *c)
                 return;
         close_pq(c);
         c->state = DB_DOWN;
-        fail_inflight(c);
+        take_inflight(c);
+        fail_lost(c);
+        event_free(c->lostev);
         event_free(c->timer);
         memset(c->conninfo, 0, strlen(c->conninfo));
         free(c->conninfo);
@@ -151,9 +188,10 @@ db_conn_fail(struct db_conn *c, const char *where)
         c->was_up = false;
         close_pq(c);
         c->state = DB_BACKOFF;
-        fail_inflight(c);
-        if (was_ready && c->hooks->on_down)
-                c->hooks->on_down(c, c->arg);
+        take_inflight(c);
+        c->lost_down |= was_ready;
+        if (c->lost || c->lost_down)
+                event_active(c->lostev, EV_TIMEOUT, 0);
         unsigned ms = backoff_ms(c->attempt++, DB_BACKOFF_BASE_MS, DB_BACKOFF_CAP_MS);
         struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
         evtimer_assign(c->timer, c->base, connect_cb, c);

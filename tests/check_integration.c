@@ -14,6 +14,7 @@ main(void)
 
         srunner_add_suite(sr, project_suite());
         srunner_add_suite(sr, contention_suite());
+        srunner_add_suite(sr, dbconn_suite());
         srunner_add_suite(sr, sync_suite());
         srunner_add_suite(sr, timers_suite());
         srunner_add_suite(sr, ops_suite());

@@ -79,5 +79,6 @@ Suite *faults_suite(void);
 Suite *hostile_suite(void);
 Suite *project_suite(void);
 Suite *contention_suite(void);
+Suite *dbconn_suite(void);
 
 #endif
