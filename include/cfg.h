@@ -24,6 +24,7 @@ struct cfg {
         long max_connections;
         long idle_timeout;            /* s: idle keep-alive / slow client cut-off */
         long request_timeout;         /* s: deadline for a webhook's commit */
+        long db_timeout;              /* s: a batch in flight longer drops its connection */
         char *tls_cert, *tls_key;
         char *basic_auth_user;
         char *basic_auth_password;    /* secret */

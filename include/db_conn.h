@@ -15,6 +15,7 @@
 #include <event2/event.h>
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "util.h"
 
@@ -36,6 +37,7 @@ typedef void (*db_done_fn)(struct db_seg *s, bool lost);
 
 struct db_seg {
         struct db_seg *next;   /* in-flight FIFO link, owned by db_conn while pushed */
+        uint64_t pushed_us;    /* set by db_conn_push: its deadline counts from here */
         db_result_fn on_result;
         db_done_fn on_done;
         void *arg;
@@ -64,6 +66,9 @@ unsigned long db_conn_reconnects(const struct db_conn *c);
 /* Closes the segment begun with PQsend* calls and queues it. On a send error
  * the connection is failed: every in-flight segment, then s, get on_done(lost). */
 void db_conn_push(struct db_conn *c, struct db_seg *s);
+/* A segment unanswered for ms drops the connection (0: never). Also sets the
+ * TCP keepalive and tcp_user_timeout of the next connection attempt. */
+void db_conn_set_timeout(struct db_conn *c, unsigned ms);
 /* Declares the connection broken (e.g. a PQsend* call failed). */
 void db_conn_fail(struct db_conn *c, const char *where);
 

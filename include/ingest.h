@@ -65,6 +65,9 @@ void ingest_on_pending(struct ingest *g, void (*fn)(void *arg), void *arg);
 void ingest_free(struct ingest *g);
 void ingest_start(struct ingest *g);
 void ingest_set_batch_max(struct ingest *g, unsigned batch_max);
+/* A batch unanswered for ms drops its connection: its events get 503 and the
+ * connection comes back by itself. Before ingest_start. */
+void ingest_set_db_timeout(struct ingest *g, unsigned ms);
 
 /* Room for one more item? (queue_limit counts items not yet answered) */
 bool ingest_has_room(const struct ingest *g);

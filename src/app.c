@@ -208,6 +208,7 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         a->ingest = ingest_new(a->base, cfg->database_url, (unsigned)cfg->db_connections,
                                (unsigned)cfg->queue_limit, (unsigned)cfg->batch_max,
                                strcmp(cfg->projection, "deferred") == 0);
+        ingest_set_db_timeout(a->ingest, (unsigned)cfg->db_timeout * 1000u);
         a->jobs = jobs_new(a);
         if (strcmp(cfg->projection, "deferred") == 0)
                 ingest_on_pending(a->ingest, jobs_project_kick, a->jobs);

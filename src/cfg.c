@@ -34,6 +34,7 @@ const struct cfg_key cfg_keys[] = {
         S("basic_auth_password", basic_auth_password, "", true, true, "password for basic_auth_user"),
         S("database_url", database_url, "dbname=easypost_sync", false, true, "libpq connection string or URI"),
         I("db_connections", db_connections, "2", 1, 64, false, "ingest connections to PostgreSQL"),
+        I("db_timeout", db_timeout, "30", 1, 3600, false, "seconds a batch may wait for PostgreSQL before its connection is dropped (503, reconnect); also bounds unacknowledged TCP data"),
         I("queue_limit", queue_limit, "4096", 1, 1000000, false, "webhooks waiting for a commit at most; beyond it 503 at once"),
         I("batch_max", batch_max, "256", 1, 10000, true, "events per transaction at most"),
         S("projection", projection, "inline", false, false, "inline: project tracker events in the webhook's transaction; deferred: right after it, off the ack path"),

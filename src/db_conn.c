@@ -31,6 +31,7 @@
 #define DB_BACKOFF_BASE_MS 100
 #define DB_BACKOFF_CAP_MS 5000
 #define DB_DRAIN_BUDGET 4096
+#define DB_DEFAULT_TIMEOUT_MS 30000 /* keepalive / tcp_user_timeout without a deadline */
 
 struct db_conn {
         struct event_base *base;
@@ -48,6 +49,8 @@ struct db_conn {
         struct db_seg *head, *tail;
         unsigned ninflight;
         struct db_seg *lost;  /* failed segments waiting for lost_cb, in order */
+        unsigned timeout_ms;  /* 0: none; else the oldest segment's deadline */
+        struct event *deadline;
         bool lost_down;       /* lost_cb also calls on_down */
         struct event *lostev;
         const struct db_conn_hooks *hooks;
@@ -57,6 +60,7 @@ struct db_conn {
 static void io_cb(evutil_socket_t fd, short what, void *arg);
 static void connect_cb(evutil_socket_t fd, short what, void *arg);
 static void lost_cb(evutil_socket_t fd, short what, void *arg);
+static void deadline_cb(evutil_socket_t fd, short what, void *arg);
 
 static void
 notice_cb(void *arg, const PGresult *res)
@@ -94,6 +98,7 @@ db_conn_new(struct event_base *base, const char *conninfo, const char *name,
         c->state = DB_DOWN;
         c->timer = evtimer_new(base, connect_cb, c);
         c->lostev = event_new(base, -1, 0, lost_cb, c);
+        c->deadline = evtimer_new(base, deadline_cb, c);
         return c;
 }
 
@@ -108,6 +113,7 @@ take_inflight(struct db_conn *c)
         *end = c->head;
         c->head = c->tail = NULL;
         c->ninflight = 0;
+        evtimer_del(c->deadline);
 }
 
 /* Hands every lost segment back, in order. */
@@ -161,6 +167,7 @@ db_conn_free(struct db_conn *c)
         take_inflight(c);
         fail_lost(c);
         event_free(c->lostev);
+        event_free(c->deadline);
         event_free(c->timer);
         memset(c->conninfo, 0, strlen(c->conninfo));
         free(c->conninfo);
@@ -201,8 +208,17 @@ db_conn_fail(struct db_conn *c, const char *where)
 void
 db_conn_start(struct db_conn *c)
 {
-        const char *keys[] = { "dbname", "fallback_application_name", NULL };
-        const char *vals[] = { c->conninfo, "easypost-syncd", NULL };
+        /* Defaults first, so that the configured conninfo overrides them;
+         * client_encoding last: every text parameter we send is UTF-8. */
+        char idle[16], user_timeout[16];
+        unsigned t = c->timeout_ms ? c->timeout_ms : DB_DEFAULT_TIMEOUT_MS;
+        snprintf(idle, sizeof(idle), "%u", t / 3000 ? t / 3000 : 1);
+        snprintf(user_timeout, sizeof(user_timeout), "%u", t);
+        const char *keys[] = { "keepalives", "keepalives_idle", "keepalives_interval",
+                               "keepalives_count", "tcp_user_timeout", "dbname",
+                               "fallback_application_name", "client_encoding", NULL };
+        const char *vals[] = { "1", idle, idle, "3", user_timeout, c->conninfo, "easypost-syncd",
+                               "UTF8", NULL };
         struct timeval deadline = { DB_CONNECT_TIMEOUT_S, 0 };
 
         close_pq(c);
@@ -345,6 +361,36 @@ io_cb(evutil_socket_t fd, short what, void *arg)
                 event_active(c->io, EV_READ, 0); /* flush buffered input: drain again */
 }
 
+/* The oldest segment in flight is past its deadline: PostgreSQL (or the
+ * path to it) stopped answering. Drop the connection: its segments come back
+ * lost and it reconnects. Otherwise wait for the oldest one's deadline. */
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct db_conn *c = arg;
+
+        (void)fd;
+        (void)what;
+        if (c->head == NULL || c->timeout_ms == 0)
+                return;
+        uint64_t age = clock_mono_us() - c->head->pushed_us, limit = c->timeout_ms * 1000ull;
+        if (age >= limit) {
+                log_warn("db", "%s: no answer for %u ms: dropping the connection", c->name,
+                         c->timeout_ms);
+                db_conn_fail(c, "timeout");
+                return;
+        }
+        uint64_t left = limit - age;
+        struct timeval tv = { (time_t)(left / 1000000), (suseconds_t)(left % 1000000) };
+        evtimer_add(c->deadline, &tv);
+}
+
+void
+db_conn_set_timeout(struct db_conn *c, unsigned ms)
+{
+        c->timeout_ms = ms;
+}
+
 void
 db_conn_push(struct db_conn *c, struct db_seg *s)
 {
@@ -355,6 +401,11 @@ db_conn_push(struct db_conn *c, struct db_seg *s)
                 c->head = s;
         c->tail = s;
         c->ninflight++;
+        s->pushed_us = clock_mono_us();
+        if (c->timeout_ms && !evtimer_pending(c->deadline, NULL)) {
+                struct timeval tv = { c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000 };
+                evtimer_add(c->deadline, &tv);
+        }
         if (!PQpipelineSync(c->pq)) {
                 db_conn_fail(c, "sync");
                 return;

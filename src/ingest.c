@@ -137,6 +137,13 @@ ingest_on_pending(struct ingest *g, void (*fn)(void *arg), void *arg)
 }
 
 void
+ingest_set_db_timeout(struct ingest *g, unsigned ms)
+{
+        for (unsigned i = 0; i < g->nconn; i++)
+                db_conn_set_timeout(g->conns[i], ms);
+}
+
+void
 ingest_set_batch_max(struct ingest *g, unsigned batch_max)
 {
         g->batch_max = batch_max;

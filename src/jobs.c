@@ -416,6 +416,7 @@ jobs_new(struct app *a)
         j->analytics_timer = evtimer_new(a->base, analytics_tick, j);
         if (strcmp(a->cfg->projection, "deferred") == 0) {
                 j->pconn = db_conn_new(a->base, a->cfg->database_url, "projector", &hooks, j);
+                db_conn_set_timeout(j->pconn, (unsigned)a->cfg->db_timeout * 1000u);
                 j->project_timer = evtimer_new(a->base, project_tick, j);
         }
         for (int i = 0; i < JOBS_NVIEWS; i++)

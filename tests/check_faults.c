@@ -325,6 +325,48 @@ START_TEST(test_lock_stall_fills_queue_then_503_at_once)
 }
 END_TEST
 
+/*
+ * A backend that stops answering (SIGSTOP: as a black-holed host or a hung
+ * server looks from here): the batch waiting on it is answered 503 within
+ * db_timeout, not after TCP's minutes; the connection is replaced, and
+ * EasyPost's retry is stored once.
+ */
+START_TEST(test_stopped_backend_dropped_after_db_timeout)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_DB_CONNECTIONS=1", "EASYPOST_SYNC_DB_TIMEOUT=2",
+                              "EASYPOST_SYNC_REQUEST_TIMEOUT=60", NULL };
+        char resp[256];
+
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        char *b = load_body("stopped_warm", 0);
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
+        free(b);
+        /* the newest backend that ran a batch: this daemon's one ingest connection */
+        long pid = db_long(c, "SELECT pid FROM pg_stat_activity WHERE query LIKE '%eps_ingest_batch(%' "
+                              "AND pid <> pg_backend_pid() ORDER BY backend_start DESC LIMIT 1", NULL);
+        ck_assert_int_gt(pid, 0);
+        ck_assert_int_eq(kill((pid_t)pid, SIGSTOP), 0);
+        b = load_body("stopped", 0);
+        uint64_t t0 = clock_mono_us();
+        int st = post_event(d.port, b, strlen(b), resp, sizeof(resp));
+        double secs = (double)(clock_mono_us() - t0) / 1e6;
+        ck_assert_int_eq(kill((pid_t)pid, SIGCONT), 0);
+        fprintf(stderr, "stopped backend: answered %d after %.1f s (db_timeout 2 s)\n", st, secs);
+        ck_assert_int_eq(st, 503);
+        ck_assert_msg(secs >= 1.5 && secs < 10, "503 after %.1f s", secs);
+        ck_assert(wait_status(d.port, "/readyz", 200, 20000));
+        /* the retry: stored, or a duplicate if the resumed backend committed it first */
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), resp, sizeof(resp)), 200);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = $1",
+                                 "evt_stopped_00000"), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        free(b);
+        PQfinish(c);
+}
+END_TEST
+
 /* Slow, idle and vanishing clients: others are served; nothing leaks. */
 START_TEST(test_slow_idle_and_vanishing_clients)
 {
@@ -494,6 +536,7 @@ faults_suite(void)
         tcase_add_test(tc, test_postgres_immediate_stop_mid_load);
         tcase_add_test(tc, test_backends_terminated_mid_load);
         tcase_add_test(tc, test_lock_stall_fills_queue_then_503_at_once);
+        tcase_add_test(tc, test_stopped_backend_dropped_after_db_timeout);
         tcase_add_test(tc, test_slow_idle_and_vanishing_clients);
         tcase_add_test(tc, test_tls_and_basic_auth);
         suite_add_tcase(s, tc);
