@@ -151,6 +151,44 @@ START_TEST(test_tracker_event_fills_shipment)
 }
 END_TEST
 
+/*
+ * A tracker event whose body cannot be projected (tracking_details is not an
+ * array) is stored 'failed' and the tracker is fetched instead: the tracker
+ * row and its history come from GET /trackers/{id}, fetched once.
+ */
+START_TEST(test_unprojectable_tracker_event_fetches_the_tracker)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        wipe(c);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects",
+                                      "{\"id\":\"trk_heal1\",\"object\":\"Tracker\",\"mode\":\"test\","
+                                      "\"tracking_code\":\"EZHEAL1\",\"carrier\":\"USPS\",\"status\":\"delivered\","
+                                      "\"updated_at\":\"2025-05-03T09:00:00Z\",\"tracking_details\":["
+                                      "{\"message\":\"Accepted\",\"status\":\"pre_transit\",\"datetime\":\"2025-05-01T09:00:00Z\"},"
+                                      "{\"message\":\"Delivered\",\"status\":\"delivered\",\"datetime\":\"2025-05-03T09:00:00Z\"}]}",
+                                      NULL, 0), 201);
+        start_syncd(&d, API_KEY, "5", "0");
+        const char *bad = "{\"id\":\"evt_heal1\",\"object\":\"Event\",\"mode\":\"test\","
+                          "\"description\":\"tracker.updated\",\"created_at\":\"2025-05-03T09:00:01Z\","
+                          "\"result\":{\"id\":\"trk_heal1\",\"object\":\"Tracker\",\"status\":\"delivered\","
+                          "\"tracking_details\":\"see the API\"}}";
+        ck_assert_int_eq(post_event(d.port, bad, strlen(bad), NULL, 0), 200);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_heal1' "
+                                    "AND status = 'failed'", NULL), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_heal1' "
+                                         "AND status = 'delivered'", 1, 15000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
+                                    "WHERE t.easypost_id = 'trk_heal1'", NULL), 2);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' "
+                                         "AND object_id = 'trk_heal1' AND status = 'done'", 1, 5000), 1);
+        ck_assert_int_eq(stat_long("by_path", "/v2/trackers/trk_heal1"), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 START_TEST(test_429_then_200_honours_retry_after)
 {
         PGconn *c = db_open();
@@ -356,6 +394,7 @@ sync_suite(void)
         tcase_set_timeout(tc, 90);
         tcase_add_unchecked_fixture(tc, fake_up, fake_down);
         tcase_add_test(tc, test_tracker_event_fills_shipment);
+        tcase_add_test(tc, test_unprojectable_tracker_event_fetches_the_tracker);
         tcase_add_test(tc, test_429_then_200_honours_retry_after);
         tcase_add_test(tc, test_401_stops_worker_without_storm);
         tcase_add_test(tc, test_rate_never_above_api_rate);

@@ -2,9 +2,10 @@
 -- number of set-based statements whatever the batch size.
 --
 -- Lock order, the same in every transaction that writes these tables, so
--- that connections never deadlock: webhook_events by event_id, shipments by
--- easypost_id, sync_jobs, trackers by easypost_id, shipment_events by
--- (tracker, time). Rows are sent to each INSERT sorted on those keys.
+-- that connections never deadlock: webhook_events by event_id, tracker
+-- fetches (sync_jobs), shipments by easypost_id, shipment fetches
+-- (sync_jobs), trackers by easypost_id, shipment_events by (tracker, time).
+-- Rows are sent to each INSERT sorted on those keys.
 
 DROP FUNCTION IF EXISTS eps_ingest(uuid, text, text, text, text, text, text, timestamptz, jsonb, text);
 DROP FUNCTION IF EXISTS eps_ingest(uuid, text, text, text, text, text, text, timestamptz, jsonb, text, boolean);
@@ -158,6 +159,7 @@ CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_de
                                             p_source text[], p_created_at text[], p_clean text[],
                                             p_dead text[], p_defer boolean)
 RETURNS TABLE (ord integer, status text) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
 DECLARE
     v_ord    integer[];
     v_status text[];
@@ -198,6 +200,14 @@ BEGIN
         FROM c ORDER BY c.event_id
         ON CONFLICT (event_id) DO NOTHING
         RETURNING w.id, w.status
+    ), heal AS (
+        -- a tracker event whose body cannot be projected: fetch the tracker
+        -- itself, so the tracker row still comes to be
+        INSERT INTO sync_jobs (kind, object_id)
+        SELECT DISTINCT 'tracker', c.object_id FROM c JOIN ins ON ins.id = c.id
+        WHERE c.problem IS NOT NULL AND c.object_id LIKE 'trk\_%'
+        ORDER BY 2
+        ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING
     )
     SELECT array_agg(c.ord::integer), array_agg(coalesce(ins.status, 'duplicate')),
            array_agg(c.id) FILTER (WHERE ins.status = 'projected' AND c.tracker),
@@ -255,6 +265,12 @@ BEGIN
         FROM (SELECT unnest(v_ok) AS id, NULL::text AS why
               UNION ALL SELECT * FROM unnest(v_bad, v_why)) x
         WHERE w.id = x.id;
+        -- as at ingest: a tracker whose event cannot be projected is fetched
+        INSERT INTO sync_jobs (kind, object_id)
+        SELECT DISTINCT 'tracker', w.object_id FROM webhook_events w
+        WHERE w.id = ANY (v_bad) AND w.object_id LIKE 'trk\_%'
+        ORDER BY 2
+        ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING;
     EXCEPTION WHEN others THEN
         FOR i IN 1 .. cardinality(v_id) LOOP
             v_problem := NULL;
