@@ -39,6 +39,7 @@ struct ingest_item {
         enum ingest_source source;
         char *dead_error;          /* set when the event failed alone: store raw + error */
         bool solo;                 /* its batch failed on some event's data: send it alone */
+        bool partial;              /* holds less than the delivery (a list item): replaceable */
         unsigned char retries;     /* sent again after a deadlock or serialization failure */
         uint64_t queued_us;        /* when it was submitted (CLOCK_MONOTONIC) */
         char status[16];           /* outcome text from the database */

@@ -13,12 +13,15 @@
 --   ones the tracker row already shows.
 
 ALTER TABLE webhook_events DROP COLUMN body;
+-- a copy that holds less than the delivery (backfill's list item, without
+-- its result): the full copy replaces it when it comes
+ALTER TABLE webhook_events ADD COLUMN partial boolean NOT NULL DEFAULT false;
 COMMENT ON COLUMN webhook_events.body_error IS
     'why raw is not JSON PostgreSQL can hold (NULL: raw::jsonb works)';
 
 CREATE VIEW webhook_event_bodies AS
 SELECT id, event_id, description, mode, object_id, source, status, error, event_created_at,
-       received_at, processed_at,
+       received_at, processed_at, partial,
        CASE WHEN body_error IS NULL THEN raw::jsonb END AS body
 FROM webhook_events;
 

@@ -32,9 +32,9 @@
 #include <uuid/uuid.h>
 
 static const char SQL_BATCH[] =
-        "SELECT ord, status FROM eps_ingest_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::bool)";
-#define BATCH_NPARAMS 11
-#define BATCH_ARRAYS 10
+        "SELECT ord, status FROM eps_ingest_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::bool)";
+#define BATCH_NPARAMS 12
+#define BATCH_ARRAYS 11
 #define UUIDARRAYOID 2951
 #define UUIDOID 2950
 #define TEXTARRAYOID 1009
@@ -472,6 +472,7 @@ batch_params(const struct ingest *g, const struct batch *b, struct pgarr arr[BAT
                 arr_str(&arr[7], it->ev.created_at[0] && !it->dead_error ? it->ev.created_at : NULL);
                 arr_str(&arr[8], it->dead_error ? NULL : it->ev.clean);
                 arr_str(&arr[9], it->dead_error);
+                arr_str(&arr[10], it->partial ? "t" : NULL);
         }
         (void)g;
 }
@@ -486,8 +487,8 @@ send_batch(struct ingest *g, struct db_conn *c)
         static const Oid types[BATCH_NPARAMS] = { UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
                                                   TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
                                                   TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-                                                  TEXTARRAYOID, 0 };
-        static const int formats[BATCH_NPARAMS] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0 };
+                                                  TEXTARRAYOID, TEXTARRAYOID, 0 };
+        static const int formats[BATCH_NPARAMS] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0 };
 
         /* an item under suspicion goes alone; the others as many as allowed */
         if (g->head->solo)

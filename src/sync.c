@@ -18,7 +18,8 @@
  *   ingest through the webhook path with source 'backfill' -> when all are
  *   committed, save the newest listed id as the cursor.
  *   The list omits `result`; an event with no recorded payload is stored as
- *   listed (a tracker event then records why it could not be projected).
+ *   listed, marked partial (a tracker event then records why it could not be
+ *   projected), and the real delivery replaces it when it comes.
  */
 #include "sync.h"
 
@@ -527,9 +528,10 @@ bf_item_done(struct ingest_item *it, enum ingest_result r)
         }
 }
 
-/* Ingests body (taken over) for event id through the webhook path. */
+/* Ingests body (taken over) for event id through the webhook path; partial:
+ * the list item, which the real delivery may replace later. */
 static void
-bf_ingest(struct sync *s, char *body, size_t len, const char *id)
+bf_ingest(struct sync *s, char *body, size_t len, const char *id, bool partial)
 {
         struct ingest_item *it = xcalloc(1, sizeof(*it));
         struct err e;
@@ -553,6 +555,7 @@ bf_ingest(struct sync *s, char *body, size_t len, const char *id)
         it->body = body;
         it->len = len;
         it->source = INGEST_BACKFILL;
+        it->partial = partial;
         it->done = bf_item_done;
         uuid7_next_str(&s->app->uuid, it->uuid);
         s->bf_pending++;
@@ -589,9 +592,9 @@ bf_payloads_done(struct sync *s, const struct httpc_resp *r, void *arg)
         }
         if (!s->bf_failed) {
                 if (chosen) {
-                        bf_ingest(s, chosen, strlen(chosen), b->id);
+                        bf_ingest(s, chosen, strlen(chosen), b->id, false);
                 } else if (b->listed) {
-                        bf_ingest(s, b->listed, strlen(b->listed), b->id);
+                        bf_ingest(s, b->listed, strlen(b->listed), b->id, true);
                         b->listed = NULL;
                 }
         } else {

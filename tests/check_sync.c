@@ -385,6 +385,49 @@ START_TEST(test_backfill_recovers_missed_events_once)
 }
 END_TEST
 
+/*
+ * An event whose delivery attempts EasyPost has no body for is stored from
+ * the events list, which has no result: a degraded copy. The real delivery
+ * that arrives later replaces it (answered "stored", not "duplicate"): the
+ * row holds the delivered bytes and the tracker is projected.
+ */
+START_TEST(test_listed_copy_replaced_by_the_delivery)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char resp[256];
+
+        wipe(c);
+        seed_event(20, "2025-06-02T10:00:00Z");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/events/evt_bf20/payloads\",\"status\":200,"
+                                      "\"body\":{\"payloads\":[]},\"count\":-1}", NULL, 0), 201);
+        start_syncd(&d, API_KEY, "20", "1");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf20' "
+                                         "AND partial AND source = 'backfill'", 1, 20000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_bf20'", NULL), 0);
+        char *b = tracker_event("evt_bf20", "shp_bf20", "2025-06-02T10:00:00Z");
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "\"stored\""));
+        const char *pv[1] = { "evt_bf20" };
+        PGresult *r = PQexecParams(c, "SELECT raw, status, source, partial FROM webhook_events "
+                                      "WHERE event_id = $1", 1, NULL, pv, NULL, NULL, 0);
+        ck_assert_int_eq(PQntuples(r), 1);
+        ck_assert_str_eq(PQgetvalue(r, 0, 0), b);
+        ck_assert_str_eq(PQgetvalue(r, 0, 1), "projected");
+        ck_assert_str_eq(PQgetvalue(r, 0, 2), "webhook");
+        ck_assert_str_eq(PQgetvalue(r, 0, 3), "f");
+        PQclear(r);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_bf20'", NULL), 1);
+        /* once full, another copy is a duplicate again */
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "\"duplicate\""));
+        free(b);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 sync_suite(void)
 {
@@ -400,6 +443,7 @@ sync_suite(void)
         tcase_add_test(tc, test_rate_never_above_api_rate);
         tcase_add_test(tc, test_kill_mid_queue_every_job_done_once);
         tcase_add_test(tc, test_backfill_recovers_missed_events_once);
+        tcase_add_test(tc, test_listed_copy_replaced_by_the_delivery);
         suite_add_tcase(s, tc);
         return s;
 }

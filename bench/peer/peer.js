@@ -35,7 +35,7 @@ const SQL = {
     text:
       'SELECT status FROM eps_ingest_batch(ARRAY[gen_random_uuid()], ARRAY[$1::text], ' +
       'ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::text], ARRAY[$5::text], ARRAY[\'webhook\'], ' +
-      'ARRAY[$6::text], NULL::text[], NULL::text[], false)',
+      'ARRAY[$6::text], NULL::text[], NULL::text[], NULL::text[], false)',
     params: (ev) => [ev.id, ev.description, ev.mode, ev.objectId, ev.raw, ev.createdAt],
     status: (res) => {
       if (res.rows.length !== 1) throw new Error(`eps_ingest_batch returned ${res.rows.length} rows`);

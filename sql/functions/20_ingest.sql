@@ -10,6 +10,8 @@
 DROP FUNCTION IF EXISTS eps_ingest(uuid, text, text, text, text, text, text, timestamptz, jsonb, text);
 DROP FUNCTION IF EXISTS eps_ingest(uuid, text, text, text, text, text, text, timestamptz, jsonb, text, boolean);
 DROP FUNCTION IF EXISTS eps_project_tracker(uuid, jsonb);
+DROP FUNCTION IF EXISTS eps_ingest_batch(uuid[], text[], text[], text[], text[], text[], text[], text[],
+                                         text[], text[], boolean);
 
 -- Why a tracker event cannot be projected, or NULL when it can.
 CREATE OR REPLACE FUNCTION eps_tracker_problem(p_body jsonb) RETURNS text
@@ -150,14 +152,16 @@ $$;
 -- projector). Parallel arrays, one element per event; p_clean is the body
 -- without U+0000 where the raw body has one (jsonb cannot hold it), p_dead
 -- the error of an event that broke an earlier attempt: stored raw, 'failed',
--- nothing parsed. Every other body is parsed here once (a deferred tracker
+-- nothing parsed; p_partial marks a copy that holds less than the delivery
+-- (backfill's list item, which has no result): a later full copy replaces
+-- it instead of being a duplicate. Every other body is parsed here once (a deferred tracker
 -- event by the projector), so body_error NULL means raw::jsonb works; a body
 -- PostgreSQL refuses breaks the statement and the daemon isolates it. Returns each event's position and outcome:
 -- projected, pending, stored, failed or duplicate.
 CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_description text[],
                                             p_mode text[], p_object_id text[], p_raw text[],
                                             p_source text[], p_created_at text[], p_clean text[],
-                                            p_dead text[], p_defer boolean)
+                                            p_dead text[], p_partial text[], p_defer boolean)
 RETURNS TABLE (ord integer, status text) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
@@ -176,30 +180,46 @@ BEGIN
                u.description IN ('tracker.created', 'tracker.updated') AS tracker
         FROM unnest(p_id, p_event_id, p_description, p_mode, p_object_id, p_raw, p_source,
                     p_created_at, coalesce(p_clean, array_fill(NULL::text, ARRAY[cardinality(p_id)])),
-                    coalesce(p_dead, array_fill(NULL::text, ARRAY[cardinality(p_id)])))
+                    coalesce(p_dead, array_fill(NULL::text, ARRAY[cardinality(p_id)])),
+                    coalesce(p_partial, array_fill(NULL::text, ARRAY[cardinality(p_id)])))
              WITH ORDINALITY AS u(id, event_id, description, mode, object_id, raw, source,
-                                  created_at, clean, dead, ord)
+                                  created_at, clean, dead, partial_, ord)
     ), c AS (
-        SELECT e.*, CASE WHEN e.tracker AND e.dead IS NULL AND NOT (p_defer AND e.clean IS NULL)
-                         THEN eps_tracker_problem(e.body) END AS problem
+        SELECT e.*, e.partial_ IS NOT NULL AS partial,
+               CASE WHEN e.tracker AND e.dead IS NULL AND NOT (p_defer AND e.clean IS NULL)
+                    THEN eps_tracker_problem(e.body) END AS problem,
+               row_number() OVER (PARTITION BY e.event_id, e.partial_ IS NOT NULL ORDER BY e.ord) AS nth
         FROM e
-    ), ins AS (
-        INSERT INTO webhook_events AS w (id, event_id, description, mode, object_id, raw, body_error,
-                                         source, status, error, event_created_at)
-        SELECT c.id, c.event_id, c.description, c.mode, c.object_id, c.raw,
+    ), r AS (
+        -- the row each event gets
+        SELECT c.*,
                CASE WHEN c.dead IS NOT NULL THEN 'not parsed: dead letter'
-                    WHEN c.clean IS NOT NULL THEN 'contains \u0000, which jsonb cannot hold' END,
-               c.source,
+                    WHEN c.clean IS NOT NULL THEN 'contains \u0000, which jsonb cannot hold' END AS body_error,
                CASE WHEN c.dead IS NOT NULL OR c.problem IS NOT NULL THEN 'failed'
                     WHEN NOT c.tracker THEN 'stored'
                     -- a body only the cleaned copy can project is projected now: it is not stored
                     WHEN p_defer AND c.clean IS NULL THEN 'pending'
-                    ELSE 'projected' END,
-               coalesce(c.dead, c.problem),
-               CASE WHEN c.dead IS NULL THEN c.created_at::timestamptz END
-        FROM c ORDER BY c.event_id
+                    ELSE 'projected' END AS status,
+               coalesce(c.dead, c.problem) AS error,
+               CASE WHEN c.dead IS NULL THEN c.created_at::timestamptz END AS created
+        FROM c
+    ), ins AS (
+        INSERT INTO webhook_events AS w (id, event_id, description, mode, object_id, raw, body_error,
+                                         source, status, error, event_created_at, partial)
+        SELECT r.id, r.event_id, r.description, r.mode, r.object_id, r.raw, r.body_error, r.source,
+               r.status, r.error, r.created, r.partial
+        FROM r ORDER BY r.event_id
         ON CONFLICT (event_id) DO NOTHING
         RETURNING w.id, w.status
+    ), repl AS (
+        -- a full copy of an event stored from a partial one replaces it
+        UPDATE webhook_events w
+        SET description = r.description, mode = r.mode, object_id = r.object_id, raw = r.raw,
+            body_error = r.body_error, source = r.source, status = r.status, error = r.error,
+            event_created_at = r.created, partial = false, processed_at = now()
+        FROM r
+        WHERE w.event_id = r.event_id AND w.partial AND NOT r.partial AND r.nth = 1
+        RETURNING w.id, w.event_id, w.status
     ), heal AS (
         -- a tracker event whose body cannot be projected: fetch the tracker
         -- itself, so the tracker row still comes to be
@@ -209,11 +229,13 @@ BEGIN
         ORDER BY 2
         ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING
     )
-    SELECT array_agg(c.ord::integer), array_agg(coalesce(ins.status, 'duplicate')),
-           array_agg(c.id) FILTER (WHERE ins.status = 'projected' AND c.tracker),
-           array_agg(c.body) FILTER (WHERE ins.status = 'projected' AND c.tracker)
+    SELECT array_agg(c.ord::integer), array_agg(coalesce(ins.status, repl.status, 'duplicate')),
+           array_agg(coalesce(ins.id, repl.id)) FILTER (WHERE coalesce(ins.status, repl.status) = 'projected'
+                                                        AND c.tracker),
+           array_agg(c.body) FILTER (WHERE coalesce(ins.status, repl.status) = 'projected' AND c.tracker)
     INTO v_ord, v_status, v_event, v_body
-    FROM c LEFT JOIN ins ON ins.id = c.id;
+    FROM c LEFT JOIN ins ON ins.id = c.id
+    LEFT JOIN repl ON repl.event_id = c.event_id AND NOT c.partial AND c.nth = 1;
 
     IF v_event IS NOT NULL THEN
         PERFORM eps_project_trackers(v_event, v_body);
