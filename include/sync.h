@@ -17,6 +17,7 @@ struct sync_stats {
         uint64_t requests_by_class[6]; /* [0] transport errors, [2] 2xx .. [5] 5xx */
         uint64_t jobs_done, jobs_retried, jobs_failed;
         uint64_t backfill_runs, backfill_events, backfill_recovered;
+        uint64_t backfill_unusable; /* bodies that did not parse or named another event */
 };
 
 struct sync *sync_new(struct app *a);

@@ -259,9 +259,14 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                          "easypost_sync_sync_jobs_total{state=\"failed\"} %llu\n"
                          "# HELP easypost_sync_backfill_events_total Events recovered by backfill.\n"
                          "# TYPE easypost_sync_backfill_events_total counter\n"
-                         "easypost_sync_backfill_events_total %llu\n",
+                         "easypost_sync_backfill_events_total %llu\n"
+                         "# HELP easypost_sync_backfill_unusable_total Recovered bodies that did not parse or "
+                         "named another event (tried again next run).\n"
+                         "# TYPE easypost_sync_backfill_unusable_total counter\n"
+                         "easypost_sync_backfill_unusable_total %llu\n",
                       (unsigned long long)ss->jobs_done, (unsigned long long)ss->jobs_retried,
-                      (unsigned long long)ss->jobs_failed, (unsigned long long)ss->backfill_recovered);
+                      (unsigned long long)ss->jobs_failed, (unsigned long long)ss->backfill_recovered,
+                      (unsigned long long)ss->backfill_unusable);
         strbuf_printf(b, "# HELP easypost_sync_process_resident_memory_bytes Resident set size.\n"
                          "# TYPE easypost_sync_process_resident_memory_bytes gauge\n"
                          "easypost_sync_process_resident_memory_bytes %lu\n"

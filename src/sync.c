@@ -536,9 +536,14 @@ bf_ingest(struct sync *s, char *body, size_t len, const char *id, bool partial)
         struct ingest_item *it = xcalloc(1, sizeof(*it));
         struct err e;
 
+        e.msg[0] = '\0';
         if (epevent_parse(body, len, &it->ev, &e) != 0 || strcmp(it->ev.id, id) != 0) {
-                log_warn("sync", "backfill: event %s is not usable (%s)", id,
-                         e.msg[0] ? e.msg : "id differs");
+                /* the cursor stays before it: the next run tries again */
+                log_warn("sync", "backfill: event %s is not usable (%s); the cursor stays before it",
+                         id, e.msg[0] ? e.msg : "its body names another event");
+                s->stats.backfill_unusable++;
+                s->bf_failed = true;
+                epevent_fini(&it->ev);
                 free(body);
                 free(it);
                 return;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "itest.h"
 #include "util.h"
@@ -428,6 +429,54 @@ START_TEST(test_listed_copy_replaced_by_the_delivery)
 }
 END_TEST
 
+/* One value from the daemon's /metrics. */
+static long
+daemon_metric(unsigned port, const char *name)
+{
+        char buf[65536];
+        ck_assert_int_eq(http_req(port, "GET", "/metrics", NULL, NULL, 0, buf, sizeof(buf)), 200);
+        size_t n = strlen(name);
+        for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+                if (strncmp(l, name, n) == 0 && l[n] == ' ')
+                        return strtol(l + n + 1, NULL, 10);
+        ck_abort_msg("metric %s not found", name);
+        return -1;
+}
+
+/*
+ * A recovered body backfill cannot use (it does not parse) is counted, and
+ * the cursor stays before its event; the next run, once the body is right,
+ * recovers it and moves the cursor.
+ */
+START_TEST(test_backfill_cursor_stays_before_an_unusable_event)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        wipe(c);
+        seed_event(30, "2025-06-03T10:00:00Z");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/events/evt_bf30/payloads\",\"status\":200,"
+                                      "\"body\":{\"payloads\":[{\"object\":\"Payload\",\"request_body\":"
+                                      "\"{\\\"id\\\":\\\"evt_bf30\\\", truncated\"}]},\"count\":-1}",
+                                      NULL, 0), 201);
+        start_syncd(&d, API_KEY, "20", "1");
+        for (int i = 0; i < 300 && daemon_metric(d.port, "easypost_sync_backfill_unusable_total") < 2; i++)
+                usleep(100 * 1000);
+        ck_assert_int_ge(daemon_metric(d.port, "easypost_sync_backfill_unusable_total"), 2);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor' "
+                                    "AND value = 'evt_bf30'", NULL), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf30'", NULL), 0);
+        ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor' "
+                                         "AND value = 'evt_bf30'", 1, 20000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf30' "
+                                    "AND status = 'projected'", NULL), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 sync_suite(void)
 {
@@ -444,6 +493,7 @@ sync_suite(void)
         tcase_add_test(tc, test_kill_mid_queue_every_job_done_once);
         tcase_add_test(tc, test_backfill_recovers_missed_events_once);
         tcase_add_test(tc, test_listed_copy_replaced_by_the_delivery);
+        tcase_add_test(tc, test_backfill_cursor_stays_before_an_unusable_event);
         suite_add_tcase(s, tc);
         return s;
 }
