@@ -9,6 +9,7 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 #include <stddef.h>
+#include <time.h>
 
 #include "util.h"
 
@@ -37,5 +38,11 @@ void httpc_free(struct httpc *h);
 MUST_CHECK int httpc_get(struct httpc *h, const char *url, const char *user, long connect_ms,
                          long total_ms, httpc_done_fn fn, void *arg);
 unsigned httpc_active(const struct httpc *h);
+
+#define HTTPC_RETRY_AFTER_MAX 86400L /* a longer Retry-After is read as this */
+/* A Retry-After header value: delay-seconds or an HTTP-date (then the seconds
+ * from now, 0 if past). Never more than HTTPC_RETRY_AFTER_MAX; -1 when it is
+ * neither (absent, negative, garbage). */
+long httpc_retry_after(const char *value, time_t now);
 
 #endif

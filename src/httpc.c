@@ -10,6 +10,7 @@
  */
 #include "httpc.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -176,6 +177,39 @@ write_cb(char *ptr, size_t size, size_t nmemb, void *arg)
         return n;
 }
 
+long
+httpc_retry_after(const char *value, time_t now)
+{
+        const char *p = value;
+        long v = 0;
+
+        while (*p == ' ' || *p == '\t')
+                p++;
+        if (*p >= '0' && *p <= '9') {
+                /* delay-seconds, saturating instead of overflowing */
+                for (; *p >= '0' && *p <= '9'; p++)
+                        v = v >= HTTPC_RETRY_AFTER_MAX ? v : v * 10 + (*p - '0');
+                while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+                        p++;
+                if (*p != '\0')
+                        return -1;
+                return v > HTTPC_RETRY_AFTER_MAX ? HTTPC_RETRY_AFTER_MAX : v;
+        }
+        /* an HTTP-date (IMF-fixdate, RFC 850 or asctime): curl parses all three */
+        char date[64];
+        size_t n = strcspn(p, "\r\n");
+        if (n == 0 || n >= sizeof(date))
+                return -1;
+        memcpy(date, p, n);
+        date[n] = '\0';
+        time_t t = curl_getdate(date, &now);
+        if (t == (time_t)-1)
+                return -1;
+        if (t <= now)
+                return 0;
+        return t - now > HTTPC_RETRY_AFTER_MAX ? HTTPC_RETRY_AFTER_MAX : (long)(t - now);
+}
+
 static size_t
 header_cb(char *buf, size_t size, size_t nitems, void *arg)
 {
@@ -183,8 +217,10 @@ header_cb(char *buf, size_t size, size_t nitems, void *arg)
         size_t n = size * nitems;
 
         if (n > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) {
-                long v = strtol(buf + 12, NULL, 10);
-                r->retry_after = v >= 0 ? v : -1;
+                char v[96];
+                snprintf(v, sizeof(v), "%.*s", (int)(n - 12 < sizeof(v) - 1 ? n - 12 : sizeof(v) - 1),
+                         buf + 12);
+                r->retry_after = httpc_retry_after(v, time(NULL));
         } else if (n > 18 && strncasecmp(buf, "x-ep-request-uuid:", 18) == 0) {
                 const char *p = buf + 18;
                 size_t k = n - 18;

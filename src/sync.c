@@ -131,7 +131,10 @@ preq_done(const struct httpc_resp *r, void *arg)
                 s->stats.requests_by_class[r->rc == CURLE_OK && cls >= 1 && cls <= 5 ? cls : 0]++;
                 if (r->status == 429) {
                         /* the API asked everyone to slow down, not just this request */
-                        uint64_t pause = (uint64_t)(r->retry_after_s > 0 ? r->retry_after_s : 1) * 1000000u;
+                        long ra = r->retry_after_s > 0 ? r->retry_after_s : 1;
+                        if (ra > s->app->cfg->api_max_retry_after)
+                                ra = s->app->cfg->api_max_retry_after;
+                        uint64_t pause = (uint64_t)ra * 1000000u;
                         uint64_t until = clock_mono_us() + pause;
                         if (until > s->next_send_us)
                                 s->next_send_us = until;
@@ -338,8 +341,9 @@ job_http_done(struct sync *s, const struct httpc_resp *r, void *arg)
                 s->stats.jobs_failed++;
         } else {
                 char delay[32];
+                long cap = s->app->cfg->api_max_retry_after;
                 unsigned ms = r->retry_after_s >= 0
-                                      ? (unsigned)(r->retry_after_s > 3600 ? 3600 : r->retry_after_s) * 1000u
+                                      ? (unsigned)(r->retry_after_s > cap ? cap : r->retry_after_s) * 1000u
                                       : backoff_ms((unsigned)(j->attempts > 0 ? j->attempts - 1 : 0),
                                                    SYNC_RETRY_BASE_MS, SYNC_RETRY_CAP_MS);
                 if (r->rc != CURLE_OK)

@@ -25,5 +25,6 @@ Suite *sig_suite(void);
 Suite *cfg_suite(void);
 Suite *epevent_suite(void);
 Suite *uuid7_suite(void);
+Suite *httpc_suite(void);
 
 #endif
