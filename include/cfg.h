@@ -26,6 +26,7 @@ struct cfg {
         long request_timeout;         /* s: deadline for a webhook's commit */
         long db_timeout;              /* s: a batch in flight longer drops its connection */
         long api_max_retry_after;     /* s: cap on the API's Retry-After */
+        long sync_max_attempts;       /* fetches of one job at most */
         char *tls_cert, *tls_key;
         char *basic_auth_user;
         char *basic_auth_password;    /* secret */

@@ -47,6 +47,7 @@ const struct cfg_key cfg_keys[] = {
         I("api_concurrency", api_concurrency, "4", 1, 64, true, "API requests in flight at most"),
         I("api_rate", api_rate, "5", 1, 1000, true, "API requests per second at most"),
         I("api_timeout", api_timeout, "30", 1, 600, true, "seconds an API request may take"),
+        I("sync_max_attempts", sync_max_attempts, "10", 1, 1000, true, "fetches of one sync job at most; then it ends failed with its last error"),
         I("api_max_retry_after", api_max_retry_after, "300", 1, 86400, true, "seconds a Retry-After from the API may hold requests back at most"),
         I("sync_interval", sync_interval, "1", 0, 86400, true, "seconds between sync-job claims; 0 disables the worker"),
         I("backfill_interval", backfill_interval, "300", 0, 86400 * 7, true, "seconds between event backfills; 0 disables"),

@@ -235,15 +235,19 @@ static void job_http_done(struct sync *s, const struct httpc_resp *r, void *arg)
 static void
 drop_queued(struct sync *s)
 {
-        static const char *release = "SELECT eps_sync_release($1::uuid, 'not sent: API key rejected', 0)";
+        static const char *release =
+                "SELECT eps_sync_release($1::uuid, 'not sent: API key rejected', 0, $2, $3::int)";
 
         while (s->qhead) {
                 struct preq *p = s->qhead;
                 s->qhead = p->next;
                 s->queued--;
                 if (p->fn == job_http_done && !s->stopped) {
-                        const char *vals[1] = { ((struct sjob *)p->arg)->id };
-                        if (db_conn_query(conn(s), release, 1, vals, ignore_cb, s) != 0)
+                        const struct sjob *j = p->arg;
+                        char attempt[16];
+                        snprintf(attempt, sizeof(attempt), "%d", j->attempts);
+                        const char *vals[3] = { j->id, s->app->instance_id, attempt };
+                        if (db_conn_query(conn(s), release, 3, vals, ignore_cb, s) != 0)
                                 log_debug("sync", "job not released: database unavailable");
                 }
                 struct httpc_resp r = { .rc = CURLE_ABORTED_BY_CALLBACK, .body = "", .error = "",
@@ -276,16 +280,29 @@ ignore_cb(PGresult *res, void *arg)
                 log_warn("sync", "job update failed: %s", PQresultErrorMessage(res));
 }
 
+/* A job's new status, from eps_sync_apply or eps_sync_retry: counted. */
 static void
-apply_cb(PGresult *res, void *arg)
+outcome_cb(PGresult *res, void *arg)
 {
         struct sync *s = arg;
 
-        if (res && PQresultStatus(res) == PGRES_TUPLES_OK) {
+        if (res == NULL)
+                return; /* connection lost: the lease runs out, the job is claimed again */
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+                log_warn("sync", "recording a job's outcome failed: %s", PQresultErrorMessage(res));
+                return;
+        }
+        const char *st = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) ? PQgetvalue(res, 0, 0) : "gone";
+        if (strcmp(st, "done") == 0) {
                 s->stats.jobs_done++;
-        } else if (res) {
-                log_warn("sync", "applying a fetched object failed: %s", PQresultErrorMessage(res));
+        } else if (strcmp(st, "pending") == 0) {
+                s->stats.jobs_retried++;
+        } else if (strcmp(st, "failed") == 0) {
+                log_warn("sync", "a sync job ran out of attempts (sync_max_attempts %ld): failed",
+                         s->app->cfg->sync_max_attempts);
                 s->stats.jobs_failed++;
+        } else {
+                log_info("sync", "a job's lease ran out before its answer: another claim holds it");
         }
 }
 
@@ -301,63 +318,68 @@ static void
 job_http_done(struct sync *s, const struct httpc_resp *r, void *arg)
 {
         struct sjob *j = arg;
-        char err[300], status[16];
-        const char *vals[4];
+        char err[300], status[16], attempt[16], max[16], delay[32];
+        const char *vals[7];
 
         s->jobs_held--;
-        snprintf(status, sizeof(status), "%ld", r->status);
-        vals[0] = j->id;
         if (r->rc == CURLE_ABORTED_BY_CALLBACK) {
                 free(j);
                 return;
         }
+        /* every transition names the claim: (instance, attempt) */
+        snprintf(status, sizeof(status), "%ld", r->status);
+        snprintf(attempt, sizeof(attempt), "%d", j->attempts);
+        snprintf(max, sizeof(max), "%ld", s->app->cfg->sync_max_attempts);
+        long cap = s->app->cfg->api_max_retry_after;
+        unsigned ms = r->retry_after_s >= 0
+                              ? (unsigned)(r->retry_after_s > cap ? cap : r->retry_after_s) * 1000u
+                              : backoff_ms((unsigned)(j->attempts > 0 ? j->attempts - 1 : 0),
+                                           SYNC_RETRY_BASE_MS, SYNC_RETRY_CAP_MS);
+        snprintf(delay, sizeof(delay), "%u", ms);
+        vals[0] = j->id;
         if (r->rc == CURLE_OK && r->status == 200) {
                 json_error_t je;
                 json_t *o = json_loadb(r->body, r->len, 0, &je);
                 if (json_is_object(o) && json_is_string(json_object_get(o, "id"))) {
-                        vals[1] = r->body;
-                        job_query(s, "SELECT eps_sync_apply($1::uuid, $2::jsonb)", 2, vals, apply_cb);
+                        const char *v[6] = { j->id, r->body, s->app->instance_id, attempt, max, delay };
+                        job_query(s, "SELECT eps_sync_apply($1::uuid, $2::jsonb, $3, $4::int, $5::int,"
+                                     " $6::bigint)", 6, v, outcome_cb);
                 } else {
                         snprintf(err, sizeof(err), "200 with a body that is not an object: %s", je.text);
-                        vals[1] = err;
-                        vals[2] = status;
-                        job_query(s, "SELECT eps_sync_fail($1::uuid, $2, $3::int)", 3, vals, ignore_cb);
+                        const char *v[5] = { j->id, err, status, s->app->instance_id, attempt };
+                        job_query(s, "SELECT eps_sync_fail($1::uuid, $2, $3::int, $4, $5::int)", 5, v,
+                                  ignore_cb);
                         s->stats.jobs_failed++;
                 }
                 json_decref(o);
         } else if (r->rc == CURLE_OK && (r->status == 401 || r->status == 403)) {
                 auth_rejected(s, r->status);
                 snprintf(err, sizeof(err), "HTTP %ld: API key rejected", r->status);
-                vals[1] = err;
-                vals[2] = status;
-                job_query(s, "SELECT eps_sync_release($1::uuid, $2, $3::int)", 3, vals, ignore_cb);
+                const char *v[5] = { j->id, err, status, s->app->instance_id, attempt };
+                job_query(s, "SELECT eps_sync_release($1::uuid, $2, $3::int, $4, $5::int)", 5, v,
+                          ignore_cb);
         } else if (r->rc == CURLE_OK && r->status >= 400 && r->status < 500 && r->status != 429) {
                 snprintf(err, sizeof(err), "HTTP %ld from GET %s %s", r->status, j->kind, j->object_id);
                 log_warn("sync", "job %s %s failed: HTTP %ld (request %s), not retried", j->kind,
                          j->object_id, r->status, r->request_id);
-                vals[1] = err;
-                vals[2] = status;
-                job_query(s, "SELECT eps_sync_fail($1::uuid, $2, $3::int)", 3, vals, ignore_cb);
+                const char *v[5] = { j->id, err, status, s->app->instance_id, attempt };
+                job_query(s, "SELECT eps_sync_fail($1::uuid, $2, $3::int, $4, $5::int)", 5, v,
+                          ignore_cb);
                 s->stats.jobs_failed++;
         } else {
-                char delay[32];
-                long cap = s->app->cfg->api_max_retry_after;
-                unsigned ms = r->retry_after_s >= 0
-                                      ? (unsigned)(r->retry_after_s > cap ? cap : r->retry_after_s) * 1000u
-                                      : backoff_ms((unsigned)(j->attempts > 0 ? j->attempts - 1 : 0),
-                                                   SYNC_RETRY_BASE_MS, SYNC_RETRY_CAP_MS);
                 if (r->rc != CURLE_OK)
                         snprintf(err, sizeof(err), "transport: %s", r->error);
                 else
                         snprintf(err, sizeof(err), "HTTP %ld", r->status);
                 log_info("sync", "job %s %s: %s, retry in %u ms", j->kind, j->object_id, err, ms);
-                snprintf(delay, sizeof(delay), "%u", ms);
                 vals[1] = err;
                 vals[2] = status;
                 vals[3] = delay;
-                job_query(s, "SELECT eps_sync_retry($1::uuid, $2, $3::int, $4::bigint)", 4, vals,
-                          ignore_cb);
-                s->stats.jobs_retried++;
+                vals[4] = s->app->instance_id;
+                vals[5] = attempt;
+                vals[6] = max;
+                job_query(s, "SELECT eps_sync_retry($1::uuid, $2, $3::int, $4::bigint, $5, $6::int,"
+                             " $7::int)", 7, vals, outcome_cb);
         }
         free(j);
         arm_claim(s, true);
@@ -404,8 +426,8 @@ claim_tick(evutil_socket_t fd, short what, void *arg)
 {
         struct sync *s = arg;
         struct app *a = s->app;
-        char n[24], lease[24];
-        const char *vals[3];
+        char n[24], lease[24], max[24];
+        const char *vals[4];
 
         (void)fd;
         (void)what;
@@ -419,12 +441,14 @@ claim_tick(evutil_socket_t fd, short what, void *arg)
         }
         snprintf(n, sizeof(n), "%u", r);
         snprintf(lease, sizeof(lease), "%ld", a->cfg->api_timeout + 5);
+        snprintf(max, sizeof(max), "%ld", a->cfg->sync_max_attempts);
         vals[0] = n;
         vals[1] = a->instance_id;
         vals[2] = lease;
+        vals[3] = max;
         if (db_conn_query(conn(s), "SELECT id, kind, object_id, attempts"
-                                   " FROM eps_sync_claim($1::int, $2, $3::int)",
-                          3, vals, claim_cb, s) == 0)
+                                   " FROM eps_sync_claim($1::int, $2, $3::int, $4::int)",
+                          4, vals, claim_cb, s) == 0)
                 s->claiming = true;
         else
                 arm_claim(s, false);

@@ -477,6 +477,91 @@ START_TEST(test_backfill_cursor_stays_before_an_unusable_event)
 }
 END_TEST
 
+/* One text value of a query with one parameter; "<none>" without a row. */
+static void
+q1s(PGconn *c, const char *sql, const char *p, char *out, size_t cap)
+{
+        const char *pv[1] = { p };
+        PGresult *r = PQexecParams(c, sql, p ? 1 : 0, NULL, pv, NULL, NULL, 0);
+        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s", PQerrorMessage(c));
+        snprintf(out, cap, "%s", PQntuples(r) && !PQgetisnull(r, 0, 0) ? PQgetvalue(r, 0, 0) : "<none>");
+        PQclear(r);
+}
+
+/*
+ * A claim is (instance, attempt): once a worker's lease has run out and
+ * another worker holds the job, the first one's late answer changes nothing.
+ */
+START_TEST(test_sync_job_transitions_are_fenced)
+{
+        PGconn *c = db_open();
+        char id[64], v[256];
+
+        wipe(c);
+        db_exec(c, "INSERT INTO sync_jobs (kind, object_id) VALUES ('shipment', 'shp_fence')");
+        q1s(c, "SELECT id || '/' || attempts FROM eps_sync_claim(1, 'worker-a', 30, 10)", NULL, v, sizeof(v));
+        ck_assert_msg(strstr(v, "/1") != NULL, "%s", v);
+        snprintf(id, sizeof(id), "%.36s", v);
+        db_exec(c, "UPDATE sync_jobs SET locked_until = now() - interval '1 second'");
+        q1s(c, "SELECT attempts || '' FROM eps_sync_claim(1, 'worker-b', 30, 10)", NULL, v, sizeof(v));
+        ck_assert_str_eq(v, "2");
+        /* worker-a answers late: fail, retry, release and apply are all refused */
+        q1s(c, "SELECT eps_sync_fail($1::uuid, 'late', 500, 'worker-a', 1)::text", id, v, sizeof(v));
+        q1s(c, "SELECT coalesce(eps_sync_retry($1::uuid, 'late', 500, 0, 'worker-a', 1, 10), 'refused')",
+            id, v, sizeof(v));
+        ck_assert_str_eq(v, "refused");
+        q1s(c, "SELECT eps_sync_release($1::uuid, 'late', 401, 'worker-a', 1)::text", id, v, sizeof(v));
+        q1s(c, "SELECT eps_sync_apply($1::uuid, '{\"id\":\"shp_fence\"}', 'worker-a', 1, 10, 0)", id, v,
+            sizeof(v));
+        ck_assert_str_eq(v, "gone");
+        q1s(c, "SELECT status || '/' || instance_id || '/' || attempts || '/' || coalesce(last_error, '') "
+               "FROM sync_jobs WHERE id = $1::uuid", id, v, sizeof(v));
+        ck_assert_str_eq(v, "running/worker-b/2/");
+        /* worker-b's own answer counts */
+        q1s(c, "SELECT eps_sync_retry($1::uuid, 'HTTP 500', 500, 0, 'worker-b', 2, 10)", id, v, sizeof(v));
+        ck_assert_str_eq(v, "pending");
+        PQfinish(c);
+}
+END_TEST
+
+/*
+ * A fetched object the schema refuses (a negative rate) is an attempt with
+ * its error recorded, not a silent re-fetch every lease; after
+ * sync_max_attempts the job ends 'failed' with that error, and /metrics
+ * counts it.
+ */
+START_TEST(test_apply_error_counts_and_attempts_are_capped)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char v[512];
+
+        wipe(c);
+        char *shp = shipment_json("shp_badrate");
+        char *p = strstr(shp, "\"6.07\"");
+        ck_assert_ptr_nonnull(p);
+        memcpy(p, "\"-5.0\"", 6);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", shp, NULL, 0), 201);
+        free(shp);
+        char url[128], keyenv[128];
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=20", "EASYPOST_SYNC_BACKFILL_INTERVAL=0",
+                              "EASYPOST_SYNC_SYNC_INTERVAL=1", "EASYPOST_SYNC_SYNC_MAX_ATTEMPTS=2", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        post_tracker(d.port, "evt_badrate", "shp_badrate");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id = 'shp_badrate' "
+                                         "AND status = 'failed'", 1, 30000), 1);
+        q1s(c, "SELECT attempts || '/' || last_error FROM sync_jobs WHERE object_id = $1", "shp_badrate", v,
+            sizeof(v));
+        ck_assert_msg(strncmp(v, "2/gave up after 2 attempts: applying it: 23514", 46) == 0, "%s", v);
+        ck_assert_int_eq(stat_long("by_path", "/v2/shipments/shp_badrate"), 2);
+        ck_assert_int_ge(daemon_metric(d.port, "easypost_sync_sync_jobs_total{state=\"failed\"}"), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 sync_suite(void)
 {
@@ -494,6 +579,8 @@ sync_suite(void)
         tcase_add_test(tc, test_backfill_recovers_missed_events_once);
         tcase_add_test(tc, test_listed_copy_replaced_by_the_delivery);
         tcase_add_test(tc, test_backfill_cursor_stays_before_an_unusable_event);
+        tcase_add_test(tc, test_sync_job_transitions_are_fenced);
+        tcase_add_test(tc, test_apply_error_counts_and_attempts_are_capped);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -7,44 +7,78 @@ LANGUAGE sql AS $$
     ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING
 $$;
 
+DROP FUNCTION IF EXISTS eps_sync_claim(integer, text, integer);
+DROP FUNCTION IF EXISTS eps_sync_retry(uuid, text, integer, bigint);
+DROP FUNCTION IF EXISTS eps_sync_release(uuid, text, integer);
+DROP FUNCTION IF EXISTS eps_sync_fail(uuid, text, integer);
+DROP FUNCTION IF EXISTS eps_sync_apply(uuid, jsonb);
+
 -- Claims up to p_n due jobs (or running ones whose lease ran out: their
 -- worker died) for p_lease_s seconds. SKIP LOCKED: replicas never collide.
-CREATE OR REPLACE FUNCTION eps_sync_claim(p_n integer, p_instance text, p_lease_s integer)
+-- A claim is (instance, attempts): every later transition names it, so a
+-- worker whose lease ran out cannot touch the job another one holds now.
+-- A job that has had p_max attempts ends 'failed' with its last error
+-- instead of being claimed again.
+CREATE OR REPLACE FUNCTION eps_sync_claim(p_n integer, p_instance text, p_lease_s integer,
+                                          p_max integer)
 RETURNS TABLE (id uuid, kind text, object_id text, attempts integer)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE sync_jobs j
+    SET status = 'failed', locked_until = NULL, updated_at = now(),
+        last_error = 'gave up after ' || j.attempts || ' attempts: ' || coalesce(j.last_error, 'no answer')
+    WHERE j.id IN (SELECT c.id FROM sync_jobs c
+                   WHERE ((c.status = 'pending' AND c.next_attempt_at <= now())
+                          OR (c.status = 'running' AND c.locked_until < now()))
+                     AND c.attempts >= p_max
+                   FOR UPDATE SKIP LOCKED);
+    RETURN QUERY
     UPDATE sync_jobs j
     SET status = 'running', attempts = j.attempts + 1, instance_id = p_instance,
         locked_until = now() + make_interval(secs => p_lease_s), updated_at = now()
     WHERE j.id IN (SELECT c.id FROM sync_jobs c
-                   WHERE (c.status = 'pending' AND c.next_attempt_at <= now())
-                      OR (c.status = 'running' AND c.locked_until < now())
+                   WHERE ((c.status = 'pending' AND c.next_attempt_at <= now())
+                          OR (c.status = 'running' AND c.locked_until < now()))
+                     AND c.attempts < p_max
                    ORDER BY c.next_attempt_at
                    LIMIT p_n
                    FOR UPDATE SKIP LOCKED)
-    RETURNING j.id, j.kind, j.object_id, j.attempts
+    RETURNING j.id, j.kind, j.object_id, j.attempts;
+END
 $$;
 
-CREATE OR REPLACE FUNCTION eps_sync_retry(p_id uuid, p_error text, p_status integer, p_delay_ms bigint)
-RETURNS void LANGUAGE sql AS $$
-    UPDATE sync_jobs SET status = 'pending', last_error = p_error, last_status = p_status,
-           next_attempt_at = now() + make_interval(secs => p_delay_ms / 1000.0),
-           locked_until = NULL, updated_at = now()
-    WHERE id = p_id AND status = 'running'
+-- Another attempt later, or 'failed' once p_max attempts are spent. Returns
+-- the job's new status, NULL when the claim is no longer this worker's.
+CREATE OR REPLACE FUNCTION eps_sync_retry(p_id uuid, p_error text, p_status integer, p_delay_ms bigint,
+                                          p_instance text, p_attempt integer, p_max integer)
+RETURNS text LANGUAGE sql AS $$
+    UPDATE sync_jobs
+    SET status = CASE WHEN attempts >= p_max THEN 'failed' ELSE 'pending' END,
+        last_error = CASE WHEN attempts >= p_max THEN 'gave up after ' || attempts || ' attempts: ' || p_error
+                          ELSE p_error END,
+        last_status = p_status,
+        next_attempt_at = now() + make_interval(secs => p_delay_ms / 1000.0),
+        locked_until = NULL, updated_at = now()
+    WHERE id = p_id AND status = 'running' AND instance_id = p_instance AND attempts = p_attempt
+    RETURNING status
 $$;
 
 -- 401/403: not the job's fault; give the attempt back.
-CREATE OR REPLACE FUNCTION eps_sync_release(p_id uuid, p_error text, p_status integer)
+CREATE OR REPLACE FUNCTION eps_sync_release(p_id uuid, p_error text, p_status integer,
+                                            p_instance text, p_attempt integer)
 RETURNS void LANGUAGE sql AS $$
     UPDATE sync_jobs SET status = 'pending', attempts = greatest(attempts - 1, 0),
            last_error = p_error, last_status = p_status, locked_until = NULL, updated_at = now()
-    WHERE id = p_id AND status = 'running'
+    WHERE id = p_id AND status = 'running' AND instance_id = p_instance AND attempts = p_attempt
 $$;
 
-CREATE OR REPLACE FUNCTION eps_sync_fail(p_id uuid, p_error text, p_status integer)
+CREATE OR REPLACE FUNCTION eps_sync_fail(p_id uuid, p_error text, p_status integer,
+                                         p_instance text, p_attempt integer)
 RETURNS void LANGUAGE sql AS $$
     UPDATE sync_jobs SET status = 'failed', last_error = p_error, last_status = p_status,
            locked_until = NULL, updated_at = now()
-    WHERE id = p_id AND status = 'running'
+    WHERE id = p_id AND status = 'running' AND instance_id = p_instance AND attempts = p_attempt
 $$;
 
 -- An EasyPost Address object -> addresses row; returns its id.
@@ -152,21 +186,31 @@ END
 $$;
 
 -- A fetched job result: apply it and close the job, in one transaction.
-CREATE OR REPLACE FUNCTION eps_sync_apply(p_id uuid, p_object jsonb) RETURNS text
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION eps_sync_apply(p_id uuid, p_object jsonb, p_instance text,
+                                          p_attempt integer, p_max integer, p_delay_ms bigint)
+RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
-    v_kind text;
+    v_kind  text;
+    v_error text;
 BEGIN
-    SELECT kind INTO v_kind FROM sync_jobs WHERE id = p_id AND status = 'running' FOR UPDATE;
+    SELECT kind INTO v_kind FROM sync_jobs
+    WHERE id = p_id AND status = 'running' AND instance_id = p_instance AND attempts = p_attempt
+    FOR UPDATE;
     IF NOT FOUND THEN
         RETURN 'gone';   -- the lease ran out and another worker owns it now
     END IF;
-    IF v_kind = 'shipment' THEN
-        PERFORM eps_sync_shipment(p_object);
-    ELSE
-        IF eps_tracker_problem(jsonb_build_object('result', p_object)) IS NULL THEN
+    BEGIN
+        IF v_kind = 'shipment' THEN
+            PERFORM eps_sync_shipment(p_object);
+        ELSIF eps_tracker_problem(jsonb_build_object('result', p_object)) IS NULL THEN
             PERFORM eps_project_trackers(ARRAY[NULL::uuid], ARRAY[jsonb_build_object('result', p_object)]);
         END IF;
+    EXCEPTION WHEN others THEN
+        -- the object was fetched but the schema refuses it: an attempt, recorded
+        v_error := 'applying it: ' || SQLSTATE || ': ' || SQLERRM;
+    END;
+    IF v_error IS NOT NULL THEN
+        RETURN eps_sync_retry(p_id, v_error, 200, p_delay_ms, p_instance, p_attempt, p_max);
     END IF;
     UPDATE sync_jobs SET status = 'done', last_status = 200, last_error = NULL,
            locked_until = NULL, updated_at = now()
