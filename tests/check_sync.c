@@ -477,6 +477,43 @@ START_TEST(test_backfill_cursor_stays_before_an_unusable_event)
 }
 END_TEST
 
+/*
+ * A 401 in the middle of a backfill run stops it (cursor kept); after SIGHUP
+ * (the key fixed) the next run starts again and completes.
+ */
+START_TEST(test_backfill_401_mid_run_resumes_after_sighup)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        wipe(c);
+        for (int i = 40; i < 43; i++) {
+                char created[40];
+                snprintf(created, sizeof(created), "2025-06-04T10:0%d:00Z", i - 40);
+                seed_event(i, created);
+        }
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/events/evt_bf41/payloads\",\"status\":401,"
+                                      "\"count\":1}", NULL, 0), 201);
+        start_syncd(&d, API_KEY, "1", "1");
+        ck_assert(wait_status(d.port, "/readyz", 200, 10000));
+        for (int i = 0; i < 200 && stat_long("by_path", "/v2/events/evt_bf41/payloads") < 1; i++)
+                usleep(50 * 1000);
+        ck_assert_int_eq(stat_long("by_path", "/v2/events/evt_bf41/payloads"), 1);
+        /* stopped: the cursor stays, nothing more is asked of the API */
+        usleep(1500 * 1000);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'", NULL), 0);
+        ck_assert_int_eq(stat_long("by_path", "/v2/events/evt_bf41/payloads"), 1);
+        ck_assert_int_eq(kill(d.pid, SIGHUP), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor' "
+                                         "AND value = 'evt_bf42'", 1, 20000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id IN "
+                                    "('evt_bf40', 'evt_bf41', 'evt_bf42') AND status = 'projected'", NULL), 3);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 /* One text value of a query with one parameter; "<none>" without a row. */
 static void
 q1s(PGconn *c, const char *sql, const char *p, char *out, size_t cap)
@@ -580,6 +617,7 @@ sync_suite(void)
         tcase_add_test(tc, test_listed_copy_replaced_by_the_delivery);
         tcase_add_test(tc, test_backfill_cursor_stays_before_an_unusable_event);
         tcase_add_test(tc, test_sync_job_transitions_are_fenced);
+        tcase_add_test(tc, test_backfill_401_mid_run_resumes_after_sighup);
         tcase_add_test(tc, test_apply_error_counts_and_attempts_are_capped);
         suite_add_tcase(s, tc);
         return s;
