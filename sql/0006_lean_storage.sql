@@ -59,3 +59,10 @@ DROP INDEX shipments_tracking_code;
 CREATE INDEX shipments_tracking_code ON shipments (tracking_code) INCLUDE (status, carrier, service);
 ALTER TABLE shipments SET (fillfactor = 80);
 ALTER TABLE trackers SET (fillfactor = 80);
+
+-- Trackers whose shipment row is not there yet, by the shp_ id they name:
+-- the sync worker links them when it fetches that shipment, which without
+-- this index scans every tracker. Nearly empty: the projection makes the
+-- stub shipment before the tracker.
+CREATE INDEX trackers_unlinked ON trackers (shipment_easypost_id)
+    WHERE shipment_id IS NULL AND shipment_easypost_id IS NOT NULL;
