@@ -62,7 +62,11 @@ struct ingest *ingest_new(struct event_base *base, const char *conninfo, unsigne
                           unsigned queue_limit, unsigned batch_max, bool defer);
 /* Called after a commit that left events 'pending' (deferred projection). */
 void ingest_on_pending(struct ingest *g, void (*fn)(void *arg), void *arg);
-/* Answers every queued item INGEST_UNAVAILABLE and frees. */
+/* Answers every queued and in-flight item INGEST_UNAVAILABLE and closes the
+ * connections; the object stays valid (no room, database down, depth 0) for
+ * whoever still asks, until ingest_free. */
+void ingest_close(struct ingest *g);
+/* ingest_close, then frees. */
 void ingest_free(struct ingest *g);
 void ingest_start(struct ingest *g);
 void ingest_set_batch_max(struct ingest *g, unsigned batch_max);

@@ -244,11 +244,16 @@ void
 app_fini(struct app *a)
 {
         /* Answer whatever is still queued (503) while the HTTP side exists, and
-         * give the loop one pass to write those answers. */
+         * give the loop one pass to write those answers. The ingest object
+         * stays until nothing can reach it any more: in that pass a keep-alive
+         * client may still ask /readyz, a curl answer may reach backfill. */
+        if (a->ev_drain_deadline)
+                evtimer_del(a->ev_drain_deadline);
+        if (a->ev_drain_poll)
+                evtimer_del(a->ev_drain_poll);
         if (a->sync)
                 sync_stop(a->sync);
-        ingest_free(a->ingest);
-        a->ingest = NULL;
+        ingest_close(a->ingest);
         if (a->base)
                 event_base_loop(a->base, EVLOOP_NONBLOCK);
         jobs_free(a->jobs); /* lost-query callbacks still reach sync */
@@ -256,6 +261,8 @@ app_fini(struct app *a)
         sync_free(a->sync);
         a->sync = NULL;
         http_free(a->http);
+        ingest_free(a->ingest);
+        a->ingest = NULL;
         if (a->ev_term)
                 event_free(a->ev_term);
         if (a->ev_int)

@@ -66,6 +66,7 @@ struct ingest {
         unsigned depth;                  /* submitted and not yet done */
         unsigned limit, batch_max;
         bool defer;
+        bool closed;                     /* ingest_close: no connection, no room */
         void (*on_pending)(void *arg);
         void *on_pending_arg;
         struct event *kick;
@@ -175,17 +176,31 @@ item_finish(struct ingest *g, struct ingest_item *it, enum ingest_result r)
 }
 
 void
+ingest_close(struct ingest *g)
+{
+        if (g == NULL || g->closed)
+                return;
+        g->closed = true;
+        event_del(g->kick);
+        event_del(g->linger);
+        for (unsigned i = 0; i < g->nconn; i++)
+                db_conn_free(g->conns[i]); /* in-flight batches come back as lost */
+        g->nconn = 0;
+        while (g->head) {
+                struct ingest_item *it = g->head;
+                g->head = it->next;
+                g->npending--;
+                item_finish(g, it, INGEST_UNAVAILABLE);
+        }
+        g->tail = NULL;
+}
+
+void
 ingest_free(struct ingest *g)
 {
         if (g == NULL)
                 return;
-        for (unsigned i = 0; i < g->nconn; i++)
-                db_conn_free(g->conns[i]); /* in-flight batches come back as lost */
-        while (g->head) {
-                struct ingest_item *it = g->head;
-                g->head = it->next;
-                item_finish(g, it, INGEST_UNAVAILABLE);
-        }
+        ingest_close(g);
         event_free(g->kick);
         event_free(g->linger);
         free(g->conns);
@@ -195,7 +210,7 @@ ingest_free(struct ingest *g)
 bool
 ingest_has_room(const struct ingest *g)
 {
-        return g->depth < g->limit;
+        return !g->closed && g->depth < g->limit;
 }
 
 bool

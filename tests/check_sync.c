@@ -3,11 +3,13 @@
  * over real HTTP: shipments filled in, 429 + Retry-After, 401 without a
  * storm, the rate limit, a kill mid-queue, and events recovered by backfill.
  */
+#include <curl/curl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "itest.h"
@@ -514,6 +516,90 @@ START_TEST(test_backfill_401_mid_run_resumes_after_sighup)
 }
 END_TEST
 
+static size_t
+discard_cb(char *p, size_t size, size_t n, void *arg)
+{
+        (void)p;
+        (void)arg;
+        return size * n;
+}
+
+/* A keep-alive client asking /readyz every 20 ms for ms, one connection. */
+static pid_t
+poll_readyz(unsigned port, int ms)
+{
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                char url[64];
+                snprintf(url, sizeof(url), "http://127.0.0.1:%u/readyz", port);
+                CURL *h = curl_easy_init();
+                curl_easy_setopt(h, CURLOPT_URL, url);
+                curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 2000L);
+                curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard_cb);
+                for (int t = 0; t < ms; t += 20) {
+                        curl_easy_perform(h);
+                        usleep(20 * 1000);
+                }
+                curl_easy_cleanup(h);
+                _exit(0);
+        }
+        return pid;
+}
+
+/*
+ * SIGTERM while a commit is stalled behind a lock, a keep-alive client
+ * polls /readyz and a backfill request is in flight: the daemon answers what
+ * it holds, frees everything in order and exits 0 (under ASan: no report).
+ */
+START_TEST(test_sigterm_with_stalled_commit_poller_and_backfill_in_flight)
+{
+        PGconn *c = db_open(), *locker = db_open();
+        struct daemon d;
+        char url[128], keyenv[128];
+
+        wipe(c);
+        seed_event(50, "2025-06-05T10:00:00Z");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/events/evt_bf50/payloads\",\"delay_ms\":8000,"
+                                      "\"count\":-1}", NULL, 0), 201);
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_BACKFILL_INTERVAL=1", "EASYPOST_SYNC_API_TIMEOUT=20",
+                              "EASYPOST_SYNC_SHUTDOWN_TIMEOUT=2", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        for (int i = 0; i < 200 && stat_long("by_path", "/v2/events/evt_bf50/payloads") < 1; i++)
+                usleep(50 * 1000);
+        ck_assert_int_eq(stat_long("by_path", "/v2/events/evt_bf50/payloads"), 1);
+
+        db_exec(locker, "BEGIN");
+        db_exec(locker, "LOCK TABLE webhook_events IN ACCESS EXCLUSIVE MODE");
+        pid_t sender = fork();
+        ck_assert_int_ge(sender, 0);
+        if (sender == 0) {
+                char *b = tracker_event("evt_stall50", "shp_stall50", "2025-06-05T10:00:00Z");
+                int st = post_event(d.port, b, strlen(b), NULL, 0);
+                _exit(st == 503 ? 0 : 1);
+        }
+        pid_t poller = poll_readyz(d.port, 6000);
+        for (int i = 0; i < 200 && daemon_metric(d.port, "easypost_sync_queue_depth") < 1; i++)
+                usleep(20 * 1000);
+        ck_assert_int_ge(daemon_metric(d.port, "easypost_sync_queue_depth"), 1);
+        usleep(200 * 1000);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        int ws;
+        ck_assert_int_eq(waitpid(sender, &ws, 0), sender);
+        ck_assert_msg(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the stalled webhook did not get 503");
+        ck_assert_int_eq(waitpid(poller, &ws, 0), poller);
+        /* the stalled batch's backend outlives its client: end it before the lock goes */
+        db_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE query LIKE '%eps_ingest_batch(%' AND pid <> pg_backend_pid()");
+        db_exec(locker, "ROLLBACK");
+        PQfinish(locker);
+        PQfinish(c);
+}
+END_TEST
+
 /* One text value of a query with one parameter; "<none>" without a row. */
 static void
 q1s(PGconn *c, const char *sql, const char *p, char *out, size_t cap)
@@ -618,6 +704,7 @@ sync_suite(void)
         tcase_add_test(tc, test_backfill_cursor_stays_before_an_unusable_event);
         tcase_add_test(tc, test_sync_job_transitions_are_fenced);
         tcase_add_test(tc, test_backfill_401_mid_run_resumes_after_sighup);
+        tcase_add_test(tc, test_sigterm_with_stalled_commit_poller_and_backfill_in_flight);
         tcase_add_test(tc, test_apply_error_counts_and_attempts_are_capped);
         suite_add_tcase(s, tc);
         return s;
