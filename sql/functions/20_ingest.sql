@@ -212,13 +212,15 @@ BEGIN
         ON CONFLICT (event_id) DO NOTHING
         RETURNING w.id, w.status
     ), repl AS (
-        -- a full copy of an event stored from a partial one replaces it
+        -- a full copy of an event stored from a partial one replaces it (only
+        -- the events not inserted just now are looked up: nearly none)
         UPDATE webhook_events w
-        SET description = r.description, mode = r.mode, object_id = r.object_id, raw = r.raw,
-            body_error = r.body_error, source = r.source, status = r.status, error = r.error,
-            event_created_at = r.created, partial = false, processed_at = now()
-        FROM r
-        WHERE w.event_id = r.event_id AND w.partial AND NOT r.partial AND r.nth = 1
+        SET description = d.description, mode = d.mode, object_id = d.object_id, raw = d.raw,
+            body_error = d.body_error, source = d.source, status = d.status, error = d.error,
+            event_created_at = d.created, partial = false, processed_at = now()
+        FROM (SELECT r.* FROM r LEFT JOIN ins ON ins.id = r.id
+              WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1) d
+        WHERE w.event_id = d.event_id AND w.partial
         RETURNING w.id, w.event_id, w.status
     ), heal AS (
         -- a tracker event whose body cannot be projected: fetch the tracker
