@@ -467,7 +467,7 @@ arr_str(struct pgarr *a, const char *s)
 
 /* Builds the batch's parameters from its items: arrays in binary, then the flag. */
 static void
-batch_params(const struct ingest *g, const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
+batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
 {
         for (int k = 0; k < BATCH_ARRAYS; k++)
                 arr_begin(&arr[k], k == 0 ? UUIDOID : TEXTOID, b->n);
@@ -489,7 +489,6 @@ batch_params(const struct ingest *g, const struct batch *b, struct pgarr arr[BAT
                 arr_str(&arr[9], it->dead_error);
                 arr_str(&arr[10], it->partial ? "t" : NULL);
         }
-        (void)g;
 }
 
 /* Sends one batch on c. Returns false if the connection failed meanwhile. */
@@ -535,7 +534,7 @@ send_batch(struct ingest *g, struct db_conn *c)
 
         struct pgarr arr[BATCH_ARRAYS];
         memset(arr, 0, sizeof(arr));
-        batch_params(g, b, arr);
+        batch_params(b, arr);
         const char *v[BATCH_NPARAMS];
         int lens[BATCH_NPARAMS] = { 0 };
         for (int k = 0; k < BATCH_ARRAYS; k++) {

@@ -36,31 +36,6 @@ wipe(PGconn *c)
         db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, sync_jobs CASCADE");
 }
 
-static char *
-q1s(PGconn *c, const char *sql, const char *p)
-{
-        const char *pv[1] = { p };
-        PGresult *r = PQexecParams(c, sql, p ? 1 : 0, NULL, pv, NULL, NULL, 0);
-        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s", PQerrorMessage(c));
-        char *s = PQntuples(r) ? xstrdup(PQgetvalue(r, 0, 0)) : xstrdup("<none>");
-        PQclear(r);
-        return s;
-}
-
-/* One of the daemon's /metrics values (first line starting with name). */
-static double
-metric(unsigned port, const char *name)
-{
-        char buf[32768];
-        ck_assert_int_eq(http_req(port, "GET", "/metrics", NULL, NULL, 0, buf, sizeof(buf)), 200);
-        size_t n = strlen(name);
-        for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-                if (strncmp(l, name, n) == 0 && l[n] == ' ')
-                        return strtod(l + n + 1, NULL);
-        ck_abort_msg("metric %s not found", name);
-        return -1;
-}
-
 /*
  * A tracker.updated snapshot as EasyPost sends it: the whole history so far
  * (n details, one minute apart from 2025-01-01T00:00Z, the last one with
@@ -161,7 +136,7 @@ START_TEST(test_hot_trackers_no_deadlock)
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events", NULL), N);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs", NULL), HOT_TRACKERS);
         printf("hot trackers: %d deliveries (+%d repeated) from 64 connections, %ld deadlocks, "
-               "%.0f batch retries\n", N, EXTRA, dl, metric(d.port, "easypost_sync_batch_retries_total"));
+               "%.0f batch retries\n", N, EXTRA, dl, daemon_metric(d.port, "easypost_sync_batch_retries_total"));
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         for (size_t i = 0; i < N + EXTRA; i++)
                 free(bodies[i]);
@@ -197,13 +172,13 @@ START_TEST(test_same_updated_at_tie_broken_by_snapshot)
         ck_assert_int_eq(post_event(dm.port, empty2, strlen(empty2), NULL, 0), 200);
         ck_assert_int_eq(post_event(dm.port, full2, strlen(full2), NULL, 0), 200);
 
-        char *s = q1s(c, "SELECT t.status || '/' || s.status || '/' || w.event_id FROM trackers t "
+        char *s = db_text(c, "SELECT t.status || '/' || s.status || '/' || w.event_id FROM trackers t "
                          "JOIN shipments s ON s.easypost_id = t.shipment_easypost_id "
                          "JOIN webhook_events w ON w.id = t.last_webhook_event_id "
                          "WHERE t.easypost_id = $1", "trk_tie1");
         ck_assert_str_eq(s, "pre_transit/pre_transit/evt_tie_b1");
         free(s);
-        s = q1s(c, "SELECT t.status || '/' || s.status FROM trackers t "
+        s = db_text(c, "SELECT t.status || '/' || s.status FROM trackers t "
                    "JOIN shipments s ON s.easypost_id = t.shipment_easypost_id WHERE t.easypost_id = $1",
                 "trk_tie2");
         ck_assert_str_eq(s, "pre_transit/pre_transit");
@@ -235,7 +210,7 @@ static void
 wait_metric(const char *name, double want)
 {
         for (int i = 0; i < 1000; i++) {
-                if (metric(dm.port, name) >= want)
+                if (daemon_metric(dm.port, name) >= want)
                         return;
                 usleep(10000);
         }
@@ -261,7 +236,7 @@ send_as_one_batch(PGconn *c, char **bodies, const size_t *lens, size_t n, int *s
                 plug[i] = make_event(id, "batch.updated", "{\"id\":\"batch_plug\",\"object\":\"Batch\"}");
                 plen[i] = strlen(plug[i]);
         }
-        double q0 = metric(dm.port, "easypost_sync_queue_depth");
+        double q0 = daemon_metric(dm.port, "easypost_sync_queue_depth");
         db_exec(c, "BEGIN");
         db_exec(c, "LOCK TABLE webhook_events IN EXCLUSIVE MODE");
         /* one plug per connection, so that both are held */
@@ -317,14 +292,14 @@ START_TEST(test_event_error_isolated_other_error_503)
                 bodies[i] = snapshot(evid, trk, "in_transit", "2025-01-01T00:03:00Z", 3);
                 lens[i] = strlen(bodies[i]);
         }
-        double iso0 = metric(dm.port, "easypost_sync_batch_isolations_total");
+        double iso0 = daemon_metric(dm.port, "easypost_sync_batch_isolations_total");
         send_as_one_batch(c, bodies, lens, N, st, "iso");
         for (int i = 0; i < N; i++)
                 ck_assert_msg(st[i] == 200, "event %d: %d", i, st[i]);
-        ck_assert_double_ge(metric(dm.port, "easypost_sync_batch_isolations_total"), iso0 + 1);
+        ck_assert_double_ge(daemon_metric(dm.port, "easypost_sync_batch_isolations_total"), iso0 + 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_iso_%' "
                                     "AND status = 'projected'", NULL), N - 1);
-        char *s = q1s(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = $1",
+        char *s = db_text(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = $1",
                       "evt_iso_slow");
         ck_assert_str_eq(s, "failed 57014");
         free(s);

@@ -38,17 +38,6 @@ q1(PGconn *c, const char *sql, const char *p)
         return db_long(c, sql, p);
 }
 
-static char *
-q1s(PGconn *c, const char *sql, const char *p)
-{
-        const char *pv[1] = { p };
-        PGresult *r = PQexecParams(c, sql, p ? 1 : 0, NULL, pv, NULL, NULL, 0);
-        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s", PQerrorMessage(c));
-        char *s = PQntuples(r) ? xstrdup(PQgetvalue(r, 0, 0)) : xstrdup("<none>");
-        PQclear(r);
-        return s;
-}
-
 /* Distinct (datetime, status, message) triples of a tracker's history. */
 static long
 distinct_details(json_t *result)
@@ -92,13 +81,13 @@ START_TEST(test_fixture_projection)
 
                 wipe(c);
                 ck_assert_int_eq(post_event(dm.port, body, len, resp, sizeof(resp)), 200);
-                char *st = q1s(c, "SELECT status FROM webhook_events WHERE event_id = $1", evid);
+                char *st = db_text(c, "SELECT status FROM webhook_events WHERE event_id = $1", evid);
                 ck_assert_msg(strcmp(st, tracker ? "projected" : "stored") == 0, "%s: %s", files[i], st);
                 free(st);
                 if (tracker) {
                         const char *trk = json_string_value(json_object_get(res, "id"));
                         ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers", NULL), 1);
-                        char *s = q1s(c, "SELECT status || '/' || coalesce(tracking_code, '') || '/' || "
+                        char *s = db_text(c, "SELECT status || '/' || coalesce(tracking_code, '') || '/' || "
                                          "coalesce(carrier, '') FROM trackers WHERE easypost_id = $1", trk);
                         char want[300];
                         snprintf(want, sizeof(want), "%s/%s/%s",
@@ -166,10 +155,10 @@ START_TEST(test_out_of_order_newer_wins)
         wipe(c);
         ck_assert_int_eq(post_event(dm.port, newer, strlen(newer), NULL, 0), 200);
         ck_assert_int_eq(post_event(dm.port, older, strlen(older), NULL, 0), 200);
-        char *s = q1s(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_ooo'", NULL);
+        char *s = db_text(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_ooo'", NULL);
         ck_assert_str_eq(s, "delivered");
         free(s);
-        s = q1s(c, "SELECT status FROM shipments WHERE easypost_id = 'shp_ooo1'", NULL);
+        s = db_text(c, "SELECT status FROM shipments WHERE easypost_id = 'shp_ooo1'", NULL);
         ck_assert_str_eq(s, "delivered");
         free(s);
         ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL), 3);
@@ -241,24 +230,24 @@ START_TEST(test_hostile_events_keep_neighbours)
                                "AND status = 'projected'", NULL), GOOD);
         ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events s JOIN trackers t ON t.id = s.tracker_id "
                                "WHERE t.easypost_id LIKE 'trk_nb_%'", NULL), 2 * GOOD);
-        char *s = q1s(c, "SELECT w.status || '/' || (body IS NULL) || '/' || coalesce(w.body_error, '') "
+        char *s = db_text(c, "SELECT w.status || '/' || (body IS NULL) || '/' || coalesce(w.body_error, '') "
                          "FROM webhook_events w JOIN webhook_event_bodies USING (id) "
                          "WHERE w.event_id = 'evt_nul'", NULL);
         ck_assert_msg(strncmp(s, "projected/true/contains", 23) == 0, "%s", s);
         free(s);
-        s = q1s(c, "SELECT message FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
+        s = db_text(c, "SELECT message FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
                    "WHERE t.easypost_id = 'trk_nul'", NULL);
         ck_assert_str_eq(s, "badbyte");
         free(s);
         ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
                                "WHERE t.easypost_id = 'trk_big'", NULL), 5000);
-        s = q1s(c, "SELECT status FROM webhook_events WHERE event_id = 'evt_unknown'", NULL);
+        s = db_text(c, "SELECT status FROM webhook_events WHERE event_id = 'evt_unknown'", NULL);
         ck_assert_str_eq(s, "stored");
         free(s);
-        s = q1s(c, "SELECT status || ': ' || error FROM webhook_events WHERE event_id = 'evt_nullres'", NULL);
+        s = db_text(c, "SELECT status || ': ' || error FROM webhook_events WHERE event_id = 'evt_nullres'", NULL);
         ck_assert_str_eq(s, "failed: tracker event without a result object");
         free(s);
-        s = q1s(c, "SELECT status || ': ' || error FROM webhook_events WHERE event_id = 'evt_poison'", NULL);
+        s = db_text(c, "SELECT status || ': ' || error FROM webhook_events WHERE event_id = 'evt_poison'", NULL);
         ck_assert_msg(strncmp(s, "failed: 22008", 13) == 0, "%s", s);
         free(s);
         ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_poison'", NULL), 0);
@@ -288,20 +277,20 @@ START_TEST(test_dead_letter_then_replay)
         wipe(c);
         db_exec(c, "ALTER TABLE trackers ADD CONSTRAINT no_replay CHECK (easypost_id <> 'trk_replay')");
         ck_assert_int_eq(post_event(dm.port, b, strlen(b), NULL, 0), 200);
-        char *s = q1s(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = 'evt_replay'", NULL);
+        char *s = db_text(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = 'evt_replay'", NULL);
         ck_assert_str_eq(s, "failed 23514");
         free(s);
         ck_assert_int_eq(run_replay("failed"), 0);
-        s = q1s(c, "SELECT status FROM webhook_events WHERE event_id = 'evt_replay'", NULL);
+        s = db_text(c, "SELECT status FROM webhook_events WHERE event_id = 'evt_replay'", NULL);
         ck_assert_str_eq(s, "failed"); /* still broken: recorded, not raised */
         free(s);
         db_exec(c, "ALTER TABLE trackers DROP CONSTRAINT no_replay");
         ck_assert_int_eq(run_replay("failed"), 0);
-        s = q1s(c, "SELECT status || '/' || (error IS NULL) FROM webhook_events WHERE event_id = 'evt_replay'", NULL);
+        s = db_text(c, "SELECT status || '/' || (error IS NULL) FROM webhook_events WHERE event_id = 'evt_replay'", NULL);
         ck_assert_str_eq(s, "projected/true");
         free(s);
         ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL), 3);
-        s = q1s(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_replay'", NULL);
+        s = db_text(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_replay'", NULL);
         ck_assert_str_eq(s, "delivered");
         free(s);
         ck_assert_int_eq(run_replay("evt_replay"), 0);
@@ -334,10 +323,10 @@ START_TEST(test_deferred_projection)
         ck_assert_int_eq(post_event(d.port, older, strlen(older), NULL, 0), 200);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'pending'", 0, 10000), 0);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'projected'", NULL), 2);
-        char *st = q1s(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = 'evt_def_poison'", NULL);
+        char *st = db_text(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = 'evt_def_poison'", NULL);
         ck_assert_str_eq(st, "failed 22008");
         free(st);
-        st = q1s(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_def'", NULL);
+        st = db_text(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_def'", NULL);
         ck_assert_str_eq(st, "delivered");
         free(st);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events", NULL), 5);

@@ -431,20 +431,6 @@ START_TEST(test_listed_copy_replaced_by_the_delivery)
 }
 END_TEST
 
-/* One value from the daemon's /metrics. */
-static long
-daemon_metric(unsigned port, const char *name)
-{
-        char buf[65536];
-        ck_assert_int_eq(http_req(port, "GET", "/metrics", NULL, NULL, 0, buf, sizeof(buf)), 200);
-        size_t n = strlen(name);
-        for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-                if (strncmp(l, name, n) == 0 && l[n] == ' ')
-                        return strtol(l + n + 1, NULL, 10);
-        ck_abort_msg("metric %s not found", name);
-        return -1;
-}
-
 /*
  * A recovered body backfill cannot use (it does not parse) is counted, and
  * the cursor stays before its event; the next run, once the body is right,
@@ -604,11 +590,9 @@ END_TEST
 static void
 q1s(PGconn *c, const char *sql, const char *p, char *out, size_t cap)
 {
-        const char *pv[1] = { p };
-        PGresult *r = PQexecParams(c, sql, p ? 1 : 0, NULL, pv, NULL, NULL, 0);
-        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s", PQerrorMessage(c));
-        snprintf(out, cap, "%s", PQntuples(r) && !PQgetisnull(r, 0, 0) ? PQgetvalue(r, 0, 0) : "<none>");
-        PQclear(r);
+        char *s = db_text(c, sql, p);
+        snprintf(out, cap, "%s", s);
+        free(s);
 }
 
 /*

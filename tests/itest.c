@@ -312,6 +312,32 @@ db_long(PGconn *c, const char *sql, const char *param)
         return v;
 }
 
+char *
+db_text(PGconn *c, const char *sql, const char *param)
+{
+        const char *p[1] = { param };
+        PGresult *r = PQexecParams(c, sql, param ? 1 : 0, NULL, p, NULL, NULL, 0);
+
+        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
+        char *s = xstrdup(PQntuples(r) ? PQgetvalue(r, 0, 0) : "<none>");
+        PQclear(r);
+        return s;
+}
+
+double
+daemon_metric(unsigned port, const char *name)
+{
+        char buf[65536];
+        size_t n = strlen(name);
+
+        ck_assert_int_eq(http_req(port, "GET", "/metrics", NULL, NULL, 0, buf, sizeof(buf)), 200);
+        for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+                if (strncmp(l, name, n) == 0 && l[n] == ' ')
+                        return strtod(l + n + 1, NULL);
+        ck_abort_msg("metric %s not found", name);
+        return -1;
+}
+
 void
 db_exec(PGconn *c, const char *sql)
 {

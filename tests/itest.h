@@ -54,6 +54,11 @@ char *make_event(const char *id, const char *description, const char *result_jso
 PGconn *db_open(void);
 long db_long(PGconn *c, const char *sql, const char *param);
 void db_exec(PGconn *c, const char *sql);
+/* The first value of the first row as text (caller frees; "" for NULL,
+ * "<none>" without a row). */
+char *db_text(PGconn *c, const char *sql, const char *param);
+/* One sample of the daemon's /metrics, by its full name with labels. */
+double daemon_metric(unsigned port, const char *name);
 /* PostgreSQL control: "stop", "start", "stop-immediate". */
 void pg_ctl(const char *what);
 
