@@ -28,7 +28,9 @@ struct app {
         struct sig_keyset *keys;
         struct ingest *ingest;
         struct jobs *jobs;
-        struct sync *sync;
+        struct pacer *pacer;
+        struct syncjobs *syncjobs;
+        struct backfill *backfill;
         struct http *http;
         enum app_state state;
         struct event *ev_term, *ev_int, *ev_hup, *ev_drain_deadline, *ev_drain_poll;

@@ -38,7 +38,5 @@ const struct jobs_view_stats *jobs_views(const struct jobs *j);
 /* Deferred projection: more events are pending (an ingest hook; arg = jobs). */
 void jobs_project_kick(void *arg);
 uint64_t jobs_projected(const struct jobs *j);
-/* The jobs connection, shared with the sync worker. */
-struct db_conn *jobs_conn(struct jobs *j);
 
 #endif

@@ -24,7 +24,9 @@
 #include "http.h"
 #include "ingest.h"
 #include "jobs.h"
-#include "sync.h"
+#include "pacer.h"
+#include "syncjobs.h"
+#include "backfill.h"
 #include "log.h"
 #include "sig.h"
 
@@ -106,7 +108,9 @@ app_drain(struct app *a)
         log_info("app", "draining: %u events in flight", ingest_depth(a->ingest));
         http_stop_accepting(a->http);
         jobs_stop(a->jobs);
-        sync_stop(a->sync);
+        syncjobs_stop(a->syncjobs);
+        backfill_stop(a->backfill);
+        pacer_stop(a->pacer);
         evtimer_add(a->ev_drain_deadline, &dl);
         evtimer_add(a->ev_drain_poll, &now);
 }
@@ -125,6 +129,45 @@ term_cb(evutil_socket_t sig, short what, void *arg)
                 a->state = APP_STOPPED;
                 event_base_loopexit(a->base, NULL);
         }
+}
+
+static struct pacer_settings
+pacer_settings(const struct cfg *c)
+{
+        return (struct pacer_settings){ .api_url = c->api_url, .api_key = c->api_key,
+                                        .rate = c->api_rate, .concurrency = c->api_concurrency,
+                                        .timeout_s = c->api_timeout,
+                                        .max_retry_after = c->api_max_retry_after };
+}
+
+static struct syncjobs_settings
+syncjobs_settings(const struct app *a)
+{
+        const struct cfg *c = a->cfg;
+        return (struct syncjobs_settings){ .instance_id = a->instance_id, .interval = c->sync_interval,
+                                           .concurrency = c->api_concurrency,
+                                           .lease_s = c->api_timeout + 5,
+                                           .max_attempts = c->sync_max_attempts };
+}
+
+static struct backfill_settings
+backfill_settings(const struct cfg *c)
+{
+        return (struct backfill_settings){ .interval = c->backfill_interval,
+                                           .concurrency = c->api_concurrency };
+}
+
+/* The pacer first: a new key clears its stop before the others re-arm. */
+static void
+reload_sync(struct app *a)
+{
+        struct pacer_settings ps = pacer_settings(a->cfg);
+        struct syncjobs_settings ss = syncjobs_settings(a);
+        struct backfill_settings bs = backfill_settings(a->cfg);
+
+        pacer_reload(a->pacer, &ps);
+        syncjobs_reload(a->syncjobs, &ss);
+        backfill_reload(a->backfill, &bs);
 }
 
 static void
@@ -158,7 +201,7 @@ reload(struct app *a)
         a->cfg = next;
         apply_logging(a->cfg);
         jobs_reload(a->jobs);
-        sync_reload(a->sync);
+        reload_sync(a);
         log_info("app", "configuration reloaded (%zu webhook secrets)", sig_keyset_count(a->keys));
 }
 
@@ -212,7 +255,12 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         a->jobs = jobs_new(a);
         if (strcmp(cfg->projection, "deferred") == 0)
                 ingest_on_pending(a->ingest, jobs_project_kick, a->jobs);
-        a->sync = sync_new(a);
+        struct pacer_settings ps = pacer_settings(cfg);
+        struct syncjobs_settings ss = syncjobs_settings(a);
+        struct backfill_settings bs = backfill_settings(cfg);
+        a->pacer = pacer_new(a->base, &ps);
+        a->syncjobs = syncjobs_new(a->base, cfg->database_url, a->pacer, &ss);
+        a->backfill = backfill_new(a->base, cfg->database_url, a->pacer, a->ingest, &a->uuid, &bs);
         a->http = http_new(a, e);
         if (a->http == NULL)
                 return -1;
@@ -226,7 +274,10 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         evsignal_add(a->ev_hup, NULL);
         ingest_start(a->ingest);
         jobs_start(a->jobs);
-        sync_start(a->sync);
+        if (!pacer_enabled(a->pacer))
+                log_info("sync", "no API key: sync worker and backfill are off");
+        syncjobs_start(a->syncjobs);
+        backfill_start(a->backfill);
         log_info("app", "easypost-syncd %s listening on %s (port %u), webhooks at %s, %zu secret(s), "
                         "instance %s",
                  PACKAGE_VERSION, cfg->listen, http_port(a->http), cfg->webhook_path,
@@ -251,15 +302,22 @@ app_fini(struct app *a)
                 evtimer_del(a->ev_drain_deadline);
         if (a->ev_drain_poll)
                 evtimer_del(a->ev_drain_poll);
-        if (a->sync)
-                sync_stop(a->sync);
+        if (a->pacer) {
+                syncjobs_stop(a->syncjobs);
+                backfill_stop(a->backfill);
+                pacer_stop(a->pacer);
+        }
         ingest_close(a->ingest);
         if (a->base)
                 event_base_loop(a->base, EVLOOP_NONBLOCK);
-        jobs_free(a->jobs); /* lost-query callbacks still reach sync */
+        jobs_free(a->jobs);
         a->jobs = NULL;
-        sync_free(a->sync);
-        a->sync = NULL;
+        pacer_free(a->pacer); /* cancelled requests still reach the sync worker and backfill */
+        a->pacer = NULL;
+        syncjobs_free(a->syncjobs);
+        a->syncjobs = NULL;
+        backfill_free(a->backfill);
+        a->backfill = NULL;
         http_free(a->http);
         ingest_free(a->ingest);
         a->ingest = NULL;

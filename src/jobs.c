@@ -29,7 +29,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ops.h"
-#include "sync.h"
+#include "pacer.h"
 #include "util.h"
 
 static const char *const view_names[JOBS_NVIEWS] = {
@@ -42,7 +42,7 @@ struct counters {
 
 struct jobs {
         struct app *app;
-        struct db_conn *conn;  /* metrics inserts, schema check, sync worker */
+        struct db_conn *conn;  /* metrics inserts, schema check */
         struct db_conn *aconn; /* analytics refreshes only */
         struct db_conn *pconn; /* deferred projection only (NULL when inline) */
         struct event *project_timer;
@@ -122,7 +122,6 @@ conn_ready(struct db_conn *c, void *arg)
         if (db_conn_query(c, "SELECT coalesce(max(version), 0) FROM schema_migrations", 0, NULL,
                           schema_cb, j) != 0)
                 return;
-        sync_conn_ready(j->app->sync);
 }
 
 static const struct db_conn_hooks hooks = { .on_ready = conn_ready };
@@ -182,7 +181,9 @@ metrics_tick(evutil_socket_t fd, short what, void *arg)
         snprintf(v[15], sizeof(v[15]), "%.3f", metrics_quantile_ms(&metrics.ack_window, 0.5));
         snprintf(v[16], sizeof(v[16]), "%.3f", metrics_quantile_ms(&metrics.ack_window, 0.99));
         snprintf(v[17], sizeof(v[17]), "%.3f", (double)metrics.ack_window.max_us / 1000.0);
-        snprintf(v[18], sizeof(v[18]), "%u", sync_in_flight(a->sync));
+        struct pacer_stats ps;
+        pacer_snapshot(a->pacer, &ps);
+        snprintf(v[18], sizeof(v[18]), "%u", ps.in_flight);
         snprintf(v[19], sizeof(v[19]), "%.1f", (double)(now - a->started_us) / 1e6);
         snprintf(v[20], sizeof(v[20]), "%ld", a->cfg->metrics_retention_days);
         for (int i = 0; i < 21; i++)
@@ -499,10 +500,4 @@ const struct jobs_view_stats *
 jobs_views(const struct jobs *j)
 {
         return j->views;
-}
-
-struct db_conn *
-jobs_conn(struct jobs *j)
-{
-        return j->conn;
 }

@@ -22,7 +22,9 @@
 #include "ingest.h"
 #include "jobs.h"
 #include "metrics.h"
-#include "sync.h"
+#include "backfill.h"
+#include "pacer.h"
+#include "syncjobs.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "0"
@@ -99,9 +101,9 @@ readyz_cb(struct evhttp_request *req, void *arg)
         bool room = ingest_has_room(a->ingest);
         bool running = a->state == APP_RUNNING;
         bool ready = db && current && room && running;
-        const char *api = !sync_enabled(a->sync) ? "off"
-                          : sync_auth_failed(a->sync) ? "unauthorized"
-                                                      : "ok";
+        const char *api = !pacer_enabled(a->pacer) ? "off"
+                          : pacer_auth_failed(a->pacer) ? "unauthorized"
+                                                        : "ok";
 
         if (!only_get(req, EP_READYZ))
                 return;
@@ -236,7 +238,12 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                          "# TYPE easypost_sync_projected_deferred_total counter\n"
                          "easypost_sync_projected_deferred_total %llu\n",
                       (unsigned long long)jobs_projected(a->jobs));
-        const struct sync_stats *ss = sync_stats(a->sync);
+        struct pacer_stats ps;
+        struct syncjobs_stats js;
+        struct backfill_stats bs;
+        pacer_snapshot(a->pacer, &ps);
+        syncjobs_snapshot(a->syncjobs, &js);
+        backfill_snapshot(a->backfill, &bs);
         static const char *const cls[6] = { "error", "1xx", "2xx", "3xx", "4xx", "5xx" };
         strbuf_printf(b, "# HELP easypost_sync_api_requests_total EasyPost API requests by status class "
                          "(error = no HTTP answer).\n"
@@ -244,14 +251,14 @@ ops_render_metrics(struct app *a, struct strbuf *b)
         for (int i = 0; i < 6; i++)
                 if (i != 1 && i != 3)
                         strbuf_printf(b, "easypost_sync_api_requests_total{code=\"%s\"} %llu\n", cls[i],
-                                      (unsigned long long)ss->requests_by_class[i]);
+                                      (unsigned long long)ps.requests_by_class[i]);
         strbuf_printf(b, "# HELP easypost_sync_api_in_flight EasyPost API requests in flight.\n"
                          "# TYPE easypost_sync_api_in_flight gauge\n"
                          "easypost_sync_api_in_flight %u\n"
                          "# HELP easypost_sync_api_authorized 0 after the API rejected the key.\n"
                          "# TYPE easypost_sync_api_authorized gauge\n"
                          "easypost_sync_api_authorized %d\n",
-                      sync_in_flight(a->sync), sync_auth_failed(a->sync) ? 0 : 1);
+                      ps.in_flight, ps.auth_failed ? 0 : 1);
         strbuf_printf(b, "# HELP easypost_sync_sync_jobs_total Sync jobs finished by this process, by outcome.\n"
                          "# TYPE easypost_sync_sync_jobs_total counter\n"
                          "easypost_sync_sync_jobs_total{state=\"done\"} %llu\n"
@@ -264,9 +271,9 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                          "named another event (tried again next run).\n"
                          "# TYPE easypost_sync_backfill_unusable_total counter\n"
                          "easypost_sync_backfill_unusable_total %llu\n",
-                      (unsigned long long)ss->jobs_done, (unsigned long long)ss->jobs_retried,
-                      (unsigned long long)ss->jobs_failed, (unsigned long long)ss->backfill_recovered,
-                      (unsigned long long)ss->backfill_unusable);
+                      (unsigned long long)js.done, (unsigned long long)js.retried,
+                      (unsigned long long)js.failed, (unsigned long long)bs.recovered,
+                      (unsigned long long)bs.unusable);
         strbuf_printf(b, "# HELP easypost_sync_process_resident_memory_bytes Resident set size.\n"
                          "# TYPE easypost_sync_process_resident_memory_bytes gauge\n"
                          "easypost_sync_process_resident_memory_bytes %lu\n"

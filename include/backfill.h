@@ -1,0 +1,62 @@
+/*
+ * backfill.h - recovers events that webhooks missed: lists /events after a
+ * saved cursor through the pacer, fetches the missing ones' delivered bodies
+ * and ingests them through the webhook path. One run at a time, every
+ * backfill_interval, on a database connection of its own.
+ */
+#ifndef EPS_BACKFILL_H
+#define EPS_BACKFILL_H
+
+#include <event2/event.h>
+#include <stdint.h>
+
+struct backfill;
+struct ingest;
+struct pacer;
+struct uuid7_gen;
+
+/* A run's steps; every change goes through one transition function. */
+enum backfill_state {
+        BACKFILL_IDLE,   /* between runs */
+        BACKFILL_CURSOR, /* reading the saved cursor */
+        BACKFILL_LIST,   /* listing /events pages */
+        BACKFILL_CHECK,  /* asking which listed ids are not stored */
+        BACKFILL_FETCH,  /* fetching payloads and ingesting them */
+        BACKFILL_SAVE,   /* saving the newest listed id as the cursor */
+};
+
+/* What backfill needs of the configuration. */
+struct backfill_settings {
+        long interval;    /* seconds between runs, <= 0: off */
+        long concurrency; /* payload fetches at once */
+};
+
+/* Counters for /metrics. */
+struct backfill_stats {
+        uint64_t runs;               /* runs started */
+        uint64_t runs_completed, runs_failed;
+        uint64_t events;             /* events handed to ingest */
+        uint64_t recovered;          /* of those, newly stored */
+        uint64_t unusable;           /* bodies that did not parse or named another event */
+        uint64_t last_success_unix;  /* wall-clock second of the last completed run, 0 = never */
+        enum backfill_state state;
+};
+
+/* Backfill with its own connection to conninfo; pacer, ingest and uuid are borrowed. */
+struct backfill *backfill_new(struct event_base *base, const char *conninfo, struct pacer *pacer,
+                              struct ingest *ingest, struct uuid7_gen *uuid,
+                              const struct backfill_settings *st);
+/* Connects; the first run starts a second later, then every interval. */
+void backfill_start(struct backfill *b);
+/* New settings (SIGHUP): re-arms an idle backfill (a run stopped by a 401 runs again). */
+void backfill_reload(struct backfill *b, const struct backfill_settings *st);
+/* Stops runs (drain); a run in flight ends at free. */
+void backfill_stop(struct backfill *b);
+/* Ends a run in flight, closes the connection and frees; after pacer_free. */
+void backfill_free(struct backfill *b);
+/* Fills the counters. */
+void backfill_snapshot(const struct backfill *b, struct backfill_stats *out);
+/* Name of a state, for logs and tests. */
+const char *backfill_state_name(enum backfill_state s);
+
+#endif

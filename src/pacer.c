@@ -1,0 +1,285 @@
+/*
+ * pacer.c - the one queue every EasyPost API request waits in.
+ *
+ *   pacer_get -> queue -> (room under concurrency, rate and any 429 pause)
+ *             -> httpc_get -> answer -> owner's callback
+ *
+ * A 429 pauses every request, not just its own, for its Retry-After (capped
+ * at max_retry_after). A 401 or 403 stops the pacer: what is queued is
+ * dropped (its owners see CURLE_ABORTED_BY_CALLBACK) and nothing is sent
+ * until pacer_reload brings a key to try.
+ */
+#include "pacer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+#define PACER_CONNECT_MS 10000L
+
+struct preq {
+        struct preq *next;
+        struct pacer *p;
+        char *url;
+        pacer_fn fn;
+        void *arg;
+};
+
+struct pacer {
+        struct httpc *hc;
+        struct event *pace_timer;
+        struct preq *qhead, *qtail;
+        unsigned queued, in_flight;
+        uint64_t next_send_us;
+        bool stopped, auth_failed;
+        char *api_url, *api_key;
+        long rate, concurrency, timeout_s, max_retry_after;
+        uint64_t requests_by_class[6];
+};
+
+static void pump(struct pacer *p);
+
+static void
+set(struct pacer *p, const struct pacer_settings *st)
+{
+        free(p->api_url);
+        if (p->api_key)
+                memset(p->api_key, 0, strlen(p->api_key));
+        free(p->api_key);
+        p->api_url = xstrdup(st->api_url);
+        p->api_key = xstrdup(st->api_key);
+        p->rate = st->rate > 0 ? st->rate : 1;
+        p->concurrency = st->concurrency > 0 ? st->concurrency : 1;
+        p->timeout_s = st->timeout_s;
+        p->max_retry_after = st->max_retry_after;
+}
+
+static void
+answer(struct preq *q, const struct httpc_resp *r)
+{
+        q->fn(r, q->arg);
+        free(q->url);
+        free(q);
+}
+
+static void
+answer_unsent(struct preq *q, const char *why)
+{
+        struct httpc_resp r = { .rc = CURLE_ABORTED_BY_CALLBACK, .body = "", .error = why,
+                                .request_id = "", .retry_after_s = -1 };
+        answer(q, &r);
+}
+
+/* Drops what is not sent yet: each owner hears CURLE_ABORTED_BY_CALLBACK. */
+static void
+drop_queued(struct pacer *p, const char *why)
+{
+        while (p->qhead) {
+                struct preq *q = p->qhead;
+                p->qhead = q->next;
+                p->queued--;
+                answer_unsent(q, why);
+        }
+        p->qtail = NULL;
+}
+
+static void
+auth_rejected(struct pacer *p, long status)
+{
+        if (!p->auth_failed)
+                log_err("sync", "EasyPost API rejected the API key (HTTP %ld): sync worker and "
+                                "backfill stopped until the key changes (SIGHUP)",
+                        status);
+        p->auth_failed = true;
+        drop_queued(p, "not sent: API key rejected");
+}
+
+/* A 429 asks everyone to slow down, not just this request. */
+static void
+pause_for(struct pacer *p, long retry_after_s)
+{
+        long ra = retry_after_s > 0 ? retry_after_s : 1;
+        if (ra > p->max_retry_after)
+                ra = p->max_retry_after;
+        uint64_t until = clock_mono_us() + (uint64_t)ra * 1000000u;
+        if (until > p->next_send_us)
+                p->next_send_us = until;
+}
+
+static void
+preq_done(const struct httpc_resp *r, void *arg)
+{
+        struct preq *q = arg;
+        struct pacer *p = q->p;
+        struct httpc_resp capped = *r;
+
+        p->in_flight--;
+        if (r->rc != CURLE_ABORTED_BY_CALLBACK) {
+                long cls = r->status / 100;
+                p->requests_by_class[r->rc == CURLE_OK && cls >= 1 && cls <= 5 ? cls : 0]++;
+                if (r->rc == CURLE_OK && r->status == 429)
+                        pause_for(p, r->retry_after_s);
+                if (r->rc == CURLE_OK && (r->status == 401 || r->status == 403))
+                        auth_rejected(p, r->status);
+        }
+        if (capped.retry_after_s > p->max_retry_after)
+                capped.retry_after_s = p->max_retry_after;
+        answer(q, &capped);
+        if (!p->stopped)
+                pump(p);
+}
+
+static void
+pace_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        pump(arg);
+}
+
+static void
+send_one(struct pacer *p, struct preq *q)
+{
+        p->in_flight++;
+        if (httpc_get(p->hc, q->url, p->api_key, PACER_CONNECT_MS, p->timeout_s * 1000L, preq_done,
+                      q) != 0) {
+                struct httpc_resp r = { .rc = CURLE_FAILED_INIT, .body = "",
+                                        .error = "request not started", .request_id = "",
+                                        .retry_after_s = -1 };
+                preq_done(&r, q);
+        }
+}
+
+static void
+pump(struct pacer *p)
+{
+        uint64_t gap = 1000000u / (uint64_t)p->rate;
+
+        while (p->qhead && p->in_flight < (unsigned)p->concurrency && !p->stopped && !p->auth_failed) {
+                uint64_t now = clock_mono_us();
+                if (now < p->next_send_us) {
+                        uint64_t us = p->next_send_us - now;
+                        struct timeval tv = { (time_t)(us / 1000000u), (suseconds_t)(us % 1000000u) };
+                        evtimer_add(p->pace_timer, &tv);
+                        return;
+                }
+                struct preq *q = p->qhead;
+                p->qhead = q->next;
+                if (p->qhead == NULL)
+                        p->qtail = NULL;
+                p->queued--;
+                p->next_send_us = (now > p->next_send_us ? now : p->next_send_us) + gap;
+                send_one(p, q);
+        }
+}
+
+void
+pacer_get(struct pacer *p, char *url, pacer_fn fn, void *arg)
+{
+        struct preq *q = xcalloc(1, sizeof(*q));
+
+        q->p = p;
+        q->url = url;
+        q->fn = fn;
+        q->arg = arg;
+        if (p->qtail)
+                p->qtail->next = q;
+        else
+                p->qhead = q;
+        p->qtail = q;
+        p->queued++;
+        if (p->auth_failed || p->stopped)
+                return; /* waits for pacer_reload, or for pacer_free to cancel it */
+        event_active(p->pace_timer, EV_TIMEOUT, 0); /* never answer inside the caller */
+}
+
+char *
+pacer_url(const struct pacer *p, const char *fmt, const char *a1, const char *a2)
+{
+        char path[512];
+        char *e1 = a1 ? curl_easy_escape(NULL, a1, 0) : NULL;
+        char *e2 = a2 ? curl_easy_escape(NULL, a2, 0) : NULL;
+
+        snprintf(path, sizeof(path), fmt, e1 ? e1 : "", e2 ? e2 : "");
+        curl_free(e1);
+        curl_free(e2);
+        size_t bl = strlen(p->api_url);
+        while (bl > 0 && p->api_url[bl - 1] == '/')
+                bl--;
+        size_t n = bl + strlen(path) + 1;
+        char *url = xmalloc(n);
+        snprintf(url, n, "%.*s%s", (int)bl, p->api_url, path);
+        return url;
+}
+
+struct pacer *
+pacer_new(struct event_base *base, const struct pacer_settings *st)
+{
+        struct pacer *p = xcalloc(1, sizeof(*p));
+        char ua[64];
+
+        snprintf(ua, sizeof(ua), "easypost-sync/%s", PACKAGE_VERSION);
+        p->hc = httpc_new(base, ua);
+        p->pace_timer = evtimer_new(base, pace_cb, p);
+        set(p, st);
+        return p;
+}
+
+void
+pacer_reload(struct pacer *p, const struct pacer_settings *st)
+{
+        set(p, st);
+        p->auth_failed = false; /* a new key deserves one try */
+        if (!p->stopped)
+                event_active(p->pace_timer, EV_TIMEOUT, 0);
+}
+
+void
+pacer_stop(struct pacer *p)
+{
+        p->stopped = true;
+        evtimer_del(p->pace_timer);
+}
+
+void
+pacer_free(struct pacer *p)
+{
+        if (p == NULL)
+                return;
+        p->stopped = true;
+        httpc_free(p->hc); /* in-flight requests report ABORTED */
+        drop_queued(p, "cancelled: shutting down");
+        event_free(p->pace_timer);
+        set(p, &(struct pacer_settings){ .api_url = "", .api_key = "" });
+        free(p->api_url);
+        free(p->api_key);
+        free(p);
+}
+
+bool
+pacer_enabled(const struct pacer *p)
+{
+        return p->api_key[0] != '\0';
+}
+
+bool
+pacer_auth_failed(const struct pacer *p)
+{
+        return p->auth_failed;
+}
+
+void
+pacer_snapshot(const struct pacer *p, struct pacer_stats *out)
+{
+        memset(out, 0, sizeof(*out));
+        if (p == NULL)
+                return;
+        memcpy(out->requests_by_class, p->requests_by_class, sizeof(out->requests_by_class));
+        out->in_flight = p->in_flight;
+        out->queued = p->queued;
+        out->enabled = pacer_enabled(p);
+        out->auth_failed = p->auth_failed;
+}
