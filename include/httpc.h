@@ -9,6 +9,7 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 #include "util.h"
@@ -23,6 +24,7 @@ struct httpc_resp {
         long retry_after_s;      /* Retry-After in seconds, -1 if absent */
         const char *request_id;  /* x-ep-request-uuid, "" if absent */
         const char *error;       /* curl's message when rc != CURLE_OK */
+        uint64_t answered_us;    /* CLOCK_MONOTONIC when the answer's first line was read, 0 if none */
 };
 
 /* Called once per request from a loop callback, never from inside curl. */

@@ -39,6 +39,7 @@ struct hc_req {
         char errbuf[CURL_ERROR_SIZE];
         httpc_done_fn fn;
         void *arg;
+        uint64_t answered_us; /* first header line read */
 };
 
 static void
@@ -67,6 +68,7 @@ req_finish(struct httpc *h, struct hc_req *r, CURLcode rc)
         resp.body = r->body ? r->body : "";
         resp.len = r->len;
         resp.retry_after_s = r->retry_after;
+        resp.answered_us = r->answered_us;
         resp.request_id = r->request_id;
         resp.error = r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc);
         r->fn(&resp, r->arg);
@@ -216,6 +218,8 @@ header_cb(char *buf, size_t size, size_t nitems, void *arg)
         struct hc_req *r = arg;
         size_t n = size * nitems;
 
+        if (r->answered_us == 0)
+                r->answered_us = clock_mono_us();
         if (n > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) {
                 char v[96];
                 snprintf(v, sizeof(v), "%.*s", (int)(n - 12 < sizeof(v) - 1 ? n - 12 : sizeof(v) - 1),

@@ -8,6 +8,15 @@
  * at max_retry_after). A 401 or 403 stops the pacer: what is queued is
  * dropped (its owners see CURLE_ABORTED_BY_CALLBACK) and nothing is sent
  * until pacer_reload brings a key to try.
+ *
+ * The rate holds where it counts, at the API: a request occupies one of
+ * `rate` slots from its start until one second after its answer began to
+ * arrive (or after it ended, without an answer). The API saw it somewhere
+ * between those two instants, so no request can start while `rate` others
+ * reached the API less than a second before, however long each spent
+ * connecting. (Spacing starts 1/rate apart is not enough: a start whose
+ * connection set-up is slow arrives late, next to the ones after it.)
+ * Starts are also spaced 1/rate apart, so a burst is spread out.
  */
 #include "pacer.h"
 
@@ -19,6 +28,7 @@
 #include "util.h"
 
 #define PACER_CONNECT_MS 10000L
+#define PACER_WINDOW_US 1002000u /* one second, and a margin for clock granularity */
 
 struct preq {
         struct preq *next;
@@ -34,6 +44,8 @@ struct pacer {
         struct preq *qhead, *qtail;
         unsigned queued, in_flight;
         uint64_t next_send_us;
+        uint64_t *release_us; /* answered requests still holding a rate slot: until when */
+        size_t nrelease, release_cap;
         bool stopped, auth_failed;
         char *api_url, *api_key;
         long rate, concurrency, timeout_s, max_retry_after;
@@ -109,6 +121,53 @@ pause_for(struct pacer *p, long retry_after_s)
                 p->next_send_us = until;
 }
 
+/* A sent request's slot stays taken for a second after the API had it. */
+static void
+hold_slot(struct pacer *p, const struct httpc_resp *r)
+{
+        uint64_t seen = r->answered_us ? r->answered_us : clock_mono_us();
+
+        if (p->nrelease == p->release_cap) {
+                p->release_cap = p->release_cap ? 2 * p->release_cap : 8;
+                p->release_us = xrealloc(p->release_us, p->release_cap * sizeof(*p->release_us));
+        }
+        p->release_us[p->nrelease++] = seen + PACER_WINDOW_US;
+}
+
+/* Frees the slots whose second has passed; returns the earliest still held (0: none). */
+static uint64_t
+free_slots(struct pacer *p, uint64_t now)
+{
+        uint64_t earliest = 0;
+        size_t k = 0;
+
+        for (size_t i = 0; i < p->nrelease; i++) {
+                if (p->release_us[i] <= now)
+                        continue;
+                p->release_us[k++] = p->release_us[i];
+                if (earliest == 0 || p->release_us[i] < earliest)
+                        earliest = p->release_us[i];
+        }
+        p->nrelease = k;
+        return earliest;
+}
+
+/* When the next request may start: now, or later for the rate or a 429 pause. */
+static uint64_t
+next_start(struct pacer *p, uint64_t now)
+{
+        uint64_t earliest = free_slots(p, now);
+        uint64_t at = p->next_send_us > now ? p->next_send_us : now;
+
+        if (p->in_flight + p->nrelease >= (size_t)p->rate) {
+                if (earliest == 0)
+                        return UINT64_MAX; /* every slot is in flight: an answer frees one */
+                if (earliest > at)
+                        at = earliest;
+        }
+        return at;
+}
+
 static void
 preq_done(const struct httpc_resp *r, void *arg)
 {
@@ -118,6 +177,7 @@ preq_done(const struct httpc_resp *r, void *arg)
 
         p->in_flight--;
         if (r->rc != CURLE_ABORTED_BY_CALLBACK) {
+                hold_slot(p, r);
                 long cls = r->status / 100;
                 p->requests_by_class[r->rc == CURLE_OK && cls >= 1 && cls <= 5 ? cls : 0]++;
                 if (r->rc == CURLE_OK && r->status == 429)
@@ -160,8 +220,11 @@ pump(struct pacer *p)
 
         while (p->qhead && p->in_flight < (unsigned)p->concurrency && !p->stopped && !p->auth_failed) {
                 uint64_t now = clock_mono_us();
-                if (now < p->next_send_us) {
-                        uint64_t us = p->next_send_us - now;
+                uint64_t at = next_start(p, now);
+                if (at == UINT64_MAX)
+                        return;
+                if (now < at) {
+                        uint64_t us = at - now;
                         struct timeval tv = { (time_t)(us / 1000000u), (suseconds_t)(us % 1000000u) };
                         evtimer_add(p->pace_timer, &tv);
                         return;
@@ -256,6 +319,7 @@ pacer_free(struct pacer *p)
         set(p, &(struct pacer_settings){ .api_url = "", .api_key = "" });
         free(p->api_url);
         free(p->api_key);
+        free(p->release_us);
         free(p);
 }
 
