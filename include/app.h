@@ -27,7 +27,9 @@ struct app {
         size_t noverrides;
         struct sig_keyset *keys;
         struct ingest *ingest;
-        struct jobs *jobs;
+        struct timers *timers;
+        struct projector *projector;  /* NULL unless projection = deferred */
+        struct schema *schema;
         struct pacer *pacer;
         struct syncjobs *syncjobs;
         struct backfill *backfill;

@@ -57,7 +57,7 @@ struct ingest_stats {
 
 struct ingest;
 
-/* defer: tracker events are stored 'pending' and projected later (see jobs). */
+/* defer: tracker events are stored 'pending' and projected later (see projector.h). */
 struct ingest *ingest_new(struct event_base *base, const char *conninfo, unsigned nconn,
                           unsigned queue_limit, unsigned batch_max, bool defer);
 /* Called after a commit that left events 'pending' (deferred projection). */

@@ -23,7 +23,11 @@
 
 #include "http.h"
 #include "ingest.h"
-#include "jobs.h"
+#include "metrics.h"
+#include "ops.h"
+#include "projector.h"
+#include "schema.h"
+#include "timers.h"
 #include "pacer.h"
 #include "syncjobs.h"
 #include "backfill.h"
@@ -107,7 +111,8 @@ app_drain(struct app *a)
         a->state = APP_DRAINING;
         log_info("app", "draining: %u events in flight", ingest_depth(a->ingest));
         http_stop_accepting(a->http);
-        jobs_stop(a->jobs);
+        timers_stop(a->timers);
+        projector_stop(a->projector);
         syncjobs_stop(a->syncjobs);
         backfill_stop(a->backfill);
         pacer_stop(a->pacer);
@@ -129,6 +134,58 @@ term_cb(evutil_socket_t sig, short what, void *arg)
                 a->state = APP_STOPPED;
                 event_base_loopexit(a->base, NULL);
         }
+}
+
+static struct timers_settings
+timers_settings(const struct app *a)
+{
+        const struct cfg *c = a->cfg;
+        return (struct timers_settings){ .instance_id = a->instance_id,
+                                         .metrics_interval = c->metrics_interval,
+                                         .analytics_interval = c->analytics_interval,
+                                         .retention_days = c->metrics_retention_days };
+}
+
+static double
+cpu_seconds(void)
+{
+        struct rusage ru;
+
+        getrusage(RUSAGE_SELF, &ru);
+        return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+               (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* The figures of one system_metrics row, from the modules that own them. */
+static void
+sample(struct timers_sample *out, void *arg)
+{
+        struct app *a = arg;
+        const struct ingest_stats *st = ingest_stats(a->ingest);
+        struct pacer_stats ps;
+
+        for (int e = 0; e < EP_COUNT; e++)
+                for (int k = 1; k <= 5; k++)
+                        out->requests += metrics.requests[e][k];
+        for (int e = 0; e < EP_COUNT; e++) {
+                out->c4xx += metrics.requests[e][4];
+                out->c5xx += metrics.requests[e][5];
+        }
+        out->stored = st->stored;
+        out->duplicates = st->duplicates;
+        out->rss_bytes = ops_rss_bytes();
+        out->open_fds = ops_open_fds();
+        out->cpu_seconds = cpu_seconds();
+        out->queue_depth = ingest_depth(a->ingest);
+        out->queue_limit = ingest_limit(a->ingest);
+        out->conns = ingest_conns(a->ingest);
+        out->conns_up = ingest_conns_ready(a->ingest);
+        out->conns_busy = ingest_conns_busy(a->ingest);
+        out->ack_window = metrics.ack_window;
+        memset(&metrics.ack_window, 0, sizeof(metrics.ack_window));
+        pacer_snapshot(a->pacer, &ps);
+        out->api_in_flight = ps.in_flight;
+        out->uptime_s = (double)(clock_mono_us() - a->started_us) / 1e6;
 }
 
 static struct pacer_settings
@@ -200,7 +257,8 @@ reload(struct app *a)
         cfg_free(a->cfg);
         a->cfg = next;
         apply_logging(a->cfg);
-        jobs_reload(a->jobs);
+        struct timers_settings ts = timers_settings(a);
+        timers_reload(a->timers, &ts);
         reload_sync(a);
         log_info("app", "configuration reloaded (%zu webhook secrets)", sig_keyset_count(a->keys));
 }
@@ -252,9 +310,13 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
                                (unsigned)cfg->queue_limit, (unsigned)cfg->batch_max,
                                strcmp(cfg->projection, "deferred") == 0);
         ingest_set_db_timeout(a->ingest, (unsigned)cfg->db_timeout * 1000u);
-        a->jobs = jobs_new(a);
-        if (strcmp(cfg->projection, "deferred") == 0)
-                ingest_on_pending(a->ingest, jobs_project_kick, a->jobs);
+        struct timers_settings ts = timers_settings(a);
+        a->timers = timers_new(a->base, cfg->database_url, &ts, sample, a);
+        a->schema = schema_new(a->base, cfg->database_url);
+        if (strcmp(cfg->projection, "deferred") == 0) {
+                a->projector = projector_new(a->base, cfg->database_url, (unsigned)cfg->db_timeout * 1000u);
+                ingest_on_pending(a->ingest, projector_kick, a->projector);
+        }
         struct pacer_settings ps = pacer_settings(cfg);
         struct syncjobs_settings ss = syncjobs_settings(a);
         struct backfill_settings bs = backfill_settings(cfg);
@@ -273,7 +335,10 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         evsignal_add(a->ev_int, NULL);
         evsignal_add(a->ev_hup, NULL);
         ingest_start(a->ingest);
-        jobs_start(a->jobs);
+        schema_start(a->schema);
+        timers_start(a->timers);
+        if (a->projector)
+                projector_start(a->projector);
         if (!pacer_enabled(a->pacer))
                 log_info("sync", "no API key: sync worker and backfill are off");
         syncjobs_start(a->syncjobs);
@@ -310,8 +375,12 @@ app_fini(struct app *a)
         ingest_close(a->ingest);
         if (a->base)
                 event_base_loop(a->base, EVLOOP_NONBLOCK);
-        jobs_free(a->jobs);
-        a->jobs = NULL;
+        timers_free(a->timers);
+        a->timers = NULL;
+        projector_free(a->projector);
+        a->projector = NULL;
+        schema_free(a->schema);
+        a->schema = NULL;
         pacer_free(a->pacer); /* cancelled requests still reach the sync worker and backfill */
         a->pacer = NULL;
         syncjobs_free(a->syncjobs);

@@ -20,7 +20,9 @@
 #include "http.h"
 #include "db_migrate.h"
 #include "ingest.h"
-#include "jobs.h"
+#include "projector.h"
+#include "schema.h"
+#include "timers.h"
 #include "metrics.h"
 #include "backfill.h"
 #include "pacer.h"
@@ -96,7 +98,7 @@ readyz_cb(struct evhttp_request *req, void *arg)
         struct app *a = arg;
         struct strbuf b = { 0 };
         bool db = ingest_db_up(a->ingest);
-        int schema = jobs_schema_version(a->jobs);
+        int schema = schema_version(a->schema);
         bool current = schema >= DB_SCHEMA_VERSION;
         bool room = ingest_has_room(a->ingest);
         bool running = a->state == APP_RUNNING;
@@ -217,11 +219,13 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                       (unsigned long long)metrics.rejected_sig,
                       (unsigned long long)metrics.rejected_parse,
                       (unsigned long long)metrics.rejected_auth);
-        const struct jobs_view_stats *vs = jobs_views(a->jobs);
+        struct projector_stats pj;
+        projector_snapshot(a->projector, &pj);
+        const struct timers_view_stats *vs = timers_views(a->timers);
         strbuf_printf(b, "# HELP easypost_sync_analytics_refreshes_total View refreshes by outcome "
                          "(skipped = another replica had the slot).\n"
                          "# TYPE easypost_sync_analytics_refreshes_total counter\n");
-        for (int i = 0; i < JOBS_NVIEWS; i++)
+        for (int i = 0; i < TIMERS_NVIEWS; i++)
                 strbuf_printf(b,
                               "easypost_sync_analytics_refreshes_total{view=\"%s\",outcome=\"ok\"} %llu\n"
                               "easypost_sync_analytics_refreshes_total{view=\"%s\",outcome=\"failed\"} %llu\n"
@@ -230,14 +234,14 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                               (unsigned long long)vs[i].failed, vs[i].name, (unsigned long long)vs[i].skipped);
         strbuf_printf(b, "# HELP easypost_sync_analytics_refresh_duration_seconds Last refresh of each view.\n"
                          "# TYPE easypost_sync_analytics_refresh_duration_seconds gauge\n");
-        for (int i = 0; i < JOBS_NVIEWS; i++)
+        for (int i = 0; i < TIMERS_NVIEWS; i++)
                 strbuf_printf(b, "easypost_sync_analytics_refresh_duration_seconds{view=\"%s\"} %.6f\n",
                               vs[i].name, vs[i].last_duration_ms / 1000.0);
         strbuf_printf(b, "# HELP easypost_sync_projected_deferred_total Events projected after their commit "
                          "(projection = deferred).\n"
                          "# TYPE easypost_sync_projected_deferred_total counter\n"
                          "easypost_sync_projected_deferred_total %llu\n",
-                      (unsigned long long)jobs_projected(a->jobs));
+                      (unsigned long long)pj.projected);
         struct pacer_stats ps;
         struct syncjobs_stats js;
         struct backfill_stats bs;

@@ -1,0 +1,22 @@
+/*
+ * schema.h - the schema version behind /readyz: on every (re)connect of a
+ * connection of its own, reads the highest applied migration and warns when
+ * it is behind this build's DB_SCHEMA_VERSION.
+ */
+#ifndef EPS_SCHEMA_H
+#define EPS_SCHEMA_H
+
+#include <event2/event.h>
+
+struct schema;
+
+/* A checker with its own connection to conninfo. */
+struct schema *schema_new(struct event_base *base, const char *conninfo);
+/* Connects; the check runs on each connect. */
+void schema_start(struct schema *s);
+/* Closes the connection and frees. */
+void schema_free(struct schema *s);
+/* Highest applied migration; -1 until known, 0 without schema_migrations. */
+int schema_version(const struct schema *s);
+
+#endif

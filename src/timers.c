@@ -1,0 +1,388 @@
+/*
+ * timers.c - system_metrics rows and analytics refreshes.
+ *
+ *   metrics:   IDLE --tick--> INSERT in flight --done--> IDLE (re-armed)
+ *   analytics: IDLE --tick (wall-clock slot)--> view 0 --> view 1 --> view 2
+ *              --> last refresh times (any replica) --> IDLE
+ *
+ * Database down: the tick is skipped with one log line (state changes only)
+ * and the timer re-armed; work resumes by itself when the connection is back.
+ * Analytics ticks are aligned to multiples of the interval on the wall clock
+ * so that every replica names the same slot; eps_refresh_view() elects one
+ * replica per view and slot.
+ */
+#include "timers.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db_conn.h"
+#include "log.h"
+#include "util.h"
+
+static const char *const view_names[TIMERS_NVIEWS] = {
+        "analytics_daily_volume", "analytics_carrier_performance", "analytics_status_funnel",
+};
+
+struct timers {
+        struct db_conn *conn;  /* system_metrics rows */
+        struct db_conn *aconn; /* analytics refreshes only */
+        struct event *metrics_timer, *analytics_timer;
+        timers_sample_fn sample;
+        void *sample_arg;
+        char *instance_id;
+        long metrics_interval, analytics_interval, retention_days;
+        bool stopped;
+        bool metrics_busy, analytics_busy;
+        bool metrics_skipping, analytics_skipping;
+        /* metrics window */
+        uint64_t last_us;
+        struct timers_sample last;
+        /* analytics */
+        int view;
+        long long slot;
+        struct timers_view_stats views[TIMERS_NVIEWS];
+};
+
+static void arm_metrics(struct timers *t);
+static void arm_analytics(struct timers *t);
+
+static const struct db_conn_hooks no_hooks = { 0 };
+
+/* ---- system_metrics ---- */
+
+static void
+metrics_done(PGresult *res, void *arg)
+{
+        struct timers *t = arg;
+
+        t->metrics_busy = false;
+        if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+                if (!t->metrics_skipping)
+                        log_warn("timers", "system_metrics row not written: %s",
+                                 res ? PQresultErrorMessage(res) : "connection lost");
+                t->metrics_skipping = true;
+        } else if (t->metrics_skipping) {
+                log_info("timers", "system_metrics rows written again");
+                t->metrics_skipping = false;
+        }
+        arm_metrics(t);
+}
+
+static double
+per_s(uint64_t now, uint64_t before, double secs)
+{
+        return (double)(now - before) / secs;
+}
+
+/* The row's 21 parameters from this sample and the last one. */
+static void
+row_values(const struct timers *t, const struct timers_sample *c, double secs, char v[21][48])
+{
+        const struct timers_sample *l = &t->last;
+
+        snprintf(v[0], 48, "%s", "");
+        snprintf(v[1], 48, "%.3f", secs);
+        snprintf(v[2], 48, "%lu", c->rss_bytes);
+        snprintf(v[3], 48, "%.2f", (c->cpu_seconds - l->cpu_seconds) / secs * 100.0);
+        snprintf(v[4], 48, "%u", c->open_fds);
+        snprintf(v[5], 48, "%u", c->queue_depth);
+        snprintf(v[6], 48, "%u", c->queue_limit);
+        snprintf(v[7], 48, "%u", c->conns);
+        snprintf(v[8], 48, "%u", c->conns_up);
+        snprintf(v[9], 48, "%u", c->conns_busy);
+        snprintf(v[10], 48, "%.3f", per_s(c->requests, l->requests, secs));
+        snprintf(v[11], 48, "%.3f", per_s(c->stored, l->stored, secs));
+        snprintf(v[12], 48, "%.3f", per_s(c->duplicates, l->duplicates, secs));
+        snprintf(v[13], 48, "%.3f", per_s(c->c4xx, l->c4xx, secs));
+        snprintf(v[14], 48, "%.3f", per_s(c->c5xx, l->c5xx, secs));
+        snprintf(v[15], 48, "%.3f", metrics_quantile_ms(&c->ack_window, 0.5));
+        snprintf(v[16], 48, "%.3f", metrics_quantile_ms(&c->ack_window, 0.99));
+        snprintf(v[17], 48, "%.3f", (double)c->ack_window.max_us / 1000.0);
+        snprintf(v[18], 48, "%u", c->api_in_flight);
+        snprintf(v[19], 48, "%.1f", c->uptime_s);
+        snprintf(v[20], 48, "%ld", t->retention_days);
+}
+
+static void
+metrics_tick(evutil_socket_t fd, short what, void *arg)
+{
+        struct timers *t = arg;
+        uint64_t now = clock_mono_us();
+        double secs = (double)(now - t->last_us) / 1e6;
+        struct timers_sample c;
+        char v[21][48];
+        const char *vals[21];
+
+        (void)fd;
+        (void)what;
+        memset(&c, 0, sizeof(c));
+        t->sample(&c, t->sample_arg);
+        if (secs <= 0)
+                secs = 1e-6;
+        row_values(t, &c, secs, v);
+        for (int i = 0; i < 21; i++)
+                vals[i] = v[i];
+        vals[0] = t->instance_id;
+        if (c.ack_window.count == 0)
+                vals[15] = vals[16] = vals[17] = NULL;
+        t->last_us = now;
+        t->last = c;
+
+        if (db_conn_query(t->conn,
+                          "WITH old AS (DELETE FROM system_metrics"
+                          " WHERE ts < now() - make_interval(days => $21::int))"
+                          " INSERT INTO system_metrics (instance_id, interval_s, rss_bytes, cpu_pct,"
+                          " open_fds, queue_depth, queue_limit, db_conns_configured, db_conns_up,"
+                          " db_conns_busy, http_requests_ps, events_stored_ps, duplicates_ps,"
+                          " http_4xx_ps, http_5xx_ps, ack_p50_ms, ack_p99_ms, ack_max_ms,"
+                          " api_in_flight, uptime_s) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+                          " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+                          21, vals, metrics_done, t) != 0) {
+                if (!t->metrics_skipping)
+                        log_warn("timers", "database unavailable: skipping system_metrics ticks");
+                t->metrics_skipping = true;
+                arm_metrics(t);
+                return;
+        }
+        t->metrics_busy = true;
+}
+
+static void
+arm_metrics(struct timers *t)
+{
+        if (t->stopped || t->metrics_interval <= 0 || t->metrics_busy)
+                return;
+        struct timeval tv = { t->metrics_interval, 0 };
+        evtimer_add(t->metrics_timer, &tv);
+}
+
+/* ---- analytics ---- */
+
+static void refresh_next(struct timers *t);
+
+static void
+refresh_done(PGresult *res, void *arg)
+{
+        struct timers *t = arg;
+        struct timers_view_stats *vs = &t->views[t->view];
+
+        if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+                vs->failed++;
+                log_warn("timers", "refresh %s: %s", vs->name,
+                         res ? PQresultErrorMessage(res) : "connection lost");
+        } else {
+                const char *outcome = PQgetvalue(res, 0, 0);
+                if (strcmp(outcome, "ok") == 0) {
+                        vs->ok++;
+                        vs->last_rows = atoll(PQgetvalue(res, 0, 1));
+                        vs->last_duration_ms = atof(PQgetvalue(res, 0, 2));
+                        log_info("timers", "refreshed %s slot %lld: %lld rows in %.1f ms", vs->name,
+                                 t->slot, vs->last_rows, vs->last_duration_ms);
+                } else if (strcmp(outcome, "failed") == 0) {
+                        vs->failed++;
+                        vs->last_duration_ms = atof(PQgetvalue(res, 0, 2));
+                        log_warn("timers", "refresh %s slot %lld failed: %s", vs->name, t->slot,
+                                 PQgetvalue(res, 0, 3));
+                } else {
+                        vs->skipped++;
+                        log_debug("timers", "refresh %s slot %lld %s: another replica has it",
+                                  vs->name, t->slot, outcome);
+                }
+        }
+        t->view++;
+        refresh_next(t);
+}
+
+static void
+analytics_idle(struct timers *t)
+{
+        t->analytics_busy = false;
+        arm_analytics(t);
+}
+
+/* The last successful refresh of each view, by any replica. */
+static void
+last_refresh_cb(PGresult *res, void *arg)
+{
+        struct timers *t = arg;
+
+        if (res && PQresultStatus(res) == PGRES_TUPLES_OK) {
+                for (int r = 0; r < PQntuples(res); r++)
+                        for (int i = 0; i < TIMERS_NVIEWS; i++)
+                                if (strcmp(PQgetvalue(res, r, 0), view_names[i]) == 0 &&
+                                    !PQgetisnull(res, r, 1))
+                                        t->views[i].last_refresh_unix =
+                                                strtoull(PQgetvalue(res, r, 1), NULL, 10);
+        } else if (res) {
+                log_warn("timers", "reading the last refresh times failed: %s",
+                         PQresultErrorMessage(res));
+        }
+        analytics_idle(t);
+}
+
+static void
+read_last_refresh(struct timers *t)
+{
+        if (db_conn_query(t->aconn, "SELECT v, (SELECT floor(extract(epoch FROM started_at"
+                                    " + duration_ms * interval '1 millisecond'))::bigint"
+                                    " FROM analytics_refreshes r WHERE r.view_name = v"
+                                    " AND r.outcome = 'ok' ORDER BY started_at DESC LIMIT 1)"
+                                    " FROM unnest(ARRAY['analytics_daily_volume',"
+                                    " 'analytics_carrier_performance', 'analytics_status_funnel']) v",
+                          0, NULL, last_refresh_cb, t) != 0)
+                analytics_idle(t);
+}
+
+static void
+refresh_next(struct timers *t)
+{
+        char tick[32];
+        const char *vals[3];
+
+        if (t->stopped) {
+                analytics_idle(t);
+                return;
+        }
+        if (t->view >= TIMERS_NVIEWS) {
+                read_last_refresh(t);
+                return;
+        }
+        snprintf(tick, sizeof(tick), "%lld", t->slot);
+        vals[0] = view_names[t->view];
+        vals[1] = tick;
+        vals[2] = t->instance_id;
+        if (db_conn_query(t->aconn, "SELECT outcome, rows, duration_ms, error"
+                                    " FROM eps_refresh_view($1, $2::bigint, $3)",
+                          3, vals, refresh_done, t) != 0) {
+                if (!t->analytics_skipping)
+                        log_warn("timers", "database unavailable: skipping analytics refreshes");
+                t->analytics_skipping = true;
+                analytics_idle(t);
+                return;
+        }
+        if (t->analytics_skipping) {
+                log_info("timers", "analytics refreshes resumed");
+                t->analytics_skipping = false;
+        }
+}
+
+static void
+analytics_tick(evutil_socket_t fd, short what, void *arg)
+{
+        struct timers *t = arg;
+        long iv = t->analytics_interval;
+
+        (void)fd;
+        (void)what;
+        if (iv <= 0)
+                return;
+        /* the slot that has just begun (the timer fires a moment after its start) */
+        t->slot = (long long)(clock_real_ms() / 1000 / (uint64_t)iv);
+        t->view = 0;
+        t->analytics_busy = true;
+        refresh_next(t);
+}
+
+static void
+arm_analytics(struct timers *t)
+{
+        long iv = t->analytics_interval;
+
+        if (t->stopped || iv <= 0 || t->analytics_busy)
+                return;
+        uint64_t now = clock_real_ms();
+        uint64_t period = (uint64_t)iv * 1000;
+        uint64_t next = (now / period + 1) * period + 20; /* just past the boundary */
+        uint64_t ms = next - now;
+        struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+        evtimer_add(t->analytics_timer, &tv);
+}
+
+/* ---- lifecycle ---- */
+
+static void
+set(struct timers *t, const struct timers_settings *st)
+{
+        free(t->instance_id);
+        t->instance_id = xstrdup(st->instance_id);
+        t->metrics_interval = st->metrics_interval;
+        t->analytics_interval = st->analytics_interval;
+        t->retention_days = st->retention_days;
+}
+
+struct timers *
+timers_new(struct event_base *base, const char *conninfo, const struct timers_settings *st,
+           timers_sample_fn sample, void *arg)
+{
+        struct timers *t = xcalloc(1, sizeof(*t));
+
+        set(t, st);
+        t->sample = sample;
+        t->sample_arg = arg;
+        t->conn = db_conn_new(base, conninfo, "timers", &no_hooks, t);
+        t->aconn = db_conn_new(base, conninfo, "analytics", &no_hooks, t);
+        t->metrics_timer = evtimer_new(base, metrics_tick, t);
+        t->analytics_timer = evtimer_new(base, analytics_tick, t);
+        for (int i = 0; i < TIMERS_NVIEWS; i++)
+                t->views[i].name = view_names[i];
+        return t;
+}
+
+void
+timers_start(struct timers *t)
+{
+        t->last_us = clock_mono_us();
+        t->sample(&t->last, t->sample_arg);
+        db_conn_start(t->conn);
+        if (t->analytics_interval > 0)
+                db_conn_start(t->aconn);
+        arm_metrics(t);
+        arm_analytics(t);
+}
+
+void
+timers_reload(struct timers *t, const struct timers_settings *st)
+{
+        set(t, st);
+        if (t->analytics_interval > 0 && db_conn_state(t->aconn) == DB_DOWN)
+                db_conn_start(t->aconn);
+        if (!t->metrics_busy) {
+                evtimer_del(t->metrics_timer);
+                arm_metrics(t);
+        }
+        if (!t->analytics_busy) {
+                evtimer_del(t->analytics_timer);
+                arm_analytics(t);
+        }
+}
+
+void
+timers_stop(struct timers *t)
+{
+        t->stopped = true;
+        evtimer_del(t->metrics_timer);
+        evtimer_del(t->analytics_timer);
+}
+
+void
+timers_free(struct timers *t)
+{
+        if (t == NULL)
+                return;
+        t->stopped = true;
+        db_conn_free(t->aconn); /* in-flight callbacks run now, as lost */
+        db_conn_free(t->conn);
+        event_free(t->metrics_timer);
+        event_free(t->analytics_timer);
+        free(t->instance_id);
+        free(t);
+}
+
+const struct timers_view_stats *
+timers_views(const struct timers *t)
+{
+        return t->views;
+}
