@@ -33,14 +33,14 @@ struct app {
         struct pacer *pacer;
         struct syncjobs *syncjobs;
         struct backfill *backfill;
+        struct webhook *webhook;
+        struct ops *ops;
         struct http *http;
         enum app_state state;
         struct event *ev_term, *ev_int, *ev_hup, *ev_drain_deadline, *ev_drain_poll;
         struct uuid7_gen uuid;
         uint64_t started_us;
         char instance_id[128];
-        char *basic_auth;             /* expected "Basic base64(user:pass)" or NULL */
-        uint64_t next_rid;
 };
 
 /* Builds everything from cfg (takes ownership). Dies before the loop on error. */
@@ -50,8 +50,5 @@ void app_fini(struct app *a);
 
 /* Starts draining (SIGTERM path); safe to call twice. */
 void app_drain(struct app *a);
-
-/* Expected Authorization header for basic auth, or NULL (caller frees). */
-char *app_basic_auth_header(const char *user, const char *pass);
 
 #endif

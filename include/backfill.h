@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 struct backfill;
+struct strbuf;
 struct ingest;
 struct pacer;
 struct uuid7_gen;
@@ -56,6 +57,8 @@ void backfill_stop(struct backfill *b);
 void backfill_free(struct backfill *b);
 /* Fills the counters. */
 void backfill_snapshot(const struct backfill *b, struct backfill_stats *out);
+/* Appends the backfill metrics to sb. */
+void backfill_render_metrics(const struct backfill *b, struct strbuf *sb);
 /* Name of a state, for logs and tests. */
 const char *backfill_state_name(enum backfill_state s);
 

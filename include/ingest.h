@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "epevent.h"
+#include "metrics.h"
 
 enum ingest_result {
         INGEST_STORED,      /* committed (projected, stored raw, or dead-lettered) */
@@ -53,6 +54,7 @@ struct ingest_stats {
         uint64_t batch_size_buckets[8]; /* <=1, 2, 4, 16, 64, 256, 1024, more */
         uint64_t poison_splits;         /* batches sent again one event at a time */
         uint64_t retries;               /* batches sent again after a deadlock */
+        uint64_t events[METRICS_NDESC][METRICS_OUT_COUNT]; /* answered, by description and outcome */
 };
 
 struct ingest;
@@ -93,6 +95,8 @@ unsigned ingest_conns_ready(const struct ingest *g);
 unsigned ingest_conns_busy(const struct ingest *g);
 unsigned long ingest_reconnects(const struct ingest *g);
 const struct ingest_stats *ingest_stats(const struct ingest *g);
+/* Appends the events, batches, queue and connection metrics to b. */
+void ingest_render_metrics(const struct ingest *g, struct strbuf *b);
 /* True when nothing is queued or in flight. */
 bool ingest_idle(const struct ingest *g);
 

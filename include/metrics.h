@@ -1,17 +1,15 @@
 /*
- * metrics.h - process-wide counters and the Prometheus text renderer.
- *
- * Counters are plain integers bumped on the loop thread (no atomics, no
- * allocation). Gauges that other modules own are passed in a snapshot when
- * rendering, so the scrape path does no database query.
+ * metrics.h - what the Prometheus page is made of: the endpoint and outcome
+ * labels, fixed-bucket latency histograms and the text buffer every module
+ * renders its own metrics into. The counters themselves live with the
+ * module that owns them (http, webhook, ingest, pacer, ...), each of which
+ * renders them; ops.c serves the page.
  */
 #ifndef EPS_METRICS_H
 #define EPS_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>
-
-#include "sig.h"
 
 enum metrics_endpoint { EP_WEBHOOK, EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_OTHER, EP_COUNT };
 
@@ -27,25 +25,17 @@ struct latency_hist {
 /* Event outcomes by description; unknown descriptions share "other" so a
  * client cannot grow the label set. */
 enum metrics_outcome { OUT_STORED, OUT_DUPLICATE, OUT_FAILED, OUT_UNAVAILABLE, OUT_COUNT };
+#define METRICS_OUT_COUNT 4
 #define METRICS_NDESC 20
 
-struct metrics {
-        uint64_t requests[EP_COUNT][6]; /* by status class: [1]=1xx .. [5]=5xx */
-        uint64_t rejected_sig, rejected_parse, rejected_auth;
-        uint64_t sig_matches[SIG_MAX_KEYS];
-        struct latency_hist ack;        /* webhook ack latency, whole run */
-        struct latency_hist ack_window; /* since the last system_metrics tick */
-        uint64_t events[METRICS_NDESC][OUT_COUNT];
-};
-
-extern struct metrics metrics;
-
+/* Bucket bounds in ms (LAT_BUCKETS of them). */
 const double *metrics_lat_bounds_ms(void);
-void metrics_request(enum metrics_endpoint ep, int status);
-void metrics_event(const char *description, enum metrics_outcome o);
+/* The description's slot: its index, or the last ("other") for one not listed. */
+int metrics_desc_index(const char *description);
 /* Name of description slot i ("other" for the last). */
 const char *metrics_desc_name(int i);
 const char *metrics_outcome_name(enum metrics_outcome o);
+/* Adds one observation of us microseconds. */
 void metrics_latency(struct latency_hist *h, uint64_t us);
 /* Quantile estimate in ms from the histogram (upper bound of the bucket). */
 double metrics_quantile_ms(const struct latency_hist *h, double q);
@@ -57,5 +47,9 @@ struct strbuf {
 };
 void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void strbuf_free(struct strbuf *b);
+
+/* Appends h as the Prometheus histogram `name` (seconds) with its HELP line. */
+void metrics_render_hist(struct strbuf *b, const char *name, const char *help,
+                         const struct latency_hist *h);
 
 #endif

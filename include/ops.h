@@ -1,20 +1,36 @@
 /*
  * ops.h - operator endpoints: GET /healthz, /readyz and /metrics. They reply
- * synchronously from in-memory state; no database query on any of them.
+ * synchronously from what their owner's callbacks fill in; no database
+ * query on any of them. The owner routes them (http_route) with the ops
+ * object as argument.
  */
 #ifndef EPS_OPS_H
 #define EPS_OPS_H
 
 #include <event2/http.h>
+#include <stdbool.h>
 
-struct app;
+struct ops;
 struct strbuf;
 
-void ops_register(struct evhttp *h, struct app *a);
-/* Appends the Prometheus text exposition (format 0.0.4) to b. */
-void ops_render_metrics(struct app *a, struct strbuf *b);
-/* Resident set size in bytes and open fd count of this process (0 if unknown). */
-unsigned long ops_rss_bytes(void);
-unsigned ops_open_fds(void);
+/* The readiness checks, filled by the owner for each /readyz. */
+struct ops_ready {
+        bool db;          /* a database connection is up */
+        bool room;        /* the ingest queue has room */
+        bool running;     /* not draining */
+        int schema;       /* applied migration, -1 unknown */
+        const char *api;  /* "off", "ok" or "unauthorized" */
+};
+typedef void (*ops_ready_fn)(struct ops_ready *out, void *arg);
+/* Appends every module's metrics to b. */
+typedef void (*ops_render_fn)(struct strbuf *b, void *arg);
+
+/* Endpoints that ask ready and render (with arg) on each request. */
+struct ops *ops_new(ops_ready_fn ready, ops_render_fn render, void *arg);
+void ops_free(struct ops *o);
+/* The handlers; arg = the ops object. */
+void ops_healthz_cb(struct evhttp_request *req, void *arg);
+void ops_readyz_cb(struct evhttp_request *req, void *arg);
+void ops_metrics_cb(struct evhttp_request *req, void *arg);
 
 #endif

@@ -14,6 +14,7 @@
 #include "httpc.h"
 
 struct pacer;
+struct strbuf;
 
 /* What the pacer needs of the configuration; strings are copied. */
 struct pacer_settings {
@@ -55,5 +56,7 @@ bool pacer_enabled(const struct pacer *p);
 bool pacer_auth_failed(const struct pacer *p);
 /* Fills the counters. */
 void pacer_snapshot(const struct pacer *p, struct pacer_stats *out);
+/* Appends the API request metrics to b. */
+void pacer_render_metrics(const struct pacer *p, struct strbuf *b);
 
 #endif

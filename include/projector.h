@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 struct projector;
+struct strbuf;
 
 /* Counters for /metrics. */
 struct projector_stats {
@@ -29,5 +30,7 @@ void projector_free(struct projector *p);
 void projector_kick(void *arg);
 /* Fills the counters. */
 void projector_snapshot(const struct projector *p, struct projector_stats *out);
+/* Appends the deferred projection metrics to b (p may be NULL: projection inline). */
+void projector_render_metrics(const struct projector *p, struct strbuf *b);
 
 #endif

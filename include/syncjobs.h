@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 struct pacer;
+struct strbuf;
 struct syncjobs;
 
 /* What the worker needs of the configuration; strings are copied. */
@@ -40,5 +41,7 @@ void syncjobs_stop(struct syncjobs *w);
 void syncjobs_free(struct syncjobs *w);
 /* Fills the counters. */
 void syncjobs_snapshot(const struct syncjobs *w, struct syncjobs_stats *out);
+/* Appends the sync job metrics to b. */
+void syncjobs_render_metrics(const struct syncjobs *w, struct strbuf *b);
 
 #endif

@@ -15,6 +15,7 @@
 #include "metrics.h"
 
 struct timers;
+struct strbuf;
 
 #define TIMERS_NVIEWS 3
 
@@ -64,5 +65,7 @@ void timers_stop(struct timers *t);
 void timers_free(struct timers *t);
 /* The views' counters (TIMERS_NVIEWS entries, owned by t). */
 const struct timers_view_stats *timers_views(const struct timers *t);
+/* Appends the analytics refresh metrics to b. */
+void timers_render_metrics(const struct timers *t, struct strbuf *b);
 
 #endif

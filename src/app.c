@@ -13,7 +13,6 @@
 #include "app.h"
 
 #include <event2/event.h>
-#include <openssl/evp.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -25,6 +24,8 @@
 #include "ingest.h"
 #include "metrics.h"
 #include "ops.h"
+#include "procstat.h"
+#include "webhook.h"
 #include "projector.h"
 #include "schema.h"
 #include "timers.h"
@@ -37,31 +38,6 @@
 extern char **environ;
 
 #define DRAIN_POLL_MS 20
-
-char *
-app_basic_auth_header(const char *user, const char *pass)
-{
-        if (user == NULL || user[0] == '\0')
-                return NULL;
-        size_t n = strlen(user) + 1 + strlen(pass);
-        char *plain = xmalloc(n + 1);
-        snprintf(plain, n + 1, "%s:%s", user, pass);
-        char *out = xmalloc(6 + 4 * ((n + 2) / 3) + 1);
-        memcpy(out, "Basic ", 6);
-        EVP_EncodeBlock((unsigned char *)out + 6, (unsigned char *)plain, (int)n);
-        memset(plain, 0, n);
-        free(plain);
-        return out;
-}
-
-static void
-free_secret_str(char *s)
-{
-        if (s) {
-                memset(s, 0, strlen(s));
-                free(s);
-        }
-}
 
 static void
 apply_logging(const struct cfg *c)
@@ -111,6 +87,7 @@ app_drain(struct app *a)
         a->state = APP_DRAINING;
         log_info("app", "draining: %u events in flight", ingest_depth(a->ingest));
         http_stop_accepting(a->http);
+        webhook_stop(a->webhook);
         timers_stop(a->timers);
         projector_stop(a->projector);
         syncjobs_stop(a->syncjobs);
@@ -146,46 +123,94 @@ timers_settings(const struct app *a)
                                          .retention_days = c->metrics_retention_days };
 }
 
-static double
-cpu_seconds(void)
-{
-        struct rusage ru;
-
-        getrusage(RUSAGE_SELF, &ru);
-        return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-               (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
 /* The figures of one system_metrics row, from the modules that own them. */
 static void
 sample(struct timers_sample *out, void *arg)
 {
         struct app *a = arg;
         const struct ingest_stats *st = ingest_stats(a->ingest);
+        struct http_stats hs;
         struct pacer_stats ps;
+        struct procstat pr;
 
-        for (int e = 0; e < EP_COUNT; e++)
-                for (int k = 1; k <= 5; k++)
-                        out->requests += metrics.requests[e][k];
+        http_snapshot(a->http, &hs);
         for (int e = 0; e < EP_COUNT; e++) {
-                out->c4xx += metrics.requests[e][4];
-                out->c5xx += metrics.requests[e][5];
+                for (int k = 1; k <= 5; k++)
+                        out->requests += hs.requests[e][k];
+                out->c4xx += hs.requests[e][4];
+                out->c5xx += hs.requests[e][5];
         }
         out->stored = st->stored;
         out->duplicates = st->duplicates;
-        out->rss_bytes = ops_rss_bytes();
-        out->open_fds = ops_open_fds();
-        out->cpu_seconds = cpu_seconds();
+        procstat_read(&pr);
+        out->rss_bytes = pr.rss_bytes;
+        out->open_fds = pr.open_fds;
+        out->cpu_seconds = pr.cpu_seconds;
         out->queue_depth = ingest_depth(a->ingest);
         out->queue_limit = ingest_limit(a->ingest);
         out->conns = ingest_conns(a->ingest);
         out->conns_up = ingest_conns_ready(a->ingest);
         out->conns_busy = ingest_conns_busy(a->ingest);
-        out->ack_window = metrics.ack_window;
-        memset(&metrics.ack_window, 0, sizeof(metrics.ack_window));
+        webhook_take_ack_window(a->webhook, &out->ack_window);
         pacer_snapshot(a->pacer, &ps);
         out->api_in_flight = ps.in_flight;
         out->uptime_s = (double)(clock_mono_us() - a->started_us) / 1e6;
+}
+
+static void
+ready(struct ops_ready *out, void *arg)
+{
+        struct app *a = arg;
+        struct pacer_stats ps;
+
+        pacer_snapshot(a->pacer, &ps);
+        out->db = ingest_db_up(a->ingest);
+        out->room = ingest_has_room(a->ingest);
+        out->running = a->state == APP_RUNNING;
+        out->schema = schema_version(a->schema);
+        out->api = !ps.enabled ? "off" : ps.auth_failed ? "unauthorized" : "ok";
+}
+
+/* Every module's part of /metrics. */
+static void
+render(struct strbuf *b, void *arg)
+{
+        struct app *a = arg;
+
+        http_render_metrics(a->http, b);
+        ingest_render_metrics(a->ingest, b);
+        webhook_render_metrics(a->webhook, b);
+        timers_render_metrics(a->timers, b);
+        projector_render_metrics(a->projector, b);
+        pacer_render_metrics(a->pacer, b);
+        syncjobs_render_metrics(a->syncjobs, b);
+        backfill_render_metrics(a->backfill, b);
+        procstat_render(b);
+}
+
+static struct webhook_settings
+webhook_settings(const struct app *a)
+{
+        const struct cfg *c = a->cfg;
+        return (struct webhook_settings){ .path = c->webhook_path, .request_timeout = c->request_timeout,
+                                          .basic_auth_user = c->basic_auth_user,
+                                          .basic_auth_password = c->basic_auth_password,
+                                          .keys = a->keys };
+}
+
+/* Routes every endpoint: the webhook on the main listener, the ops ones where metrics_listen says. */
+static int
+route(struct app *a, struct err *e)
+{
+        if (http_route(a->http, HTTP_MAIN, a->cfg->webhook_path, webhook_cb, a->webhook) != 0) {
+                err_set(e, -1, "webhook_path %s clashes with another endpoint", a->cfg->webhook_path);
+                return -1;
+        }
+        if (http_route(a->http, HTTP_OPS, "/healthz", ops_healthz_cb, a->ops) != 0 ||
+            http_route(a->http, HTTP_OPS, "/readyz", ops_readyz_cb, a->ops) != 0 ||
+            http_route(a->http, HTTP_OPS, "/metrics", ops_metrics_cb, a->ops) != 0)
+                log_warn("app", "webhook_path %s hides an ops endpoint", a->cfg->webhook_path);
+        return 0;
 }
 
 static struct pacer_settings
@@ -251,13 +276,13 @@ reload(struct app *a)
                 log_warn("app", "reload: %s need a restart; keeping the running values", changed);
         sig_keyset_free(a->keys);
         a->keys = keys;
-        free_secret_str(a->basic_auth);
-        a->basic_auth = app_basic_auth_header(next->basic_auth_user, next->basic_auth_password);
         ingest_set_batch_max(a->ingest, (unsigned)next->batch_max);
         cfg_free(a->cfg);
         a->cfg = next;
         apply_logging(a->cfg);
         struct timers_settings ts = timers_settings(a);
+        struct webhook_settings ws = webhook_settings(a);
+        webhook_reload(a->webhook, &ws);
         timers_reload(a->timers, &ts);
         reload_sync(a);
         log_info("app", "configuration reloaded (%zu webhook secrets)", sig_keyset_count(a->keys));
@@ -299,7 +324,6 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         a->keys = sig_keyset_new((const char *const *)cfg->secrets, cfg->nsecrets, e);
         if (a->keys == NULL)
                 return -1;
-        a->basic_auth = app_basic_auth_header(cfg->basic_auth_user, cfg->basic_auth_password);
         a->base = event_base_new();
         if (a->base == NULL) {
                 err_set(e, -1, "event_base_new failed");
@@ -323,8 +347,11 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         a->pacer = pacer_new(a->base, &ps);
         a->syncjobs = syncjobs_new(a->base, cfg->database_url, a->pacer, &ss);
         a->backfill = backfill_new(a->base, cfg->database_url, a->pacer, a->ingest, &a->uuid, &bs);
-        a->http = http_new(a, e);
-        if (a->http == NULL)
+        struct webhook_settings ws = webhook_settings(a);
+        a->webhook = webhook_new(a->base, a->ingest, &a->uuid, &ws);
+        a->ops = ops_new(ready, render, a);
+        a->http = http_new(a->base, cfg, e);
+        if (a->http == NULL || route(a, e) != 0)
                 return -1;
         a->ev_term = evsignal_new(a->base, SIGTERM, term_cb, a);
         a->ev_int = evsignal_new(a->base, SIGINT, term_cb, a);
@@ -388,8 +415,13 @@ app_fini(struct app *a)
         backfill_free(a->backfill);
         a->backfill = NULL;
         http_free(a->http);
+        a->http = NULL;
         ingest_free(a->ingest);
         a->ingest = NULL;
+        webhook_free(a->webhook);
+        a->webhook = NULL;
+        ops_free(a->ops);
+        a->ops = NULL;
         if (a->ev_term)
                 event_free(a->ev_term);
         if (a->ev_int)
@@ -401,7 +433,6 @@ app_fini(struct app *a)
         if (a->ev_drain_poll)
                 event_free(a->ev_drain_poll);
         sig_keyset_free(a->keys);
-        free_secret_str(a->basic_auth);
         cfg_free(a->cfg);
         if (a->base)
                 event_base_free(a->base);

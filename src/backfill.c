@@ -527,3 +527,19 @@ backfill_snapshot(const struct backfill *b, struct backfill_stats *out)
         if (b)
                 *out = b->stats;
 }
+
+void
+backfill_render_metrics(const struct backfill *b, struct strbuf *sb)
+{
+        struct backfill_stats bs;
+
+        backfill_snapshot(b, &bs);
+        strbuf_printf(sb, "# HELP easypost_sync_backfill_events_total Events recovered by backfill.\n"
+                          "# TYPE easypost_sync_backfill_events_total counter\n"
+                          "easypost_sync_backfill_events_total %llu\n"
+                          "# HELP easypost_sync_backfill_unusable_total Recovered bodies that did not parse or "
+                          "named another event (tried again next run).\n"
+                          "# TYPE easypost_sync_backfill_unusable_total counter\n"
+                          "easypost_sync_backfill_unusable_total %llu\n",
+                      (unsigned long long)bs.recovered, (unsigned long long)bs.unusable);
+}

@@ -25,7 +25,7 @@ const struct cfg_key cfg_keys[] = {
         S("webhook_path", webhook_path, "/webhooks/easypost", false, false, "path that receives EasyPost events"),
         I("max_body_bytes", max_body_bytes, "1048576", 1024, 64L << 20, false, "largest accepted webhook body; larger gets 413 unread"),
         I("max_header_bytes", max_header_bytes, "16384", 1024, 1L << 20, false, "largest request head (request line + headers)"),
-        I("max_connections", max_connections, "4096", 1, 1000000, false, "client connections at most (open descriptors, checked at accept); beyond it accepting pauses"),
+        I("max_connections", max_connections, "4096", 1, 1000000, false, "client connections open at most; beyond it accepting pauses until one closes"),
         I("idle_timeout", idle_timeout, "30", 1, 3600, false, "seconds a client connection may stay silent (slow or idle clients)"),
         I("request_timeout", request_timeout, "10", 1, 600, true, "seconds a webhook may wait for its commit before it gets 503"),
         S("tls_cert", tls_cert, "", false, false, "PEM certificate chain: serve HTTPS (TLS 1.2+) when set with tls_key"),

@@ -7,6 +7,7 @@
  * 405 instead of libevent's page. Oversized bodies are refused by evhttp
  * itself from Content-Length, before a byte of the body is read.
  *
+ * Routes are the owner's (http_route); what is not routed gets a JSON 404.
  * Connections: see conn_bev for the cap; TLS (1.2 at least) is OpenSSL
  * through bufferevent_openssl when tls_cert and tls_key are set.
  */
@@ -26,27 +27,33 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "app.h"
 #include "log.h"
-#include "ops.h"
-#include "webhook.h"
+
+/* A connection accepted in this loop pass, waiting for its evhttp_connection. */
+struct conn_watch {
+        struct conn_watch *next, *prev;
+        struct http *h;
+        struct bufferevent *bev;
+        struct event *ev;
+};
 
 struct http {
-        struct app *app;
+        struct event_base *base;
         struct evhttp *main, *ops;
         struct evhttp_bound_socket *main_sock, *ops_sock;
         unsigned port;
         SSL_CTX *tls;
-        struct event *pause_timer;
         bool paused;
         unsigned long pauses;
+        long max_connections;
+        unsigned conns; /* client connections open now */
+        struct conn_watch *watches;
 };
 
-/* Descriptors the daemon holds besides client connections (listeners,
- * database and API connections, logs): headroom for the cap below. */
-#define HTTP_FD_RESERVE 64
-#define HTTP_PAUSE_CHECK_MS 100
 #define HTTP_LISTEN_BACKLOG 4096
+
+/* Answers by endpoint and status class ([1] = 1xx .. [5] = 5xx), process-wide. */
+static uint64_t requests[EP_COUNT][6];
 
 static void
 pause_listeners(struct http *h, bool pause)
@@ -66,34 +73,79 @@ pause_listeners(struct http *h, bool pause)
 }
 
 static void
-pause_check_cb(evutil_socket_t fd, short what, void *arg)
+conn_closed(struct evhttp_connection *evcon, void *arg)
 {
         struct http *h = arg;
-        struct timeval tv = { 0, HTTP_PAUSE_CHECK_MS * 1000 };
+
+        (void)evcon;
+        h->conns--;
+        if (h->paused && h->conns < (unsigned)h->max_connections) {
+                log_info("http", "below max_connections again: accepting");
+                pause_listeners(h, false);
+        }
+}
+
+static void
+watch_free(struct conn_watch *w)
+{
+        if (w->prev)
+                w->prev->next = w->next;
+        else
+                w->h->watches = w->next;
+        if (w->next)
+                w->next->prev = w->prev;
+        event_free(w->ev);
+        free(w);
+}
+
+/* evhttp has made the connection around the bufferevent by now (it is the
+ * bufferevent's callback argument): hear of its close. This runs before any
+ * I/O of the connection, which needs a later poll of the loop. */
+static void
+watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct conn_watch *w = arg;
+        void *evcon = NULL;
 
         (void)fd;
         (void)what;
-        if (ops_open_fds() < (unsigned)h->app->cfg->max_connections + HTTP_FD_RESERVE) {
-                log_info("http", "below max_connections again: accepting");
-                pause_listeners(h, false);
-                return;
-        }
-        evtimer_add(h->pause_timer, &tv);
+        bufferevent_getcb(w->bev, NULL, NULL, NULL, &evcon);
+        if (evcon)
+                evhttp_connection_set_closecb(evcon, conn_closed, w->h);
+        else
+                w->h->conns--; /* evhttp gave it up at once */
+        watch_free(w);
+}
+
+static void
+watch(struct http *h, struct bufferevent *bev)
+{
+        struct conn_watch *w = xcalloc(1, sizeof(*w));
+
+        w->h = h;
+        w->bev = bev;
+        w->ev = event_new(h->base, -1, 0, watch_cb, w);
+        w->next = h->watches;
+        if (h->watches)
+                h->watches->prev = w;
+        h->watches = w;
+        event_active(w->ev, EV_TIMEOUT, 0);
+        h->conns++;
 }
 
 /*
  * A bufferevent for each new connection (TLS when configured). libevent 2.1
- * has no connection cap and tells nobody when a connection closes, so the
- * cap counts open descriptors at each accept: over max_connections the
- * listeners pause (the kernel queues new connections in the backlog) and
- * resume once connections have closed.
+ * has no connection cap, so the cap counts open client connections: one
+ * more at each accept, one less when evhttp closes it. At max_connections
+ * the listeners pause (the kernel queues new connections in the backlog)
+ * and resume as soon as one closes.
  */
 static struct bufferevent *
 conn_bev(struct event_base *base, void *arg)
 {
         struct http *h = arg;
         struct bufferevent *bev;
-        long max = h->app->cfg->max_connections;
+        long max = h->max_connections;
 
         if (h->tls) {
                 SSL *ssl = SSL_new(h->tls);
@@ -106,13 +158,12 @@ conn_bev(struct event_base *base, void *arg)
         }
         if (bev == NULL)
                 abort();
-        if (max > 0 && !h->paused && ops_open_fds() >= (unsigned)max + HTTP_FD_RESERVE) {
-                struct timeval tv = { 0, HTTP_PAUSE_CHECK_MS * 1000 };
+        watch(h, bev);
+        if (max > 0 && !h->paused && h->conns >= (unsigned)max) {
                 log_warn("http", "max_connections (%ld) reached: new connections wait in the backlog",
                          max);
                 h->pauses++;
                 pause_listeners(h, true);
-                evtimer_add(h->pause_timer, &tv);
         }
         return bev;
 }
@@ -162,8 +213,31 @@ http_reply_json(struct evhttp_request *req, enum metrics_endpoint ep, int code, 
         case 503: reason = "Service Unavailable"; break;
         default: reason = "Unknown"; break;
         }
-        metrics_request(ep, code);
+        http_count(ep, code);
         evhttp_send_reply(req, code, reason, out);
+        evbuffer_free(out);
+}
+
+void
+http_count(enum metrics_endpoint ep, int code)
+{
+        int cls = code / 100;
+
+        if (cls < 1 || cls > 5)
+                cls = 5;
+        requests[ep][cls]++;
+}
+
+void
+http_reply_text(struct evhttp_request *req, enum metrics_endpoint ep, const char *content_type,
+                const char *data, size_t len)
+{
+        struct evbuffer *out = evbuffer_new();
+
+        evbuffer_add(out, data, len);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", content_type);
+        http_count(ep, 200);
+        evhttp_send_reply(req, 200, "OK", out);
         evbuffer_free(out);
 }
 
@@ -225,14 +299,12 @@ bind_listener(struct event_base *base, struct evhttp *h, const char *host, unsig
 }
 
 static struct evhttp *
-server_new(struct http *hs, const char *hostport, struct evhttp_bound_socket **sock, bool webhook,
-           bool ops, struct err *e)
+server_new(struct http *hs, const struct cfg *c, const char *hostport,
+           struct evhttp_bound_socket **sock, struct err *e)
 {
-        struct app *a = hs->app;
-        const struct cfg *c = a->cfg;
         char host[256];
         unsigned port;
-        struct evhttp *h = evhttp_new(a->base);
+        struct evhttp *h = evhttp_new(hs->base);
 
         if (h == NULL || cfg_split_hostport(hostport, host, sizeof(host), &port) != 0) {
                 err_set(e, -1, "cannot set up HTTP on %s", hostport);
@@ -246,15 +318,9 @@ server_new(struct http *hs, const char *hostport, struct evhttp_bound_socket **s
                                               EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
                                               EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
         evhttp_set_default_content_type(h, "application/json");
-        if (webhook && evhttp_set_cb(h, c->webhook_path, webhook_cb, a) != 0) {
-                err_set(e, -1, "webhook_path %s clashes with another endpoint", c->webhook_path);
-                goto fail;
-        }
-        if (ops)
-                ops_register(h, a);
-        evhttp_set_gencb(h, notfound_cb, a);
+        evhttp_set_gencb(h, notfound_cb, hs);
         evhttp_set_bevcb(h, conn_bev, hs);
-        *sock = bind_listener(a->base, h, host, port);
+        *sock = bind_listener(hs->base, h, host, port);
         if (*sock == NULL) {
                 err_set(e, -1, "cannot listen on %s", hostport);
                 goto fail;
@@ -267,23 +333,23 @@ fail:
 }
 
 struct http *
-http_new(struct app *a, struct err *e)
+http_new(struct event_base *base, const struct cfg *c, struct err *e)
 {
         struct http *h = xcalloc(1, sizeof(*h));
-        bool split = a->cfg->metrics_listen[0] != '\0';
+        bool split = c->metrics_listen[0] != '\0';
 
-        h->app = a;
-        h->pause_timer = evtimer_new(a->base, pause_check_cb, h);
-        if (a->cfg->tls_cert[0]) {
-                h->tls = tls_ctx_new(a->cfg, e);
+        h->base = base;
+        h->max_connections = c->max_connections;
+        if (c->tls_cert[0]) {
+                h->tls = tls_ctx_new(c, e);
                 if (h->tls == NULL)
                         goto fail;
         }
-        h->main = server_new(h, a->cfg->listen, &h->main_sock, true, !split, e);
+        h->main = server_new(h, c, c->listen, &h->main_sock, e);
         if (h->main == NULL)
                 goto fail;
         if (split) {
-                h->ops = server_new(h, a->cfg->metrics_listen, &h->ops_sock, false, true, e);
+                h->ops = server_new(h, c, c->metrics_listen, &h->ops_sock, e);
                 if (h->ops == NULL)
                         goto fail;
         }
@@ -311,10 +377,41 @@ http_stop_accepting(struct http *h)
         }
 }
 
-unsigned long
-http_pauses(const struct http *h)
+int
+http_route(struct http *h, enum http_server which, const char *path, http_handler_fn fn, void *arg)
 {
-        return h->pauses;
+        struct evhttp *srv = which == HTTP_OPS && h->ops ? h->ops : h->main;
+
+        return evhttp_set_cb(srv, path, fn, arg) == 0 ? 0 : -1;
+}
+
+void
+http_snapshot(const struct http *h, struct http_stats *out)
+{
+        memcpy(out->requests, requests, sizeof(out->requests));
+        out->pauses = h ? h->pauses : 0;
+        out->connections = h ? h->conns : 0;
+}
+
+void
+http_render_metrics(const struct http *h, struct strbuf *b)
+{
+        static const char *const ep_names[EP_COUNT] = { "webhook", "healthz", "readyz", "metrics",
+                                                         "other" };
+        struct http_stats st;
+
+        http_snapshot(h, &st);
+        strbuf_printf(b, "# HELP easypost_sync_http_requests_total HTTP requests answered.\n"
+                         "# TYPE easypost_sync_http_requests_total counter\n");
+        for (int e = 0; e < EP_COUNT; e++)
+                for (int c = 1; c <= 5; c++)
+                        strbuf_printf(b,
+                                      "easypost_sync_http_requests_total{endpoint=\"%s\",code=\"%dxx\"} %llu\n",
+                                      ep_names[e], c, (unsigned long long)st.requests[e][c]);
+        strbuf_printf(b, "# HELP easypost_sync_http_accept_pauses_total Times max_connections paused accepting.\n"
+                         "# TYPE easypost_sync_http_accept_pauses_total counter\n"
+                         "easypost_sync_http_accept_pauses_total %lu\n",
+                      st.pauses);
 }
 
 unsigned
@@ -333,7 +430,7 @@ http_free(struct http *h)
         if (h->ops)
                 evhttp_free(h->ops);
         SSL_CTX_free(h->tls);
-        if (h->pause_timer)
-                event_free(h->pause_timer);
+        while (h->watches)
+                watch_free(h->watches);
         free(h);
 }

@@ -159,16 +159,16 @@ item_finish(struct ingest *g, struct ingest_item *it, enum ingest_result r)
                 g->stats.stored++;
                 if (it->dead_error)
                         g->stats.dead_letters++;
-                metrics_event(it->ev.description,
-                              strcmp(it->status, "failed") == 0 ? OUT_FAILED : OUT_STORED);
+                g->stats.events[metrics_desc_index(it->ev.description)]
+                               [strcmp(it->status, "failed") == 0 ? OUT_FAILED : OUT_STORED]++;
                 break;
         case INGEST_DUPLICATE:
                 g->stats.duplicates++;
-                metrics_event(it->ev.description, OUT_DUPLICATE);
+                g->stats.events[metrics_desc_index(it->ev.description)][OUT_DUPLICATE]++;
                 break;
         case INGEST_UNAVAILABLE:
                 g->stats.unavailable++;
-                metrics_event(it->ev.description, OUT_UNAVAILABLE);
+                g->stats.events[metrics_desc_index(it->ev.description)][OUT_UNAVAILABLE]++;
                 break;
         }
         it->next = NULL;
@@ -650,4 +650,77 @@ bool
 ingest_idle(const struct ingest *g)
 {
         return g->depth == 0;
+}
+
+static void
+render_events(const struct ingest_stats *st, struct strbuf *b)
+{
+        strbuf_printf(b, "# HELP easypost_sync_events_total Events answered, by description and outcome "
+                         "(failed = stored with an error, e.g. a dead letter).\n"
+                         "# TYPE easypost_sync_events_total counter\n");
+        for (int i = 0; i < METRICS_NDESC; i++)
+                for (int o = 0; o < OUT_COUNT; o++)
+                        if (st->events[i][o] || i == METRICS_NDESC - 1)
+                                strbuf_printf(b, "easypost_sync_events_total{description=\"%s\",outcome=\"%s\"} %llu\n",
+                                              metrics_desc_name(i), metrics_outcome_name((enum metrics_outcome)o),
+                                              (unsigned long long)st->events[i][o]);
+        strbuf_printf(b, "# HELP easypost_sync_dead_letters_total Events that broke their batch, stored raw.\n"
+                         "# TYPE easypost_sync_dead_letters_total counter\n"
+                         "easypost_sync_dead_letters_total %llu\n",
+                      (unsigned long long)st->dead_letters);
+}
+
+static void
+render_batches(const struct ingest_stats *st, struct strbuf *b)
+{
+        static const char *const bs_le[8] = { "1", "2", "4", "16", "64", "256", "1024", "+Inf" };
+        uint64_t cum = 0;
+
+        strbuf_printf(b, "# HELP easypost_sync_batches_total Transactions committed or tried.\n"
+                         "# TYPE easypost_sync_batches_total counter\n"
+                         "easypost_sync_batches_total %llu\n",
+                      (unsigned long long)st->batches);
+        strbuf_printf(b, "# HELP easypost_sync_batch_size Events per batch.\n"
+                         "# TYPE easypost_sync_batch_size histogram\n");
+        for (int i = 0; i < 8; i++) {
+                cum += st->batch_size_buckets[i];
+                strbuf_printf(b, "easypost_sync_batch_size_bucket{le=\"%s\"} %llu\n", bs_le[i],
+                              (unsigned long long)cum);
+        }
+        strbuf_printf(b, "easypost_sync_batch_size_sum %llu\neasypost_sync_batch_size_count %llu\n",
+                      (unsigned long long)st->batch_events, (unsigned long long)st->batches);
+}
+
+void
+ingest_render_metrics(const struct ingest *g, struct strbuf *b)
+{
+        const struct ingest_stats *st = &g->stats;
+
+        render_events(st, b);
+        strbuf_printf(b, "# HELP easypost_sync_batch_isolations_total Batches that failed on one event's "
+                         "data and were sent again one event at a time.\n"
+                         "# TYPE easypost_sync_batch_isolations_total counter\n"
+                         "easypost_sync_batch_isolations_total %llu\n"
+                         "# HELP easypost_sync_batch_retries_total Batches sent again after a deadlock or "
+                         "serialization failure.\n"
+                         "# TYPE easypost_sync_batch_retries_total counter\n"
+                         "easypost_sync_batch_retries_total %llu\n",
+                      (unsigned long long)st->poison_splits, (unsigned long long)st->retries);
+        strbuf_printf(b, "# HELP easypost_sync_queue_depth Webhooks waiting for a commit.\n"
+                         "# TYPE easypost_sync_queue_depth gauge\n"
+                         "easypost_sync_queue_depth %u\n"
+                         "# HELP easypost_sync_queue_limit Queue capacity.\n"
+                         "# TYPE easypost_sync_queue_limit gauge\n"
+                         "easypost_sync_queue_limit %u\n",
+                      ingest_depth(g), ingest_limit(g));
+        strbuf_printf(b, "# HELP easypost_sync_db_connections Ingest connections by state.\n"
+                         "# TYPE easypost_sync_db_connections gauge\n"
+                         "easypost_sync_db_connections{state=\"configured\"} %u\n"
+                         "easypost_sync_db_connections{state=\"up\"} %u\n"
+                         "easypost_sync_db_connections{state=\"busy\"} %u\n"
+                         "# HELP easypost_sync_db_reconnects_total Reconnections after a loss.\n"
+                         "# TYPE easypost_sync_db_reconnects_total counter\n"
+                         "easypost_sync_db_reconnects_total %lu\n",
+                      ingest_conns(g), ingest_conns_ready(g), ingest_conns_busy(g), ingest_reconnects(g));
+        render_batches(st, b);
 }

@@ -1,7 +1,6 @@
 /*
- * metrics.c - counters, fixed-bucket latency histograms and a small text
- * buffer. The Prometheus page itself is assembled in ops.c from these and
- * from the gauges the I/O modules expose.
+ * metrics.c - label names, fixed-bucket latency histograms and the text
+ * buffer the modules render their Prometheus lines into.
  */
 #include "metrics.h"
 
@@ -12,8 +11,6 @@
 
 #include "util.h"
 
-struct metrics metrics;
-
 static const double lat_bounds_ms[LAT_BUCKETS] = { 0.5, 1,   2,   5,    10,   15,   25,
                                                    50,  100, 250, 500, 1000, 2500, 10000 };
 
@@ -21,16 +18,6 @@ const double *
 metrics_lat_bounds_ms(void)
 {
         return lat_bounds_ms;
-}
-
-void
-metrics_request(enum metrics_endpoint ep, int status)
-{
-        int cls = status / 100;
-
-        if (cls < 1 || cls > 5)
-                cls = 5;
-        metrics.requests[ep][cls]++;
 }
 
 static const char *const desc_names[METRICS_NDESC] = {
@@ -54,14 +41,14 @@ metrics_outcome_name(enum metrics_outcome o)
         return names[o];
 }
 
-void
-metrics_event(const char *description, enum metrics_outcome o)
+int
+metrics_desc_index(const char *description)
 {
         int i = 0;
 
         while (i < METRICS_NDESC - 1 && strcmp(desc_names[i], description) != 0)
                 i++;
-        metrics.events[i][o]++;
+        return i;
 }
 
 void
@@ -123,4 +110,22 @@ strbuf_free(struct strbuf *b)
         free(b->data);
         b->data = NULL;
         b->len = b->cap = 0;
+}
+
+void
+metrics_render_hist(struct strbuf *b, const char *name, const char *help, const struct latency_hist *h)
+{
+        uint64_t cum = 0;
+
+        strbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+        for (int i = 0; i <= LAT_BUCKETS; i++) {
+                cum += h->buckets[i];
+                if (i < LAT_BUCKETS)
+                        strbuf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, lat_bounds_ms[i] / 1000.0,
+                                      (unsigned long long)cum);
+                else
+                        strbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+        }
+        strbuf_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, (double)h->sum_us / 1e6, name,
+                      (unsigned long long)h->count);
 }

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #define PACER_CONNECT_MS 10000L
@@ -346,4 +347,27 @@ pacer_snapshot(const struct pacer *p, struct pacer_stats *out)
         out->queued = p->queued;
         out->enabled = pacer_enabled(p);
         out->auth_failed = p->auth_failed;
+}
+
+void
+pacer_render_metrics(const struct pacer *p, struct strbuf *b)
+{
+        static const char *const cls[6] = { "error", "1xx", "2xx", "3xx", "4xx", "5xx" };
+        struct pacer_stats ps;
+
+        pacer_snapshot(p, &ps);
+        strbuf_printf(b, "# HELP easypost_sync_api_requests_total EasyPost API requests by status class "
+                         "(error = no HTTP answer).\n"
+                         "# TYPE easypost_sync_api_requests_total counter\n");
+        for (int i = 0; i < 6; i++)
+                if (i != 1 && i != 3)
+                        strbuf_printf(b, "easypost_sync_api_requests_total{code=\"%s\"} %llu\n", cls[i],
+                                      (unsigned long long)ps.requests_by_class[i]);
+        strbuf_printf(b, "# HELP easypost_sync_api_in_flight EasyPost API requests in flight.\n"
+                         "# TYPE easypost_sync_api_in_flight gauge\n"
+                         "easypost_sync_api_in_flight %u\n"
+                         "# HELP easypost_sync_api_authorized 0 after the API rejected the key.\n"
+                         "# TYPE easypost_sync_api_authorized gauge\n"
+                         "easypost_sync_api_authorized %d\n",
+                      ps.in_flight, ps.auth_failed ? 0 : 1);
 }

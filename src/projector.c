@@ -14,6 +14,7 @@
 
 #include "db_conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #define PROJECT_BATCH 200 /* events per projector transaction */
@@ -137,4 +138,17 @@ projector_snapshot(const struct projector *p, struct projector_stats *out)
         memset(out, 0, sizeof(*out));
         if (p)
                 *out = p->stats;
+}
+
+void
+projector_render_metrics(const struct projector *p, struct strbuf *b)
+{
+        struct projector_stats ps;
+
+        projector_snapshot(p, &ps);
+        strbuf_printf(b, "# HELP easypost_sync_projected_deferred_total Events projected after their commit "
+                         "(projection = deferred).\n"
+                         "# TYPE easypost_sync_projected_deferred_total counter\n"
+                         "easypost_sync_projected_deferred_total %llu\n",
+                      (unsigned long long)ps.projected);
 }

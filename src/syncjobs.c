@@ -23,6 +23,7 @@
 #include "db_conn.h"
 #include "epevent.h"
 #include "log.h"
+#include "metrics.h"
 #include "pacer.h"
 #include "util.h"
 
@@ -324,4 +325,19 @@ syncjobs_snapshot(const struct syncjobs *w, struct syncjobs_stats *out)
         memset(out, 0, sizeof(*out));
         if (w)
                 *out = w->stats;
+}
+
+void
+syncjobs_render_metrics(const struct syncjobs *w, struct strbuf *b)
+{
+        struct syncjobs_stats js;
+
+        syncjobs_snapshot(w, &js);
+        strbuf_printf(b, "# HELP easypost_sync_sync_jobs_total Sync jobs finished by this process, by outcome.\n"
+                         "# TYPE easypost_sync_sync_jobs_total counter\n"
+                         "easypost_sync_sync_jobs_total{state=\"done\"} %llu\n"
+                         "easypost_sync_sync_jobs_total{state=\"retried\"} %llu\n"
+                         "easypost_sync_sync_jobs_total{state=\"failed\"} %llu\n",
+                      (unsigned long long)js.done, (unsigned long long)js.retried,
+                      (unsigned long long)js.failed);
 }

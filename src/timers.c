@@ -20,6 +20,7 @@
 
 #include "db_conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 static const char *const view_names[TIMERS_NVIEWS] = {
@@ -385,4 +386,26 @@ const struct timers_view_stats *
 timers_views(const struct timers *t)
 {
         return t->views;
+}
+
+void
+timers_render_metrics(const struct timers *t, struct strbuf *b)
+{
+        const struct timers_view_stats *vs = t->views;
+
+        strbuf_printf(b, "# HELP easypost_sync_analytics_refreshes_total View refreshes by outcome "
+                         "(skipped = another replica had the slot).\n"
+                         "# TYPE easypost_sync_analytics_refreshes_total counter\n");
+        for (int i = 0; i < TIMERS_NVIEWS; i++)
+                strbuf_printf(b,
+                              "easypost_sync_analytics_refreshes_total{view=\"%s\",outcome=\"ok\"} %llu\n"
+                              "easypost_sync_analytics_refreshes_total{view=\"%s\",outcome=\"failed\"} %llu\n"
+                              "easypost_sync_analytics_refreshes_total{view=\"%s\",outcome=\"skipped\"} %llu\n",
+                              vs[i].name, (unsigned long long)vs[i].ok, vs[i].name,
+                              (unsigned long long)vs[i].failed, vs[i].name, (unsigned long long)vs[i].skipped);
+        strbuf_printf(b, "# HELP easypost_sync_analytics_refresh_duration_seconds Last refresh of each view.\n"
+                         "# TYPE easypost_sync_analytics_refresh_duration_seconds gauge\n");
+        for (int i = 0; i < TIMERS_NVIEWS; i++)
+                strbuf_printf(b, "easypost_sync_analytics_refresh_duration_seconds{view=\"%s\"} %.6f\n",
+                              vs[i].name, vs[i].last_duration_ms / 1000.0);
 }

@@ -15,21 +15,36 @@
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "app.h"
 #include "epevent.h"
 #include "http.h"
 #include "ingest.h"
 #include "log.h"
 #include "metrics.h"
 #include "sig.h"
+#include "uuid7.h"
+
+struct webhook {
+        struct event_base *base;
+        struct ingest *ingest;
+        struct uuid7_gen *uuid;
+        const struct sig_keyset *keys;
+        char *path;
+        char *basic_auth; /* expected Authorization header, or NULL */
+        long request_timeout;
+        bool stopped;
+        uint64_t next_rid;
+        struct webhook_stats stats;
+};
 
 struct wh_item {
         struct ingest_item it; /* first: ingest hands this back */
+        struct webhook *wh;
         struct evhttp_request *req; /* NULL once answered */
         struct event *deadline;
         uint64_t t0_us;
@@ -41,8 +56,8 @@ ack_latency(const struct wh_item *w)
 {
         uint64_t us = clock_mono_us() - w->t0_us;
 
-        metrics_latency(&metrics.ack, us);
-        metrics_latency(&metrics.ack_window, us);
+        metrics_latency(&w->wh->stats.ack, us);
+        metrics_latency(&w->wh->stats.ack_window, us);
 }
 
 static void
@@ -125,14 +140,14 @@ reject(struct evhttp_request *req, const char *rid, int code, const char *msg)
 void
 webhook_cb(struct evhttp_request *req, void *arg)
 {
-        struct app *a = arg;
+        struct webhook *a = arg;
         struct evkeyvalq *hdrs = evhttp_request_get_input_headers(req);
         struct err e;
         char rid[24];
         uint64_t t0 = clock_mono_us();
 
         snprintf(rid, sizeof(rid), "%llx", (unsigned long long)++a->next_rid);
-        if (!http_path_exact(req, a->cfg->webhook_path)) {
+        if (!http_path_exact(req, a->path)) {
                 log_info_req("webhook", rid, "404 %s", "unknown path");
                 http_reply_error(req, EP_OTHER, 404, "not found");
                 return;
@@ -150,7 +165,7 @@ webhook_cb(struct evhttp_request *req, void *arg)
                 const char *got = evhttp_find_header(hdrs, "Authorization");
                 size_t n = strlen(a->basic_auth);
                 if (got == NULL || strlen(got) != n || CRYPTO_memcmp(got, a->basic_auth, n) != 0) {
-                        metrics.rejected_auth++;
+                        a->stats.rejected_auth++;
                         evhttp_add_header(evhttp_request_get_output_headers(req),
                                           "WWW-Authenticate", "Basic realm=\"easypost-sync\"");
                         reject(req, rid, 401, "basic auth required");
@@ -163,21 +178,21 @@ webhook_cb(struct evhttp_request *req, void *arg)
         size_t slot = 0;
         if (sig_verify(a->keys, evhttp_find_header(hdrs, "X-Hmac-Signature"), body, len, &slot,
                        &e) != 0) {
-                metrics.rejected_sig++;
+                a->stats.rejected_sig++;
                 reject(req, rid, 401, e.msg);
                 return;
         }
-        metrics.sig_matches[slot]++;
+        a->stats.sig_matches[slot]++;
 
         struct wh_item *w = xcalloc(1, sizeof(*w));
         if (epevent_parse(body, len, &w->it.ev, &e) != 0) {
                 free(w);
-                metrics.rejected_parse++;
+                a->stats.rejected_parse++;
                 reject(req, rid, 400, e.msg);
                 return;
         }
-        if (a->state != APP_RUNNING || !ingest_has_room(a->ingest) || !ingest_db_up(a->ingest)) {
-                const char *why = a->state != APP_RUNNING ? "shutting down"
+        if (a->stopped || !ingest_has_room(a->ingest) || !ingest_db_up(a->ingest)) {
+                const char *why = a->stopped ? "shutting down"
                                   : !ingest_db_up(a->ingest) ? "database unavailable"
                                                              : "queue full";
                 log_warn_req("webhook", rid, "503 event %s: %s", w->it.ev.id, why);
@@ -186,6 +201,7 @@ webhook_cb(struct evhttp_request *req, void *arg)
                 free(w);
                 return;
         }
+        w->wh = a;
         w->req = req;
         w->t0_us = t0;
         memcpy(w->rid, rid, sizeof(rid));
@@ -193,9 +209,108 @@ webhook_cb(struct evhttp_request *req, void *arg)
         w->it.len = len;
         w->it.source = INGEST_WEBHOOK;
         w->it.done = item_done;
-        uuid7_next_str(&a->uuid, w->it.uuid);
-        struct timeval tv = { a->cfg->request_timeout, 0 };
+        uuid7_next_str(a->uuid, w->it.uuid);
+        struct timeval tv = { a->request_timeout, 0 };
         w->deadline = evtimer_new(a->base, deadline_cb, w);
         evtimer_add(w->deadline, &tv);
         ingest_submit(a->ingest, &w->it);
+}
+
+/* "Basic base64(user:pass)", or NULL without a user. */
+static char *
+basic_auth_header(const char *user, const char *pass)
+{
+        if (user == NULL || user[0] == '\0')
+                return NULL;
+        size_t n = strlen(user) + 1 + strlen(pass);
+        char *plain = xmalloc(n + 1);
+        snprintf(plain, n + 1, "%s:%s", user, pass);
+        char *out = xmalloc(6 + 4 * ((n + 2) / 3) + 1);
+        memcpy(out, "Basic ", 6);
+        EVP_EncodeBlock((unsigned char *)out + 6, (unsigned char *)plain, (int)n);
+        memset(plain, 0, n);
+        free(plain);
+        return out;
+}
+
+static void
+free_secret(char *s)
+{
+        if (s) {
+                memset(s, 0, strlen(s));
+                free(s);
+        }
+}
+
+struct webhook *
+webhook_new(struct event_base *base, struct ingest *ingest, struct uuid7_gen *uuid,
+            const struct webhook_settings *st)
+{
+        struct webhook *w = xcalloc(1, sizeof(*w));
+
+        w->base = base;
+        w->ingest = ingest;
+        w->uuid = uuid;
+        webhook_reload(w, st);
+        return w;
+}
+
+void
+webhook_reload(struct webhook *w, const struct webhook_settings *st)
+{
+        free(w->path);
+        w->path = xstrdup(st->path);
+        free_secret(w->basic_auth);
+        w->basic_auth = basic_auth_header(st->basic_auth_user, st->basic_auth_password);
+        w->keys = st->keys;
+        w->request_timeout = st->request_timeout;
+}
+
+void
+webhook_stop(struct webhook *w)
+{
+        w->stopped = true;
+}
+
+void
+webhook_free(struct webhook *w)
+{
+        if (w == NULL)
+                return;
+        free(w->path);
+        free_secret(w->basic_auth);
+        free(w);
+}
+
+void
+webhook_snapshot(const struct webhook *w, struct webhook_stats *out)
+{
+        *out = w->stats;
+}
+
+void
+webhook_take_ack_window(struct webhook *w, struct latency_hist *out)
+{
+        *out = w->stats.ack_window;
+        memset(&w->stats.ack_window, 0, sizeof(w->stats.ack_window));
+}
+
+void
+webhook_render_metrics(const struct webhook *w, struct strbuf *b)
+{
+        const struct webhook_stats *st = &w->stats;
+
+        metrics_render_hist(b, "easypost_sync_ack_latency_seconds", "Webhook receipt to answer.", &st->ack);
+        strbuf_printf(b, "# HELP easypost_sync_signature_matches_total Verified webhooks by secret slot.\n"
+                         "# TYPE easypost_sync_signature_matches_total counter\n");
+        for (size_t i = 0; i < sig_keyset_count(w->keys); i++)
+                strbuf_printf(b, "easypost_sync_signature_matches_total{slot=\"%zu\"} %llu\n", i,
+                              (unsigned long long)st->sig_matches[i]);
+        strbuf_printf(b, "# HELP easypost_sync_rejected_total Webhooks refused before ingest.\n"
+                         "# TYPE easypost_sync_rejected_total counter\n"
+                         "easypost_sync_rejected_total{reason=\"signature\"} %llu\n"
+                         "easypost_sync_rejected_total{reason=\"parse\"} %llu\n"
+                         "easypost_sync_rejected_total{reason=\"auth\"} %llu\n",
+                      (unsigned long long)st->rejected_sig, (unsigned long long)st->rejected_parse,
+                      (unsigned long long)st->rejected_auth);
 }

@@ -3,11 +3,15 @@
  * /metrics as Prometheus text whose counters move, SIGHUP secret rotation
  * under load, SIGTERM under load, a separate metrics listener, JSON logs.
  */
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -72,6 +76,13 @@ prom_value(const char *text, const char *series)
         return -1;
 }
 
+/* Ours, or one of the Prometheus standard process metrics. */
+static bool
+ours(const char *name)
+{
+        return strncmp(name, "easypost_sync_", 14) == 0 || strncmp(name, "process_", 8) == 0;
+}
+
 static void
 check_exposition(const char *text)
 {
@@ -80,14 +91,14 @@ check_exposition(const char *text)
 
         for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
                 if (line[0] == '#') {
-                        ck_assert_msg(strncmp(line, "# HELP easypost_sync_", 21) == 0 ||
-                                              strncmp(line, "# TYPE easypost_sync_", 21) == 0,
+                        ck_assert_msg((strncmp(line, "# HELP ", 7) == 0 || strncmp(line, "# TYPE ", 7) == 0) &&
+                                              ours(line + 7),
                                       "bad comment: %s", line);
                         continue;
                 }
                 char name[200];
                 size_t k = strcspn(line, "{ ");
-                ck_assert_msg(k < sizeof(name) && strncmp(line, "easypost_sync_", 14) == 0, "bad line: %s", line);
+                ck_assert_msg(k < sizeof(name) && ours(line), "bad line: %s", line);
                 memcpy(name, line, k);
                 name[k] = '\0';
                 const char *sp = strrchr(line, ' ');
@@ -151,7 +162,18 @@ START_TEST(test_metrics_exposition_moves_with_traffic)
         ck_assert_double_eq(prom_value(m2, "easypost_sync_events_total{description=\"batch.created\",outcome=\"duplicate\"}"), 7);
         ck_assert_double_ge(prom_value(m2, "easypost_sync_http_requests_total{endpoint=\"webhook\",code=\"4xx\"}"), 1);
         ck_assert_double_ge(prom_value(m2, "easypost_sync_signature_matches_total{slot=\"0\"}"), 15);
-        ck_assert_double_gt(prom_value(m2, "easypost_sync_process_resident_memory_bytes"), 1e6);
+        /* the Prometheus standard process metrics, from /proc */
+        double now = (double)clock_real_ms() / 1000.0;
+        ck_assert_double_gt(prom_value(m2, "process_resident_memory_bytes"), 1e6);
+        ck_assert_double_ge(prom_value(m2, "process_virtual_memory_bytes"),
+                            prom_value(m2, "process_resident_memory_bytes"));
+        ck_assert_double_ge(prom_value(m2, "process_open_fds"), 3);
+        ck_assert_double_le(prom_value(m2, "process_open_fds"), prom_value(m2, "process_max_fds"));
+        ck_assert_double_ge(prom_value(m2, "process_cpu_seconds_total"),
+                            prom_value(m1, "process_cpu_seconds_total"));
+        ck_assert_double_le(prom_value(m2, "process_start_time_seconds"), now + 1);
+        ck_assert_double_ge(prom_value(m2, "process_start_time_seconds"), now - 300);
+        ck_assert_ptr_null(strstr(m2, "easypost_sync_process_"));
         ck_assert_double_eq(prom_value(m2, "easypost_sync_db_connections{state=\"up\"}"), 2);
         ck_assert_ptr_null(strstr(m2, ITEST_SECRET));
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
@@ -326,6 +348,72 @@ START_TEST(test_metrics_listen_and_json_logs)
 }
 END_TEST
 
+/* A TCP connection to the daemon that has sent nothing yet. */
+static int
+tcp_open(unsigned port)
+{
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        return fd;
+}
+
+/* Sends GET path on fd; the answer's status, or 0 when none came within ms. */
+static int
+tcp_get(int fd, const char *path, int ms)
+{
+        char req[256], resp[512];
+        size_t got = 0;
+        uint64_t end = clock_mono_us() + (uint64_t)ms * 1000u;
+
+        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+        ck_assert_int_eq(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+        while (got < 12 && clock_mono_us() < end) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                if (poll(&p, 1, 50) <= 0)
+                        continue;
+                ssize_t n = recv(fd, resp + got, sizeof(resp) - 1 - got, 0);
+                if (n <= 0)
+                        return 0;
+                got += (size_t)n;
+        }
+        resp[got] = '\0';
+        return got >= 12 && strncmp(resp, "HTTP/1.1 ", 9) == 0 ? atoi(resp + 9) : 0;
+}
+
+/*
+ * max_connections counts open client connections: with 3 open, the next one
+ * waits in the backlog; as they close it is served. Three rounds: a count
+ * that missed a close (or counted one twice) would stall or never pause.
+ */
+START_TEST(test_connection_cap_counts_open_connections)
+{
+        struct daemon d;
+        static char m[200000];
+        const char *env[] = { "EASYPOST_SYNC_MAX_CONNECTIONS=3", NULL };
+
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        for (int round = 0; round < 3; round++) {
+                int idle[3];
+                for (int i = 0; i < 3; i++)
+                        idle[i] = tcp_open(d.port);
+                int probe = tcp_open(d.port); /* accepted by the kernel, waits for the daemon */
+                ck_assert_msg(tcp_get(probe, "/healthz", 1000) == 0,
+                              "round %d: answered with max_connections open", round);
+                for (int i = 0; i < 3; i++)
+                        close(idle[i]);
+                ck_assert_int_eq(tcp_get(probe, "/healthz", 20000), 200);
+                close(probe);
+        }
+        ck_assert_int_eq(http_req(d.port, "GET", "/metrics", NULL, NULL, 0, m, sizeof(m)), 200);
+        ck_assert_double_ge(prom_value(m, "easypost_sync_http_accept_pauses_total"), 3);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+}
+END_TEST
+
 Suite *
 ops_suite(void)
 {
@@ -338,6 +426,7 @@ ops_suite(void)
         tcase_add_test(tc, test_sighup_rotates_secret_under_load);
         tcase_add_test(tc, test_sigterm_under_load_answers_are_stored);
         tcase_add_test(tc, test_metrics_listen_and_json_logs);
+        tcase_add_test(tc, test_connection_cap_counts_open_connections);
         suite_add_tcase(s, tc);
         return s;
 }
