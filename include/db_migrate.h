@@ -2,12 +2,14 @@
  * db_migrate.h - applies sql/NNNN_name.sql files in order, each once, in its
  * own transaction, recorded in schema_migrations, and the function files
  * in sql/functions/. Blocking libpq: used only
- * by --migrate and --replay, before or instead of the event loop. Concurrent
+ * by --migrate (and its connection helper by --replay), instead of the event loop. Concurrent
  * runs are safe: each transaction first takes a transaction-level advisory
  * lock (no session lock, so it also works through PgBouncer).
  */
 #ifndef EPS_DB_MIGRATE_H
 #define EPS_DB_MIGRATE_H
+
+#include <libpq-fe.h>
 
 #include "util.h"
 
@@ -25,11 +27,7 @@ MUST_CHECK int db_migrate_run(const char *conninfo, const char *dir, int *applie
  * installed one. Returns a borrowed static string or the configured value. */
 const char *db_migrate_dir(const char *configured);
 
-/* --replay: re-runs the projection of stored events through eps_replay(),
- * each in its own transaction. what = "failed" (every failed event) or an
- * EasyPost event id. Counts the outcomes; -1 with err if the database or the
- * selection failed, or when an event id is unknown. */
-MUST_CHECK int db_replay_run(const char *conninfo, const char *what, long *projected,
-                             long *failed, struct err *e);
+/* A blocking connection named app_name; NULL with err when it fails. */
+PGconn *db_connect_blocking(const char *conninfo, const char *app_name, struct err *e);
 
 #endif

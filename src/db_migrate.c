@@ -292,11 +292,27 @@ free_names(char **names, size_t n)
         free(names);
 }
 
+PGconn *
+db_connect_blocking(const char *conninfo, const char *app_name, struct err *e)
+{
+        const char *keys[] = { "dbname", "fallback_application_name", NULL };
+        const char *vals[] = { conninfo, app_name, NULL };
+        PGconn *pq = PQconnectdbParams(keys, vals, 1);
+
+        if (PQstatus(pq) != CONNECTION_OK) {
+                char msg[200];
+                snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pq));
+                msg[strcspn(msg, "\n")] = '\0';
+                err_set(e, -1, "cannot connect to the database: %s", msg);
+                PQfinish(pq);
+                return NULL;
+        }
+        return pq;
+}
+
 int
 db_migrate_run(const char *conninfo, const char *dir, int *applied, int *fn_applied, struct err *e)
 {
-        const char *keys[] = { "dbname", "fallback_application_name", NULL };
-        const char *vals[] = { conninfo, "easypost-syncd-migrate", NULL };
         char fdir[4096];
         size_t n = 0, nf = 0;
         char **names = list_sql(dir, is_migration, &n), **fnames = NULL;
@@ -314,14 +330,9 @@ db_migrate_run(const char *conninfo, const char *dir, int *applied, int *fn_appl
                 err_set(e, -1, "no function files in %s (or it cannot be read)", fdir);
                 goto out;
         }
-        pq = PQconnectdbParams(keys, vals, 1);
-        if (PQstatus(pq) != CONNECTION_OK) {
-                char msg[200];
-                snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pq));
-                msg[strcspn(msg, "\n")] = '\0';
-                err_set(e, -1, "cannot connect to the database: %s", msg);
+        pq = db_connect_blocking(conninfo, "easypost-syncd-migrate", e);
+        if (pq == NULL)
                 goto out;
-        }
         PQclear(PQexec(pq, "SET client_min_messages = warning"));
         /* functions first: tables take their defaults from some of them */
         for (size_t i = 0; i < nf; i++)
@@ -335,59 +346,5 @@ out:
         PQfinish(pq);
         free_names(names, n);
         free_names(fnames, nf);
-        return rc;
-}
-
-int
-db_replay_run(const char *conninfo, const char *what, long *projected, long *failed, struct err *e)
-{
-        const char *keys[] = { "dbname", "fallback_application_name", NULL };
-        const char *vals[] = { conninfo, "easypost-syncd-replay", NULL };
-        PGconn *pq = PQconnectdbParams(keys, vals, 1);
-        PGresult *ids = NULL;
-        int rc = -1;
-
-        *projected = *failed = 0;
-        if (PQstatus(pq) != CONNECTION_OK) {
-                char msg[200];
-                snprintf(msg, sizeof(msg), "%s", PQerrorMessage(pq));
-                msg[strcspn(msg, "\n")] = '\0';
-                err_set(e, -1, "cannot connect to the database: %s", msg);
-                goto out;
-        }
-        const char *pv[1] = { what };
-        if (strcmp(what, "failed") == 0)
-                ids = PQexec(pq, "SELECT id FROM webhook_events WHERE status = 'failed' "
-                                 "ORDER BY received_at, id");
-        else
-                ids = PQexecParams(pq, "SELECT id FROM webhook_events WHERE event_id = $1", 1,
-                                   NULL, pv, NULL, NULL, 0);
-        if (PQresultStatus(ids) != PGRES_TUPLES_OK) {
-                err_set(e, -1, "selecting events: %s", PQresultErrorMessage(ids));
-                goto out;
-        }
-        if (strcmp(what, "failed") != 0 && PQntuples(ids) == 0) {
-                err_set(e, -1, "no stored event with id %s", what);
-                goto out;
-        }
-        for (int i = 0; i < PQntuples(ids); i++) {
-                const char *id[1] = { PQgetvalue(ids, i, 0) };
-                PGresult *r = PQexecParams(pq, "SELECT eps_replay($1::uuid)", 1, NULL, id, NULL,
-                                           NULL, 0);
-                if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-                        err_set(e, -1, "replaying %s: %s", id[0], PQresultErrorMessage(r));
-                        PQclear(r);
-                        goto out;
-                }
-                if (strcmp(PQgetvalue(r, 0, 0), "failed") == 0)
-                        (*failed)++;
-                else
-                        (*projected)++;
-                PQclear(r);
-        }
-        rc = 0;
-out:
-        PQclear(ids);
-        PQfinish(pq);
         return rc;
 }

@@ -1,6 +1,7 @@
 /*
  * main.c - command line: options, then one of --migrate, --check-config,
- * --version, --help, or the daemon (app_init / app_run / app_fini).
+ * --replay, --send-test-event, --version, --help, or the daemon
+ * (app_init / app_run / app_fini).
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include "cfg.h"
 #include "db_migrate.h"
 #include "log.h"
+#include "replay.h"
 #include "testevent.h"
 
 extern char **environ;
@@ -19,7 +21,9 @@ static void
 usage(FILE *f)
 {
         fprintf(f,
-                "usage: easypost-syncd [-c FILE] [--KEY=VALUE ...] [--migrate | --check-config]\n"
+                "usage: easypost-syncd [-c FILE] [--KEY=VALUE ...]\n"
+                "                      [--migrate | --check-config | --replay failed|ID |\n"
+                "                       --send-test-event [URL] | --version | --help]\n"
                 "\n"
                 "Receives EasyPost webhooks and keeps PostgreSQL in sync. Runs in the foreground.\n"
                 "\n"
@@ -119,7 +123,7 @@ main(int argc, char **argv)
         }
         if (replay) {
                 long ok = 0, bad = 0;
-                if (db_replay_run(cfg->database_url, replay, &ok, &bad, &e) != 0) {
+                if (replay_run(cfg->database_url, replay, &ok, &bad, &e) != 0) {
                         log_err("replay", "%s", e.msg);
                 } else {
                         log_info("replay", "%ld event(s) replayed: %ld ok, %ld still failed",
