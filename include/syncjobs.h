@@ -23,9 +23,11 @@ struct syncjobs_settings {
         long max_attempts;       /* a job past it ends failed */
 };
 
-/* Outcomes recorded by this process. */
+/* Outcomes recorded by this process, and the table's rows as last read. */
 struct syncjobs_stats {
         uint64_t done, retried, failed;
+        long long pending, running, failed_rows; /* rows by status; 0 until read */
+        double oldest_pending_s;                  /* age of the oldest pending job, 0 if none */
 };
 
 /* The worker with its own connection to conninfo; API requests go through pacer (borrowed). */
@@ -39,6 +41,8 @@ void syncjobs_reload(struct syncjobs *w, const struct syncjobs_settings *st);
 void syncjobs_stop(struct syncjobs *w);
 /* Closes the connection and frees; call after pacer_free has answered every request. */
 void syncjobs_free(struct syncjobs *w);
+/* Reads the rows by status on the worker's connection (a metrics tick); skipped while it is down. */
+void syncjobs_refresh_gauges(struct syncjobs *w);
 /* Fills the counters. */
 void syncjobs_snapshot(const struct syncjobs *w, struct syncjobs_stats *out);
 /* Appends the sync job metrics to b. */

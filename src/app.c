@@ -154,6 +154,7 @@ sample(struct timers_sample *out, void *arg)
         webhook_take_ack_window(a->webhook, &out->ack_window);
         pacer_snapshot(a->pacer, &ps);
         out->api_in_flight = ps.in_flight;
+        syncjobs_refresh_gauges(a->syncjobs); /* for /metrics, on the same tick */
         out->uptime_s = (double)(clock_mono_us() - a->started_us) / 1e6;
 }
 

@@ -542,4 +542,14 @@ backfill_render_metrics(const struct backfill *b, struct strbuf *sb)
                           "# TYPE easypost_sync_backfill_unusable_total counter\n"
                           "easypost_sync_backfill_unusable_total %llu\n",
                       (unsigned long long)bs.recovered, (unsigned long long)bs.unusable);
+        strbuf_printf(sb, "# HELP easypost_sync_backfill_runs_total Backfill runs that ended, by outcome.\n"
+                          "# TYPE easypost_sync_backfill_runs_total counter\n"
+                          "easypost_sync_backfill_runs_total{outcome=\"completed\"} %llu\n"
+                          "easypost_sync_backfill_runs_total{outcome=\"failed\"} %llu\n"
+                          "# HELP easypost_sync_backfill_last_success_timestamp_seconds Unix time of the "
+                          "last completed backfill run (0 = never).\n"
+                          "# TYPE easypost_sync_backfill_last_success_timestamp_seconds gauge\n"
+                          "easypost_sync_backfill_last_success_timestamp_seconds %llu\n",
+                      (unsigned long long)bs.runs_completed, (unsigned long long)bs.runs_failed,
+                      (unsigned long long)bs.last_success_unix);
 }

@@ -43,7 +43,7 @@ struct syncjobs {
         struct pacer *pacer;
         struct event *claim_timer;
         unsigned held;
-        bool stopped, claiming;
+        bool stopped, claiming, counting;
         char *instance_id;
         long interval, concurrency, lease_s, max_attempts;
         struct syncjobs_stats stats;
@@ -319,6 +319,38 @@ syncjobs_free(struct syncjobs *w)
         free(w);
 }
 
+static void
+gauges_cb(PGresult *res, void *arg)
+{
+        struct syncjobs *w = arg;
+
+        w->counting = false;
+        if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+                if (res)
+                        log_warn("sync", "counting sync jobs failed: %s", PQresultErrorMessage(res));
+                return;
+        }
+        w->stats.pending = atoll(PQgetvalue(res, 0, 0));
+        w->stats.running = atoll(PQgetvalue(res, 0, 1));
+        w->stats.failed_rows = atoll(PQgetvalue(res, 0, 2));
+        w->stats.oldest_pending_s = atof(PQgetvalue(res, 0, 3));
+}
+
+void
+syncjobs_refresh_gauges(struct syncjobs *w)
+{
+        if (w->counting || w->stopped || !db_conn_ready(w->conn))
+                return;
+        if (db_conn_query(w->conn,
+                          "SELECT (SELECT count(*) FROM sync_jobs WHERE status = 'pending'),"
+                          " (SELECT count(*) FROM sync_jobs WHERE status = 'running'),"
+                          " (SELECT count(*) FROM sync_jobs WHERE status = 'failed'),"
+                          " (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+                          " FROM sync_jobs WHERE status = 'pending')",
+                          0, NULL, gauges_cb, w) == 0)
+                w->counting = true;
+}
+
 void
 syncjobs_snapshot(const struct syncjobs *w, struct syncjobs_stats *out)
 {
@@ -340,4 +372,15 @@ syncjobs_render_metrics(const struct syncjobs *w, struct strbuf *b)
                          "easypost_sync_sync_jobs_total{state=\"failed\"} %llu\n",
                       (unsigned long long)js.done, (unsigned long long)js.retried,
                       (unsigned long long)js.failed);
+        strbuf_printf(b, "# HELP easypost_sync_sync_jobs Rows of sync_jobs by status, read on the "
+                         "system_metrics tick (0 when unknown).\n"
+                         "# TYPE easypost_sync_sync_jobs gauge\n"
+                         "easypost_sync_sync_jobs{state=\"pending\"} %lld\n"
+                         "easypost_sync_sync_jobs{state=\"running\"} %lld\n"
+                         "easypost_sync_sync_jobs{state=\"failed\"} %lld\n"
+                         "# HELP easypost_sync_sync_jobs_oldest_pending_seconds Age of the oldest pending "
+                         "sync job (0 if none).\n"
+                         "# TYPE easypost_sync_sync_jobs_oldest_pending_seconds gauge\n"
+                         "easypost_sync_sync_jobs_oldest_pending_seconds %.3f\n",
+                      js.pending, js.running, js.failed_rows, js.oldest_pending_s);
 }

@@ -408,4 +408,10 @@ timers_render_metrics(const struct timers *t, struct strbuf *b)
         for (int i = 0; i < TIMERS_NVIEWS; i++)
                 strbuf_printf(b, "easypost_sync_analytics_refresh_duration_seconds{view=\"%s\"} %.6f\n",
                               vs[i].name, vs[i].last_duration_ms / 1000.0);
+        strbuf_printf(b, "# HELP easypost_sync_analytics_last_refresh_timestamp_seconds Unix time of the "
+                         "view's last successful refresh by any replica (0 = never).\n"
+                         "# TYPE easypost_sync_analytics_last_refresh_timestamp_seconds gauge\n");
+        for (int i = 0; i < TIMERS_NVIEWS; i++)
+                strbuf_printf(b, "easypost_sync_analytics_last_refresh_timestamp_seconds{view=\"%s\"} %llu\n",
+                              vs[i].name, (unsigned long long)vs[i].last_refresh_unix);
 }

@@ -40,7 +40,7 @@ start_syncd(struct daemon *d, const char *key, const char *rate, const char *bac
         snprintf(rateenv, sizeof(rateenv), "EASYPOST_SYNC_API_RATE=%s", rate);
         snprintf(bfenv, sizeof(bfenv), "EASYPOST_SYNC_BACKFILL_INTERVAL=%s", backfill);
         const char *env[] = { url, keyenv, rateenv, bfenv, "EASYPOST_SYNC_API_TIMEOUT=2",
-                              "EASYPOST_SYNC_SYNC_INTERVAL=1", NULL };
+                              "EASYPOST_SYNC_SYNC_INTERVAL=1", "EASYPOST_SYNC_METRICS_INTERVAL=1", NULL };
         ck_assert_int_eq(daemon_start(d, env), 0);
 }
 
@@ -253,6 +253,10 @@ START_TEST(test_401_stops_worker_without_storm)
         ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
         ck_assert_ptr_nonnull(strstr(resp, "\"api\":\"unauthorized\""));
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'pending'", NULL), 5);
+        /* the table's state, read on the system_metrics tick */
+        ck_assert_double_eq(daemon_metric_wait(d.port, "easypost_sync_sync_jobs{state=\"pending\"}", 5, 15000), 5);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_sync_jobs{state=\"running\"}"), 0);
+        ck_assert_double_gt(daemon_metric_wait(d.port, "easypost_sync_sync_jobs_oldest_pending_seconds", 1, 15000), 0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
 }
@@ -361,11 +365,17 @@ START_TEST(test_backfill_recovers_missed_events_once)
                 free(b);
         }
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        double t0 = (double)(clock_real_ms() / 1000u);
         start_syncd(&d, API_KEY, "20", "1");
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_bf%'",
                                       5, 20000), 5);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
                                          " AND value = 'evt_bf04'", 1, 10000), 1);
+        ck_assert_double_ge(daemon_metric_wait(d.port, "easypost_sync_backfill_runs_total{outcome=\"completed\"}",
+                                               1, 10000), 1);
+        double ts = daemon_metric(d.port, "easypost_sync_backfill_last_success_timestamp_seconds");
+        ck_assert_msg(ts >= t0 && ts <= (double)(clock_real_ms() / 1000u) + 1, "last success %.0f, start %.0f",
+                      ts, t0);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE source = 'backfill'", NULL), 3);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE source = 'webhook'", NULL), 2);
         /* recovered bodies are projected like webhooks */
@@ -492,9 +502,15 @@ START_TEST(test_backfill_401_mid_run_resumes_after_sighup)
         usleep(1500 * 1000);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'", NULL), 0);
         ck_assert_int_eq(stat_long("by_path", "/v2/events/evt_bf41/payloads"), 1);
+        ck_assert_double_ge(daemon_metric_wait(d.port, "easypost_sync_backfill_runs_total{outcome=\"failed\"}",
+                                               1, 10000), 1);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_backfill_runs_total{outcome=\"completed\"}"), 0);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_backfill_last_success_timestamp_seconds"), 0);
         ck_assert_int_eq(kill(d.pid, SIGHUP), 0);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor' "
                                          "AND value = 'evt_bf42'", 1, 20000), 1);
+        ck_assert_double_ge(daemon_metric_wait(d.port, "easypost_sync_backfill_runs_total{outcome=\"completed\"}",
+                                               1, 10000), 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id IN "
                                     "('evt_bf40', 'evt_bf41', 'evt_bf42') AND status = 'projected'", NULL), 3);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
@@ -654,7 +670,8 @@ START_TEST(test_apply_error_counts_and_attempts_are_capped)
         snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
         snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
         const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=20", "EASYPOST_SYNC_BACKFILL_INTERVAL=0",
-                              "EASYPOST_SYNC_SYNC_INTERVAL=1", "EASYPOST_SYNC_SYNC_MAX_ATTEMPTS=2", NULL };
+                              "EASYPOST_SYNC_SYNC_INTERVAL=1", "EASYPOST_SYNC_SYNC_MAX_ATTEMPTS=2",
+                              "EASYPOST_SYNC_METRICS_INTERVAL=1", NULL };
         ck_assert_int_eq(daemon_start(&d, env), 0);
         post_tracker(d.port, "evt_badrate", "shp_badrate");
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id = 'shp_badrate' "
@@ -664,6 +681,8 @@ START_TEST(test_apply_error_counts_and_attempts_are_capped)
         ck_assert_msg(strncmp(v, "2/gave up after 2 attempts: applying it: 23514", 46) == 0, "%s", v);
         ck_assert_int_eq(stat_long("by_path", "/v2/shipments/shp_badrate"), 2);
         ck_assert_int_ge(daemon_metric(d.port, "easypost_sync_sync_jobs_total{state=\"failed\"}"), 1);
+        ck_assert_double_eq(daemon_metric_wait(d.port, "easypost_sync_sync_jobs{state=\"failed\"}", 1, 15000), 1);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_sync_jobs{state=\"pending\"}"), 0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
 }

@@ -125,10 +125,24 @@ START_TEST(test_two_daemons_one_refresh_per_view_and_slot)
         const char *e2[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", "EASYPOST_SYNC_INSTANCE_ID=replica-b", NULL };
 
         wipe(c);
+        double t0 = (double)(clock_real_ms() / 1000u);
         ck_assert_int_eq(daemon_start(&d1, e1), 0);
         ck_assert_int_eq(daemon_start(&d2, e2), 0);
         ck_assert_int_ge(db_wait_long(c, "SELECT least(count(DISTINCT tick), 5) FROM analytics_refreshes",
                                       5, 10000), 5);
+        /* each replica reports every view's last refresh, whichever replica did it */
+        const char *views[] = { "analytics_daily_volume", "analytics_carrier_performance",
+                                "analytics_status_funnel" };
+        unsigned ports[] = { d1.port, d2.port };
+        for (int i = 0; i < 2; i++)
+                for (int v = 0; v < 3; v++) {
+                        char name[160];
+                        snprintf(name, sizeof(name),
+                                 "easypost_sync_analytics_last_refresh_timestamp_seconds{view=\"%s\"}", views[v]);
+                        double ts = daemon_metric_wait(ports[i], name, t0, 15000);
+                        ck_assert_msg(ts >= t0 && ts <= (double)(clock_real_ms() / 1000u) + 1,
+                                      "%s on replica %d: %.0f, started %.0f", name, i, ts, t0);
+                }
         ck_assert_int_eq(daemon_stop(&d1, SIGTERM), 0);
         ck_assert_int_eq(daemon_stop(&d2, SIGTERM), 0);
         /* between the first and the last slot seen: every slot, every view, exactly once */

@@ -338,6 +338,20 @@ daemon_metric(unsigned port, const char *name)
         return -1;
 }
 
+double
+daemon_metric_wait(unsigned port, const char *name, double want, int timeout_ms)
+{
+        uint64_t end = clock_mono_us() + (uint64_t)timeout_ms * 1000u;
+        double v = daemon_metric(port, name);
+
+        while (v < want && clock_mono_us() < end) {
+                wait_status(port, "/healthz", 200, 100);
+                usleep(50 * 1000);
+                v = daemon_metric(port, name);
+        }
+        return v;
+}
+
 void
 db_exec(PGconn *c, const char *sql)
 {

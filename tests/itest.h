@@ -59,6 +59,8 @@ void db_exec(PGconn *c, const char *sql);
 char *db_text(PGconn *c, const char *sql, const char *param);
 /* One sample of the daemon's /metrics, by its full name with labels. */
 double daemon_metric(unsigned port, const char *name);
+/* Polls daemon_metric until it is at least want or timeout; returns the last value. */
+double daemon_metric_wait(unsigned port, const char *name, double want, int timeout_ms);
 /* PostgreSQL control: "stop", "start", "stop-immediate". */
 void pg_ctl(const char *what);
 
@@ -80,6 +82,8 @@ Suite *ingest_suite(void);
 Suite *sync_suite(void);
 Suite *timers_suite(void);
 Suite *ops_suite(void);
+Suite *pacer_suite(void);
+Suite *backfill_suite(void);
 Suite *faults_suite(void);
 Suite *hostile_suite(void);
 Suite *project_suite(void);
