@@ -1,0 +1,458 @@
+/*
+ * check_machines.c - the pacer and backfill state machines driven directly,
+ * in this process on an event loop of its own, against tests/fake_easypost
+ * scripted with fault rules (and stopped with SIGSTOP to stall it).
+ */
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backfill.h"
+#include "ingest.h"
+#include "itest.h"
+#include "pacer.h"
+#include "util.h"
+#include "uuid7.h"
+
+#define KEY "EZTKmachinekey0123456789"
+
+static struct fake_api fk;
+
+static void
+fake_up(void)
+{
+        ck_assert_int_eq(fake_start(&fk, KEY), 0);
+}
+
+static void
+fake_down(void)
+{
+        fake_stop(&fk);
+}
+
+static void
+fake_clean(void)
+{
+        ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/objects", NULL, NULL, 0), 200);
+        ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/reset", "{}", NULL, 0), 200);
+}
+
+static void
+fault(const char *rule)
+{
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults", rule, NULL, 0), 201);
+}
+
+static long
+fake_stat(const char *key)
+{
+        char resp[65536];
+        ck_assert_int_eq(fake_control(&fk, "GET", "/_control/stats", NULL, resp, sizeof(resp)), 200);
+        json_t *o = json_loads(resp, 0, NULL);
+        ck_assert_ptr_nonnull(o);
+        json_t *v = json_object_get(o, key);
+        long n = json_is_integer(v) ? (long)json_integer_value(v) : 0;
+        json_decref(o);
+        return n;
+}
+
+/* ---- driving a loop until a condition holds ---- */
+
+struct until {
+        struct event_base *base;
+        struct event *tick;
+        bool (*cond)(void *arg);
+        void *arg;
+        uint64_t end_us;
+        bool met;
+};
+
+static void
+until_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct until *u = arg;
+        struct timeval tv = { 0, 20000 };
+
+        (void)fd;
+        (void)what;
+        if (u->cond(u->arg)) {
+                u->met = true;
+                event_base_loopexit(u->base, NULL);
+        } else if (clock_mono_us() >= u->end_us) {
+                event_base_loopexit(u->base, NULL);
+        } else {
+                evtimer_add(u->tick, &tv);
+        }
+}
+
+/* Runs base until cond(arg) is true (checked every 20 ms) or ms pass; true when it held. */
+static bool
+run_until(struct event_base *base, bool (*cond)(void *), void *arg, int ms)
+{
+        struct until u = { .base = base, .cond = cond, .arg = arg,
+                           .end_us = clock_mono_us() + (uint64_t)ms * 1000u };
+        struct timeval now = { 0, 0 };
+
+        u.tick = evtimer_new(base, until_cb, &u);
+        evtimer_add(u.tick, &now);
+        event_base_dispatch(base);
+        event_free(u.tick);
+        return u.met;
+}
+
+static bool
+never(void *arg)
+{
+        (void)arg;
+        return false;
+}
+
+/* ---- the pacer ---- */
+
+struct answers {
+        int want; /* answered() holds once n + aborted reach it */
+        int n, aborted, sync_calls;
+        long status[32], retry_after[32];
+        uint64_t answered_us[32];
+        bool in_get; /* set around pacer_get: an answer inside it is a synchronous callback */
+};
+
+static void
+answer_cb(const struct httpc_resp *r, void *arg)
+{
+        struct answers *a = arg;
+
+        if (a->in_get)
+                a->sync_calls++;
+        if (r->rc == CURLE_ABORTED_BY_CALLBACK) {
+                a->aborted++;
+                return;
+        }
+        ck_assert_int_lt(a->n, 32);
+        a->status[a->n] = r->status;
+        a->retry_after[a->n] = r->retry_after_s;
+        a->answered_us[a->n] = r->answered_us;
+        a->n++;
+}
+
+static bool
+answered(void *arg)
+{
+        const struct answers *a = arg;
+        return a->n + a->aborted >= a->want;
+}
+
+static void
+get_n(struct pacer *p, struct answers *a, const char *path, int n)
+{
+        for (int i = 0; i < n; i++) {
+                a->in_get = true;
+                pacer_get(p, pacer_url(p, path, NULL, NULL), answer_cb, a);
+                a->in_get = false;
+        }
+}
+
+static struct pacer *
+pacer_for_test(struct event_base *base, long rate, long conc, long max_retry_after)
+{
+        struct pacer_settings st = { .api_url = fk.url, .api_key = KEY, .rate = rate,
+                                     .concurrency = conc, .timeout_s = 30,
+                                     .max_retry_after = max_retry_after };
+        return pacer_new(base, &st);
+}
+
+static void
+stall_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        ck_assert_int_eq(kill(fk.pid, *(int *)arg), 0);
+}
+
+/*
+ * The rate holds at the API even when the API stalls: requests the pacer
+ * started while the fake was stopped arrive together when it resumes, and
+ * spacing by start alone then lets api_rate + 1 arrive within one second.
+ */
+START_TEST(test_pacer_rate_holds_at_the_api_through_a_stall)
+{
+        enum { N = 12 };
+        struct event_base *base = event_base_new();
+        struct answers a = { .want = N };
+        int sig_stop = SIGSTOP, sig_cont = SIGCONT;
+
+        fake_clean();
+        struct pacer *p = pacer_for_test(base, 3, 4, 300);
+        struct event *stop = evtimer_new(base, stall_cb, &sig_stop);
+        struct event *cont = evtimer_new(base, stall_cb, &sig_cont);
+        struct timeval t_stop = { 0, 150000 }, t_cont = { 0, 750000 };
+        evtimer_add(stop, &t_stop);
+        evtimer_add(cont, &t_cont);
+        get_n(p, &a, "/shipments/shp_machine%s%s", N);
+        ck_assert_int_eq(a.sync_calls, 0);
+        ck_assert(run_until(base, answered, &a, 60000));
+        kill(fk.pid, SIGCONT); /* whatever happened, never leave it stopped */
+        long maxw = fake_stat("max_per_1s_window");
+        fprintf(stderr, "pacer through a stall: %d answers, at most %ld in any 1 s window (rate 3)\n",
+                a.n, maxw);
+        ck_assert_int_eq(a.n, N);
+        for (int i = 0; i < N; i++)
+                ck_assert_int_eq(a.status[i], 404);
+        ck_assert_int_le(maxw, 3);
+        ck_assert_int_eq(fake_stat("requests"), N);
+        event_free(stop);
+        event_free(cont);
+        pacer_free(p);
+        event_base_free(base);
+}
+END_TEST
+
+/* A 429 pauses every request for its Retry-After, capped at max_retry_after. */
+START_TEST(test_pacer_429_pauses_everyone_for_capped_retry_after)
+{
+        struct event_base *base = event_base_new();
+        struct answers a = { .want = 3 };
+
+        fake_clean();
+        fault("{\"path_prefix\":\"/v2/shipments/\",\"status\":429,\"retry_after\":30,\"count\":1}");
+        struct pacer *p = pacer_for_test(base, 50, 1, 2);
+        get_n(p, &a, "/shipments/shp_pause%s%s", 3);
+        ck_assert(run_until(base, answered, &a, 30000));
+        ck_assert_int_eq(a.n, 3);
+        ck_assert_int_eq(a.status[0], 429);
+        ck_assert_int_eq(a.retry_after[0], 2); /* capped for the owner too */
+        ck_assert_int_eq(a.status[1], 404);
+        double gap = (double)(a.answered_us[1] - a.answered_us[0]) / 1e6;
+        ck_assert_msg(gap >= 2.0, "next request answered %.2f s after the 429", gap);
+        ck_assert_msg(gap < 25.0, "the pause was not capped: %.2f s", gap);
+        pacer_free(p);
+        event_base_free(base);
+}
+END_TEST
+
+static bool
+fake_saw_two(void *arg)
+{
+        (void)arg;
+        return fake_stat("requests") >= 2;
+}
+
+/* A 401 drops what waits and sends nothing until pacer_reload; then it goes on. */
+START_TEST(test_pacer_401_stops_until_reload)
+{
+        struct event_base *base = event_base_new();
+        struct answers a = { .want = 4 };
+
+        fake_clean();
+        fault("{\"path_prefix\":\"/v2/shipments/\",\"status\":401,\"count\":1}");
+        struct pacer *p = pacer_for_test(base, 50, 1, 300);
+        get_n(p, &a, "/shipments/shp_auth%s%s", 4);
+        ck_assert(run_until(base, answered, &a, 30000));
+        ck_assert_int_eq(a.n, 1);
+        ck_assert_int_eq(a.status[0], 401);
+        ck_assert_int_eq(a.aborted, 3); /* queued behind it: dropped, each owner told */
+        ck_assert(pacer_auth_failed(p));
+        /* stopped: a new request waits */
+        get_n(p, &a, "/shipments/shp_auth%s%s", 1);
+        ck_assert(!run_until(base, fake_saw_two, NULL, 1000));
+        ck_assert_int_eq(fake_stat("requests"), 1);
+        ck_assert_int_eq(a.n, 1);
+        struct pacer_settings st = { .api_url = fk.url, .api_key = KEY, .rate = 50, .concurrency = 1,
+                                     .timeout_s = 30, .max_retry_after = 300 };
+        pacer_reload(p, &st);
+        ck_assert(!pacer_auth_failed(p));
+        a.want = 5;
+        ck_assert(run_until(base, answered, &a, 30000));
+        ck_assert_int_eq(a.status[1], 404);
+        ck_assert_int_eq(a.sync_calls, 0);
+        pacer_free(p);
+        event_base_free(base);
+}
+END_TEST
+
+/* ---- backfill ---- */
+
+struct bf_rig {
+        struct event_base *base;
+        struct ingest *ingest;
+        struct pacer *pacer;
+        struct backfill *bf;
+        struct uuid7_gen uuid;
+        PGconn *db;
+};
+
+static void
+seed_events(const char *prefix, int n)
+{
+        for (int i = 0; i < n; i++) {
+                char b[1024];
+                snprintf(b, sizeof(b),
+                         "{\"id\":\"evt_%s%02d\",\"object\":\"Event\",\"mode\":\"test\","
+                         "\"description\":\"batch.created\",\"created_at\":\"2025-07-01T10:%02d:00Z\","
+                         "\"result\":{\"id\":\"batch_%s%02d\",\"object\":\"Batch\"}}",
+                         prefix, i, i, prefix, i);
+                ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", b, NULL, 0), 201);
+        }
+}
+
+static void
+rig_up(struct bf_rig *r, long concurrency)
+{
+        const char *ci = getenv("TEST_PG_CONNINFO");
+        struct pacer_settings ps = { .api_url = fk.url, .api_key = KEY, .rate = 50,
+                                     .concurrency = concurrency, .timeout_s = 30,
+                                     .max_retry_after = 300 };
+        struct backfill_settings bs = { .interval = 1, .concurrency = concurrency };
+
+        ck_assert_ptr_nonnull(ci);
+        memset(r, 0, sizeof(*r));
+        r->db = db_open();
+        db_exec(r->db, "DELETE FROM sync_state WHERE key = 'backfill_cursor'");
+        uuid7_init(&r->uuid);
+        r->base = event_base_new();
+        r->ingest = ingest_new(r->base, ci, 1, 100, 50, false);
+        r->pacer = pacer_new(r->base, &ps);
+        r->bf = backfill_new(r->base, ci, r->pacer, r->ingest, &r->uuid, &bs);
+        ingest_start(r->ingest);
+        backfill_start(r->bf);
+}
+
+static void
+rig_down(struct bf_rig *r)
+{
+        backfill_stop(r->bf);
+        pacer_stop(r->pacer);
+        ingest_close(r->ingest);
+        pacer_free(r->pacer);
+        backfill_free(r->bf);
+        ingest_free(r->ingest);
+        event_base_free(r->base);
+        PQfinish(r->db);
+}
+
+static bool
+run_ended(void *arg)
+{
+        struct bf_rig *r = arg;
+        struct backfill_stats st;
+
+        backfill_snapshot(r->bf, &st);
+        return st.runs_completed + st.runs_failed >= 1 && st.state == BACKFILL_IDLE;
+}
+
+static bool
+run_completed(void *arg)
+{
+        struct bf_rig *r = arg;
+        struct backfill_stats st;
+
+        backfill_snapshot(r->bf, &st);
+        return st.runs_completed >= 1 && st.state == BACKFILL_IDLE;
+}
+
+/*
+ * A 401 in the middle of the payload fetches, with more events left than
+ * fetches in flight: the run ends (failed, back to idle, cursor kept), no
+ * new run starts on the rejected key, and after the reload the next run
+ * completes and saves the cursor.
+ */
+START_TEST(test_backfill_401_mid_fetch_ends_the_run_and_reload_resumes)
+{
+        struct bf_rig r;
+        struct backfill_stats st;
+        char prefix[32];
+
+        fake_clean();
+        snprintf(prefix, sizeof(prefix), "m401_%d_", (int)getpid());
+        seed_events(prefix, 6);
+        char rule[256];
+        snprintf(rule, sizeof(rule), "{\"path_prefix\":\"/v2/events/evt_%s01/payloads\",\"status\":401}",
+                 prefix);
+        fault(rule);
+        rig_up(&r, 2);
+        ck_assert(run_until(r.base, run_ended, &r, 30000));
+        backfill_snapshot(r.bf, &st);
+        ck_assert_int_eq(st.runs_failed, 1);
+        ck_assert_int_eq(st.runs_completed, 0);
+        ck_assert_int_eq(st.state, BACKFILL_IDLE);
+        ck_assert_int_eq(st.last_success_unix, 0);
+        ck_assert_int_eq(db_long(r.db, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'", NULL), 0);
+        /* the key is rejected: no run starts, nothing more is asked */
+        long asked = fake_stat("requests");
+        run_until(r.base, never, NULL, 2500);
+        ck_assert_int_eq(fake_stat("requests"), asked);
+        backfill_snapshot(r.bf, &st);
+        ck_assert_int_eq(st.runs, 1);
+        /* a new key: the next run goes through every state to the end */
+        struct pacer_settings ps = { .api_url = fk.url, .api_key = KEY, .rate = 50, .concurrency = 2,
+                                     .timeout_s = 30, .max_retry_after = 300 };
+        struct backfill_settings bs = { .interval = 1, .concurrency = 2 };
+        pacer_reload(r.pacer, &ps);
+        backfill_reload(r.bf, &bs);
+        ck_assert(run_until(r.base, run_completed, &r, 30000));
+        backfill_snapshot(r.bf, &st);
+        ck_assert_int_eq(st.runs_completed, 1);
+        ck_assert_uint_gt(st.last_success_unix, 0);
+        char like[64], newest[64];
+        snprintf(like, sizeof(like), "evt_%s%%", prefix);
+        snprintf(newest, sizeof(newest), "evt_%s05", prefix);
+        ck_assert_int_eq(db_long(r.db, "SELECT count(*) FROM webhook_events WHERE event_id LIKE $1", like), 6);
+        ck_assert_int_eq(db_long(r.db, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor' "
+                                       "AND value = $1", newest), 1);
+        rig_down(&r);
+}
+END_TEST
+
+/* A listing that fails ends the run at once (failed, idle); the next tick tries again and completes. */
+START_TEST(test_backfill_list_error_ends_the_run_then_the_next_completes)
+{
+        struct bf_rig r;
+        struct backfill_stats st;
+        char prefix[32];
+
+        fake_clean();
+        snprintf(prefix, sizeof(prefix), "m500_%d_", (int)getpid());
+        seed_events(prefix, 3);
+        fault("{\"path_prefix\":\"/v2/events\",\"status\":500,\"count\":1}");
+        rig_up(&r, 2);
+        ck_assert(run_until(r.base, run_completed, &r, 30000));
+        backfill_snapshot(r.bf, &st);
+        ck_assert_int_eq(st.runs_failed, 1);
+        ck_assert_int_ge(st.runs_completed, 1);
+        ck_assert_int_eq(st.recovered, 3);
+        ck_assert_int_eq(st.unusable, 0);
+        rig_down(&r);
+}
+END_TEST
+
+Suite *
+pacer_suite(void)
+{
+        Suite *s = suite_create("pacer");
+        TCase *tc = tcase_create("pacer");
+
+        tcase_set_timeout(tc, 120);
+        tcase_add_unchecked_fixture(tc, fake_up, fake_down);
+        tcase_add_test(tc, test_pacer_rate_holds_at_the_api_through_a_stall);
+        tcase_add_test(tc, test_pacer_429_pauses_everyone_for_capped_retry_after);
+        tcase_add_test(tc, test_pacer_401_stops_until_reload);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+Suite *
+backfill_suite(void)
+{
+        Suite *s = suite_create("backfill");
+        TCase *tc = tcase_create("backfill");
+
+        tcase_set_timeout(tc, 120);
+        tcase_add_unchecked_fixture(tc, fake_up, fake_down);
+        tcase_add_test(tc, test_backfill_401_mid_fetch_ends_the_run_and_reload_resumes);
+        tcase_add_test(tc, test_backfill_list_error_ends_the_run_then_the_next_completes);
+        suite_add_tcase(s, tc);
+        return s;
+}
