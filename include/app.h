@@ -1,7 +1,17 @@
 /*
- * app.h - the root object: owns the loop, the configuration and every module.
- * Init order: cfg -> keys -> ingest -> jobs -> sync -> http -> signals;
- * teardown stops sync first, then frees ingest, jobs, sync, http.
+ * app.h - the root object: owns the loop, the configuration and every
+ * module, and is the only place that knows them all. Leaf modules get what
+ * they need through their constructor and *_reload(), never struct app.
+ *
+ * Init: cfg -> keys -> ingest -> timers, schema, projector -> pacer ->
+ * syncjobs, backfill -> webhook, ops -> http (app.c routes every endpoint)
+ * -> signals -> start. Drain (SIGTERM): stop accepting, webhook 503s, stop
+ * timers, projector, syncjobs, backfill, pacer; wait for ingest to answer.
+ * Teardown: one loop pass after ingest_close, then free timers, projector,
+ * schema, pacer (its cancelled answers still reach syncjobs and backfill),
+ * syncjobs, backfill, http, ingest, webhook, ops.
+ * SIGHUP: a new cfg and keyset, then ingest, webhook, timers, pacer,
+ * syncjobs and backfill each get their *_reload().
  */
 #ifndef EPS_APP_H
 #define EPS_APP_H
@@ -45,7 +55,9 @@ struct app {
 
 /* Builds everything from cfg (takes ownership). Dies before the loop on error. */
 MUST_CHECK int app_init(struct app *a, struct cfg *cfg, struct err *e);
+/* Runs the loop until the drain ends or a second signal. */
 int app_run(struct app *a);
+/* Tears down in the order above; safe after a failed app_init. */
 void app_fini(struct app *a);
 
 /* Starts draining (SIGTERM path); safe to call twice. */

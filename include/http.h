@@ -29,6 +29,7 @@ typedef void (*http_handler_fn)(struct evhttp_request *req, void *arg);
 
 /* Listens as c says (listen, metrics_listen, TLS, limits); c is not kept. */
 MUST_CHECK struct http *http_new(struct event_base *base, const struct cfg *c, struct err *e);
+/* Closes the listeners and every connection (their close callbacks run), then frees. */
 void http_free(struct http *h);
 /* Routes path on a server to fn; -1 if the path is taken. */
 int http_route(struct http *h, enum http_server which, const char *path, http_handler_fn fn, void *arg);

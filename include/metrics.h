@@ -34,6 +34,7 @@ const double *metrics_lat_bounds_ms(void);
 int metrics_desc_index(const char *description);
 /* Name of description slot i ("other" for the last). */
 const char *metrics_desc_name(int i);
+/* Name of an outcome label value. */
 const char *metrics_outcome_name(enum metrics_outcome o);
 /* Adds one observation of us microseconds. */
 void metrics_latency(struct latency_hist *h, uint64_t us);
@@ -45,7 +46,9 @@ struct strbuf {
         char *data;
         size_t len, cap;
 };
+/* Appends formatted text, growing the buffer. */
 void strbuf_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Frees the text; b is empty again. */
 void strbuf_free(struct strbuf *b);
 
 /* Appends h as the Prometheus histogram `name` (seconds) with its HELP line. */

@@ -27,10 +27,13 @@ typedef void (*ops_render_fn)(struct strbuf *b, void *arg);
 
 /* Endpoints that ask ready and render (with arg) on each request. */
 struct ops *ops_new(ops_ready_fn ready, ops_render_fn render, void *arg);
+/* Frees (the routes must be gone: http_free first). */
 void ops_free(struct ops *o);
-/* The handlers; arg = the ops object. */
+/* GET /healthz: 200 while the loop runs (arg = the ops object). */
 void ops_healthz_cb(struct evhttp_request *req, void *arg);
+/* GET /readyz: 200 or 503 with the checks named (arg = the ops object). */
 void ops_readyz_cb(struct evhttp_request *req, void *arg);
+/* GET /metrics: build_info and what the render callback appends (arg = the ops object). */
 void ops_metrics_cb(struct evhttp_request *req, void *arg);
 
 #endif

@@ -41,6 +41,7 @@ struct webhook *webhook_new(struct event_base *base, struct ingest *ingest, stru
 void webhook_reload(struct webhook *w, const struct webhook_settings *st);
 /* Draining: new events get 503 "shutting down". */
 void webhook_stop(struct webhook *w);
+/* Frees; after ingest has answered every item (ingest_close). */
 void webhook_free(struct webhook *w);
 /* The evhttp handler; arg = the webhook. */
 void webhook_cb(struct evhttp_request *req, void *arg);
