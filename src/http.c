@@ -113,7 +113,7 @@ watch_cb(evutil_socket_t fd, short what, void *arg)
         if (evcon)
                 evhttp_connection_set_closecb(evcon, conn_closed, w->h);
         else
-                w->h->conns--; /* evhttp gave it up at once */
+                w->h->conns--; /* no connection around it: nothing will report its close */
         watch_free(w);
 }
 
@@ -425,6 +425,7 @@ http_free(struct http *h)
 {
         if (h == NULL)
                 return;
+        h->paused = false; /* the connections closed below must not resume freed listeners */
         if (h->main)
                 evhttp_free(h->main);
         if (h->ops)
