@@ -353,7 +353,8 @@ sec_backfill(struct report *rp)
                 json_decref(c);
                 return -1;
         }
-        b = json_is_object(c) ? json_incref(c) : json_object();
+        b = json_is_object(c) ? json_incref(c)
+                              : json_pack("{s:n, s:n, s:n}", "cursor", "moved_at", "moved_age_s");
         json_decref(c);
         json_object_set_new(b, "enabled", json_boolean(on));
         json_object_set_new(b, "interval_s", json_integer(iv));
