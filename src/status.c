@@ -487,6 +487,62 @@ check_schema(struct report *rp)
 
 /* ---- text ---- */
 
+#define TEXT_MAX 160 /* bytes of one string in the text report */
+
+/* A string for the terminal: what the database holds may quote a payload (an
+ * event's description, an error), so control characters (C0, DEL, C1) become
+ * '?' (line breaks and tabs a space), and a long string ends in "...", cut
+ * between two UTF-8 characters. */
+static void
+text_clean_string(json_t *j)
+{
+        const unsigned char *s = (const unsigned char *)json_string_value(j);
+        size_t n = json_string_length(j), i = 0, k = 0;
+        char buf[TEXT_MAX + 4];
+
+        for (; i < n && k < TEXT_MAX; i++) {
+                if (s[i] == '\n' || s[i] == '\r' || s[i] == '\t') {
+                        buf[k++] = ' ';
+                } else if (s[i] < 0x20 || s[i] == 0x7f) {
+                        buf[k++] = '?';
+                } else if (s[i] == 0xc2 && i + 1 < n && s[i + 1] >= 0x80 && s[i + 1] < 0xa0) {
+                        buf[k++] = '?';
+                        i++;
+                } else {
+                        buf[k++] = (char)s[i];
+                }
+        }
+        if (i < n) {
+                size_t last = k;
+                while (last > 0 && ((unsigned char)buf[last - 1] & 0xc0) == 0x80)
+                        last--;
+                if (last > 0 && (unsigned char)buf[last - 1] >= 0xc0)
+                        k = last - 1; /* a character that may not be whole */
+                memcpy(buf + k, "...", 3);
+                k += 3;
+        }
+        if (json_string_setn(j, buf, k) != 0)
+                json_string_set(j, "?");
+}
+
+static void
+text_clean(json_t *j)
+{
+        const char *key;
+        size_t i;
+        json_t *v;
+
+        if (json_is_object(j)) {
+                json_object_foreach(j, key, v)
+                        text_clean(v);
+        } else if (json_is_array(j)) {
+                json_array_foreach(j, i, v)
+                        text_clean(v);
+        } else if (json_is_string(j)) {
+                text_clean_string(j);
+        }
+}
+
 static void
 text_events(FILE *f, const json_t *ev)
 {
@@ -509,9 +565,8 @@ text_dead_letters(FILE *f, const json_t *d)
         fprintf(f, "Dead letters: %lld in the last 24 h, %lld in all\n", num(d, "last_day"),
                 num(d, "total"));
         json_array_foreach(json_object_get(d, "newest"), i, r)
-                fprintf(f, "  %s  %s  %s  %.*s\n", str(r, "received_at"), str(r, "event_id"),
-                        str(r, "description"), line_len(str(r, "error")) < 100 ? line_len(str(r, "error")) : 100,
-                        str(r, "error"));
+                fprintf(f, "  %s  %s  %s  %s\n", str(r, "received_at"), str(r, "event_id"),
+                        str(r, "description"), str(r, "error"));
 }
 
 static void
@@ -541,8 +596,8 @@ text_sync_jobs(FILE *f, const json_t *j)
                         str(o, "object_id"), age_text(num(o, "age_s"), age, sizeof(age)),
                         str(o, "created_at"), num(o, "attempts"));
         if (json_is_object(x))
-                fprintf(f, "  newest failure: %s %s at %s: %.*s\n", str(x, "kind"), str(x, "object_id"),
-                        str(x, "failed_at"), line_len(str(x, "last_error")), str(x, "last_error"));
+                fprintf(f, "  newest failure: %s %s at %s: %s\n", str(x, "kind"), str(x, "object_id"),
+                        str(x, "failed_at"), str(x, "last_error"));
 }
 
 static void
@@ -584,7 +639,7 @@ text_analytics(FILE *f, const json_t *a)
                                 json_number_value(json_object_get(v, "duration_ms")));
                         continue;
                 }
-                fprintf(f, ": %.*s; ", line_len(str(v, "error")), str(v, "error"));
+                fprintf(f, ": %s; ", str(v, "error"));
                 if (json_is_null(json_object_get(v, "last_ok_at")))
                         fprintf(f, "never ok\n");
                 else
@@ -616,12 +671,14 @@ text_metrics(FILE *f, const json_t *s)
                         json_number_value(json_object_get(m, "ack_p99_ms")));
 }
 
+/* The report for a person; root is cleaned for the terminal first. */
 static void
-print_text(FILE *f, const json_t *root)
+print_text(FILE *f, json_t *root)
 {
         size_t i;
         json_t *r;
 
+        text_clean(root);
         fprintf(f, "easypost-sync status at %s (schema %lld): %s\n", str(root, "generated_at"),
                 num(root, "schema_version"),
                 strcmp(str(root, "status"), "healthy") == 0 ? "healthy" : "NEEDS ATTENTION");

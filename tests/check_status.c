@@ -291,7 +291,6 @@ START_TEST(test_healthy)
                       t.out);
         ck_assert_msg(strstr(t.out, "inst-a  ") && strstr(t.out, "inst-b  "), "%s", t.out);
         ck_assert_msg(strstr(t.out, "rss 20.0 MiB") && strstr(t.out, "queue 3/4096"), "%s", t.out);
-        fprintf(stderr, "--- sample of easypost-syncd --status:\n%s---\n", t.out);
         run_free(&t);
         run_free(&j);
         schema_drop(c, "eps_status_healthy");
@@ -365,6 +364,20 @@ START_TEST(test_backlog)
         ck_assert_msg(h.code == 0, "exit %d: %s%s", h.code, h.out, h.err);
         ck_assert_int_eq(jnum(json_object_get(h.json, "projection_backlog"), "pending"), 1);
         run_free(&h);
+        /* what the database quotes from a payload reaches a terminal harmless, the JSON exact */
+        db_exec(c, "SELECT t_event('evt_esc', E'evil\\u001b[2J\\u009b.' || repeat('x', 300), 'stored', '1 min')");
+        struct run t = run_syncd(url, NULL, TEXT_ARGS);
+        ck_assert_int_eq(t.code, 0);
+        ck_assert_msg(strstr(t.out, "evil?[2J?.xxx") && strstr(t.out, "xxx... ") && !strchr(t.out, '\x1b') &&
+                              !strstr(t.out, "\xc2\x9b"),
+                      "%s", t.out);
+        run_free(&t);
+        struct run e = run_syncd(url, NULL, JSON_ARGS);
+        ck_assert_int_eq(e.code, 0);
+        const char *desc = json_string_value(
+                json_object_get(json_array_get(jget(e.json, "events", "by_description"), 0), "description"));
+        ck_assert_msg(strncmp(desc, "evil\x1b[2J\xc2\x9b.xxx", 12) == 0 && strlen(desc) == 311, "%s", desc);
+        run_free(&e);
 
         db_exec(c, "SELECT t_event('evt_p2', 'tracker.updated', 'pending', '10 min')");
         struct run j = run_syncd(url, NULL, JSON_ARGS);
@@ -522,6 +535,12 @@ START_TEST(test_errors)
         ck_assert_str_eq(json_string_value(json_object_get(j.json, "status")), "error");
         ck_assert(strstr(json_string_value(json_object_get(j.json, "error")), "cannot connect") != NULL);
         run_free(&j);
+
+        /* a configuration the daemon would refuse */
+        struct run b = run_syncd(url, NULL, (const char *const[]){ "--status", "--max_body_bytes=1", NULL });
+        ck_assert_int_eq(b.code, 2);
+        ck_assert_msg(strstr(b.err, "easypost-syncd: configuration: "), "%s", b.err);
+        run_free(&b);
 
         /* a schema that was never migrated */
         admin_exec("DROP SCHEMA IF EXISTS %s CASCADE", "eps_status_empty");
