@@ -325,7 +325,7 @@ sec_sync_jobs(struct report *rp)
         }
         json_object_set_new(j, "oldest_pending", oldest);
         json_object_set_new(j, "newest_failed", failed);
-        json_object_set_new(j, "api_key", json_boolean(api));
+        json_object_set_new(j, "api_key_set", json_boolean(api));
         json_object_set_new(rp->root, "sync_jobs", j);
         if (num(j, "failed_last_day") > 0)
                 reason(rp, "sync_jobs_failed", "%lld sync job%s failed in the last 24 h (newest: %s %s: %.*s)",
@@ -590,7 +590,7 @@ text_sync_jobs(FILE *f, const json_t *j)
 
         fprintf(f, "Sync jobs: %lld pending, %lld running; last 24 h: %lld done, %lld failed%s\n",
                 num(j, "pending"), num(j, "running"), num(j, "done_last_day"), num(j, "failed_last_day"),
-                json_is_true(json_object_get(j, "api_key")) ? "" : " (no API key: sync is off)");
+                json_is_true(json_object_get(j, "api_key_set")) ? "" : " (no API key: sync is off)");
         if (json_is_object(o))
                 fprintf(f, "  oldest pending: %s %s, queued %s ago (%s), %lld attempt(s)\n", str(o, "kind"),
                         str(o, "object_id"), age_text(num(o, "age_s"), age, sizeof(age)),

@@ -506,12 +506,15 @@ START_TEST(test_uses_indexes)
         struct run r = run_syncd(explain, (const char *const[]){ "EASYPOST_API_KEY=EZTKtestkey0123456789", NULL },
                                  JSON_ARGS);
         ck_assert_msg(r.code == 1, "exit %d: %s", r.code, r.err);
-        ck_assert_msg(strstr(r.err, "Index Scan using webhook_events_pkey"), "no plans shown: %.600s", r.err);
+        size_t plans = 0;
+        for (const char *p = strstr(r.err, "Query Text:"); p; p = strstr(p + 1, "Query Text:"))
+                plans++;
+        ck_assert_msg(plans >= 10, "%zu plans shown: %.600s", plans, r.err);
         for (size_t i = 0; i < ARRAY_LEN(grows); i++) {
                 char seq[64];
                 snprintf(seq, sizeof(seq), "Seq Scan on %s", grows[i]);
                 const char *at = strstr(r.err, seq);
-                /* the plan's query text comes a few lines before it */
+                /* (a partition's name begins with its table's) */
                 ck_assert_msg(at == NULL, "%s in: %.600s", seq, at && at - r.err > 400 ? at - 400 : r.err);
         }
         run_free(&r);
