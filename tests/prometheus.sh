@@ -75,12 +75,24 @@ until_true() {
         done
 }
 
-# A TCP port nobody listens on (from /proc/net/tcp*), tried from a
-# PID-dependent start so parallel runs pick different ones.
+status_is() { # status_is URL CODE
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" = "$2" ]
+}
+gone_or_answers() { # gone_or_answers PID URL: PID has exited or URL answers 200
+        ! kill -0 "$1" 2>/dev/null || status_is "$2" 200
+}
+answers() { # answers PID URL: PID runs and URL answers 200 (polled)
+        until_true gone_or_answers "$1" "$2" && kill -0 "$1" 2>/dev/null
+}
+
+# A TCP port no socket uses (from /proc/net/tcp*), below the ephemeral
+# range, tried from a PID-dependent start so parallel runs pick different
+# ones. A server that still loses the race exits and is started again on
+# another port.
 free_port() {
-        p=$((30000 + ($$ * 7 + $1) % 20000))
+        p=$((10000 + ($$ * 7 + $1) % 20000))
         while awk -v h="$(printf ':%04X' "$p")" \
-                'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == h { f = 1 } END { exit !f }' \
+                'FNR > 1 && substr($2, length($2) - 4) == h { f = 1 } END { exit !f }' \
                 /proc/net/tcp /proc/net/tcp6 2>/dev/null; do
                 p=$((p + 1))
         done
@@ -88,7 +100,7 @@ free_port() {
 }
 
 # --- PostgreSQL, migrations, the daemon
-pg_port=$(free_port 0)
+pg_port=$(free_port 0) # names its unix socket only: listen_addresses is empty
 "$top_srcdir/tests/pg.sh" start "$tmp/pg" "$pg_port" || { fail "PostgreSQL starts"; finish; }
 pg_started=1
 "$top_srcdir/tests/pg.sh" createdb "$tmp/pg" "$pg_port" eps_test
@@ -96,16 +108,20 @@ conninfo=$("$top_srcdir/tests/pg.sh" conninfo "$tmp/pg" "$pg_port" eps_test)
 DATABASE_URL="$conninfo" "$top_builddir/easypost-syncd" --migrate --sql_dir="$top_srcdir/sql" \
         >"$tmp/migrate.log" 2>&1 || { cat "$tmp/migrate.log"; fail "migrations apply"; finish; }
 
-daemon_port=$(free_port 100)
-DATABASE_URL="$conninfo" EASYPOST_WEBHOOK_SECRET=prometheus-test-secret \
-        EASYPOST_SYNC_LISTEN="127.0.0.1:$daemon_port" EASYPOST_SYNC_LOG_LEVEL=info \
-        "$top_builddir/easypost-syncd" >"$tmp/daemon.log" 2>&1 &
-daemon_pid=$!
-daemon="http://127.0.0.1:$daemon_port"
-
-status_is() { # status_is URL CODE
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" = "$2" ]
+start_daemon() {
+        daemon_port=$(free_port $((100 + $1 * 10)))
+        daemon="http://127.0.0.1:$daemon_port"
+        DATABASE_URL="$conninfo" EASYPOST_WEBHOOK_SECRET=prometheus-test-secret \
+                EASYPOST_SYNC_LISTEN="127.0.0.1:$daemon_port" EASYPOST_SYNC_LOG_LEVEL=info \
+                "$top_builddir/easypost-syncd" >>"$tmp/daemon.log" 2>&1 &
+        daemon_pid=$!
+        answers "$daemon_pid" "$daemon/healthz" && return 0
+        stop_pid "$daemon_pid" # exited (port taken) or never answered
+        daemon_pid=
+        return 1
 }
+for try in 1 2 3 4 5; do start_daemon "$try" && break; done
+must "daemon started" [ -n "$daemon_pid" ]
 must "daemon ready (/readyz 200)" until_true status_is "$daemon/readyz" 200
 
 metrics_lint() {
@@ -118,8 +134,6 @@ metrics_lint() {
 check "promtool check metrics: /metrics is clean" metrics_lint
 
 # --- Prometheus
-prom_port=$(free_port 200)
-prom="http://127.0.0.1:$prom_port"
 sed 's/^\( *for:\).*/\1 2s/' "$top_srcdir/etc/prometheus/easypost-sync.rules.yml" >"$tmp/rules.yml"
 cat >"$tmp/prometheus.yml" <<EOT
 global:
@@ -133,9 +147,19 @@ scrape_configs:
     static_configs:
       - targets: ['127.0.0.1:$daemon_port']
 EOT
-prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/data" \
-        --web.listen-address="127.0.0.1:$prom_port" >"$tmp/prometheus.log" 2>&1 &
-prom_pid=$!
+start_prometheus() {
+        prom_port=$(free_port $((200 + $1 * 10)))
+        prom="http://127.0.0.1:$prom_port"
+        prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/data" \
+                --web.listen-address="127.0.0.1:$prom_port" >>"$tmp/prometheus.log" 2>&1 &
+        prom_pid=$!
+        answers "$prom_pid" "$prom/-/ready" && return 0
+        stop_pid "$prom_pid" # exited (port taken) or never answered
+        prom_pid=
+        return 1
+}
+for try in 1 2 3 4 5; do start_prometheus "$try" && break; done
+must "Prometheus ready" [ -n "$prom_pid" ]
 
 api() { # api PATH JQ-FILTER [CURL-ARGS...]: the filter's output on the answer; fails without one
         path=$1 filter=$2
@@ -152,7 +176,6 @@ is() { # is WANT COMMAND...: COMMAND succeeds and prints WANT
         got=$("$@" 2>/dev/null) || return 1
         [ "$got" = "$want" ]
 }
-must "Prometheus ready" until_true status_is "$prom/-/ready" 200
 must "target scraped and up" until_true is 1 query 'up{job="easypost-sync"}'
 # The rules have run on scraped series once a recording rule has a value.
 check "rules evaluated on the daemon's series" \
