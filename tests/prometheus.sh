@@ -24,7 +24,9 @@ tmp=$(mktemp -d /tmp/eps-prom.XXXXXX)
 chmod 755 "$tmp" # PostgreSQL runs as another user when we are root
 end=$(($(date +%s) + 150))
 daemon_pid=
+daemon_port=
 prom_pid=
+pid= # a server being launched
 pg_started=
 stop_pid() { # stop_pid PID: SIGTERM, then wait for it
         [ -n "$1" ] || return 0
@@ -32,6 +34,7 @@ stop_pid() { # stop_pid PID: SIGTERM, then wait for it
         wait "$1" 2>/dev/null
 }
 cleanup() {
+        stop_pid "$pid"
         stop_pid "$prom_pid"
         stop_pid "$daemon_pid"
         [ -n "$pg_started" ] && "$top_srcdir/tests/pg.sh" stop "$tmp/pg" immediate
@@ -78,11 +81,18 @@ until_true() {
 status_is() { # status_is URL CODE
         [ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" = "$2" ]
 }
-gone_or_answers() { # gone_or_answers PID URL: PID has exited or URL answers 200
-        ! kill -0 "$1" 2>/dev/null || status_is "$2" 200
+# listens PID PORT: PID holds the socket listening on PORT (its inode, from
+# /proc/net/tcp*, is among PID's descriptors), not some other process.
+listens() {
+        for inode in $(awk -v h="$(printf ':%04X' "$2")" \
+                'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == h { print $10 }' \
+                /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+                ls -l "/proc/$1/fd" 2>/dev/null | grep -q "socket:\[$inode\]" && return 0
+        done
+        return 1
 }
-answers() { # answers PID URL: PID runs and URL answers 200 (polled)
-        until_true gone_or_answers "$1" "$2" && kill -0 "$1" 2>/dev/null
+gone_or_listens() { # gone_or_listens PID PORT
+        ! kill -0 "$1" 2>/dev/null || listens "$1" "$2"
 }
 
 # A TCP port no socket uses (from /proc/net/tcp*), below the ephemeral
@@ -108,19 +118,28 @@ conninfo=$("$top_srcdir/tests/pg.sh" conninfo "$tmp/pg" "$pg_port" eps_test)
 DATABASE_URL="$conninfo" "$top_builddir/easypost-syncd" --migrate --sql_dir="$top_srcdir/sql" \
         >"$tmp/migrate.log" 2>&1 || { cat "$tmp/migrate.log"; fail "migrations apply"; finish; }
 
-start_daemon() {
-        daemon_port=$(free_port $((100 + $1 * 10)))
-        daemon="http://127.0.0.1:$daemon_port"
-        DATABASE_URL="$conninfo" EASYPOST_WEBHOOK_SECRET=prometheus-test-secret \
-                EASYPOST_SYNC_LISTEN="127.0.0.1:$daemon_port" EASYPOST_SYNC_LOG_LEVEL=info \
-                "$top_builddir/easypost-syncd" >>"$tmp/daemon.log" 2>&1 &
-        daemon_pid=$!
-        answers "$daemon_pid" "$daemon/healthz" && return 0
-        stop_pid "$daemon_pid" # exited (port taken) or never answered
-        daemon_pid=
+# launch OFFSET PATH FUNCTION: runs FUNCTION PORT in the background on a free
+# port until it answers PATH there; sets pid and port. A server that lost its
+# port (it exits) or never answers is stopped and started on another one.
+launch() {
+        for try in 1 2 3 4 5; do
+                port=$(free_port $(($1 + try * 10)))
+                "$3" "$port" &
+                pid=$!
+                until_true gone_or_listens "$pid" "$port" && listens "$pid" "$port" &&
+                        until_true status_is "http://127.0.0.1:$port$2" 200 && return 0
+                stop_pid "$pid"
+                pid=
+        done
         return 1
 }
-for try in 1 2 3 4 5; do start_daemon "$try" && break; done
+run_daemon() {
+        DATABASE_URL="$conninfo" EASYPOST_WEBHOOK_SECRET=prometheus-test-secret \
+                EASYPOST_SYNC_LISTEN="127.0.0.1:$1" EASYPOST_SYNC_LOG_LEVEL=info \
+                exec "$top_builddir/easypost-syncd" >>"$tmp/daemon.log" 2>&1
+}
+launch 100 /healthz run_daemon && daemon_pid=$pid daemon_port=$port pid=
+daemon="http://127.0.0.1:$daemon_port"
 must "daemon started" [ -n "$daemon_pid" ]
 must "daemon ready (/readyz 200)" until_true status_is "$daemon/readyz" 200
 
@@ -147,18 +166,12 @@ scrape_configs:
     static_configs:
       - targets: ['127.0.0.1:$daemon_port']
 EOT
-start_prometheus() {
-        prom_port=$(free_port $((200 + $1 * 10)))
-        prom="http://127.0.0.1:$prom_port"
-        prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/data" \
-                --web.listen-address="127.0.0.1:$prom_port" >>"$tmp/prometheus.log" 2>&1 &
-        prom_pid=$!
-        answers "$prom_pid" "$prom/-/ready" && return 0
-        stop_pid "$prom_pid" # exited (port taken) or never answered
-        prom_pid=
-        return 1
+run_prometheus() {
+        exec prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/data" \
+                --web.listen-address="127.0.0.1:$1" >>"$tmp/prometheus.log" 2>&1
 }
-for try in 1 2 3 4 5; do start_prometheus "$try" && break; done
+launch 200 /-/ready run_prometheus && prom_pid=$pid pid=
+prom="http://127.0.0.1:$port"
 must "Prometheus ready" [ -n "$prom_pid" ]
 
 api() { # api PATH JQ-FILTER [CURL-ARGS...]: the filter's output on the answer; fails without one
