@@ -41,7 +41,7 @@ cleanup() {
         if [ -z "${KEEP_TEST_TMPDIR:-}" ]; then rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
-trap 'exit 1' INT TERM
+trap 'exit 1' HUP INT PIPE TERM
 
 checks=0
 failures=0
