@@ -6,6 +6,8 @@
 # fires within seconds), then checks:
 #   - /metrics passes `promtool check metrics`;
 #   - the target is up and every rule evaluates without error;
+#   - EasyPostSyncNoWebhooks fires while no webhook comes and clears after
+#     one signed event;
 #   - EasyPostSyncDatabaseDown is not active while PostgreSQL runs, fires
 #     (through /api/v1/alerts) once PostgreSQL is stopped, and clears when it
 #     runs again.
@@ -200,6 +202,13 @@ alert_state() { # alert_state NAME: pending, firing or nothing
         api /api/v1/alerts "[.data.alerts[] | select(.labels.alertname == \"$1\") | .state] | join(\" \")"
 }
 check "EasyPostSyncDatabaseDown not active while PostgreSQL runs" is "" alert_state EasyPostSyncDatabaseDown
+
+# --- No webhook yet: EasyPostSyncNoWebhooks fires; one signed event clears it
+check "EasyPostSyncNoWebhooks firing while the daemon is up and gets no webhook" \
+        until_true is firing alert_state EasyPostSyncNoWebhooks
+check "a signed test event is accepted" env EASYPOST_WEBHOOK_SECRET=prometheus-test-secret \
+        "$top_builddir/easypost-syncd" --send-test-event "$daemon/webhooks/easypost" >"$tmp/send.log" 2>&1
+check "EasyPostSyncNoWebhooks cleared by it" until_true is "" alert_state EasyPostSyncNoWebhooks
 
 # --- PostgreSQL stopped: the alert fires
 "$top_srcdir/tests/pg.sh" stop "$tmp/pg" immediate
