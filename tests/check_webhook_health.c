@@ -87,6 +87,20 @@ start_checked(struct daemon *d, const char *auto_enable, bool with_public_url)
         ck_assert_int_eq(daemon_start(d, env), 0);
 }
 
+/* Requests the fake received for path (its by_path counter). */
+static long
+fake_requests(const char *path)
+{
+        char resp[200000];
+
+        ck_assert_int_eq(fake_control(&fk, "GET", "/_control/stats", NULL, resp, sizeof(resp)), 200);
+        json_t *o = json_loads(resp, 0, NULL);
+        ck_assert_ptr_nonnull(o);
+        long n = (long)json_integer_value(json_object_get(json_object_get(o, "by_path"), path));
+        json_decref(o);
+        return n;
+}
+
 /* PATCH requests the fake answered for uri (its request log). */
 static int
 patches(const char *uri, const char *want_body)
@@ -265,6 +279,53 @@ START_TEST(test_no_reenable_while_database_down)
 }
 END_TEST
 
+/*
+ * Two replicas on one database: one check per slot between them, and a
+ * webhook disabled while both run is re-enabled once, by the elected one;
+ * the other reports what that check recorded.
+ */
+START_TEST(test_one_replica_checks_each_slot)
+{
+        PGconn *c = db_open();
+        struct daemon d1, d2;
+
+        reset(c);
+        PQfinish(c);
+        seed_webhook(OUR_HOOK, OUR_URL, "null");
+        seed_webhook(OTHER_HOOK, "https://elsewhere.example.test/hook", "null");
+        start_checked(&d1, "EASYPOST_SYNC_WEBHOOK_AUTO_ENABLE=on", true);
+        start_checked(&d2, "EASYPOST_SYNC_WEBHOOK_AUTO_ENABLE=on", true);
+        ck_assert(wait_readyz_webhook(&d1, "ok", 30000));
+        ck_assert(wait_readyz_webhook(&d2, "ok", 30000));
+        long lists0 = fake_requests("/v2/webhooks");
+        uint64_t t0 = clock_mono_us();
+        seed_webhook(OUR_HOOK, OUR_URL, DISABLED_AT);
+        uint64_t end = t0 + 30000000u;
+        while (daemon_metric(d1.port, "easypost_sync_webhook_reenabled_total") +
+                       daemon_metric(d2.port, "easypost_sync_webhook_reenabled_total") < 1 &&
+               clock_mono_us() < end)
+                nap();
+        /* a few more slots, in which neither may re-enable it again */
+        double checks = daemon_metric(d1.port, OK_CHECKS) + daemon_metric(d2.port, OK_CHECKS);
+        end = clock_mono_us() + 30000000u;
+        while (daemon_metric(d1.port, OK_CHECKS) + daemon_metric(d2.port, OK_CHECKS) < checks + 3 &&
+               clock_mono_us() < end)
+                nap();
+        long lists = fake_requests("/v2/webhooks") - lists0;
+        double secs = (double)(clock_mono_us() - t0) / 1e6;
+        ck_assert_int_eq(daemon_metric(d1.port, "easypost_sync_webhook_reenabled_total") +
+                                 daemon_metric(d2.port, "easypost_sync_webhook_reenabled_total"),
+                         1);
+        ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, "{}"), 1);
+        /* one list per 1 s slot at most (plus the slot begun at t0), not one per replica */
+        ck_assert_msg(lists >= 3 && lists <= (long)secs + 2, "%ld lists in %.1f s", lists, secs);
+        ck_assert(wait_readyz_webhook(&d1, "ok", 20000));
+        ck_assert(wait_readyz_webhook(&d2, "ok", 20000));
+        ck_assert_int_eq(daemon_stop(&d2, SIGTERM), 0);
+        ck_assert_int_eq(daemon_stop(&d1, SIGTERM), 0);
+}
+END_TEST
+
 Suite *
 webhook_health_suite(void)
 {
@@ -276,6 +337,7 @@ webhook_health_suite(void)
         tcase_add_test(tc, test_disabled_webhook_reenabled_and_window_backfilled);
         tcase_add_test(tc, test_disabled_webhook_reported_only);
         tcase_add_test(tc, test_no_reenable_while_database_down);
+        tcase_add_test(tc, test_one_replica_checks_each_slot);
         suite_add_tcase(s, tc);
         return s;
 }
