@@ -110,10 +110,9 @@ patch_done(const struct httpc_resp *r, void *arg)
         struct wh_patch *p = arg;
         struct webhook_health *w = p->w;
 
-        w->patching--;
         if (r->rc == CURLE_ABORTED_BY_CALLBACK) {
                 free(p);
-                if (w->patching == 0)
+                if (--w->patching == 0)
                         w->busy = false; /* stopping: not re-armed */
                 return;
         }
@@ -131,13 +130,15 @@ patch_done(const struct httpc_resp *r, void *arg)
                          p->id, r->rc != CURLE_OK ? r->error : "API error", r->status);
         }
         free(p);
-        if (w->patching == 0)
+        if (--w->patching == 0)
                 finish(w);
 }
 
+/* The check ends when the last PATCH has answered. */
 static void
 reenable_all(struct webhook_health *w)
 {
+        w->patching++; /* held while queuing, so that no answer ends the check early */
         for (unsigned i = 0; i < w->nids; i++) {
                 struct wh_patch *p = xcalloc(1, sizeof(*p));
                 char path[16 + WH_ID_MAX];
@@ -145,13 +146,16 @@ reenable_all(struct webhook_health *w)
                 snprintf(p->id, sizeof(p->id), "%s", w->ids[i]);
                 snprintf(path, sizeof(path), "/webhooks/%s", p->id);
                 /* EasyPost re-enables a disabled webhook on any update: no field to change */
+                w->patching++;
                 if (sync_api_request(w->app->sync, "PATCH", path, "{}", patch_done, p) != 0) {
+                        w->patching--;
                         free(p);
                         break;
                 }
-                w->patching++;
         }
         w->nids = 0;
+        if (--w->patching == 0)
+                finish(w);
 }
 
 /* ---- the check ---- */
@@ -272,8 +276,7 @@ list_done(const struct httpc_resp *r, void *arg)
         if (w->nids > 0 && auto_enable(w)) {
                 if (w->elected && healthy(w)) {
                         reenable_all(w);
-                        if (w->patching > 0)
-                                return; /* finish when the last one answers */
+                        return;
                 } else if (!w->waiting_logged) {
                         log_info("webhook", "webhook_auto_enable: waiting for the database and the queue "
                                             "before re-enabling the EasyPost webhook");
