@@ -178,9 +178,10 @@ wait_readyz_webhook(const struct daemon *d, const char *state, int timeout_ms)
 
 /*
  * Disabled and the daemon healthy: reported once, re-enabled through
- * PATCH /webhooks/{id} (ours only: public_url), and the backfill run it
- * starts recovers the events EasyPost holds for the window; the event that
- * did arrive as a webhook stays as it was.
+ * PATCH /webhooks/{id} (ours only: public_url; a failed update is tried
+ * again at the next check), and the backfill run it starts recovers the
+ * events EasyPost holds for the window; the event that did arrive as a
+ * webhook stays as it was.
  */
 START_TEST(test_disabled_webhook_reenabled_and_window_backfilled)
 {
@@ -193,13 +194,17 @@ START_TEST(test_disabled_webhook_reenabled_and_window_backfilled)
         seed_event("evt_whwin01");
         seed_event("evt_whwin02");
         seed_event("evt_whwin03");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/webhooks/\",\"status\":500,\"count\":1}",
+                                      NULL, 0), 201);
         start_checked(&d, "EASYPOST_SYNC_WEBHOOK_AUTO_ENABLE=on", true);
         char *b = make_event("evt_whwin00", "batch.created", "{\"id\":\"batch_wh\",\"object\":\"Batch\"}");
         ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200); /* before it was disabled */
         free(b);
         ck_assert_int_eq(wait_metric(&d, "easypost_sync_webhook_reenabled_total", 1, 30000), 1);
-        ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, "{}"), 1);
+        ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, "{}"), 2); /* a 500, then a 200 */
         ck_assert_int_eq(patches("/v2/webhooks/" OTHER_HOOK, NULL), 0);
+        ck_assert_int_eq(log_lines(&d, "re-enabling EasyPost webhook " OUR_HOOK " failed"), 1);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_whwin%' "
                                          "AND source = 'backfill'", 3, 30000), 3);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_whwin00' "
@@ -208,7 +213,7 @@ START_TEST(test_disabled_webhook_reenabled_and_window_backfilled)
         ck_assert(wait_readyz_webhook(&d, "ok", 20000));
         ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhook_disabled"), 0);
         ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
-        ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, NULL), 1);
+        ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, NULL), 2);
         ck_assert_int_eq(log_lines(&d, "is disabled"), 1);
         ck_assert_int_eq(log_lines(&d, "re-enabled EasyPost webhook " OUR_HOOK), 1);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
