@@ -247,11 +247,18 @@ read_list(struct webhook_health *w, const struct httpc_resp *r)
 static void
 check_failed(struct webhook_health *w, const struct httpc_resp *r)
 {
+        char why[300];
+
+        if (r->rc != CURLE_OK)
+                snprintf(why, sizeof(why), "%s", r->error);
+        else
+                snprintf(why, sizeof(why), "HTTP %ld%s", r->status,
+                         r->status == 200 ? " without a webhook list" : "");
         w->checks_failed++;
         if (!w->check_failing)
-                log_warn("webhook", "listing EasyPost webhooks failed: %s (HTTP %ld); the last "
-                                    "state is kept until a check succeeds",
-                         r->rc != CURLE_OK ? r->error : "unexpected answer", r->status);
+                log_warn("webhook", "listing EasyPost webhooks failed: %s; the last state is kept "
+                                    "until a check succeeds",
+                         why);
         w->check_failing = true;
 }
 

@@ -224,7 +224,8 @@ END_TEST
 /*
  * webhook_auto_enable off: reported (metric, /readyz still 200 with
  * "webhook":"disabled", one log line however many checks), never patched,
- * nothing backfilled. Without public_url every webhook of the account counts.
+ * nothing backfilled. A failed check is counted and logged once. Without
+ * public_url every webhook of the account counts.
  */
 START_TEST(test_disabled_webhook_reported_only)
 {
@@ -234,8 +235,14 @@ START_TEST(test_disabled_webhook_reported_only)
 
         reset(c);
         seed_event("evt_whoff01");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/webhooks\",\"status\":500,\"count\":2}",
+                                      NULL, 0), 201);
         start_checked(&d, "EASYPOST_SYNC_WEBHOOK_AUTO_ENABLE=off", true);
         ck_assert_int_ge(wait_metric(&d, OK_CHECKS, 3, 30000), 3);
+        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhook_checks_total{outcome=\"failed\"}"), 2);
+        ck_assert_int_eq(log_lines(&d, "listing EasyPost webhooks failed: HTTP 500"), 1);
+        ck_assert_int_eq(log_lines(&d, "listing EasyPost webhooks works again"), 1);
         ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhook_disabled"), 1);
         ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
         ck_assert_msg(strstr(resp, "\"webhook\":\"disabled\"") != NULL, "%s", resp);
