@@ -17,7 +17,7 @@
 #include "util.h"
 
 #define API_KEY "EZTKhealthkey0123456789"
-#define OUR_URL "https://hooks.example.test/webhooks/easypost"
+#define OUR_URL "https://syncuser:hookpass0123@hooks.example.test/webhooks/easypost" /* Basic auth: a secret */
 #define OUR_HOOK "hook_0dfff13cfac411ef87a6010e985f89d4"
 #define OTHER_HOOK "hook_9aaaf13cfac411ef87a6010e985f0000"
 #define DISABLED_AT "\"2025-03-07T10:00:00Z\""
