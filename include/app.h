@@ -29,6 +29,7 @@ struct app {
         struct ingest *ingest;
         struct jobs *jobs;
         struct sync *sync;
+        struct webhook_health *webhook_health;
         struct http *http;
         enum app_state state;
         struct event *ev_term, *ev_int, *ev_hup, *ev_drain_deadline, *ev_drain_poll;

@@ -10,8 +10,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "util.h"
+
 struct app;
 struct sync;
+struct httpc_resp;
 
 struct sync_stats {
         uint64_t requests_by_class[6]; /* [0] transport errors, [2] 2xx .. [5] 5xx */
@@ -29,6 +32,18 @@ void sync_free(struct sync *s);
 void sync_reload(struct sync *s);
 /* The jobs connection came up: claim due jobs now. */
 void sync_conn_ready(struct sync *s);
+
+/* An API request of another module through the same pacer (rate, concurrency,
+ * a 401/403 stops every API request): method "GET" or "PATCH", path below
+ * api_url (escaped), json the body or NULL. fn runs once, from the loop, also
+ * with rc CURLE_ABORTED_BY_CALLBACK when the request is dropped at a stop.
+ * -1 (fn not called) when the API is off: no key, stopping or key rejected. */
+typedef void (*sync_api_fn)(const struct httpc_resp *r, void *arg);
+MUST_CHECK int sync_api_request(struct sync *s, const char *method, const char *path,
+                                const char *json, sync_api_fn fn, void *arg);
+/* Starts a backfill run now (after the one in progress, if any), whatever
+ * backfill_interval says. */
+void sync_backfill_now(struct sync *s);
 
 unsigned sync_in_flight(const struct sync *s);
 bool sync_enabled(const struct sync *s);

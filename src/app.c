@@ -25,6 +25,7 @@
 #include "ingest.h"
 #include "jobs.h"
 #include "sync.h"
+#include "webhook_health.h"
 #include "log.h"
 #include "sig.h"
 
@@ -107,6 +108,7 @@ app_drain(struct app *a)
         http_stop_accepting(a->http);
         jobs_stop(a->jobs);
         sync_stop(a->sync);
+        webhook_health_stop(a->webhook_health);
         evtimer_add(a->ev_drain_deadline, &dl);
         evtimer_add(a->ev_drain_poll, &now);
 }
@@ -159,6 +161,7 @@ reload(struct app *a)
         apply_logging(a->cfg);
         jobs_reload(a->jobs);
         sync_reload(a->sync);
+        webhook_health_reload(a->webhook_health);
         log_info("app", "configuration reloaded (%zu webhook secrets)", sig_keyset_count(a->keys));
 }
 
@@ -213,6 +216,7 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         if (strcmp(cfg->projection, "deferred") == 0)
                 ingest_on_pending(a->ingest, jobs_project_kick, a->jobs);
         a->sync = sync_new(a);
+        a->webhook_health = webhook_health_new(a);
         a->http = http_new(a, e);
         if (a->http == NULL)
                 return -1;
@@ -227,6 +231,7 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         ingest_start(a->ingest);
         jobs_start(a->jobs);
         sync_start(a->sync);
+        webhook_health_start(a->webhook_health);
         log_info("app", "easypost-syncd %s listening on %s (port %u), webhooks at %s, %zu secret(s), "
                         "instance %s",
                  PACKAGE_VERSION, cfg->listen, http_port(a->http), cfg->webhook_path,
@@ -253,6 +258,8 @@ app_fini(struct app *a)
                 evtimer_del(a->ev_drain_poll);
         if (a->sync)
                 sync_stop(a->sync);
+        if (a->webhook_health)
+                webhook_health_stop(a->webhook_health);
         ingest_close(a->ingest);
         if (a->base)
                 event_base_loop(a->base, EVLOOP_NONBLOCK);
@@ -260,6 +267,8 @@ app_fini(struct app *a)
         a->jobs = NULL;
         sync_free(a->sync);
         a->sync = NULL;
+        webhook_health_free(a->webhook_health); /* last: cancelled callbacks reach it */
+        a->webhook_health = NULL;
         http_free(a->http);
         ingest_free(a->ingest);
         a->ingest = NULL;

@@ -23,6 +23,7 @@
 #include "jobs.h"
 #include "metrics.h"
 #include "sync.h"
+#include "webhook_health.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "0"
@@ -106,10 +107,10 @@ readyz_cb(struct evhttp_request *req, void *arg)
         if (!only_get(req, EP_READYZ))
                 return;
         strbuf_printf(&b, "{\"status\":\"%s\",\"checks\":{\"database\":\"%s\",\"migrations\":\"%s\","
-                          "\"queue\":\"%s\",\"state\":\"%s\",\"api\":\"%s\"}}",
+                          "\"queue\":\"%s\",\"state\":\"%s\",\"api\":\"%s\",\"webhook\":\"%s\"}}",
                       ready ? "ready" : "not ready", db ? "ok" : "down",
                       current ? "ok" : schema < 0 ? "unknown" : "pending", room ? "ok" : "full",
-                      running ? "ok" : "draining", api);
+                      running ? "ok" : "draining", api, webhook_health_state(a->webhook_health));
         http_reply_json(req, EP_READYZ, ready ? 200 : 503, b.data);
         strbuf_free(&b);
 }
@@ -267,6 +268,7 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                       (unsigned long long)ss->jobs_done, (unsigned long long)ss->jobs_retried,
                       (unsigned long long)ss->jobs_failed, (unsigned long long)ss->backfill_recovered,
                       (unsigned long long)ss->backfill_unusable);
+        webhook_health_render_metrics(a->webhook_health, b);
         strbuf_printf(b, "# HELP easypost_sync_process_resident_memory_bytes Resident set size.\n"
                          "# TYPE easypost_sync_process_resident_memory_bytes gauge\n"
                          "easypost_sync_process_resident_memory_bytes %lu\n"

@@ -49,7 +49,9 @@ typedef void (*preq_fn)(struct sync *s, const struct httpc_resp *r, void *arg);
 
 struct preq {
         struct preq *next;
+        const char *method; /* a static string */
         char *url;
+        char *body;         /* JSON or NULL */
         preq_fn fn;
         void *arg;
 };
@@ -76,6 +78,7 @@ struct sync {
         unsigned queued, in_flight, jobs_held;
         uint64_t next_send_us;
         bool stopped, auth_failed, claiming;
+        bool bf_again; /* a run was asked for while one was in progress */
         struct sync_stats stats;
         /* backfill run */
         enum bf_state bf;
@@ -142,6 +145,7 @@ preq_done(const struct httpc_resp *r, void *arg)
         }
         p->fn(s, r, p->arg);
         free(p->url);
+        free(p->body);
         free(p);
         free(c);
         if (!s->stopped)
@@ -181,8 +185,8 @@ pump(struct sync *s)
                 c->s = s;
                 c->p = p;
                 s->in_flight++;
-                if (httpc_get(s->hc, p->url, api_key(s), SYNC_CONNECT_MS, a->cfg->api_timeout * 1000L,
-                              preq_done, c) != 0) {
+                if (httpc_request(s->hc, p->method, p->url, p->body, api_key(s), SYNC_CONNECT_MS,
+                                  a->cfg->api_timeout * 1000L, preq_done, c) != 0) {
                         struct httpc_resp r = { .rc = CURLE_FAILED_INIT, .body = "",
                                                 .error = "request not started", .request_id = "",
                                                 .retry_after_s = -1 };
@@ -191,12 +195,15 @@ pump(struct sync *s)
         }
 }
 
+/* Queues a request (taking url and body over) and sends what the pacer allows. */
 static void
-request(struct sync *s, char *url, preq_fn fn, void *arg)
+enqueue(struct sync *s, const char *method, char *url, char *body, preq_fn fn, void *arg)
 {
         struct preq *p = xcalloc(1, sizeof(*p));
 
-        p->url = url; /* takes ownership */
+        p->method = method;
+        p->url = url;
+        p->body = body;
         p->fn = fn;
         p->arg = arg;
         if (s->qtail)
@@ -206,6 +213,26 @@ request(struct sync *s, char *url, preq_fn fn, void *arg)
         s->qtail = p;
         s->queued++;
         pump(s);
+}
+
+static void
+request(struct sync *s, char *url, preq_fn fn, void *arg)
+{
+        enqueue(s, "GET", url, NULL, fn, arg);
+}
+
+/* api_url + path (already escaped). */
+static char *
+api_join(struct sync *s, const char *path)
+{
+        const char *base = s->app->cfg->api_url;
+        size_t bl = strlen(base);
+        while (bl > 0 && base[bl - 1] == '/')
+                bl--;
+        size_t n = bl + strlen(path) + 1;
+        char *url = xmalloc(n);
+        snprintf(url, n, "%.*s%s", (int)bl, base, path);
+        return url;
 }
 
 static char *
@@ -218,14 +245,7 @@ api_url(struct sync *s, const char *fmt, const char *a1, const char *a2)
         snprintf(path, sizeof(path), fmt, e1 ? e1 : "", e2 ? e2 : "");
         curl_free(e1);
         curl_free(e2);
-        const char *base = s->app->cfg->api_url;
-        size_t bl = strlen(base);
-        while (bl > 0 && base[bl - 1] == '/')
-                bl--;
-        size_t n = bl + strlen(path) + 1;
-        char *url = xmalloc(n);
-        snprintf(url, n, "%.*s%s", (int)bl, base, path);
-        return url;
+        return api_join(s, path);
 }
 
 static void job_http_done(struct sync *s, const struct httpc_resp *r, void *arg);
@@ -254,6 +274,7 @@ drop_queued(struct sync *s)
                                         .request_id = "", .retry_after_s = -1 };
                 p->fn(s, &r, p->arg);
                 free(p->url);
+                free(p->body);
                 free(p);
         }
         s->qtail = NULL;
@@ -268,6 +289,38 @@ auth_rejected(struct sync *s, long status)
                         status);
         s->auth_failed = true;
         drop_queued(s);
+}
+
+/* ---- requests of other modules, through the same pacer ---- */
+
+struct ext_req {
+        sync_api_fn fn;
+        void *arg;
+};
+
+static void
+ext_done(struct sync *s, const struct httpc_resp *r, void *arg)
+{
+        struct ext_req *x = arg;
+
+        if (r->rc == CURLE_OK && (r->status == 401 || r->status == 403))
+                auth_rejected(s, r->status);
+        x->fn(r, x->arg);
+        free(x);
+}
+
+int
+sync_api_request(struct sync *s, const char *method, const char *path, const char *json,
+                 sync_api_fn fn, void *arg)
+{
+        if (s->stopped || s->auth_failed || !sync_enabled(s))
+                return -1;
+        struct ext_req *x = xmalloc(sizeof(*x));
+        x->fn = fn;
+        x->arg = arg;
+        enqueue(s, strcmp(method, "PATCH") == 0 ? "PATCH" : "GET", api_join(s, path),
+                json ? xstrdup(json) : NULL, ext_done, x);
+        return 0;
 }
 
 /* ---- jobs ---- */
@@ -813,10 +866,26 @@ arm_backfill(struct sync *s)
 {
         long iv = s->app->cfg->backfill_interval;
 
-        if (s->stopped || iv <= 0 || !sync_enabled(s) || s->auth_failed || s->bf != BF_IDLE)
+        if (s->stopped || !sync_enabled(s) || s->auth_failed || s->bf != BF_IDLE)
+                return;
+        if (s->bf_again) {
+                struct timeval now = { 0, 0 };
+                s->bf_again = false;
+                evtimer_del(s->backfill_timer);
+                evtimer_add(s->backfill_timer, &now);
+                return;
+        }
+        if (iv <= 0)
                 return;
         struct timeval tv = { iv, 0 };
         evtimer_add(s->backfill_timer, &tv);
+}
+
+void
+sync_backfill_now(struct sync *s)
+{
+        s->bf_again = true;
+        arm_backfill(s); /* or when the run in progress ends */
 }
 
 /* ---- lifecycle ---- */

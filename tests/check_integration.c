@@ -16,6 +16,7 @@ main(void)
         srunner_add_suite(sr, contention_suite());
         srunner_add_suite(sr, dbconn_suite());
         srunner_add_suite(sr, sync_suite());
+        srunner_add_suite(sr, webhook_health_suite());
         srunner_add_suite(sr, timers_suite());
         srunner_add_suite(sr, ops_suite());
         srunner_add_suite(sr, faults_suite());

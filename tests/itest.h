@@ -86,5 +86,6 @@ Suite *project_suite(void);
 Suite *contention_suite(void);
 Suite *dbconn_suite(void);
 Suite *status_suite(void);
+Suite *webhook_health_suite(void);
 
 #endif
