@@ -4,14 +4,16 @@
  * they need through their constructor and *_reload(), never struct app.
  *
  * Init: cfg -> keys -> ingest -> timers, schema, projector -> pacer ->
- * syncjobs, backfill -> webhook, ops -> http (app.c routes every endpoint)
- * -> signals -> start. Drain (SIGTERM): stop accepting, webhook 503s, stop
- * timers, projector, syncjobs, backfill, pacer; wait for ingest to answer.
+ * syncjobs, backfill -> webhook_health -> webhook, ops -> http (app.c routes
+ * every endpoint) -> signals -> start. Drain (SIGTERM): stop accepting,
+ * webhook 503s, stop timers, projector, syncjobs, backfill, webhook_health,
+ * pacer; wait for ingest to answer.
  * Teardown: one loop pass after ingest_close, then free timers, projector,
- * schema, pacer (its cancelled answers still reach syncjobs and backfill),
- * syncjobs, backfill, http, ingest, webhook, ops.
+ * schema, pacer (its cancelled answers still reach syncjobs, backfill and
+ * webhook_health), syncjobs, backfill, webhook_health, http, ingest,
+ * webhook, ops.
  * SIGHUP: a new cfg and keyset, then ingest, webhook, timers, pacer,
- * syncjobs and backfill each get their *_reload().
+ * syncjobs, backfill and webhook_health each get their *_reload().
  */
 #ifndef EPS_APP_H
 #define EPS_APP_H
@@ -43,6 +45,7 @@ struct app {
         struct pacer *pacer;
         struct syncjobs *syncjobs;
         struct backfill *backfill;
+        struct webhook_health *webhook_health;
         struct webhook *webhook;
         struct ops *ops;
         struct http *http;

@@ -51,6 +51,8 @@ struct backfill *backfill_new(struct event_base *base, const char *conninfo, str
 void backfill_start(struct backfill *b);
 /* New settings (SIGHUP): re-arms an idle backfill (a run stopped by a 401 runs again). */
 void backfill_reload(struct backfill *b, const struct backfill_settings *st);
+/* Starts a run now (after the one in progress, if any), whatever interval says. */
+void backfill_now(struct backfill *b);
 /* Stops runs (drain); a run in flight ends at free. */
 void backfill_stop(struct backfill *b);
 /* Ends a run in flight, closes the connection and frees; after pacer_free. */

@@ -51,6 +51,10 @@ struct cfg {
         long api_timeout;
         long sync_interval;
         long backfill_interval;
+        /* the webhook's own health */
+        char *public_url;             /* the URL EasyPost posts to; "" = every webhook */
+        long webhook_check_interval;
+        char *webhook_auto_enable;    /* "on" or "off" */
         /* timers */
         long analytics_interval;
         long metrics_interval;

@@ -39,6 +39,11 @@ void httpc_free(struct httpc *h);
  * Copies every string. -1 if the request could not be started (fn not called). */
 MUST_CHECK int httpc_get(struct httpc *h, const char *url, const char *user, long connect_ms,
                          long total_ms, httpc_done_fn fn, void *arg);
+/* The same with another method ("PATCH", ...) and an optional JSON body
+ * (sent with Content-Type: application/json and its Content-Length). */
+MUST_CHECK int httpc_request(struct httpc *h, const char *method, const char *url, const char *json,
+                             const char *user, long connect_ms, long total_ms, httpc_done_fn fn,
+                             void *arg);
 unsigned httpc_active(const struct httpc *h);
 
 #define HTTPC_RETRY_AFTER_MAX 86400L /* a longer Retry-After is read as this */

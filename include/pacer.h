@@ -48,6 +48,9 @@ void pacer_reload(struct pacer *p, const struct pacer_settings *st);
 void pacer_stop(struct pacer *p);
 /* Queues GET url (taken over) for fn; never calls fn before it returns. */
 void pacer_get(struct pacer *p, char *url, pacer_fn fn, void *arg);
+/* The same with method "GET" or "PATCH" and an optional JSON body (copied). */
+void pacer_request(struct pacer *p, const char *method, char *url, const char *json, pacer_fn fn,
+                   void *arg);
 /* api_url + fmt with a1, a2 (URL-escaped) in its two %s; caller frees. */
 char *pacer_url(const struct pacer *p, const char *fmt, const char *a1, const char *a2);
 /* An API key is configured. */

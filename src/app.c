@@ -32,6 +32,7 @@
 #include "pacer.h"
 #include "syncjobs.h"
 #include "backfill.h"
+#include "webhook_health.h"
 #include "log.h"
 #include "sig.h"
 
@@ -92,6 +93,7 @@ app_drain(struct app *a)
         projector_stop(a->projector);
         syncjobs_stop(a->syncjobs);
         backfill_stop(a->backfill);
+        webhook_health_stop(a->webhook_health);
         pacer_stop(a->pacer);
         evtimer_add(a->ev_drain_deadline, &dl);
         evtimer_add(a->ev_drain_poll, &now);
@@ -163,13 +165,16 @@ ready(struct ops_ready *out, void *arg)
 {
         struct app *a = arg;
         struct pacer_stats ps;
+        struct webhook_health_stats ws;
 
         pacer_snapshot(a->pacer, &ps);
+        webhook_health_snapshot(a->webhook_health, &ws);
         out->db = ingest_db_up(a->ingest);
         out->room = ingest_has_room(a->ingest);
         out->running = a->state == APP_RUNNING;
         out->schema = schema_version(a->schema);
         out->api = !ps.enabled ? "off" : ps.auth_failed ? "unauthorized" : "ok";
+        out->webhook = ws.state;
 }
 
 /* Every module's part of /metrics. */
@@ -186,6 +191,7 @@ render(struct strbuf *b, void *arg)
         pacer_render_metrics(a->pacer, b);
         syncjobs_render_metrics(a->syncjobs, b);
         backfill_render_metrics(a->backfill, b);
+        webhook_health_render_metrics(a->webhook_health, b);
         procstat_render(b);
 }
 
@@ -240,6 +246,14 @@ backfill_settings(const struct cfg *c)
                                            .concurrency = c->api_concurrency };
 }
 
+static struct webhook_health_settings
+webhook_health_settings(const struct cfg *c)
+{
+        return (struct webhook_health_settings){ .public_url = c->public_url,
+                                                 .interval = c->webhook_check_interval,
+                                                 .auto_enable = strcmp(c->webhook_auto_enable, "on") == 0 };
+}
+
 /* The pacer first: a new key clears its stop before the others re-arm. */
 static void
 reload_sync(struct app *a)
@@ -247,10 +261,12 @@ reload_sync(struct app *a)
         struct pacer_settings ps = pacer_settings(a->cfg);
         struct syncjobs_settings ss = syncjobs_settings(a);
         struct backfill_settings bs = backfill_settings(a->cfg);
+        struct webhook_health_settings hs = webhook_health_settings(a->cfg);
 
         pacer_reload(a->pacer, &ps);
         syncjobs_reload(a->syncjobs, &ss);
         backfill_reload(a->backfill, &bs);
+        webhook_health_reload(a->webhook_health, &hs);
 }
 
 static void
@@ -348,6 +364,9 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         a->pacer = pacer_new(a->base, &ps);
         a->syncjobs = syncjobs_new(a->base, cfg->database_url, a->pacer, &ss);
         a->backfill = backfill_new(a->base, cfg->database_url, a->pacer, a->ingest, &a->uuid, &bs);
+        struct webhook_health_settings hs = webhook_health_settings(cfg);
+        a->webhook_health = webhook_health_new(a->base, cfg->database_url, a->pacer, a->backfill,
+                                               a->ingest, &hs);
         struct webhook_settings ws = webhook_settings(a);
         a->webhook = webhook_new(a->base, a->ingest, &a->uuid, &ws);
         a->ops = ops_new(ready, render, a);
@@ -368,9 +387,10 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         if (a->projector)
                 projector_start(a->projector);
         if (!pacer_enabled(a->pacer))
-                log_info("sync", "no API key: sync worker and backfill are off");
+                log_info("sync", "no API key: sync worker, backfill and webhook check are off");
         syncjobs_start(a->syncjobs);
         backfill_start(a->backfill);
+        webhook_health_start(a->webhook_health);
         log_info("app", "easypost-syncd %s listening on %s (port %u), webhooks at %s, %zu secret(s), "
                         "instance %s",
                  PACKAGE_VERSION, cfg->listen, http_port(a->http), cfg->webhook_path,
@@ -398,6 +418,7 @@ app_fini(struct app *a)
         if (a->pacer) {
                 syncjobs_stop(a->syncjobs);
                 backfill_stop(a->backfill);
+                webhook_health_stop(a->webhook_health);
                 pacer_stop(a->pacer);
         }
         ingest_close(a->ingest);
@@ -409,12 +430,14 @@ app_fini(struct app *a)
         a->projector = NULL;
         schema_free(a->schema);
         a->schema = NULL;
-        pacer_free(a->pacer); /* cancelled requests still reach the sync worker and backfill */
+        pacer_free(a->pacer); /* cancelled requests still reach syncjobs, backfill, webhook_health */
         a->pacer = NULL;
         syncjobs_free(a->syncjobs);
         a->syncjobs = NULL;
         backfill_free(a->backfill);
         a->backfill = NULL;
+        webhook_health_free(a->webhook_health);
+        a->webhook_health = NULL;
         http_free(a->http);
         a->http = NULL;
         ingest_free(a->ingest);

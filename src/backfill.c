@@ -48,6 +48,7 @@ struct backfill {
         struct event *timer;
         long interval, concurrency;
         bool stopped;
+        bool again; /* backfill_now: a run as soon as the one in progress ends */
         struct backfill_stats stats;
         /* the run in progress */
         enum backfill_state state;
@@ -71,16 +72,22 @@ backfill_state_name(enum backfill_state s)
 static bool
 can_run(const struct backfill *b)
 {
-        return !b->stopped && b->interval > 0 && pacer_enabled(b->pacer) &&
+        return !b->stopped && (b->interval > 0 || b->again) && pacer_enabled(b->pacer) &&
                !pacer_auth_failed(b->pacer);
 }
 
+/* A run asked for by backfill_now starts at once (or a second later while the
+ * connection comes up); the others after secs. */
 static void
 arm(struct backfill *b, long secs)
 {
         if (!can_run(b) || b->state != BACKFILL_IDLE)
                 return;
         struct timeval tv = { secs, 0 };
+        if (b->again) {
+                tv.tv_sec = db_conn_ready(b->conn) ? 0 : 1;
+                evtimer_del(b->timer);
+        }
         evtimer_add(b->timer, &tv);
 }
 
@@ -454,8 +461,14 @@ tick(evutil_socket_t fd, short what, void *arg)
 
         (void)fd;
         (void)what;
-        if (b->state == BACKFILL_IDLE && can_run(b))
-                enter(b, BACKFILL_CURSOR, NULL);
+        if (b->state != BACKFILL_IDLE || !can_run(b))
+                return;
+        if (b->again && !db_conn_ready(b->conn)) {
+                arm(b, 1); /* the asked-for run waits for its connection */
+                return;
+        }
+        b->again = false;
+        enter(b, BACKFILL_CURSOR, NULL);
 }
 
 /* ---- lifecycle ---- */
@@ -494,10 +507,21 @@ backfill_reload(struct backfill *b, const struct backfill_settings *st)
         b->concurrency = st->concurrency > 0 ? st->concurrency : 1;
         if (b->stopped || b->state != BACKFILL_IDLE)
                 return;
-        if (pacer_enabled(b->pacer) && b->interval > 0 && db_conn_state(b->conn) == DB_DOWN)
+        if (can_run(b) && db_conn_state(b->conn) == DB_DOWN)
                 db_conn_start(b->conn);
         evtimer_del(b->timer);
         arm(b, b->interval);
+}
+
+void
+backfill_now(struct backfill *b)
+{
+        b->again = true;
+        if (!can_run(b))
+                return;
+        if (db_conn_state(b->conn) == DB_DOWN)
+                db_conn_start(b->conn);
+        arm(b, 0); /* or when the run in progress ends */
 }
 
 void

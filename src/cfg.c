@@ -51,6 +51,9 @@ const struct cfg_key cfg_keys[] = {
         I("api_max_retry_after", api_max_retry_after, "300", 1, 86400, true, "seconds a Retry-After from the API may hold requests back at most"),
         I("sync_interval", sync_interval, "1", 0, 86400, true, "seconds between sync-job claims; 0 disables the worker"),
         I("backfill_interval", backfill_interval, "300", 0, 86400 * 7, true, "seconds between event backfills; 0 disables"),
+        S("public_url", public_url, "", true, true, "the URL EasyPost posts to (the webhook's url); empty: every webhook of the account is checked"),
+        I("webhook_check_interval", webhook_check_interval, "300", 0, 86400 * 7, true, "seconds between checks that the EasyPost webhook is not disabled (needs an API key); 0 disables"),
+        S("webhook_auto_enable", webhook_auto_enable, "off", true, false, "on: re-enable a disabled EasyPost webhook once the daemon is healthy, then backfill"),
         I("analytics_interval", analytics_interval, "300", 0, 86400 * 7, true, "seconds between analytics view refreshes; 0 disables"),
         I("metrics_interval", metrics_interval, "60", 0, 86400, true, "seconds between system_metrics rows; 0 disables"),
         I("metrics_retention_days", metrics_retention_days, "30", 1, 3650, true, "days system_metrics rows are kept"),
@@ -428,6 +431,15 @@ cfg_validate(const struct cfg *c, enum cfg_purpose p, struct err *e)
         }
         if (strncmp(c->api_url, "http://", 7) != 0 && strncmp(c->api_url, "https://", 8) != 0) {
                 err_set(e, -1, "api_url must start with http:// or https://");
+                return -1;
+        }
+        if (c->public_url[0] && strncmp(c->public_url, "http://", 7) != 0 &&
+            strncmp(c->public_url, "https://", 8) != 0) {
+                err_set(e, -1, "public_url must start with http:// or https://");
+                return -1;
+        }
+        if (strcmp(c->webhook_auto_enable, "on") != 0 && strcmp(c->webhook_auto_enable, "off") != 0) {
+                err_set(e, -1, "webhook_auto_enable: \"%s\" is not on or off", c->webhook_auto_enable);
                 return -1;
         }
         if (p == CFG_FOR_DAEMON && c->nsecrets == 0) {

@@ -34,6 +34,7 @@ struct hc_req {
         CURL *easy;
         char *body;
         size_t len, cap;
+        struct curl_slist *headers; /* request headers of a request with a body */
         long retry_after;
         char request_id[80];
         char errbuf[CURL_ERROR_SIZE];
@@ -73,6 +74,7 @@ req_finish(struct httpc *h, struct hc_req *r, CURLcode rc)
         resp.error = r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc);
         r->fn(&resp, r->arg);
         curl_easy_cleanup(r->easy);
+        curl_slist_free_all(r->headers);
         free(r->body);
         free(r);
 }
@@ -278,6 +280,29 @@ int
 httpc_get(struct httpc *h, const char *url, const char *user, long connect_ms, long total_ms,
           httpc_done_fn fn, void *arg)
 {
+        return httpc_request(h, "GET", url, NULL, user, connect_ms, total_ms, fn, arg);
+}
+
+/* A JSON body goes with its Content-Length (COPYPOSTFIELDS: curl keeps a copy). */
+static int
+set_body(struct hc_req *r, const char *method, const char *json)
+{
+        if (strcmp(method, "GET") != 0)
+                curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, method);
+        if (json == NULL)
+                return 0;
+        r->headers = curl_slist_append(NULL, "Content-Type: application/json");
+        if (r->headers == NULL)
+                return -1;
+        curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
+        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(json));
+        return curl_easy_setopt(r->easy, CURLOPT_COPYPOSTFIELDS, json) == CURLE_OK ? 0 : -1;
+}
+
+int
+httpc_request(struct httpc *h, const char *method, const char *url, const char *json,
+              const char *user, long connect_ms, long total_ms, httpc_done_fn fn, void *arg)
+{
         struct hc_req *r = xcalloc(1, sizeof(*r));
 
         r->easy = curl_easy_init();
@@ -308,8 +333,9 @@ httpc_get(struct httpc *h, const char *url, const char *user, long connect_ms, l
                 curl_easy_setopt(r->easy, CURLOPT_USERNAME, user);
                 curl_easy_setopt(r->easy, CURLOPT_PASSWORD, "");
         }
-        if (curl_multi_add_handle(h->multi, r->easy) != CURLM_OK) {
+        if (set_body(r, method, json) != 0 || curl_multi_add_handle(h->multi, r->easy) != CURLM_OK) {
                 curl_easy_cleanup(r->easy);
+                curl_slist_free_all(r->headers);
                 free(r);
                 return -1;
         }

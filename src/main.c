@@ -1,7 +1,7 @@
 /*
- * main.c - command line: options, then one of --migrate, --check-config,
- * --replay, --send-test-event, --version, --help, or the daemon
- * (app_init / app_run / app_fini).
+ * main.c - command line: options, then one of --migrate, --status,
+ * --check-config, --replay, --send-test-event, --version, --help, or the
+ * daemon (app_init / app_run / app_fini).
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -13,6 +13,7 @@
 #include "db_migrate.h"
 #include "log.h"
 #include "replay.h"
+#include "status.h"
 #include "testevent.h"
 
 extern char **environ;
@@ -22,13 +23,15 @@ usage(FILE *f)
 {
         fprintf(f,
                 "usage: easypost-syncd [-c FILE] [--KEY=VALUE ...]\n"
-                "                      [--migrate | --check-config | --replay failed|ID |\n"
-                "                       --send-test-event [URL] | --version | --help]\n"
+                "                      [--migrate | --status [--json] | --check-config |\n"
+                "                       --replay failed|ID | --send-test-event [URL] | --version | --help]\n"
                 "\n"
                 "Receives EasyPost webhooks and keeps PostgreSQL in sync. Runs in the foreground.\n"
                 "\n"
                 "  -c, --config FILE   configuration file (INI style: key = value)\n"
                 "  --migrate           apply pending migrations from sql/ and exit\n"
+                "  --status [--json]   report the pipeline's state from the database and exit:\n"
+                "                      0 healthy, 1 something needs attention, 2 error\n"
                 "  --check-config      validate the configuration and exit\n"
                 "  --replay failed|ID  re-run the projection of failed events (or one event) and exit\n"
                 "  --send-test-event [URL]  post one signed sample event to a running daemon\n"
@@ -50,7 +53,7 @@ int
 main(int argc, char **argv)
 {
         const char *cfg_path = NULL;
-        bool migrate = false, check = false;
+        bool migrate = false, check = false, status = false, json = false;
         const char *replay = NULL, *send_url = NULL;
         char **overrides = calloc((size_t)argc, sizeof(char *));
         size_t nover = 0;
@@ -72,6 +75,10 @@ main(int argc, char **argv)
                         cfg_path = a + 9;
                 } else if (strcmp(a, "--migrate") == 0) {
                         migrate = true;
+                } else if (strcmp(a, "--status") == 0) {
+                        status = true;
+                } else if (strcmp(a, "--json") == 0) {
+                        json = true;
                 } else if (strcmp(a, "--replay") == 0) {
                         if (++i == argc) {
                                 fprintf(stderr, "easypost-syncd: --replay needs \"failed\" or an event id\n");
@@ -100,8 +107,15 @@ main(int argc, char **argv)
                 }
         }
 
+        if (json && !status) {
+                fprintf(stderr, "easypost-syncd: --json goes with --status\n");
+                goto out;
+        }
+        if (status)
+                rc = STATUS_ERROR;
         cfg = cfg_load(cfg_path, environ, overrides, nover, &e);
-        if (cfg == NULL || cfg_validate(cfg, migrate || replay ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
+        if (cfg == NULL ||
+            cfg_validate(cfg, migrate || replay || status ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
                 fprintf(stderr, "easypost-syncd: configuration: %s\n", e.msg);
                 cfg_free(cfg);
                 goto out;
@@ -118,6 +132,13 @@ main(int argc, char **argv)
                 curl_global_init(CURL_GLOBAL_DEFAULT);
                 rc = testevent_send(cfg, send_url) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
                 curl_global_cleanup();
+                cfg_free(cfg);
+                goto out;
+        }
+        if (status) {
+                rc = (int)status_run(cfg, json, stdout, &e);
+                if (rc == STATUS_ERROR)
+                        fprintf(stderr, "easypost-syncd: status: %s\n", e.msg);
                 cfg_free(cfg);
                 goto out;
         }

@@ -1,8 +1,8 @@
 /*
  * pacer.c - the one queue every EasyPost API request waits in.
  *
- *   pacer_get -> queue -> (room under concurrency, rate and any 429 pause)
- *             -> httpc_get -> answer -> owner's callback
+ *   pacer_get / pacer_request -> queue -> (room under concurrency, rate and
+ *             any 429 pause) -> httpc_request -> answer -> owner's callback
  *
  * A 429 pauses every request, not just its own, for its Retry-After (capped
  * at max_retry_after). A 401 or 403 stops the pacer: what is queued is
@@ -34,7 +34,9 @@
 struct preq {
         struct preq *next;
         struct pacer *p;
+        const char *method; /* a static string */
         char *url;
+        char *body;         /* JSON or NULL */
         pacer_fn fn;
         void *arg;
 };
@@ -75,6 +77,7 @@ answer(struct preq *q, const struct httpc_resp *r)
 {
         q->fn(r, q->arg);
         free(q->url);
+        free(q->body);
         free(q);
 }
 
@@ -103,8 +106,8 @@ static void
 auth_rejected(struct pacer *p, long status)
 {
         if (!p->auth_failed)
-                log_err("sync", "EasyPost API rejected the API key (HTTP %ld): sync worker and "
-                                "backfill stopped until the key changes (SIGHUP)",
+                log_err("sync", "EasyPost API rejected the API key (HTTP %ld): sync worker, "
+                                "backfill and webhook check stopped until the key changes (SIGHUP)",
                         status);
         p->auth_failed = true;
         drop_queued(p, "not sent: API key rejected");
@@ -205,8 +208,8 @@ static void
 send_one(struct pacer *p, struct preq *q)
 {
         p->in_flight++;
-        if (httpc_get(p->hc, q->url, p->api_key, PACER_CONNECT_MS, p->timeout_s * 1000L, preq_done,
-                      q) != 0) {
+        if (httpc_request(p->hc, q->method, q->url, q->body, p->api_key, PACER_CONNECT_MS,
+                          p->timeout_s * 1000L, preq_done, q) != 0) {
                 struct httpc_resp r = { .rc = CURLE_FAILED_INIT, .body = "",
                                         .error = "request not started", .request_id = "",
                                         .retry_after_s = -1 };
@@ -241,12 +244,15 @@ pump(struct pacer *p)
 }
 
 void
-pacer_get(struct pacer *p, char *url, pacer_fn fn, void *arg)
+pacer_request(struct pacer *p, const char *method, char *url, const char *json, pacer_fn fn,
+              void *arg)
 {
         struct preq *q = xcalloc(1, sizeof(*q));
 
         q->p = p;
+        q->method = strcmp(method, "PATCH") == 0 ? "PATCH" : "GET";
         q->url = url;
+        q->body = json ? xstrdup(json) : NULL;
         q->fn = fn;
         q->arg = arg;
         if (p->qtail)
@@ -258,6 +264,12 @@ pacer_get(struct pacer *p, char *url, pacer_fn fn, void *arg)
         if (p->auth_failed || p->stopped)
                 return; /* waits for pacer_reload, or for pacer_free to cancel it */
         event_active(p->pace_timer, EV_TIMEOUT, 0); /* never answer inside the caller */
+}
+
+void
+pacer_get(struct pacer *p, char *url, pacer_fn fn, void *arg)
+{
+        pacer_request(p, "GET", url, NULL, fn, arg);
 }
 
 char *

@@ -116,6 +116,40 @@ START_TEST(test_bad_values)
 }
 END_TEST
 
+/* The webhook health keys: defaults, accepted values, refusals. */
+START_TEST(test_webhook_health_keys)
+{
+        struct err e;
+        char *env[] = { "EASYPOST_WEBHOOK_SECRET=s", NULL };
+        struct cfg *c = cfg_load(NULL, env, NULL, 0, &e);
+
+        ck_assert_ptr_nonnull(c);
+        ck_assert_int_eq(c->webhook_check_interval, 300);
+        ck_assert_str_eq(c->webhook_auto_enable, "off");
+        ck_assert_str_eq(c->public_url, "");
+        cfg_free(c);
+        char *env_ok[] = { "EASYPOST_WEBHOOK_SECRET=s", "EASYPOST_SYNC_WEBHOOK_AUTO_ENABLE=on",
+                           "EASYPOST_SYNC_PUBLIC_URL=https://u:p@hooks.example.test/in", NULL };
+        c = cfg_load(NULL, env_ok, NULL, 0, &e);
+        ck_assert_ptr_nonnull(c);
+        ck_assert_int_eq(cfg_validate(c, CFG_FOR_DAEMON, &e), 0);
+        cfg_free(c);
+        /* public_url may carry credentials: a secret, refused on argv */
+        char *ov[] = { "public_url=https://hooks.example.test/in" };
+        ck_assert_ptr_null(cfg_load(NULL, env, ov, 1, &e));
+        ck_assert_ptr_nonnull(strstr(e.msg, "secret"));
+        char *env_bad[][3] = { { "EASYPOST_WEBHOOK_SECRET=s", "EASYPOST_SYNC_WEBHOOK_AUTO_ENABLE=yes", NULL },
+                               { "EASYPOST_WEBHOOK_SECRET=s", "EASYPOST_SYNC_PUBLIC_URL=hooks.example.test", NULL } };
+        for (int i = 0; i < 2; i++) {
+                c = cfg_load(NULL, env_bad[i], NULL, 0, &e);
+                ck_assert_ptr_nonnull(c);
+                ck_assert_int_ne(cfg_validate(c, CFG_FOR_DAEMON, &e), 0);
+                ck_assert_ptr_nonnull(strstr(e.msg, i == 0 ? "webhook_auto_enable" : "public_url"));
+                cfg_free(c);
+        }
+}
+END_TEST
+
 START_TEST(test_keep_static)
 {
         struct err e;
@@ -166,6 +200,7 @@ cfg_suite(void)
         tcase_add_test(tc, test_precedence);
         tcase_add_test(tc, test_secret_file_rotation);
         tcase_add_test(tc, test_bad_values);
+        tcase_add_test(tc, test_webhook_health_keys);
         tcase_add_test(tc, test_keep_static);
         tcase_add_test(tc, test_sample_config_documents_every_key);
         suite_add_tcase(s, tc);

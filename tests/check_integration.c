@@ -18,10 +18,12 @@ main(void)
         srunner_add_suite(sr, sync_suite());
         srunner_add_suite(sr, pacer_suite());
         srunner_add_suite(sr, backfill_suite());
+        srunner_add_suite(sr, webhook_health_suite());
         srunner_add_suite(sr, timers_suite());
         srunner_add_suite(sr, ops_suite());
         srunner_add_suite(sr, faults_suite());
         srunner_add_suite(sr, hostile_suite());
+        srunner_add_suite(sr, status_suite());
 
         curl_global_init(CURL_GLOBAL_DEFAULT);
         srunner_run_all(sr, CK_NORMAL);

@@ -23,11 +23,15 @@ static void
 fake_up(void)
 {
         ck_assert_int_eq(fake_start(&fk, API_KEY), 0);
+        /* the webhook health check's requests would count among the worker's
+         * (rates, request totals): off for every daemon of this suite */
+        setenv("EASYPOST_SYNC_WEBHOOK_CHECK_INTERVAL", "0", 1);
 }
 
 static void
 fake_down(void)
 {
+        unsetenv("EASYPOST_SYNC_WEBHOOK_CHECK_INTERVAL");
         fake_stop(&fk);
 }
 

@@ -2,13 +2,15 @@
  * fake_easypost.c - a local stand-in for the EasyPost API v2, for integration tests.
  *
  * One evhttp on one event_base serves GET /v2/shipments/{id}, /v2/trackers/{id},
- * /v2/events and /v2/events/{id} from an in-memory store that the test seeds over
+ * /v2/events, /v2/events/{id} and /v2/webhooks, and PATCH /v2/webhooks/{id} (which
+ * re-enables a disabled webhook), from an in-memory store that the test seeds over
  * /_control (tests/fake_easypost.md lists the control API). Fault rules turn the next
  * matching API requests into errors, slow answers or dropped connections; counters let
  * a test check what the client sent and how fast. Delays are timers, never sleeps, so a
  * slow answer on one connection never holds up another.
  *
- * Deliberately not a full API: no writes under /v2, no pagination except for events,
+ * Deliberately not a full API: no writes under /v2 but the webhook update, no
+ * pagination except for events,
  * and one API key (no test/production distinction). Control requests need no auth and
  * are not counted in the stats.
  */
@@ -84,6 +86,7 @@ struct recent {
         uint64_t t_ms;
         const char *method;     /* static string */
         char *uri;
+        char *body;             /* the request body (printable copy), NULL without one */
         int status;             /* 0: dropped */
 };
 
@@ -113,6 +116,7 @@ struct call {
         struct event *timer;
         char *path, *query;             /* raw copies: the request may be detached later */
         char *safe_path, *safe_uri;     /* printable copies for logs and stats */
+        char *safe_body;                /* the request body for stats, NULL without one */
         const char *method;
         enum evhttp_cmd_type cmd;
         uint64_t t_ms;                  /* arrival, unix ms */
@@ -406,8 +410,10 @@ stats_fini(struct stats *st)
         json_decref(st->by_path);
         json_decref(st->by_status);
         json_decref(st->user_agents);
-        for (size_t i = 0; i < FAKE_RECENT_MAX; i++)
+        for (size_t i = 0; i < FAKE_RECENT_MAX; i++) {
                 free(st->recent[i].uri);
+                free(st->recent[i].body);
+        }
         free(st->seconds);
         free(st->win);
         memset(st, 0, sizeof(*st));
@@ -525,7 +531,9 @@ stats_completion(struct stats *st, const struct call *c, int status)
         }
         r = &st->recent[st->recent_next];
         free(r->uri);
+        free(r->body);
         r->uri = xstrdup(c->safe_uri);
+        r->body = strdup_or_null(c->safe_body);
         r->t_ms = c->t_ms;
         r->method = c->method;
         r->status = status;
@@ -550,9 +558,12 @@ stats_to_json(const struct fake *f)
                         "count", (int)st->seconds[i].count)));
         for (size_t i = 0; i < st->recent_len; i++) {
                 const struct recent *r = &st->recent[(first + i) % FAKE_RECENT_MAX];
-                json_array_append_new(recent, jcheck(json_pack("{s:I,s:s,s:s,s:i}",
+                json_t *item = jcheck(json_pack("{s:I,s:s,s:s,s:i}",
                         "t_ms", (json_int_t)r->t_ms, "method", r->method,
-                        "uri", r->uri, "status", r->status)));
+                        "uri", r->uri, "status", r->status));
+                if (r->body)
+                        json_object_set_new(item, "body", jcheck(json_string(r->body)));
+                json_array_append_new(recent, item);
         }
         TAILQ_FOREACH(c, &f->pending, link)
                 npending++;
@@ -1107,6 +1118,61 @@ api_event_payloads(struct call *c, const char *id)
         call_reply_json(c, 200, jcheck(json_pack("{s:o}", "payloads", list)));
 }
 
+/* GET /v2/webhooks: every stored hook_ object, as EasyPost lists them. */
+static void
+api_webhooks_list(struct call *c)
+{
+        json_t *list = jcheck(json_array()), *v;
+        const char *key;
+
+        json_object_foreach(c->f->objects, key, v)
+                if (has_prefix(key, "hook_"))
+                        json_array_append(list, v);
+        call_reply_json(c, 200, jcheck(json_pack("{s:o}", "webhooks", list)));
+}
+
+/*
+ * PATCH /v2/webhooks/{id}: EasyPost re-enables a disabled webhook on any update.
+ * The body, when there is one, must be a JSON object; webhook_secret and
+ * custom_headers are the fields EasyPost takes (others get 422). Answers the
+ * webhook with disabled_at null.
+ */
+static void
+api_webhook_update(struct call *c, const char *id)
+{
+        struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
+        size_t len = evbuffer_get_length(in);
+        json_t *obj = json_object_get(c->f->objects, id), *body = NULL, *v, *copy;
+        const char *key;
+
+        if (obj == NULL || !has_prefix(id, "hook_") || strchr(id, '/')) {
+                call_reply_error(c, 404, "NOT_FOUND", "The requested resource could not be found.");
+                return;
+        }
+        if (len > 0) {
+                body = json_loadb((const char *)evbuffer_pullup(in, -1), len, 0, NULL);
+                if (!json_is_object(body)) {
+                        json_decref(body);
+                        call_reply_error(c, 400, "BAD_REQUEST", "The body must be a JSON object.");
+                        return;
+                }
+                json_object_foreach(body, key, v) {
+                        if (strcmp(key, "webhook_secret") != 0 && strcmp(key, "custom_headers") != 0) {
+                                json_decref(body);
+                                call_reply_error(c, 422, "PARAMETER.INVALID", "Unknown webhook parameter.");
+                                return;
+                        }
+                }
+        }
+        copy = jcheck(json_deep_copy(obj));
+        json_object_set_new(copy, "disabled_at", json_null());
+        if (body && json_object_get(body, "custom_headers"))
+                json_object_set(copy, "custom_headers", json_object_get(body, "custom_headers"));
+        json_decref(body);
+        store_put(c->f, copy);
+        call_reply_json(c, 200, copy);
+}
+
 /* Normal API answer: auth, method, route. */
 static void
 api_serve(struct call *c)
@@ -1121,8 +1187,17 @@ api_serve(struct call *c)
                                  "Unauthorized. Please check credentials and try again.");
                 return;
         }
+        if (c->cmd == EVHTTP_REQ_PATCH && has_prefix(p, "/v2/webhooks/")) {
+                api_webhook_update(c, p + strlen("/v2/webhooks/"));
+                return;
+        }
         if (c->cmd != EVHTTP_REQ_GET) {
-                call_reply_error(c, 405, "METHOD.NOT_ALLOWED", "The fake API answers GET only.");
+                call_reply_error(c, 405, "METHOD.NOT_ALLOWED",
+                                 "The fake API answers GET only (and PATCH /v2/webhooks/{id}).");
+                return;
+        }
+        if (strcmp(p, "/v2/webhooks") == 0 || strcmp(p, "/v2/webhooks/") == 0) {
+                api_webhooks_list(c);
                 return;
         }
         if (has_prefix(p, "/v2/shipments/"))
@@ -1170,6 +1245,29 @@ call_run(struct call *c)
         }
 }
 
+/* A printable copy of the request body for the stats; NULL when it has none. */
+static char *
+body_printable(struct evhttp_request *req)
+{
+        struct evbuffer *in = evhttp_request_get_input_buffer(req);
+        size_t len = evbuffer_get_length(in);
+        char *raw, *safe;
+
+        if (len == 0)
+                return NULL;
+        if (len > FAKE_STR_MAX)
+                len = FAKE_STR_MAX;
+        raw = xrealloc(NULL, len + 1);
+        evbuffer_copyout(in, raw, len);
+        raw[len] = '\0';
+        for (size_t i = 0; i < len; i++)
+                if (raw[i] == '\0')
+                        raw[i] = '?';
+        safe = printable_dup(raw);
+        free(raw);
+        return safe;
+}
+
 static struct call *
 call_new(struct fake *f, struct evhttp_request *req, bool api)
 {
@@ -1187,6 +1285,8 @@ call_new(struct fake *f, struct evhttp_request *req, bool api)
         c->safe_path = printable_dup(c->path);
         c->safe_uri = printable_dup(uri ? uri : "");
         c->cmd = evhttp_request_get_command(req);
+        if (api)
+                c->safe_body = body_printable(req);
         c->method = method_name(c->cmd);
         c->t_ms = clock_real_ms();
         c->gen = f->st.gen;
@@ -1206,6 +1306,7 @@ call_free(struct call *c)
         free(c->query);
         free(c->safe_path);
         free(c->safe_uri);
+        free(c->safe_body);
         free(c);
 }
 

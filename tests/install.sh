@@ -1,7 +1,8 @@
 #!/bin/sh
 # install.sh - `make install DESTDIR=...` installs every file an operator
-# needs: the binary, the migrations, the sample config, the systemd unit and
-# the man page; and the installed binary finds its migrations there.
+# needs: the binary, the migrations, the sample config, the Prometheus rules,
+# the systemd unit and the man page; and the installed binary finds its
+# migrations there.
 set -eu
 top_builddir=${abs_top_builddir:?}
 dest=$(mktemp -d /tmp/eps-install.XXXXXX)
@@ -22,6 +23,7 @@ for f in "$(dirname "$0")"/../sql/[0-9][0-9][0-9][0-9]_*.sql; do
         check "$prefix/share/easypost-sync/sql/$(basename "$f")"
 done
 check "$sysconfdir/easypost-sync/easypost-sync.conf"
+check "$sysconfdir/easypost-sync/prometheus/easypost-sync.rules.yml"
 check "$prefix/lib/systemd/system/easypost-syncd.service"
 check "$prefix/share/man/man8/easypost-syncd.8"
 "$dest$prefix/bin/easypost-syncd" --version >/dev/null || fail=1

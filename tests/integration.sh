@@ -37,8 +37,10 @@ status=0
 "$top_builddir/tests/check_integration" || status=$?
 
 # No secret may ever reach a log line.
-# (the test secret, and the API keys the sync suite uses)
-if grep -l -F -e "sécret" -e "EZTKtestkey0123456789" -e "EZTKwrongkey" "$TEST_TMPDIR"/*.log 2>/dev/null; then
+# (the test secret, the API keys the sync and webhook_health suites use, and
+# the Basic auth password in the latter's public_url)
+if grep -l -F -e "sécret" -e "EZTKtestkey0123456789" -e "EZTKwrongkey" -e "EZTKhealthkey0123456789" \
+        -e "hookpass0123" "$TEST_TMPDIR"/*.log 2>/dev/null; then
         echo "integration.sh: a secret or API key appears in a log" >&2
         status=1
 fi

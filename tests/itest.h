@@ -89,5 +89,7 @@ Suite *hostile_suite(void);
 Suite *project_suite(void);
 Suite *contention_suite(void);
 Suite *dbconn_suite(void);
+Suite *status_suite(void);
+Suite *webhook_health_suite(void);
 
 #endif

@@ -1,0 +1,13 @@
+# etc/prometheus/local.mk - Prometheus rules and their tests (included by Makefile.am)
+
+# Recording and alerting rules, installed next to the sample configuration:
+# $(sysconfdir)/easypost-sync/prometheus/easypost-sync.rules.yml.
+promrulesdir = $(sysconfdir)/easypost-sync/prometheus
+dist_promrules_DATA = etc/prometheus/easypost-sync.rules.yml
+
+# promtool.sh: `promtool check rules` and `promtool test rules`;
+# prometheus.sh: a real Prometheus scraping the daemon, one alert firing and
+# clearing.
+TESTS += tests/promtool.sh tests/prometheus.sh
+EXTRA_DIST += etc/prometheus/local.mk tests/promtool.sh tests/prometheus.sh \
+	tests/prometheus/easypost-sync.test.yml
