@@ -299,13 +299,13 @@ seed_events(const char *prefix, int n)
 }
 
 static void
-rig_up(struct bf_rig *r, long concurrency)
+rig_up(struct bf_rig *r, long concurrency, long interval)
 {
         const char *ci = getenv("TEST_PG_CONNINFO");
         struct pacer_settings ps = { .api_url = fk.url, .api_key = KEY, .rate = 50,
                                      .concurrency = concurrency, .timeout_s = 30,
                                      .max_retry_after = 300 };
-        struct backfill_settings bs = { .interval = 1, .concurrency = concurrency };
+        struct backfill_settings bs = { .interval = interval, .concurrency = concurrency };
 
         ck_assert_ptr_nonnull(ci);
         memset(r, 0, sizeof(*r));
@@ -333,24 +333,51 @@ rig_down(struct bf_rig *r)
         PQfinish(r->db);
 }
 
-static bool
-run_ended(void *arg)
+static struct backfill_stats
+bf_stats(const struct bf_rig *r)
 {
-        struct bf_rig *r = arg;
         struct backfill_stats st;
 
         backfill_snapshot(r->bf, &st);
+        return st;
+}
+
+static bool
+run_ended(void *arg)
+{
+        struct backfill_stats st = bf_stats(arg);
         return st.runs_completed + st.runs_failed >= 1 && st.state == BACKFILL_IDLE;
 }
 
 static bool
 run_completed(void *arg)
 {
-        struct bf_rig *r = arg;
-        struct backfill_stats st;
-
-        backfill_snapshot(r->bf, &st);
+        struct backfill_stats st = bf_stats(arg);
         return st.runs_completed >= 1 && st.state == BACKFILL_IDLE;
+}
+
+static bool
+two_runs_completed(void *arg)
+{
+        struct backfill_stats st = bf_stats(arg);
+        return st.runs_completed >= 2 && st.state == BACKFILL_IDLE;
+}
+
+static bool
+run_in_progress(void *arg)
+{
+        return bf_stats(arg).state != BACKFILL_IDLE;
+}
+
+/* For 2.5 s no request is made and no run starts: runs stays at runs. */
+static void
+assert_quiet(struct bf_rig *r, uint64_t runs)
+{
+        long asked = fake_stat("requests");
+
+        run_until(r->base, never, NULL, 2500);
+        ck_assert_int_eq(fake_stat("requests"), asked);
+        ck_assert_int_eq(bf_stats(r).runs, runs);
 }
 
 /*
@@ -372,7 +399,7 @@ START_TEST(test_backfill_401_mid_fetch_ends_the_run_and_reload_resumes)
         snprintf(rule, sizeof(rule), "{\"path_prefix\":\"/v2/events/evt_%s01/payloads\",\"status\":401}",
                  prefix);
         fault(rule);
-        rig_up(&r, 2);
+        rig_up(&r, 2, 1);
         ck_assert(run_until(r.base, run_ended, &r, 30000));
         backfill_snapshot(r.bf, &st);
         ck_assert_int_eq(st.runs_failed, 1);
@@ -380,12 +407,7 @@ START_TEST(test_backfill_401_mid_fetch_ends_the_run_and_reload_resumes)
         ck_assert_int_eq(st.state, BACKFILL_IDLE);
         ck_assert_int_eq(st.last_success_unix, 0);
         ck_assert_int_eq(db_long(r.db, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'", NULL), 0);
-        /* the key is rejected: no run starts, nothing more is asked */
-        long asked = fake_stat("requests");
-        run_until(r.base, never, NULL, 2500);
-        ck_assert_int_eq(fake_stat("requests"), asked);
-        backfill_snapshot(r.bf, &st);
-        ck_assert_int_eq(st.runs, 1);
+        assert_quiet(&r, 1); /* the key is rejected: no run starts, nothing more is asked */
         /* a new key: the next run goes through every state to the end */
         struct pacer_settings ps = { .api_url = fk.url, .api_key = KEY, .rate = 50, .concurrency = 2,
                                      .timeout_s = 30, .max_retry_after = 300 };
@@ -417,13 +439,49 @@ START_TEST(test_backfill_list_error_ends_the_run_then_the_next_completes)
         snprintf(prefix, sizeof(prefix), "m500_%d_", (int)getpid());
         seed_events(prefix, 3);
         fault("{\"path_prefix\":\"/v2/events\",\"status\":500,\"count\":1}");
-        rig_up(&r, 2);
+        rig_up(&r, 2, 1);
         ck_assert(run_until(r.base, run_completed, &r, 30000));
         backfill_snapshot(r.bf, &st);
         ck_assert_int_eq(st.runs_failed, 1);
         ck_assert_int_ge(st.runs_completed, 1);
         ck_assert_int_eq(st.recovered, 3);
         ck_assert_int_eq(st.unusable, 0);
+        rig_down(&r);
+}
+END_TEST
+
+/*
+ * backfill_interval 0: no run of its own. backfill_now starts one anyway
+ * (connecting first), and asked again during a run it starts one more
+ * right after it; then nothing more runs.
+ */
+START_TEST(test_backfill_now_runs_with_interval_off_and_after_the_run_in_progress)
+{
+        struct bf_rig r;
+        struct backfill_stats st;
+        char prefix[32];
+
+        fake_clean();
+        snprintf(prefix, sizeof(prefix), "mnow_%d_", (int)getpid());
+        seed_events(prefix, 3);
+        fault("{\"path_prefix\":\"/v2/events\",\"delay_ms\":500,\"count\":1}"); /* the first list waits */
+        rig_up(&r, 2, 0);
+        run_until(r.base, never, NULL, 1500);
+        backfill_snapshot(r.bf, &st);
+        ck_assert_int_eq(st.runs, 0);
+        ck_assert_int_eq(fake_stat("requests"), 0);
+        backfill_now(r.bf);
+        ck_assert(run_until(r.base, run_in_progress, &r, 30000));
+        backfill_now(r.bf); /* during the run: one more after it */
+        ck_assert(run_until(r.base, two_runs_completed, &r, 30000));
+        backfill_snapshot(r.bf, &st);
+        ck_assert_int_eq(st.runs_completed, 2);
+        ck_assert_int_eq(st.runs_failed, 0);
+        ck_assert_int_eq(st.recovered, 3);
+        char like[64];
+        snprintf(like, sizeof(like), "evt_%s%%", prefix);
+        ck_assert_int_eq(db_long(r.db, "SELECT count(*) FROM webhook_events WHERE event_id LIKE $1", like), 3);
+        assert_quiet(&r, 2);
         rig_down(&r);
 }
 END_TEST
@@ -453,6 +511,7 @@ backfill_suite(void)
         tcase_add_unchecked_fixture(tc, fake_up, fake_down);
         tcase_add_test(tc, test_backfill_401_mid_fetch_ends_the_run_and_reload_resumes);
         tcase_add_test(tc, test_backfill_list_error_ends_the_run_then_the_next_completes);
+        tcase_add_test(tc, test_backfill_now_runs_with_interval_off_and_after_the_run_in_progress);
         suite_add_tcase(s, tc);
         return s;
 }
