@@ -29,6 +29,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ops.h"
+#include "parts.h"
 #include "sync.h"
 #include "util.h"
 
@@ -306,6 +307,7 @@ analytics_tick(evutil_socket_t fd, short what, void *arg)
                 return;
         /* the slot that has just begun (the timer fires a moment after its start) */
         j->slot = (long long)(clock_real_ms() / 1000 / (uint64_t)iv);
+        parts_tick(j->aconn, j->app->cfg, j->slot, j->app->instance_id);
         j->view = 0;
         j->analytics_busy = true;
         refresh_next(j);

@@ -99,6 +99,7 @@ readyz_cb(struct evhttp_request *req, void *arg)
         bool room = ingest_has_room(a->ingest);
         bool running = a->state == APP_RUNNING;
         bool ready = db && current && room && running;
+        const char *parts = ingest_partition_missing(a->ingest) ? "missing" : "ok";
         const char *api = !sync_enabled(a->sync) ? "off"
                           : sync_auth_failed(a->sync) ? "unauthorized"
                                                       : "ok";
@@ -106,10 +107,10 @@ readyz_cb(struct evhttp_request *req, void *arg)
         if (!only_get(req, EP_READYZ))
                 return;
         strbuf_printf(&b, "{\"status\":\"%s\",\"checks\":{\"database\":\"%s\",\"migrations\":\"%s\","
-                          "\"queue\":\"%s\",\"state\":\"%s\",\"api\":\"%s\"}}",
+                          "\"queue\":\"%s\",\"state\":\"%s\",\"api\":\"%s\",\"partitions\":\"%s\"}}",
                       ready ? "ready" : "not ready", db ? "ok" : "down",
                       current ? "ok" : schema < 0 ? "unknown" : "pending", room ? "ok" : "full",
-                      running ? "ok" : "draining", api);
+                      running ? "ok" : "draining", api, parts);
         http_reply_json(req, EP_READYZ, ready ? 200 : 503, b.data);
         strbuf_free(&b);
 }
@@ -154,6 +155,11 @@ ops_render_metrics(struct app *a, struct strbuf *b)
                          "# TYPE easypost_sync_batch_retries_total counter\n"
                          "easypost_sync_batch_retries_total %llu\n",
                       (unsigned long long)st->poison_splits, (unsigned long long)st->retries);
+        strbuf_printf(b, "# HELP easypost_sync_partition_missing_total Events answered 503 because a "
+                         "row of theirs had no partition yet.\n"
+                         "# TYPE easypost_sync_partition_missing_total counter\n"
+                         "easypost_sync_partition_missing_total %llu\n",
+                      (unsigned long long)st->partition_missing);
         strbuf_printf(b, "# HELP easypost_sync_queue_depth Webhooks waiting for a commit.\n"
                          "# TYPE easypost_sync_queue_depth gauge\n"
                          "easypost_sync_queue_depth %u\n"
