@@ -277,10 +277,11 @@ batch_free(struct batch *b)
         free(b);
 }
 
-/* 23514 with this message: a row's partition key (the month of received_at
- * or of a tracking detail) has no partition yet. The event is answered 503
- * (EasyPost retries) rather than stored as failed. */
-#define NO_PARTITION "no partition of relation"
+/* check_violation without a constraint name ("no partition of relation ...
+ * found for row", in whatever lc_messages): a row's partition key (the month
+ * of received_at or of a tracking detail) has no partition yet. The event is
+ * answered 503 (EasyPost retries) rather than stored as failed. A CHECK or
+ * domain constraint names itself. */
 #define PARTITION_MISSING_REPORT_US (60 * 1000000ULL)
 
 bool
@@ -327,8 +328,8 @@ batch_result(struct db_seg *s, PGresult *res)
         snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", st ? st : "XX000");
         b->retry = strcmp(b->sqlstate, "40P01") == 0 || strcmp(b->sqlstate, "40001") == 0;
         b->transient = !b->retry && !sqlstate_is_events(b->sqlstate);
-        b->nopart = strcmp(b->sqlstate, "23514") == 0 && msg != NULL &&
-                    strncmp(msg, NO_PARTITION, strlen(NO_PARTITION)) == 0;
+        b->nopart = strcmp(b->sqlstate, "23514") == 0 &&
+                    PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) == NULL;
         b->errmsg = xstrdup(msg ? msg : "unknown error");
         return false;
 }

@@ -270,6 +270,7 @@ DECLARE
     v_problem text;
     v_berr    text;
     v_wait    boolean;
+    v_con     text;
 BEGIN
     SELECT array_agg(p.id ORDER BY p.received_at), array_agg(p.raw ORDER BY p.received_at)
     INTO v_id, v_raw
@@ -320,9 +321,11 @@ BEGIN
                     PERFORM eps_project_trackers(ARRAY[v_id[i]], ARRAY[v_one]);
                 EXCEPTION WHEN others THEN
                     v_problem := SQLSTATE || ': ' || SQLERRM;
-                    -- a tracking detail whose month has no partition yet: not
-                    -- the event's fault; it stays pending until the partition is made
-                    v_wait := SQLSTATE = '23514' AND SQLERRM LIKE 'no partition of relation%';
+                    -- a tracking detail whose month has no partition yet (a
+                    -- check_violation naming no constraint): not the event's
+                    -- fault; it stays pending until the partition is made
+                    GET STACKED DIAGNOSTICS v_con = CONSTRAINT_NAME;
+                    v_wait := SQLSTATE = '23514' AND v_con = '';
                 END;
             END IF;
             UPDATE webhook_events

@@ -70,11 +70,11 @@ END
 $$;
 
 -- One maintenance run per analytics slot, by one replica (a transaction
--- advisory lock elects it, safe behind PgBouncer; the slot's row keeps a
--- late replica from repeating it): makes partitions 3 months ahead (as
--- --migrate does, DB_PARTITIONS_AHEAD), picks
--- the partitions whose retention is over, and forgets the event ids older
--- than the oldest kept raw event (100,000 per run). Days <= 0 keep forever.
+-- advisory lock elects it, safe behind PgBouncer; the slot's row, kept 30
+-- days, keeps a late replica from repeating it): makes partitions 3 months
+-- ahead (as --migrate does, DB_PARTITIONS_AHEAD), picks the partitions
+-- whose retention is over, and forgets the event ids older than the oldest
+-- kept raw event (100,000 per run). Days <= 0 keep forever.
 --
 -- A raw events partition goes once all of it is older than p_event_days
 -- and it holds no pending event and no failed one younger than
@@ -147,6 +147,7 @@ BEGIN
     END IF;
     INSERT INTO partition_maintenance (tick, instance_id, created, detached)
     VALUES (p_tick, p_instance, v_made, v_drop);
+    DELETE FROM partition_maintenance m WHERE m.started_at < now() - interval '30 days';
 END
 $$;
 
