@@ -89,5 +89,6 @@ Suite *hostile_suite(void);
 Suite *project_suite(void);
 Suite *contention_suite(void);
 Suite *dbconn_suite(void);
+Suite *partitions_suite(void);
 
 #endif
