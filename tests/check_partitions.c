@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "itest.h"
 #include "metrics.h"
@@ -294,6 +295,35 @@ START_TEST(test_retention_drops_old_months_keeps_pending_and_dead_letters)
 }
 END_TEST
 
+/* The retention is reloaded with the configuration (SIGHUP): a month kept
+ * while event_retention_days = 0 goes at a tick after the file says 90. */
+START_TEST(test_retention_follows_reload)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", NULL };
+        char *conf = tmpfile_with("event_retention_days = 0\n");
+
+        old_months(c);
+        db_exec(c, "TRUNCATE partition_maintenance");
+        itest_config = conf;
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        itest_config = NULL;
+        /* two upkeep runs that kept every month */
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 2) FROM partition_maintenance", 2, 20000), 2);
+        ck_assert_int_eq(rel_exists(c, "webhook_events_2020_01"), 1);
+        rewrite(conf, "event_retention_days = 90\n");
+        kill(d.pid, SIGHUP);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_class WHERE relname = 'webhook_events_2020_01'",
+                                      0, 20000),
+                         0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        unlink(conf);
+        free(conf);
+        PQfinish(c);
+}
+END_TEST
+
 /* ---- conversion of an unpartitioned database ---- */
 
 #define CONV_EVENTS 200000
@@ -521,6 +551,7 @@ partitions_suite(void)
         tcase_add_test(tc, test_missing_partition_is_503_not_dead_letter);
         tcase_add_test(tc, test_duplicate_across_partitions_refused);
         tcase_add_test(tc, test_retention_drops_old_months_keeps_pending_and_dead_letters);
+        tcase_add_test(tc, test_retention_follows_reload);
         tcase_add_test(tc, test_query_plans_use_indexes_with_three_months);
         tcase_add_test(tc, test_migrate_converts_200k_events);
         suite_add_tcase(s, tc);
