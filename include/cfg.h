@@ -59,6 +59,7 @@ struct cfg {
         long analytics_interval;
         long metrics_interval;
         long metrics_retention_days;
+        long event_retention_days, history_retention_days, dead_letter_retention_days;
         /* process */
         char *log_level;
         char *log_format;

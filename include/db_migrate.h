@@ -14,10 +14,14 @@
 #include "util.h"
 
 /* Highest migration this build expects; the daemon's readiness checks it. */
-#define DB_SCHEMA_VERSION 6
+#define DB_SCHEMA_VERSION 7
+/* Months after the current one that always have their partitions
+ * (eps_partitions_create; --migrate and each maintenance run). */
+#define DB_PARTITIONS_AHEAD "3"
 
 /* Applies the .sql files in dir/functions whose text changed (CREATE OR REPLACE; recorded
- * in schema_functions), then pending migrations from dir. *applied and
+ * in schema_functions), then pending migrations from dir, then makes the
+ * monthly partitions due. *applied and
  * *fn_applied = how many of each ran now. A migration that was applied with
  * a different checksum is refused (0 on success). */
 MUST_CHECK int db_migrate_run(const char *conninfo, const char *dir, int *applied,

@@ -54,6 +54,8 @@ struct ingest_stats {
         uint64_t batch_size_buckets[8]; /* <=1, 2, 4, 16, 64, 256, 1024, more */
         uint64_t poison_splits;         /* batches sent again one event at a time */
         uint64_t retries;               /* batches sent again after a deadlock */
+        uint64_t partition_missing;     /* events answered 503: no partition for their rows */
+        uint64_t partition_missing_us;  /* when the last one was (CLOCK_MONOTONIC), 0 never */
         uint64_t events[METRICS_NDESC][METRICS_OUT_COUNT]; /* answered, by description and outcome */
 };
 
@@ -75,6 +77,9 @@ void ingest_set_batch_max(struct ingest *g, unsigned batch_max);
 /* A batch unanswered for ms drops its connection: its events get 503 and the
  * connection comes back by itself. Before ingest_start. */
 void ingest_set_db_timeout(struct ingest *g, unsigned ms);
+/* An event was answered 503 within the last minute because a row of it had
+ * no partition to go to (its month not made yet): /readyz reports it. */
+bool ingest_partition_missing(const struct ingest *g);
 
 /* Room for one more item? (queue_limit counts items not yet answered) */
 bool ingest_has_room(const struct ingest *g);

@@ -21,6 +21,7 @@ struct ops_ready {
         int schema;       /* applied migration, -1 unknown */
         const char *api;  /* "off", "ok" or "unauthorized" */
         const char *webhook; /* the EasyPost webhook: "off", "unknown", "ok", "disabled" or "missing" */
+        const char *partitions; /* "ok", or "missing": an event lately had no partition */
 };
 typedef void (*ops_ready_fn)(struct ops_ready *out, void *arg);
 /* Appends every module's metrics to b. */

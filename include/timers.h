@@ -1,7 +1,8 @@
 /*
  * timers.h - the periodic work beside the webhooks: a system_metrics row
  * every metrics_interval, and the analytics views refreshed every
- * analytics_interval (one replica per view and wall-clock slot). Each timer
+ * analytics_interval (one replica per view and wall-clock slot), with the
+ * monthly partitions' upkeep (parts.h) on each analytics tick. Each timer
  * is one-shot and re-armed when its work finishes, so runs never overlap;
  * each runs on a connection of its own, so a slow refresh never delays a
  * webhook or a metrics row.
@@ -13,6 +14,7 @@
 #include <stdint.h>
 
 #include "metrics.h"
+#include "parts.h"
 
 struct timers;
 struct strbuf;
@@ -25,6 +27,7 @@ struct timers_settings {
         long metrics_interval;   /* seconds, <= 0: no system_metrics rows */
         long analytics_interval; /* seconds, <= 0: no refreshes */
         long retention_days;     /* system_metrics rows older than this are deleted */
+        struct parts_settings parts; /* the partitions' upkeep, on the analytics connection */
 };
 
 /* One system_metrics row's raw figures, filled by the owner's sampler. */

@@ -122,7 +122,12 @@ timers_settings(const struct app *a)
         return (struct timers_settings){ .instance_id = a->instance_id,
                                          .metrics_interval = c->metrics_interval,
                                          .analytics_interval = c->analytics_interval,
-                                         .retention_days = c->metrics_retention_days };
+                                         .retention_days = c->metrics_retention_days,
+                                         .parts = { .instance_id = a->instance_id,
+                                                    .event_retention_days = c->event_retention_days,
+                                                    .history_retention_days = c->history_retention_days,
+                                                    .dead_letter_retention_days =
+                                                            c->dead_letter_retention_days } };
 }
 
 /* The figures of one system_metrics row, from the modules that own them. */
@@ -175,6 +180,7 @@ ready(struct ops_ready *out, void *arg)
         out->schema = schema_version(a->schema);
         out->api = !ps.enabled ? "off" : ps.auth_failed ? "unauthorized" : "ok";
         out->webhook = ws.state;
+        out->partitions = ingest_partition_missing(a->ingest) ? "missing" : "ok";
 }
 
 /* Every module's part of /metrics. */

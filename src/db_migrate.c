@@ -192,6 +192,8 @@ apply_one(PGconn *pq, enum sql_kind kind, const char *dir, const char *name, int
                 goto out;
         if (exec_ok(pq, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", PGRES_TUPLES_OK,
                     NULL, e, "lock") != 0 ||
+            exec_ok(pq, "SET LOCAL client_min_messages = warning", PGRES_COMMAND_OK, NULL, e,
+                    "set") != 0 ||
             exec_ok(pq, ddl[kind], PGRES_COMMAND_OK, NULL, e, "bookkeeping table") != 0)
                 goto rollback;
         r = exec_file_params(pq, sel[kind], version, name, sum);
@@ -333,7 +335,6 @@ db_migrate_run(const char *conninfo, const char *dir, int *applied, int *fn_appl
         pq = db_connect_blocking(conninfo, "easypost-syncd-migrate", e);
         if (pq == NULL)
                 goto out;
-        PQclear(PQexec(pq, "SET client_min_messages = warning"));
         /* functions first: tables take their defaults from some of them */
         for (size_t i = 0; i < nf; i++)
                 if (apply_one(pq, SQL_FUNCTIONS, fdir, fnames[i], fn_applied, e) != 0)
@@ -341,6 +342,10 @@ db_migrate_run(const char *conninfo, const char *dir, int *applied, int *fn_appl
         for (size_t i = 0; i < n; i++)
                 if (apply_one(pq, SQL_MIGRATION, dir, names[i], applied, e) != 0)
                         goto out;
+        /* a new or converted database has its monthly partitions at once */
+        if (exec_ok(pq, "SELECT eps_partitions_create(" DB_PARTITIONS_AHEAD ")", PGRES_TUPLES_OK,
+                    NULL, e, "creating partitions") != 0)
+                goto out;
         rc = 0;
 out:
         PQfinish(pq);

@@ -53,6 +53,7 @@ struct batch {
         struct ingest_item **items;
         unsigned n, nres;
         bool failed, transient, retry;
+        bool nopart; /* a row had no partition: not the event's fault, never a dead letter */
         char sqlstate[6];
         char *errmsg;
 };
@@ -276,6 +277,21 @@ batch_free(struct batch *b)
         free(b);
 }
 
+/* check_violation without a constraint name ("no partition of relation ...
+ * found for row", in whatever lc_messages): a row's partition key (the month
+ * of received_at or of a tracking detail) has no partition yet. The event is
+ * answered 503 (EasyPost retries) rather than stored as failed. A CHECK or
+ * domain constraint names itself. */
+#define PARTITION_MISSING_REPORT_US (60 * 1000000ULL)
+
+bool
+ingest_partition_missing(const struct ingest *g)
+{
+        uint64_t at = g->stats.partition_missing_us;
+
+        return at != 0 && clock_mono_us() - at < PARTITION_MISSING_REPORT_US;
+}
+
 /* Errors that one event's data causes: isolate it, keep its neighbours. */
 static bool
 sqlstate_is_events(const char *st)
@@ -312,6 +328,8 @@ batch_result(struct db_seg *s, PGresult *res)
         snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", st ? st : "XX000");
         b->retry = strcmp(b->sqlstate, "40P01") == 0 || strcmp(b->sqlstate, "40001") == 0;
         b->transient = !b->retry && !sqlstate_is_events(b->sqlstate);
+        b->nopart = strcmp(b->sqlstate, "23514") == 0 &&
+                    PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) == NULL;
         b->errmsg = xstrdup(msg ? msg : "unknown error");
         return false;
 }
@@ -362,6 +380,13 @@ batch_done(struct db_seg *s, bool lost)
                          b->sqlstate, kept);
                 b->n = kept;
                 batch_requeue(g, b);
+        } else if (b->failed && b->nopart && b->n == 1) {
+                g->stats.partition_missing++;
+                g->stats.partition_missing_us = clock_mono_us();
+                log_err("ingest", "event %s not stored: %s; answering 503 until the partition is "
+                        "made (easypost-syncd --migrate, or the next analytics tick)",
+                        b->items[0]->ev.id, b->errmsg);
+                item_finish(g, b->items[0], INGEST_UNAVAILABLE);
         } else if (b->failed && b->n > 1) {
                 /* one of them did it: each goes alone, so only that one fails */
                 log_warn("ingest", "batch of %u failed on an event's data (%s): %s; "
@@ -706,6 +731,11 @@ ingest_render_metrics(const struct ingest *g, struct strbuf *b)
                          "# TYPE easypost_sync_batch_retries_total counter\n"
                          "easypost_sync_batch_retries_total %llu\n",
                       (unsigned long long)st->poison_splits, (unsigned long long)st->retries);
+        strbuf_printf(b, "# HELP easypost_sync_partition_missing_total Events answered 503 because a "
+                         "row of theirs had no partition yet.\n"
+                         "# TYPE easypost_sync_partition_missing_total counter\n"
+                         "easypost_sync_partition_missing_total %llu\n",
+                      (unsigned long long)st->partition_missing);
         strbuf_printf(b, "# HELP easypost_sync_queue_depth Webhooks waiting for a commit.\n"
                          "# TYPE easypost_sync_queue_depth gauge\n"
                          "easypost_sync_queue_depth %u\n"

@@ -72,13 +72,14 @@ ops_healthz_cb(struct evhttp_request *req, void *arg)
 /*
  * Ready = a database connection is up, the schema is at this build's
  * migration, the queue has room and we are not draining. A rejected API key
- * is reported but does not make the daemon unready: webhooks still commit.
+ * or a recently missing partition is reported but does not make the daemon
+ * unready: other webhooks still commit.
  */
 void
 ops_readyz_cb(struct evhttp_request *req, void *arg)
 {
         struct ops *o = arg;
-        struct ops_ready r = { .schema = -1, .api = "off", .webhook = "off" };
+        struct ops_ready r = { .schema = -1, .api = "off", .webhook = "off", .partitions = "ok" };
         struct strbuf b = { 0 };
 
         if (!only_get(req, EP_READYZ))
@@ -87,10 +88,11 @@ ops_readyz_cb(struct evhttp_request *req, void *arg)
         bool current = r.schema >= DB_SCHEMA_VERSION;
         bool ready = r.db && current && r.room && r.running;
         strbuf_printf(&b, "{\"status\":\"%s\",\"checks\":{\"database\":\"%s\",\"migrations\":\"%s\","
-                          "\"queue\":\"%s\",\"state\":\"%s\",\"api\":\"%s\",\"webhook\":\"%s\"}}",
+                          "\"queue\":\"%s\",\"state\":\"%s\",\"api\":\"%s\",\"webhook\":\"%s\","
+                          "\"partitions\":\"%s\"}}",
                       ready ? "ready" : "not ready", r.db ? "ok" : "down",
                       current ? "ok" : r.schema < 0 ? "unknown" : "pending", r.room ? "ok" : "full",
-                      r.running ? "ok" : "draining", r.api, r.webhook);
+                      r.running ? "ok" : "draining", r.api, r.webhook, r.partitions);
         http_reply_json(req, EP_READYZ, ready ? 200 : 503, b.data);
         strbuf_free(&b);
 }

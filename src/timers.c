@@ -2,7 +2,8 @@
  * timers.c - system_metrics rows and analytics refreshes.
  *
  *   metrics:   IDLE --tick--> INSERT in flight --done--> IDLE (re-armed)
- *   analytics: IDLE --tick (wall-clock slot)--> view 0 --> view 1 --> view 2
+ *   analytics: IDLE --tick (wall-clock slot)--> partition upkeep queued (parts.c)
+ *              --> view 0 --> view 1 --> view 2
  *              --> last refresh times (any replica) --> IDLE
  *
  * Database down: the tick is skipped with one log line (state changes only)
@@ -29,7 +30,8 @@ static const char *const view_names[TIMERS_NVIEWS] = {
 
 struct timers {
         struct db_conn *conn;  /* system_metrics rows */
-        struct db_conn *aconn; /* analytics refreshes only */
+        struct db_conn *aconn; /* analytics refreshes and partition upkeep only */
+        struct parts *parts;
         struct event *metrics_timer, *analytics_timer;
         timers_sample_fn sample;
         void *sample_arg;
@@ -282,6 +284,7 @@ analytics_tick(evutil_socket_t fd, short what, void *arg)
                 return;
         /* the slot that has just begun (the timer fires a moment after its start) */
         t->slot = (long long)(clock_real_ms() / 1000 / (uint64_t)iv);
+        parts_tick(t->parts, t->slot);
         t->view = 0;
         t->analytics_busy = true;
         refresh_next(t);
@@ -325,6 +328,7 @@ timers_new(struct event_base *base, const char *conninfo, const struct timers_se
         t->sample_arg = arg;
         t->conn = db_conn_new(base, conninfo, "timers", &no_hooks, t);
         t->aconn = db_conn_new(base, conninfo, "analytics", &no_hooks, t);
+        t->parts = parts_new(t->aconn, &st->parts);
         t->metrics_timer = evtimer_new(base, metrics_tick, t);
         t->analytics_timer = evtimer_new(base, analytics_tick, t);
         for (int i = 0; i < TIMERS_NVIEWS; i++)
@@ -348,6 +352,7 @@ void
 timers_reload(struct timers *t, const struct timers_settings *st)
 {
         set(t, st);
+        parts_reload(t->parts, &st->parts);
         if (t->analytics_interval > 0 && db_conn_state(t->aconn) == DB_DOWN)
                 db_conn_start(t->aconn);
         if (!t->metrics_busy) {
@@ -376,6 +381,7 @@ timers_free(struct timers *t)
         t->stopped = true;
         db_conn_free(t->aconn); /* in-flight callbacks run now, as lost */
         db_conn_free(t->conn);
+        parts_free(t->parts);
         event_free(t->metrics_timer);
         event_free(t->analytics_timer);
         free(t->instance_id);

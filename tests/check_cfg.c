@@ -7,17 +7,6 @@
 #include "cfg.h"
 #include "testutil.h"
 
-static char *
-write_tmp(const char *text)
-{
-        char *path = strdup("/tmp/eps-cfg-XXXXXX");
-        int fd = mkstemp(path);
-        ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-        close(fd);
-        return path;
-}
-
 START_TEST(test_defaults)
 {
         struct err e;
@@ -41,7 +30,7 @@ END_TEST
 START_TEST(test_precedence)
 {
         struct err e;
-        char *path = write_tmp("# comment\n[server]\nlisten = 127.0.0.1:1111\n"
+        char *path = tmpfile_with("# comment\n[server]\nlisten = 127.0.0.1:1111\n"
                                "db_connections = 3\nqueue_limit=77\nlog_level = \"debug\"\n"
                                "webhook_secret = from-file\n");
         char *env[] = { "EASYPOST_SYNC_LISTEN=127.0.0.1:2222", "DATABASE_URL=dbname=x",
@@ -67,7 +56,7 @@ END_TEST
 START_TEST(test_secret_file_rotation)
 {
         struct err e;
-        char *sf = write_tmp("new-one\r\n\nold-one\n");
+        char *sf = tmpfile_with("new-one\r\n\nold-one\n");
         char envbuf[300];
         snprintf(envbuf, sizeof(envbuf), "EASYPOST_WEBHOOK_SECRET_FILE=%s", sf);
         char *env[] = { "EASYPOST_WEBHOOK_SECRET=primary", envbuf, NULL };
@@ -102,7 +91,7 @@ START_TEST(test_bad_values)
         ck_assert_ptr_nonnull(strstr(e.msg, "secret"));
         ck_assert_ptr_null(strstr(e.msg, "on-argv")); /* never echoes the value */
         ck_assert_ptr_null(cfg_load(NULL, env, ov5, 1, &e));
-        char *path = write_tmp("listen 127.0.0.1:1\n");
+        char *path = tmpfile_with("listen 127.0.0.1:1\n");
         ck_assert_ptr_null(cfg_load(path, env, NULL, 0, &e));
         ck_assert_ptr_nonnull(strstr(e.msg, ":1:"));
         unlink(path);

@@ -18,29 +18,6 @@
 #include "itest.h"
 #include "util.h"
 
-static char *
-tmpfile_with(const char *text)
-{
-        char *path = xstrdup("/tmp/eps-ops-XXXXXX");
-        int fd = mkstemp(path);
-        ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-        close(fd);
-        return path;
-}
-
-static void
-rewrite(const char *path, const char *text)
-{
-        char tmp[300];
-        snprintf(tmp, sizeof(tmp), "%s.new", path);
-        FILE *f = fopen(tmp, "w");
-        ck_assert_ptr_nonnull(f);
-        fputs(text, f);
-        fclose(f);
-        ck_assert_int_eq(rename(tmp, path), 0);
-}
-
 START_TEST(test_readyz_follows_database)
 {
         struct daemon d;

@@ -61,6 +61,7 @@ wait_status(unsigned port, const char *path, int want, int timeout_ms)
 
 bool itest_wait_ready = true;
 const char *itest_tls_ca = NULL;
+const char *itest_config = NULL;
 
 int
 daemon_start(struct daemon *d, const char *const *extra_env)
@@ -96,11 +97,13 @@ daemon_start(struct daemon *d, const char *const *extra_env)
                 }
                 snprintf(buf, sizeof(buf), "%s/easypost-syncd", builddir());
                 const char *wrap = getenv("TEST_DAEMON_WRAPPER"); /* e.g. valgrind */
+                /* without a file the argument list ends at its "-c" */
+                const char *opt = itest_config ? "-c" : NULL;
                 if (wrap && wrap[0])
-                        execl("/bin/sh", "sh", "-c", "exec $TEST_DAEMON_WRAPPER \"$0\"", buf,
-                              (char *)NULL);
+                        execl("/bin/sh", "sh", "-c", "exec $TEST_DAEMON_WRAPPER \"$0\" \"$@\"", buf,
+                              opt, itest_config, (char *)NULL);
                 else
-                        execl(buf, "easypost-syncd", (char *)NULL);
+                        execl(buf, "easypost-syncd", opt, itest_config, (char *)NULL);
                 _exit(127);
         }
         uint64_t end = clock_mono_us() + 20000000u;

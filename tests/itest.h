@@ -32,6 +32,8 @@ int daemon_start(struct daemon *d, const char *const *extra_env);
 extern bool itest_wait_ready;
 /* When set, http_req speaks HTTPS and trusts this CA file. */
 extern const char *itest_tls_ca;
+/* When set, daemon_start passes -c with this configuration file. */
+extern const char *itest_config;
 /* Sends sig and waits for exit; returns the exit status (or -1 if killed). */
 int daemon_stop(struct daemon *d, int sig);
 /* Polls GET path until it answers want (bounded by timeout_ms); true if it did. */
@@ -91,5 +93,6 @@ Suite *contention_suite(void);
 Suite *dbconn_suite(void);
 Suite *status_suite(void);
 Suite *webhook_health_suite(void);
+Suite *partitions_suite(void);
 
 #endif

@@ -1,9 +1,11 @@
-/* testutil.c - fixture lookup for the Check suites. */
+/* testutil.c - fixture lookup and temporary files for the Check suites. */
 #include "testutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -52,4 +54,27 @@ fixture_read(const char *name, size_t *len)
         char *p = file_read_all(path, len, &e);
         ck_assert_msg(p != NULL, "fixture %s: %s", name, e.msg);
         return p;
+}
+
+char *
+tmpfile_with(const char *text)
+{
+        char *path = xstrdup("/tmp/eps-test-XXXXXX");
+        int fd = mkstemp(path);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+        close(fd);
+        return path;
+}
+
+void
+rewrite(const char *path, const char *text)
+{
+        char tmp[300];
+        snprintf(tmp, sizeof(tmp), "%s.new", path);
+        FILE *f = fopen(tmp, "w");
+        ck_assert_ptr_nonnull(f);
+        fputs(text, f);
+        fclose(f);
+        ck_assert_int_eq(rename(tmp, path), 0);
 }

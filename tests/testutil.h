@@ -12,6 +12,10 @@ const char *fixtures_dir(void);
 char *fixture_read(const char *name, size_t *len);
 /* Path of a file under the source tree (static buffer). */
 const char *srcdir_path(const char *rel);
+/* A new file in /tmp holding text (the caller unlinks and frees the path). */
+char *tmpfile_with(const char *text);
+/* Replaces path's content with text at once (rename). */
+void rewrite(const char *path, const char *text);
 
 #define SKIP_WITHOUT_FIXTURES()                                                       \
         do {                                                                          \

@@ -203,13 +203,20 @@ BEGIN
                coalesce(c.dead, c.problem) AS error,
                CASE WHEN c.dead IS NULL THEN c.created_at::timestamptz END AS created
         FROM c
+    ), k AS (
+        -- the dedup key, exact across partitions: the ids stored for the first time
+        INSERT INTO webhook_event_ids AS i (event_id)
+        SELECT DISTINCT r.event_id FROM r ORDER BY r.event_id
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING i.event_id
     ), ins AS (
+        -- one row per new id: a full copy before a partial one, then arrival order
         INSERT INTO webhook_events AS w (id, event_id, description, mode, object_id, raw, body_error,
                                          source, status, error, event_created_at, partial)
-        SELECT r.id, r.event_id, r.description, r.mode, r.object_id, r.raw, r.body_error, r.source,
-               r.status, r.error, r.created, r.partial
-        FROM r ORDER BY r.event_id
-        ON CONFLICT (event_id) DO NOTHING
+        SELECT DISTINCT ON (r.event_id) r.id, r.event_id, r.description, r.mode, r.object_id, r.raw,
+               r.body_error, r.source, r.status, r.error, r.created, r.partial
+        FROM r JOIN k ON k.event_id = r.event_id
+        ORDER BY r.event_id, r.partial, r.ord
         RETURNING w.id, w.status
     ), repl AS (
         -- a full copy of an event stored from a partial one replaces it (only
@@ -262,6 +269,8 @@ DECLARE
     v_one     jsonb;
     v_problem text;
     v_berr    text;
+    v_wait    boolean;
+    v_con     text;
 BEGIN
     SELECT array_agg(p.id ORDER BY p.received_at), array_agg(p.raw ORDER BY p.received_at)
     INTO v_id, v_raw
@@ -299,6 +308,7 @@ BEGIN
         FOR i IN 1 .. cardinality(v_id) LOOP
             v_problem := NULL;
             v_berr := NULL;
+            v_wait := false;
             BEGIN
                 v_one := v_raw[i]::jsonb;
             EXCEPTION WHEN others THEN
@@ -311,10 +321,16 @@ BEGIN
                     PERFORM eps_project_trackers(ARRAY[v_id[i]], ARRAY[v_one]);
                 EXCEPTION WHEN others THEN
                     v_problem := SQLSTATE || ': ' || SQLERRM;
+                    -- a tracking detail whose month has no partition yet (a
+                    -- check_violation naming no constraint): not the event's
+                    -- fault; it stays pending until the partition is made
+                    GET STACKED DIAGNOSTICS v_con = CONSTRAINT_NAME;
+                    v_wait := SQLSTATE = '23514' AND v_con = '';
                 END;
             END IF;
             UPDATE webhook_events
-            SET status = CASE WHEN v_problem IS NULL THEN 'projected' ELSE 'failed' END,
+            SET status = CASE WHEN v_problem IS NULL THEN 'projected' WHEN v_wait THEN 'pending'
+                              ELSE 'failed' END,
                 error = v_problem, body_error = coalesce(v_berr, body_error), processed_at = now()
             WHERE id = v_id[i];
         END LOOP;

@@ -1,0 +1,559 @@
+/*
+ * check_partitions.c - monthly partitions of webhook_events and
+ * shipment_events: made ahead by --migrate and by the analytics tick, an
+ * event whose month has no partition answered 503 (never a dead letter),
+ * dedup across partitions, retention that drops whole months but keeps
+ * pending events and dead letters, the conversion of an unpartitioned
+ * database with data, and the query plans over three filled months.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "itest.h"
+#include "metrics.h"
+#include "util.h"
+
+/* SQL: how many of the current UTC month and the `ahead` months after it
+ * have a partition of parent covering them. */
+static void
+covered_sql(char *buf, size_t cap, const char *parent, int ahead)
+{
+        snprintf(buf, cap,
+                 "SELECT count(*) FROM generate_series(0, %d) m "
+                 "CROSS JOIN LATERAL (SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+                 " + make_interval(months => m) AS lo) b "
+                 "WHERE EXISTS (SELECT 1 FROM eps_partitions('%s') p WHERE p.lo <= b.lo"
+                 " AND p.hi >= b.lo + interval '1 month' AND NOT p.detaching)",
+                 ahead, parent);
+}
+
+static long
+months_covered(PGconn *c, const char *parent, int ahead)
+{
+        char sql[600];
+        covered_sql(sql, sizeof(sql), parent, ahead);
+        return db_long(c, sql, NULL);
+}
+
+/* The name of parent's partition for the month `m` months from now. */
+static char *
+month_part(PGconn *c, const char *parent, int m)
+{
+        char sql[400];
+        snprintf(sql, sizeof(sql),
+                 "SELECT part::text FROM eps_partitions('%s') p WHERE p.lo = (date_trunc('month', "
+                 "now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') + make_interval(months => %d)",
+                 parent, m);
+        return db_text(c, sql, NULL);
+}
+
+static long
+rel_exists(PGconn *c, const char *name)
+{
+        return db_long(c, "SELECT count(*) FROM pg_class WHERE relname = $1", name);
+}
+
+START_TEST(test_partitions_ahead_after_migrate_and_tick)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", NULL };
+
+        /* --migrate (tests/integration.sh) made this month and three more */
+        ck_assert_int_eq(months_covered(c, "webhook_events", 3), 4);
+        ck_assert_int_eq(months_covered(c, "shipment_events", 3), 4);
+        /* shipment_events also takes any past time (a carrier's old scan) */
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM eps_partitions('shipment_events') "
+                                    "WHERE lo = '-infinity'", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM pg_partitioned_table t JOIN pg_class c "
+                                    "ON c.oid = t.partrelid WHERE c.relname IN "
+                                    "('webhook_events', 'shipment_events') AND t.partdefid <> 0", NULL), 0);
+
+        /* the furthest months go; the tick makes them again, once per slot */
+        for (int i = 0; i < 2; i++) {
+                const char *parent = i == 0 ? "webhook_events" : "shipment_events";
+                char *part = month_part(c, parent, 3), sql[300];
+                ck_assert_str_ne(part, "<none>");
+                snprintf(sql, sizeof(sql), "ALTER TABLE %s DETACH PARTITION %s", parent, part);
+                db_exec(c, sql);
+                snprintf(sql, sizeof(sql), "DROP TABLE %s", part);
+                db_exec(c, sql);
+                free(part);
+        }
+        ck_assert_int_eq(months_covered(c, "webhook_events", 3), 3);
+        db_exec(c, "TRUNCATE partition_maintenance");
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        char sql[700];
+        covered_sql(sql, sizeof(sql), "webhook_events", 3);
+        ck_assert_int_eq(db_wait_long(c, sql, 4, 20000), 4);
+        covered_sql(sql, sizeof(sql), "shipment_events", 3);
+        ck_assert_int_eq(db_wait_long(c, sql, 4, 20000), 4);
+        /* a few more ticks: each slot's run is recorded once, by this instance */
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 3) FROM partition_maintenance", 3, 20000), 3);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM partition_maintenance WHERE created > 0", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM partition_maintenance WHERE instance_id = ''", NULL), 0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+static char *
+tracker_body(const char *evt, const char *trk, const char *detail_time)
+{
+        char res[600];
+        snprintf(res, sizeof(res),
+                 "{\"id\":\"%s\",\"object\":\"Tracker\",\"carrier\":\"USPS\",\"status\":\"in_transit\","
+                 "\"tracking_code\":\"TC%s\",\"updated_at\":\"%s\",\"tracking_details\":["
+                 "{\"object\":\"TrackingDetail\",\"status\":\"in_transit\",\"message\":\"scan\","
+                 "\"datetime\":\"%s\"}]}",
+                 trk, trk, detail_time, detail_time);
+        return make_event(evt, "tracker.updated", res);
+}
+
+/* An event whose row has no partition to go to is answered 503, counted and
+ * reported by /readyz, and never stored as a dead letter; its neighbours
+ * commit; once the partition exists the retry is stored. */
+START_TEST(test_missing_partition_is_503_not_dead_letter)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=0", NULL };
+        char resp[512];
+
+        db_exec(c, "DROP TABLE IF EXISTS shipment_events_2099_01");
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "\"partitions\":\"ok\""));
+
+        /* a tracking detail in 2099 (no partition) among ordinary events */
+        enum { N = 24 };
+        char *bodies[N];
+        size_t lens[N];
+        int st[N];
+        for (int i = 0; i < N; i++) {
+                char evt[48], trk[48];
+                snprintf(evt, sizeof(evt), "evt_nopart_%02d", i);
+                snprintf(trk, sizeof(trk), "trk_nopart_%02d", i);
+                bodies[i] = tracker_body(evt, trk, i == 7 ? "2099-01-15T10:00:00Z" : "2025-03-01T10:00:00Z");
+                lens[i] = strlen(bodies[i]);
+        }
+        post_many(d.port, bodies, lens, N, N, st);
+        for (int i = 0; i < N; i++)
+                ck_assert_int_eq(st[i], i == 7 ? 503 : 200);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_nopart_%'",
+                                 NULL), N - 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_nopart_07'",
+                                 NULL), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id = 'evt_nopart_07'",
+                                 NULL), 0);
+        ck_assert(daemon_metric(d.port, "easypost_sync_partition_missing_total") >= 1);
+        ck_assert(daemon_metric(d.port, "easypost_sync_dead_letters_total") == 0);
+        ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
+        ck_assert_msg(strstr(resp, "\"partitions\":\"missing\"") != NULL, "%s", resp);
+
+        /* this month's raw events partition gone: every event 503, none lost */
+        char *cur = month_part(c, "webhook_events", 0), sql[400];
+        char *lo = db_text(c, "SELECT lo::text FROM eps_partitions('webhook_events') WHERE part::text = $1", cur);
+        char *hi = db_text(c, "SELECT hi::text FROM eps_partitions('webhook_events') WHERE part::text = $1", cur);
+        snprintf(sql, sizeof(sql), "ALTER TABLE webhook_events DETACH PARTITION %s", cur);
+        db_exec(c, sql);
+        char *b = make_event("evt_nopart_month", "batch.created", "{\"id\":\"batch_np\",\"object\":\"Batch\"}");
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 503);
+        snprintf(sql, sizeof(sql), "ALTER TABLE webhook_events ATTACH PARTITION %s FOR VALUES FROM ('%s') TO ('%s')",
+                 cur, lo, hi);
+        db_exec(c, sql);
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "\"stored\""));
+        free(b);
+
+        /* the month made: EasyPost's retry of the 2099 event is stored and projected */
+        db_exec(c, "SELECT eps_partition_attach('shipment_events', 'shipment_events_2099_01', "
+                   "'2099-01-01Z', '2099-02-01Z')");
+        ck_assert_int_eq(post_event(d.port, bodies[7], lens[7], NULL, 0), 200);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_nopart_07' "
+                                    "AND status = 'projected'", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events_2099_01", NULL), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        db_exec(c, "ALTER TABLE shipment_events DETACH PARTITION shipment_events_2099_01");
+        db_exec(c, "DROP TABLE shipment_events_2099_01");
+        for (int i = 0; i < N; i++)
+                free(bodies[i]);
+        free(cur);
+        free(lo);
+        free(hi);
+        PQfinish(c);
+}
+END_TEST
+
+/* Old months of raw events, made by hand: 2020-01 (projected events only),
+ * 2020-02 (one pending event), 2020-03 (one dead letter). */
+static void
+old_months(PGconn *c)
+{
+        static const char *const status[3] = { "projected", "pending", "failed" };
+
+        for (int m = 1; m <= 3; m++) {
+                char sql[900];
+                snprintf(sql, sizeof(sql),
+                         "DROP TABLE IF EXISTS webhook_events_2020_0%d;"
+                         "DELETE FROM webhook_event_ids WHERE event_id LIKE 'evt\\_old\\_%d\\_%%';"
+                         "SELECT eps_partition_attach('webhook_events', 'webhook_events_2020_0%d', "
+                         "'2020-0%d-01Z', '2020-0%d-01Z');"
+                         "INSERT INTO webhook_event_ids (event_id, received_at)"
+                         " SELECT 'evt_old_%d_' || g, '2020-0%d-10Z' FROM generate_series(1, 50) g;"
+                         "INSERT INTO webhook_events (id, event_id, description, raw, status, received_at)"
+                         " SELECT eps_uuid7(), 'evt_old_%d_' || g, 'tracker.updated', '{}',"
+                         " CASE WHEN g = 1 THEN '%s' ELSE 'projected' END, '2020-0%d-10Z'"
+                         " FROM generate_series(1, 50) g",
+                         m, m, m, m, m + 1, m, m, m, status[m - 1], m);
+                db_exec(c, sql);
+        }
+}
+
+START_TEST(test_duplicate_across_partitions_refused)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char resp[256];
+
+        old_months(c);
+        ck_assert_int_eq(daemon_start(&d, NULL), 0);
+        /* stored in 2020-01, delivered again now (another month's partition) */
+        char *b = make_event("evt_old_1_5", "tracker.updated", "{\"id\":\"trk_old\",\"object\":\"Tracker\"}");
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), resp, sizeof(resp)), 200);
+        ck_assert_msg(strstr(resp, "\"duplicate\"") != NULL, "%s", resp);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_old_1_5'", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events_2020_01 WHERE event_id = 'evt_old_1_5'",
+                                 NULL), 1);
+        free(b);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/* Retention drops a month once all of it is older, keeps a month holding a
+ * pending event or a dead letter, forgets the ids of the dropped events,
+ * and drops old history, leaving an empty partition for old scan times. */
+START_TEST(test_retention_drops_old_months_keeps_pending_and_dead_letters)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", "EASYPOST_SYNC_EVENT_RETENTION_DAYS=90",
+                              "EASYPOST_SYNC_HISTORY_RETENTION_DAYS=1",
+                              "EASYPOST_SYNC_DEAD_LETTER_RETENTION_DAYS=0", NULL };
+
+        old_months(c);
+        db_exec(c, "INSERT INTO shipment_events (tracker_id, status, message, event_datetime)"
+                   " VALUES (eps_uuid7(), 'in_transit', 'old scan', '2020-05-05Z')");
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id LIKE 'evt_old_%'", NULL),
+                         150);
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_class WHERE relname = 'webhook_events_2020_01'",
+                                      0, 20000),
+                         0);
+        ck_assert_int_eq(rel_exists(c, "webhook_events_2020_02"), 1);
+        ck_assert_int_eq(rel_exists(c, "webhook_events_2020_03"), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_old_%'", NULL),
+                         100);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id LIKE 'evt_old_%'",
+                                      100, 20000),
+                         100);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id LIKE 'evt_old_1_%'",
+                                 NULL), 0);
+        /* history: the old scan's partition went, an empty one for old times is back */
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM shipment_events WHERE message = 'old scan'", 0, 20000),
+                         0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM eps_partitions('shipment_events') "
+                                         "WHERE lo = '-infinity' AND NOT detaching",
+                                      1, 20000),
+                         1);
+        db_exec(c, "INSERT INTO shipment_events (tracker_id, status, message, event_datetime)"
+                   " VALUES (eps_uuid7(), 'in_transit', 'old scan again', '2020-05-05Z')");
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        /* the months kept go once their pending event is projected and the dead letter replayed */
+        db_exec(c, "UPDATE webhook_events SET status = 'projected' WHERE event_id LIKE 'evt_old_%'");
+        db_exec(c, "TRUNCATE partition_maintenance");
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_class WHERE relname IN "
+                                         "('webhook_events_2020_02', 'webhook_events_2020_03')",
+                                      0, 20000),
+                         0);
+        /* the history partition for old times went again (it held a row) and is back */
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM shipment_events WHERE message = 'old scan again'",
+                                      0, 20000),
+                         0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM eps_partitions('shipment_events') "
+                                         "WHERE lo = '-infinity' AND NOT detaching",
+                                      1, 20000),
+                         1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/* The retention is reloaded with the configuration (SIGHUP): a month kept
+ * while event_retention_days = 0 goes at a tick after the file says 90. */
+START_TEST(test_retention_follows_reload)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", NULL };
+        char *conf = tmpfile_with("event_retention_days = 0\n");
+
+        old_months(c);
+        db_exec(c, "TRUNCATE partition_maintenance");
+        itest_config = conf;
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        itest_config = NULL;
+        /* two upkeep runs that kept every month */
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 2) FROM partition_maintenance", 2, 20000), 2);
+        ck_assert_int_eq(rel_exists(c, "webhook_events_2020_01"), 1);
+        rewrite(conf, "event_retention_days = 90\n");
+        kill(d.pid, SIGHUP);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_class WHERE relname = 'webhook_events_2020_01'",
+                                      0, 20000),
+                         0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        unlink(conf);
+        free(conf);
+        PQfinish(c);
+}
+END_TEST
+
+/* ---- conversion of an unpartitioned database ---- */
+
+#define CONV_EVENTS 200000
+
+static int
+run_migrate(const char *conninfo, const char *sql_dir)
+{
+        char cmd[2048];
+        snprintf(cmd, sizeof(cmd), "DATABASE_URL='%s' '%s/easypost-syncd' --migrate --sql_dir='%s' 2>>'%s/migrate-conv.log'",
+                 conninfo, getenv("abs_top_builddir"), sql_dir,
+                 getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp");
+        return system(cmd);
+}
+
+START_TEST(test_migrate_converts_200k_events)
+{
+        const char *tmp = getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp";
+        const char *src = getenv("abs_top_srcdir");
+        char ci[1024], dir[512], cmd[4096];
+        PGconn *c = db_open();
+
+        db_exec(c, "DROP DATABASE IF EXISTS eps_conv");
+        db_exec(c, "CREATE DATABASE eps_conv");
+        PQfinish(c);
+        snprintf(ci, sizeof(ci), "%s dbname=eps_conv", getenv("TEST_PG_CONNINFO"));
+        /* the schema as it was before 0007 */
+        snprintf(dir, sizeof(dir), "%s/sql6", tmp);
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s' && ln -s '%s'/sql/000[1-6]_*.sql '%s'/ && "
+                                   "ln -s '%s/sql/functions' '%s/functions'",
+                 dir, dir, src, dir, src, dir);
+        ck_assert_int_eq(system(cmd), 0);
+        ck_assert_int_eq(run_migrate(ci, dir), 0);
+        c = PQconnectdb(ci);
+        ck_assert_int_eq(PQstatus(c), CONNECTION_OK);
+        ck_assert_int_eq(db_long(c, "SELECT max(version) FROM schema_migrations", NULL), 6);
+
+        /* CONV_EVENTS events over three months, a tracker and shipment per 4, two details each */
+        char fill[3000];
+        snprintf(fill, sizeof(fill),
+                 "INSERT INTO shipments (easypost_id, carrier, service, status, tracking_code, created_at)"
+                 " SELECT 'shp_conv' || g, 'USPS', 'Priority', 'in_transit', 'TC' || g, now() - (g %% 90) * interval '1 day'"
+                 " FROM generate_series(1, %d) g;"
+                 "INSERT INTO trackers (easypost_id, tracking_code, carrier, status, shipment_easypost_id, shipment_id)"
+                 " SELECT 'trk_conv' || substr(s.easypost_id, 9), s.tracking_code, 'USPS', 'in_transit', s.easypost_id, s.id"
+                 " FROM shipments s;"
+                 "INSERT INTO webhook_events (id, event_id, description, mode, object_id, raw, status, received_at)"
+                 " SELECT eps_uuid7(), 'evt_conv' || g, 'tracker.updated', 'test', 'trk_conv' || (g %% %d + 1),"
+                 " '{\"object\":\"Event\",\"id\":\"evt_conv' || g || '\",\"description\":\"tracker.updated\"}',"
+                 " CASE WHEN g %% 1000 = 0 THEN 'failed' ELSE 'projected' END,"
+                 " now() - (g %% 90) * interval '1 day' - (g %% 1440) * interval '1 minute'"
+                 " FROM generate_series(1, %d) g;"
+                 "INSERT INTO shipment_events (tracker_id, shipment_id, status, message, event_datetime)"
+                 " SELECT t.id, t.shipment_id, 'in_transit', 'scan ' || d || '/' || k,"
+                 "  now() - (k %% 90) * interval '1 day' - d * interval '1 hour'"
+                 " FROM trackers t CROSS JOIN generate_series(1, 2) d CROSS JOIN generate_series(1, 4) k;",
+                 CONV_EVENTS / 4, CONV_EVENTS / 4, CONV_EVENTS);
+        db_exec(c, fill);
+        long events = db_long(c, "SELECT count(*) FROM webhook_events", NULL);
+        long history = db_long(c, "SELECT count(*) FROM shipment_events", NULL);
+        char *sum_before = db_text(c, "SELECT md5(string_agg(event_id || status || raw || received_at::text, ',' "
+                                      "ORDER BY event_id)) FROM webhook_events", NULL);
+        ck_assert_int_eq(events, CONV_EVENTS);
+        ck_assert_int_eq(history, CONV_EVENTS * 2);
+        PQfinish(c);
+
+        uint64_t t0 = clock_mono_us();
+        snprintf(dir, sizeof(dir), "%s/sql", src);
+        ck_assert_int_eq(run_migrate(ci, dir), 0);
+        fprintf(stderr, "partitions: --migrate converted %d events and %d history rows in %.1f s\n",
+                CONV_EVENTS, CONV_EVENTS * 2, (double)(clock_mono_us() - t0) / 1e6);
+
+        c = PQconnectdb(ci);
+        ck_assert_int_eq(db_long(c, "SELECT max(version) FROM schema_migrations", NULL), 7);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM pg_class WHERE relkind = 'p' AND relname IN "
+                                    "('webhook_events', 'shipment_events')", NULL), 2);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events", NULL), events);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events", NULL), history);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_event_ids", NULL), events);
+        char *sum_after = db_text(c, "SELECT md5(string_agg(event_id || status || raw || received_at::text, ',' "
+                                     "ORDER BY event_id)) FROM webhook_events", NULL);
+        ck_assert_str_eq(sum_before, sum_after);
+        ck_assert_int_eq(months_covered(c, "webhook_events", 3), 4);
+        ck_assert_int_eq(months_covered(c, "shipment_events", 3), 4);
+        /* duplicates still refused, new events stored, history still unique */
+        char *out = db_text(c, "SELECT string_agg(status, ',' ORDER BY ord) FROM eps_ingest_batch("
+                               "ARRAY[eps_uuid7(), eps_uuid7(), eps_uuid7()], ARRAY['evt_conv5', 'evt_conv77', $1],"
+                               " ARRAY['batch.created', 'batch.created', 'batch.created'], ARRAY['test', 'test', 'test'],"
+                               " ARRAY[NULL, NULL, NULL]::text[], ARRAY['{}', '{}', '{}'],"
+                               " ARRAY['webhook', 'webhook', 'webhook'], ARRAY[NULL, NULL, NULL]::text[],"
+                               " NULL, NULL, NULL, false)",
+                            "evt_conv_new");
+        ck_assert_str_eq(out, "duplicate,duplicate,stored");
+        free(out);
+        PGresult *r = PQexec(c, "INSERT INTO shipment_events (tracker_id, status, message, event_datetime)"
+                                " SELECT tracker_id, status, message, event_datetime FROM shipment_events LIMIT 1");
+        ck_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "23505");
+        PQclear(r);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'failed'", NULL),
+                         CONV_EVENTS / 1000);
+        /* the analytics view over the converted history */
+        db_exec(c, "REFRESH MATERIALIZED VIEW CONCURRENTLY analytics_carrier_performance");
+        PQfinish(c);
+        free(sum_before);
+        free(sum_after);
+        c = db_open();
+        db_exec(c, "DROP DATABASE eps_conv");
+        PQfinish(c);
+}
+END_TEST
+
+/* ---- plans over three filled months ---- */
+
+static char *
+explain(PGconn *c, const char *sql)
+{
+        char q[2048];
+        struct strbuf b = { 0 };
+
+        snprintf(q, sizeof(q), "EXPLAIN (COSTS OFF) %s", sql);
+        PGresult *r = PQexec(c, q);
+        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
+        for (int i = 0; i < PQntuples(r); i++)
+                strbuf_printf(&b, "%s\n", PQgetvalue(r, i, 0));
+        PQclear(r);
+        fprintf(stderr, "partitions: EXPLAIN %s\n%s", sql, b.data);
+        return b.data;
+}
+
+/* The plan of sql reads every table of filled (the ones with data) through
+ * an index; empty partitions may be scanned, at no cost. */
+static void
+assert_indexed(PGconn *c, const char *sql, char *const *filled)
+{
+        char *plan = explain(c, sql);
+        char seq[200];
+
+        for (char *const *f = filled; *f; f++)
+                for (int end = 0; end < 2; end++) {
+                        snprintf(seq, sizeof(seq), "Seq Scan on %s%c", *f, end ? '\n' : ' ');
+                        ck_assert_msg(strstr(plan, seq) == NULL, "%s read sequentially in the plan of %s:\n%s",
+                                      *f, sql, plan);
+                }
+        ck_assert_msg(strstr(plan, "Index") != NULL, "no index in the plan of %s:\n%s", sql, plan);
+        free(plan);
+}
+
+START_TEST(test_query_plans_use_indexes_with_three_months)
+{
+        PGconn *c = db_open();
+
+        /* three months of raw events and history: this one and the next two */
+        db_exec(c, "INSERT INTO webhook_events (id, event_id, description, object_id, raw, status, received_at)"
+                   " SELECT eps_uuid7(), 'evt_plan_' || m || '_' || g, 'tracker.updated', 'trk_plan_' || (g % 3000),"
+                   " '{}', CASE WHEN g % 500 = 0 THEN 'failed' ELSE 'projected' END,"
+                   " (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') + make_interval(months => m)"
+                   "  + (g % 20) * interval '1 day'"
+                   " FROM generate_series(0, 2) m CROSS JOIN generate_series(1, 15000) g");
+        db_exec(c, "INSERT INTO webhook_event_ids (event_id, received_at)"
+                   " SELECT event_id, received_at FROM webhook_events WHERE event_id LIKE 'evt_plan_%'");
+        db_exec(c, "INSERT INTO shipments (easypost_id, carrier, service, status, tracking_code, created_at)"
+                   " SELECT 'shp_plan_' || g, CASE WHEN g % 2 = 0 THEN 'USPS' ELSE 'UPS' END, 'Ground',"
+                   " CASE WHEN g % 7 = 0 THEN 'delivered' ELSE 'in_transit' END, 'TCP' || g, now() - g * interval '1 minute'"
+                   " FROM generate_series(1, 3000) g ON CONFLICT DO NOTHING;"
+                   "INSERT INTO trackers (easypost_id, tracking_code, carrier, status, shipment_easypost_id, shipment_id)"
+                   " SELECT 'trk_plan_' || substr(s.easypost_id, 10), s.tracking_code, s.carrier, s.status, s.easypost_id, s.id"
+                   " FROM shipments s WHERE s.easypost_id LIKE 'shp_plan_%' ON CONFLICT DO NOTHING;"
+                   "INSERT INTO shipment_events (tracker_id, shipment_id, status, message, event_datetime)"
+                   " SELECT t.id, t.shipment_id, CASE WHEN k = 15 THEN 'delivered' ELSE 'in_transit' END, 'scan ' || k,"
+                   " (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') + make_interval(months => k % 3)"
+                   "  + k * interval '1 hour'"
+                   " FROM trackers t CROSS JOIN generate_series(1, 15) k WHERE t.easypost_id LIKE 'trk_plan_%'"
+                   " ON CONFLICT DO NOTHING");
+        db_exec(c, "ANALYZE webhook_events; ANALYZE webhook_event_ids; ANALYZE shipment_events; ANALYZE trackers;"
+                   " ANALYZE shipments");
+        ck_assert_int_eq(db_long(c, "SELECT count(DISTINCT tableoid) FROM shipment_events WHERE message LIKE 'scan %'",
+                                 NULL), 3);
+        ck_assert_int_eq(db_long(c, "SELECT count(DISTINCT tableoid) FROM webhook_events WHERE event_id LIKE 'evt_plan_%'",
+                                 NULL), 3);
+
+        char *filled[10] = { "webhook_event_ids", "trackers", "shipments" };
+        for (int m = 0; m < 3; m++) {
+                filled[3 + m] = month_part(c, "webhook_events", m);
+                filled[6 + m] = month_part(c, "shipment_events", m);
+        }
+        filled[9] = NULL;
+
+        /* README's query patterns */
+        assert_indexed(c, "SELECT * FROM webhook_events WHERE object_id = 'trk_plan_17'", filled);
+        assert_indexed(c, "SELECT * FROM webhook_events WHERE event_id = 'evt_plan_1_77'", filled);
+        assert_indexed(c, "SELECT 1 FROM webhook_event_ids WHERE event_id = 'evt_plan_1_77'", filled);
+        assert_indexed(c, "SELECT count(*) FROM webhook_events WHERE status = 'pending'", filled);
+        assert_indexed(c, "SELECT * FROM webhook_events WHERE status = 'failed' ORDER BY received_at", filled);
+        assert_indexed(c, "SELECT e.* FROM trackers t JOIN shipment_events e ON e.tracker_id = t.id "
+                          "WHERE t.easypost_id = 'trk_plan_17' ORDER BY e.event_datetime", filled);
+        assert_indexed(c, "SELECT e.* FROM trackers t JOIN shipment_events e ON e.tracker_id = t.id "
+                          "WHERE t.shipment_id = (SELECT id FROM shipments WHERE easypost_id = 'shp_plan_17') "
+                          "ORDER BY e.event_datetime", filled);
+        assert_indexed(c, "SELECT status, carrier, service FROM shipments WHERE tracking_code = 'TCP17'", filled);
+        /* a time range reads only its months */
+        char *next = month_part(c, "webhook_events", 1);
+        char *plan = explain(c, "SELECT count(*) FROM webhook_events WHERE received_at < "
+                                "date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 month'");
+        ck_assert_msg(strstr(plan, next) == NULL, "%s scanned:\n%s", next, plan);
+        free(plan);
+        free(next);
+        /* The views aggregate whole tables, before as after partitioning: what
+         * the refresh of the history view reads is each partition once */
+        free(explain(c, "SELECT t.id, min(e.event_datetime) FROM trackers t JOIN shipment_events e "
+                        "ON e.tracker_id = t.id GROUP BY t.id"));
+        db_exec(c, "DELETE FROM webhook_events WHERE event_id LIKE 'evt_plan_%'");
+        for (int i = 3; i < 9; i++)
+                free(filled[i]);
+        PQfinish(c);
+}
+END_TEST
+
+Suite *
+partitions_suite(void)
+{
+        Suite *s = suite_create("partitions");
+        TCase *tc = tcase_create("partitions");
+
+        tcase_set_timeout(tc, 180);
+        tcase_add_test(tc, test_partitions_ahead_after_migrate_and_tick);
+        tcase_add_test(tc, test_missing_partition_is_503_not_dead_letter);
+        tcase_add_test(tc, test_duplicate_across_partitions_refused);
+        tcase_add_test(tc, test_retention_drops_old_months_keeps_pending_and_dead_letters);
+        tcase_add_test(tc, test_retention_follows_reload);
+        tcase_add_test(tc, test_query_plans_use_indexes_with_three_months);
+        tcase_add_test(tc, test_migrate_converts_200k_events);
+        suite_add_tcase(s, tc);
+        return s;
+}
