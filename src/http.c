@@ -5,7 +5,9 @@
  * ops endpoints; with metrics_listen a second evhttp serves only those.
  * Every method is let through to the handlers so a wrong one gets our JSON
  * 405 instead of libevent's page. Oversized bodies are refused by evhttp
- * itself from Content-Length, before a byte of the body is read.
+ * itself from Content-Length, before a byte of the body is read; the
+ * socket then lingers (linger.c) so that a client still sending reads the
+ * answer instead of a reset.
  *
  * Connections: see conn_bev for the cap; TLS (1.2 at least) is OpenSSL
  * through bufferevent_openssl when tls_cert and tls_key are set.
@@ -27,6 +29,7 @@
 #include <string.h>
 
 #include "app.h"
+#include "linger.h"
 #include "log.h"
 #include "ops.h"
 #include "webhook.h"
@@ -37,6 +40,7 @@ struct http {
         struct evhttp_bound_socket *main_sock, *ops_sock;
         unsigned port;
         SSL_CTX *tls;
+        struct linger_pool *linger;
         struct event *pause_timer;
         bool paused;
         unsigned long pauses;
@@ -47,6 +51,11 @@ struct http {
 #define HTTP_FD_RESERVE 64
 #define HTTP_PAUSE_CHECK_MS 100
 #define HTTP_LISTEN_BACKLOG 4096
+/* Lingering close: per socket at most this long and this much read; at most
+ * this many sockets at once. */
+#define HTTP_LINGER_MS 2000
+#define HTTP_LINGER_BYTES (4u << 20)
+#define HTTP_LINGER_SOCKS 256
 
 static void
 pause_listeners(struct http *h, bool pause)
@@ -106,6 +115,7 @@ conn_bev(struct event_base *base, void *arg)
         }
         if (bev == NULL)
                 abort();
+        linger_watch(h->linger, bev);
         if (max > 0 && !h->paused && ops_open_fds() >= (unsigned)max + HTTP_FD_RESERVE) {
                 struct timeval tv = { 0, HTTP_PAUSE_CHECK_MS * 1000 };
                 log_warn("http", "max_connections (%ld) reached: new connections wait in the backlog",
@@ -274,6 +284,7 @@ http_new(struct app *a, struct err *e)
 
         h->app = a;
         h->pause_timer = evtimer_new(a->base, pause_check_cb, h);
+        h->linger = linger_new(a->base, HTTP_LINGER_MS, HTTP_LINGER_BYTES, HTTP_LINGER_SOCKS);
         if (a->cfg->tls_cert[0]) {
                 h->tls = tls_ctx_new(a->cfg, e);
                 if (h->tls == NULL)
@@ -332,6 +343,7 @@ http_free(struct http *h)
                 evhttp_free(h->main);
         if (h->ops)
                 evhttp_free(h->ops);
+        linger_free(h->linger);
         SSL_CTX_free(h->tls);
         if (h->pause_timer)
                 event_free(h->pause_timer);
