@@ -5,7 +5,9 @@
  * ops endpoints; with metrics_listen a second evhttp serves only those.
  * Every method is let through to the handlers so a wrong one gets our JSON
  * 405 instead of libevent's page. Oversized bodies are refused by evhttp
- * itself from Content-Length, before a byte of the body is read.
+ * itself from Content-Length, before a byte of the body is read; the
+ * socket then lingers (linger.c) so that a client still sending reads the
+ * answer instead of a reset.
  *
  * Routes are the owner's (http_route); what is not routed gets a JSON 404.
  * Connections: see conn_bev for the cap; TLS (1.2 at least) is OpenSSL
@@ -27,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "linger.h"
 #include "log.h"
 
 /* A connection accepted in this loop pass, waiting for its evhttp_connection. */
@@ -43,6 +46,7 @@ struct http {
         struct evhttp_bound_socket *main_sock, *ops_sock;
         unsigned port;
         SSL_CTX *tls;
+        struct linger_pool *linger;
         bool paused;
         unsigned long pauses;
         long max_connections;
@@ -51,6 +55,11 @@ struct http {
 };
 
 #define HTTP_LISTEN_BACKLOG 4096
+/* Lingering close: per socket at most this long and this much read; at most
+ * this many sockets at once. */
+#define HTTP_LINGER_MS 2000
+#define HTTP_LINGER_BYTES (4u << 20)
+#define HTTP_LINGER_SOCKS 256
 
 /* Answers by endpoint and status class ([1] = 1xx .. [5] = 5xx), process-wide. */
 static uint64_t requests[EP_COUNT][6];
@@ -77,7 +86,7 @@ conn_closed(struct evhttp_connection *evcon, void *arg)
 {
         struct http *h = arg;
 
-        (void)evcon;
+        linger_closed(h->linger, evcon);
         h->conns--;
         if (h->paused && h->conns < (unsigned)h->max_connections) {
                 log_info("http", "below max_connections again: accepting");
@@ -340,6 +349,7 @@ http_new(struct event_base *base, const struct cfg *c, struct err *e)
 
         h->base = base;
         h->max_connections = c->max_connections;
+        h->linger = linger_new(base, HTTP_LINGER_MS, HTTP_LINGER_BYTES, HTTP_LINGER_SOCKS);
         if (c->tls_cert[0]) {
                 h->tls = tls_ctx_new(c, e);
                 if (h->tls == NULL)
@@ -430,6 +440,7 @@ http_free(struct http *h)
                 evhttp_free(h->main);
         if (h->ops)
                 evhttp_free(h->ops);
+        linger_free(h->linger);
         SSL_CTX_free(h->tls);
         while (h->watches)
                 watch_free(h->watches);

@@ -115,21 +115,57 @@ raw_connect(unsigned port)
         return fd;
 }
 
-/* Sends everything it can; stops quietly when the daemon has answered and
- * closed (EPIPE, ECONNRESET) or stopped reading (send timeout). */
+/* Sends everything it can; stops when the daemon has answered and closed
+ * (EPIPE, ECONNRESET) or stopped reading (send timeout: EAGAIN). Returns the
+ * bytes sent; *err gets the errno that stopped it (0 when all went out). */
+static size_t
+raw_send_n(int fd, const void *p, size_t n, int *err)
+{
+        const char *s = p;
+        size_t sent = 0;
+
+        *err = 0;
+        while (sent < n) {
+                ssize_t w = send(fd, s + sent, n - sent, MSG_NOSIGNAL);
+                if (w < 0 && errno == EINTR)
+                        continue;
+                if (w <= 0) {
+                        *err = w < 0 ? errno : EPIPE;
+                        break;
+                }
+                sent += (size_t)w;
+        }
+        return sent;
+}
+
 static void
 raw_send(int fd, const void *p, size_t n)
 {
-        const char *s = p;
+        int err;
 
-        while (n > 0) {
-                ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
-                if (w < 0 && errno == EINTR)
+        (void)raw_send_n(fd, p, n, &err);
+}
+
+#define RECV_TIMEOUT (-2)
+
+/* recv(2) of what arrives by `end` (clock_mono_us), or RECV_TIMEOUT. */
+static ssize_t
+raw_recv_by(int fd, uint64_t end, void *p, size_t cap)
+{
+        for (;;) {
+                uint64_t now = clock_mono_us();
+                if (now >= end)
+                        return RECV_TIMEOUT;
+                struct pollfd pfd = { .fd = fd, .events = POLLIN };
+                int pr = poll(&pfd, 1, (int)((end - now) / 1000u) + 1);
+                if (pr < 0 && errno == EINTR)
                         continue;
-                if (w <= 0)
-                        return;
-                s += w;
-                n -= (size_t)w;
+                if (pr == 0)
+                        return RECV_TIMEOUT;
+                ssize_t r = recv(fd, p, cap, 0);
+                if (r < 0 && errno == EINTR)
+                        continue;
+                return r;
         }
 }
 
@@ -157,18 +193,9 @@ raw_status(int fd, int timeout_ms, bool stop_1xx, char *head, size_t cap)
                         }
                         return st;
                 }
-                uint64_t now = clock_mono_us();
-                if (now >= end)
+                ssize_t r = raw_recv_by(fd, end, head + n, cap - 1 - n);
+                if (r == RECV_TIMEOUT)
                         return RAW_TIMEOUT;
-                struct pollfd pfd = { .fd = fd, .events = POLLIN };
-                int pr = poll(&pfd, 1, (int)((end - now) / 1000u) + 1);
-                if (pr < 0 && errno == EINTR)
-                        continue;
-                if (pr == 0)
-                        return RAW_TIMEOUT;
-                ssize_t r = recv(fd, head + n, cap - 1 - n, 0);
-                if (r < 0 && errno == EINTR)
-                        continue;
                 if (r <= 0)
                         return n > 0 && sscanf(head, "HTTP/1.%*d %d", &st) == 1 ? st : RAW_CLOSED;
                 n += (size_t)r;
@@ -1258,6 +1285,164 @@ START_TEST(test_hostile_table)
 }
 END_TEST
 
+/* ---- early answers to clients still sending (lingering close) ------------------------- */
+
+#define L_BODY (2L << 20) /* twice max_body_bytes, sent in one go before reading */
+
+/* Reads until end of file, an error or timeout_ms; returns 0 on a clean end
+ * of file, else the errno of the failed recv (ETIMEDOUT on timeout). */
+static int
+raw_read_all(int fd, int timeout_ms, struct buf *out)
+{
+        uint64_t end = clock_mono_us() + (uint64_t)timeout_ms * 1000u;
+        char chunk[16384];
+
+        for (;;) {
+                ssize_t r = raw_recv_by(fd, end, chunk, sizeof(chunk));
+                if (r == RECV_TIMEOUT)
+                        return ETIMEDOUT;
+                if (r < 0)
+                        return errno;
+                if (r == 0)
+                        return 0;
+                buf_add(out, chunk, (size_t)r);
+        }
+}
+
+/* The head of an oversized signed POST declaring `declared` bytes. */
+static void
+oversized_head(struct buf *b, const char *body, size_t len, unsigned long long declared)
+{
+        req_start(b, "POST", H_PATH, "application/json");
+        req_sig(b, body, len);
+        buf_printf(b, "Content-Length: %llu\r\n\r\n", declared);
+}
+
+/* A client that sends head and 2 MiB of body in one go and only then reads:
+ * evhttp answers 413 from the head; the client must be able to send it all
+ * (no reset while sending), then read that answer whole and a clean end of
+ * file. */
+START_TEST(test_early_413_reaches_a_client_still_sending)
+{
+        struct buf req = { 0 }, resp = { 0 };
+        char *body = xmalloc(L_BODY);
+        int serr, rerr;
+        long clen = -1;
+
+        memset(body, ' ', L_BODY);
+        oversized_head(&req, body, L_BODY, L_BODY);
+        buf_add(&req, body, L_BODY);
+        int fd = raw_connect(dm.port);
+        /* A small send buffer, as over a real network: what the daemon does
+         * not read cannot all wait in this host's buffers. */
+        int sndbuf = 65536;
+        ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
+        size_t sent = raw_send_n(fd, req.p, req.len, &serr);
+        rerr = raw_read_all(fd, 15000, &resp);
+        close(fd);
+        const char *eoh = resp.p ? strstr(resp.p, "\r\n\r\n") : NULL;
+        const char *cl = resp.p ? strcasestr(resp.p, "\r\nContent-Length:") : NULL;
+        if (cl != NULL)
+                clen = strtol(cl + strlen("\r\nContent-Length:"), NULL, 10);
+        fprintf(stderr, "early 413: sent %zu of %zu bytes (%s), read %zu bytes then %s\n", sent,
+                req.len, serr ? strerror(serr) : "all", resp.len,
+                rerr ? strerror(rerr) : "end of file");
+        fprintf(stderr, "early 413 answer: %s\n", resp.p ? resp.p : "(nothing)");
+        ck_assert_msg(rerr == 0, "reading the answer ended with %s after %zu bytes: %.80s",
+                      strerror(rerr), resp.len, resp.p ? resp.p : "");
+        ck_assert_msg(resp.len > 0 && strncmp(resp.p, "HTTP/1.1 413 ", 13) == 0, "answer: %.80s",
+                      resp.p ? resp.p : "(nothing)");
+        ck_assert_ptr_nonnull(eoh);
+        ck_assert_int_gt(clen, 0);
+        ck_assert_int_eq((long)(resp.len - (size_t)(eoh + 4 - resp.p)), clen);
+        ck_assert_msg(sent == req.len, "the daemon stopped reading after %zu of %zu bytes: %s",
+                      sent, req.len, strerror(serr));
+        buf_free(&req);
+        buf_free(&resp);
+        free(body);
+}
+END_TEST
+
+/* A client that declares a huge body and never stops sending is cut off
+ * (reset) once it has sent a few MiB more than the daemon reads, within
+ * seconds; the daemon serves and stores as before. */
+START_TEST(test_endless_sender_is_cut_off)
+{
+        struct buf head = { 0 };
+        char *chunk = xcalloc(1, 65536);
+        char *ev = event_body("evt_linger_endless");
+        int err = 0;
+        size_t total = 0;
+
+        memset(chunk, ' ', 65536);
+        oversized_head(&head, ev, strlen(ev), 1ULL << 40);
+        int fd = raw_connect(dm.port);
+        uint64_t t0 = clock_mono_us();
+        total += raw_send_n(fd, head.p, head.len, &err);
+        while (err == 0 && ms_since(t0) < 30000)
+                total += raw_send_n(fd, chunk, 65536, &err);
+        double secs = ms_since(t0) / 1000.0;
+        close(fd);
+        fprintf(stderr, "endless sender: cut after %.1f s and %zu bytes (%s)\n", secs, total,
+                err ? strerror(err) : "not cut");
+        ck_assert_msg(err == EPIPE || err == ECONNRESET,
+                      "sending ended with %s after %.1f s and %zu bytes",
+                      err ? strerror(err) : "nothing (30 s)", secs, total);
+        ck_assert_msg(secs < 15, "cut only after %.1f s", secs);
+        ck_assert_msg(total < (64UL << 20), "%zu bytes accepted before the cut", total);
+
+        char resp[256];
+        char *b = event_body("evt_linger_after_endless");
+        ck_assert_int_eq(http_req(dm.port, "GET", "/healthz", NULL, NULL, 0, NULL, 0), 200);
+        ck_assert_int_eq(post_event(dm.port, b, strlen(b), resp, sizeof(resp)), 200);
+        free(b);
+        free(ev);
+        free(chunk);
+        buf_free(&head);
+}
+END_TEST
+
+/* Clients that get an early 413 and then stay connected without a word:
+ * the daemon holds at most its cap of lingering sockets (256) however many
+ * such clients there are, lets each go after its time bound (2 s) although
+ * the client stays, and serves meanwhile. */
+START_TEST(test_lingering_sockets_are_bounded)
+{
+        enum { N = 300, CAP = 256 };
+        int fds[N];
+        struct buf head = { 0 };
+        char *ev = event_body("evt_linger_bounded");
+        char resp[512];
+        const char *metric = "easypost_sync_process_open_fds";
+        double base = daemon_metric(dm.port, metric), most, now;
+
+        oversized_head(&head, ev, strlen(ev), L_BODY);
+        for (int i = 0; i < N; i++) {
+                fds[i] = raw_connect(dm.port);
+                raw_send(fds[i], head.p, head.len);
+        }
+        for (int i = 0; i < N; i++) {
+                int st = raw_status(fds[i], 15000, true, resp, sizeof(resp));
+                ck_assert_msg(st == 413, "client %d got %d", i, st);
+        }
+        /* Every connection has been answered and closed by evhttp: what is
+         * still open for the clients is lingering. */
+        most = daemon_metric(dm.port, metric);
+        ck_assert_int_eq(http_req(dm.port, "GET", "/healthz", NULL, NULL, 0, NULL, 0), 200);
+        uint64_t t0 = clock_mono_us();
+        while ((now = daemon_metric(dm.port, metric)) > base + 8 && ms_since(t0) < 20000)
+                usleep(100 * 1000);
+        fprintf(stderr, "lingering: %.0f open fds before, %.0f with %d silent clients answered, "
+                        "%.0f after %.1f s\n", base, most, N, now, ms_since(t0) / 1000.0);
+        for (int i = 0; i < N; i++)
+                close(fds[i]);
+        ck_assert_msg(most <= base + CAP + 16, "%.0f open fds once all were answered (%.0f before)", most, base);
+        ck_assert_msg(now <= base + 8, "%.0f open fds 20 s later (%.0f before)", now, base);
+        buf_free(&head);
+        free(ev);
+}
+END_TEST
+
 Suite *
 hostile_suite(void)
 {
@@ -1267,6 +1452,14 @@ hostile_suite(void)
         tcase_add_checked_fixture(tc, up, down);
         tcase_set_timeout(tc, 300);
         tcase_add_test(tc, test_hostile_table);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("linger");
+        tcase_add_checked_fixture(tc, up, down);
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_early_413_reaches_a_client_still_sending);
+        tcase_add_test(tc, test_endless_sender_is_cut_off);
+        tcase_add_test(tc, test_lingering_sockets_are_bounded);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -189,7 +189,7 @@ START_TEST(test_unprojectable_tracker_event_fetches_the_tracker)
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
                                     "WHERE t.easypost_id = 'trk_heal1'", NULL), 2);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' "
-                                         "AND object_id = 'trk_heal1' AND status = 'done'", 1, 5000), 1);
+                                         "AND object_id = 'trk_heal1' AND status = 'done'", 1, 20000), 1);
         ck_assert_int_eq(stat_long("by_path", "/v2/trackers/trk_heal1"), 1);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
@@ -239,9 +239,13 @@ START_TEST(test_401_stops_worker_without_storm)
                 snprintf(ev, sizeof(ev), "evt_auth%d", i);
                 post_tracker(d.port, ev, shp);
         }
-        /* wait for the worker to give up, then watch that it stays quiet */
-        uint64_t end = clock_mono_us() + 10000000u;
-        while (stat_long("auth_failures", NULL) == 0 && clock_mono_us() < end)
+        /* wait for the worker to give up and for the answers to all it sent
+         * (then every request it made has reached the fake API), then watch
+         * that it stays quiet */
+        uint64_t end = clock_mono_us() + 20000000u;
+        while ((daemon_metric(d.port, "easypost_sync_api_authorized") != 0 ||
+                daemon_metric(d.port, "easypost_sync_api_in_flight") != 0) &&
+               clock_mono_us() < end)
                 wait_status(d.port, "/healthz", 200, 100);
         ck_assert_int_ge(stat_long("auth_failures", NULL), 1);
         long before = stat_long("requests", NULL);
@@ -318,7 +322,10 @@ START_TEST(test_kill_mid_queue_every_job_done_once)
                 snprintf(ev, sizeof(ev), "evt_kill%d", i);
                 post_tracker(d.port, ev, shp);
         }
-        ck_assert_int_ge(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'running'", 2, 10000), 1);
+        /* kill as soon as a fetch is in flight (waiting for an exact number of
+         * running jobs could miss it and find them all done) */
+        ck_assert_int_eq(db_wait_long(c, "SELECT least(count(*), 1) FROM sync_jobs WHERE status = 'running'",
+                                      1, 20000), 1);
         daemon_stop(&d, SIGKILL);
         long running = db_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'running'", NULL);
         fprintf(stderr, "killed with %ld jobs running\n", running);
