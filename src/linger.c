@@ -31,6 +31,7 @@
 #include "linger.h"
 
 #include <errno.h>
+#include <event2/bufferevent.h>
 #include <event2/http.h>
 #include <fcntl.h>
 #include <stdbool.h>

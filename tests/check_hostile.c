@@ -1413,7 +1413,7 @@ START_TEST(test_lingering_sockets_are_bounded)
         struct buf head = { 0 };
         char *ev = event_body("evt_linger_bounded");
         char resp[512];
-        const char *metric = "easypost_sync_process_open_fds";
+        const char *metric = "process_open_fds";
         double base = daemon_metric(dm.port, metric), most, now;
 
         oversized_head(&head, ev, strlen(ev), L_BODY);
