@@ -159,13 +159,59 @@ rl_stop() {
         wait "$1" 2>/dev/null || true
 }
 
-rl_stop_all() {
+# rl_stop_procs: every daemon, HAProxy and fake started here; rl_stop_all: PgBouncer too
+rl_stop_procs() {
         for rl_pid in $RL_PIDS; do
                 rl_stop "$rl_pid"
         done
         RL_PIDS=""
+}
+rl_stop_all() {
+        rl_stop_procs
         if [ -n "$RL_PGB_PIDFILE" ] && [ -s "$RL_PGB_PIDFILE" ]; then
                 rl_stop "$(cat "$RL_PGB_PIDFILE")"
         fi
         RL_PGB_PIDFILE=""
+}
+
+# --- for the bench scripts (bench/replicas.sh, bench/wal.sh) -----------------
+
+# rl_bench_start NAME: RL_DIR = a new /tmp/NAME.XXXXXX, a cluster in
+# RL_DIR/pg (PG_FSYNC, PG_OPTS apply) with an empty database "bench", and an
+# EXIT trap that stops everything started here and removes RL_DIR (kept on
+# failure or with BENCH_KEEP=1). Sets pg_dir, pg_port, db, pg_direct.
+rl_bench_start() {
+        RL_DIR=$(mktemp -d "/tmp/$1.XXXXXX")
+        chmod 755 "$RL_DIR"
+        pg_dir=$RL_DIR/pg
+        pg_port=$((20000 + ($$ + 11) % 20000)) # names the socket only
+        db=bench
+        pg_direct="host=$pg_dir port=$pg_port dbname=$db user=postgres"
+        rl_pg_started=
+        trap rl_bench_cleanup EXIT
+        trap 'exit 130' INT TERM
+        "$top_srcdir/tests/pg.sh" start "$pg_dir" "$pg_port"
+        rl_pg_started=1
+        "$top_srcdir/tests/pg.sh" createdb "$pg_dir" "$pg_port" "$db"
+}
+rl_bench_cleanup() {
+        rl_rc=$?
+        trap - EXIT INT TERM
+        rl_stop_all
+        [ -n "$rl_pg_started" ] && "$top_srcdir/tests/pg.sh" stop "$pg_dir" fast
+        if [ "$rl_rc" != 0 ] || [ "${BENCH_KEEP:-0}" = 1 ]; then
+                rl_log "logs kept in $RL_DIR"
+        else
+                rm -rf "$RL_DIR"
+        fi
+        exit "$rl_rc"
+}
+# q SQL [DB]: one statement on the cluster's socket, unaligned
+q() { psql -X -qAt -v ON_ERROR_STOP=1 -h "$pg_dir" -p "$pg_port" -U postgres -d "${2:-$db}" -c "$1"; }
+# rl_fresh_db: drop and create the database, apply the migrations directly
+rl_fresh_db() {
+        q "DROP DATABASE IF EXISTS $db WITH (FORCE)" postgres
+        q "CREATE DATABASE $db" postgres
+        DATABASE_URL=$pg_direct "$top_builddir/easypost-syncd" --migrate --sql_dir="$top_srcdir/sql" \
+                >"$RL_DIR/migrate.log" 2>&1 || { cat "$RL_DIR/migrate.log" >&2; return 1; }
 }
