@@ -8,7 +8,9 @@
 # --log_level=warn and the defaults otherwise, and loadgen drives them closed
 # loop, then checks that every event answered 2xx is stored once (lost = 0).
 # Each case also records PostgreSQL's CPU, WAL and database growth per event
-# (pg_current_wal_lsn(), pg_database_size() before and after).
+# (pg_current_wal_lsn(), pg_database_size() before and after) and the events
+# per commit (COMMIT records in that WAL, pg_waldump): replicas split the
+# load, so each one's batches are smaller.
 #
 # Knobs: BENCH_N (events per case, 20000), BENCH_CONNS (loadgen connections,
 # 32), BENCH_PROFILE (unique), BENCH_BUILDDIR (where easypost-syncd and
@@ -84,7 +86,8 @@ run_case() { # run_case direct|pgbouncer REPLICAS
         size1=$(q "SELECT pg_database_size(current_database())")
         rl_stop_procs
         [ -s "$json" ] || return 0
-        local tp p99 cpu lost retries wal grow
+        local tp p99 cpu lost retries wal grow commits
+        commits=$(rl_wal "$lsn0" "$lsn1" | awk '{ print $3 }')
         tp=$(jget throughput "$json")
         p99=$(jget p99_ms "$json")
         cpu=$(jget pg_cpu_s "$json")
@@ -93,7 +96,8 @@ run_case() { # run_case direct|pgbouncer REPLICAS
         wal=$(q "SELECT round(pg_wal_lsn_diff('$lsn1', '$lsn0') / $n / 1024.0, 1)")
         grow=$(q "SELECT round(($size1 - $size0) / $n / 1024.0, 1)")
         rows+=("$(awk -v l="$label" -v tp="$tp" -v p="$p99" -v c="$cpu" -v n="$n" -v w="$wal" -v g="$grow" \
-                -v r="$retries" -v lo="$lost" 'BEGIN { printf "| %s | %.0f | %.1f | %.0f | %s | %s | %s | %s |", l, tp, p, c * 1e6 / n, w, g, r, lo }')")
+                -v r="$retries" -v lo="$lost" -v k="$commits" \
+                'BEGIN { printf "| %s | %.0f | %.1f | %.0f | %.1f | %s | %s | %s | %s |", l, tp, p, c * 1e6 / n, n / k, w, g, r, lo }')")
 }
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -104,7 +108,7 @@ done
         echo "Replicas, $profile profile, $n events per case, loadgen closed loop c=$conns through HAProxy;"
         echo "$(nproc) cores, load average before: $load0; $(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
         echo
-        echo "| case | events/s | p99 ms | PostgreSQL µs/event | WAL KB/event | database KB/event | retries | lost |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| case | events/s | p99 ms | PostgreSQL µs/event | events/commit | WAL KB/event | database KB/event | retries | lost |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         printf '%s\n' "${rows[@]}"
 } | tee "$out"

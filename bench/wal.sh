@@ -5,7 +5,8 @@
 # full-page image bytes from pg_waldump --stats) and what every table grew by; then a
 # CHECKPOINT and WAL_PROBE more events: the same figures once every page
 # the first load made must be written whole again on its first change, as
-# after each checkpoint of a long-running database.
+# after each checkpoint of a long-running database. After the first load it
+# times each analytics view's refresh (eps_refresh_view, as the timer runs it).
 # PostgreSQL runs with the compose file's WAL settings (wal_compression=lz4,
 # max_wal_size=4GB, checkpoint_timeout=15min) unless PG_OPTS says otherwise.
 #
@@ -32,8 +33,6 @@ log() { printf '== %s\n' "$*" >&2; }
         die "build first (make easypost-syncd bench/loadgen in ${BENCH_BUILDDIR:-the source tree})"
 
 rl_bench_start eps-bench-wal
-pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u "$(tests/pg.sh user "$RL_DIR")" -- "$@"; else "$@"; fi; }
 rl_port http_port || die "free port"
 DATABASE_URL=$pg_direct
 EASYPOST_WEBHOOK_SECRET="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
@@ -47,6 +46,7 @@ sizes() {
 }
 # load PROFILE COUNT SEED LABEL: COUNT events; appends a row to rows[]
 rows=()
+refresh=()
 load() {
         local lsn0 lsn1 s0 s1
         sizes >"$RL_DIR/sizes0"
@@ -58,10 +58,7 @@ load() {
         sizes >"$RL_DIR/sizes1"
         local wal fpi recs grow
         wal=$(q "SELECT round(pg_wal_lsn_diff('$lsn1', '$lsn0') / $2 / 1024.0, 2)")
-        # records and full-page image bytes, exactly, from the WAL itself
-        q "SELECT pg_switch_wal()" >/dev/null # the segment holding lsn1 is complete on disk
-        read -r recs fpi <<<"$(as_pg "$pgbin/pg_waldump" --stats -p "$pg_dir/data/pg_wal" -s "$lsn0" -e "$lsn1" |
-                awk -v n="$2" '$1 == "Total" { printf "%.1f %.2f", $2 / n, $5 / n / 1024 }')"
+        read -r recs fpi <<<"$(rl_wal "$lsn0" "$lsn1" | awk -v n="$2" '{ printf "%.1f %.2f", $1 / n, $2 / n / 1024 }')"
         # growth per event of each table that grew, largest first
         grow=$(join "$RL_DIR/sizes0" "$RL_DIR/sizes1" |
                 awk -v n="$2" '$3 > $2 { printf "%s %.2f\n", $1, ($3 - $2) / n / 1024 }' | sort -k2,2 -rn |
@@ -78,6 +75,11 @@ for profile in "${profiles[@]}"; do
         rl_wait 60 rl_ready "$http_port" || die "daemon not ready"
         q "CHECKPOINT"
         load "$profile" "$n" 1 "$profile, fresh database"
+        # what the analytics refresh costs at this size (REFRESH ... CONCURRENTLY, as the timer does)
+        for v in analytics_daily_volume analytics_carrier_performance analytics_status_funnel; do
+                ms=$(q "SELECT round(duration_ms) FROM eps_refresh_view('$v', -1, 'bench')")
+                refresh+=("| $profile | $(q "SELECT count(*) FROM trackers") | $(q "SELECT count(*) FROM shipments") | $v | $ms |")
+        done
         q "CHECKPOINT"
         log "$profile: after a CHECKPOINT, $probe more events"
         load "$profile" "$probe" 2 "$profile, next $probe after a CHECKPOINT"
@@ -90,4 +92,8 @@ done
         echo "| run | events | WAL KB/event | WAL records/event | of which full-page images, KB/event | stored KB/event | of which, KB/event by table |"
         echo "|---|---:|---:|---:|---:|---:|---|"
         printf '%s\n' "${rows[@]}"
+        echo
+        echo "| profile | trackers | shipments | view | refresh ms |"
+        echo "|---|---:|---:|---|---:|"
+        printf '%s\n' "${refresh[@]}"
 } | tee "$out"

@@ -16,7 +16,8 @@
 #
 # Environment: EPS_DOCKER_CACHE, EPS_DEBIAN_MIRROR (default: from
 # /etc/apt/sources.list*), EPS_TEST_HTTP_PORT / EPS_TEST_PG_PORT (default: the
-# first free port from 18080 / 15432), EPS_TEST_BUDGET (seconds for all steps
+# first free port from 18080 / 15432), EPS_TEST_HTTP_PORT2 / EPS_TEST_PGB_PORT
+# (the second replica, PgBouncer; default: the next free ones), EPS_TEST_BUDGET (seconds for all steps
 # but the teardown, default 720: each step's timeout is cut to what is left),
 # EPS_TEST_KEEP=1 (leave the stack and dockerd running for a look; prints how
 # to reach them).

@@ -206,6 +206,18 @@ rl_bench_cleanup() {
         fi
         exit "$rl_rc"
 }
+# rl_wal LSN0 LSN1: "records fpi_bytes commits" between the two, exactly, from
+# the WAL itself (pg_waldump, as the cluster's user)
+rl_wal() {
+        q "SELECT pg_switch_wal()" >/dev/null # the segment holding LSN1 is complete on disk
+        rl_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+        set -- "$rl_bin/pg_waldump" --stats=record -p "$pg_dir/data/pg_wal" -s "$1" -e "$2"
+        if [ "$(id -u)" = 0 ]; then
+                set -- runuser -u "$("$top_srcdir/tests/pg.sh" user "$RL_DIR")" -- "$@"
+        fi
+        "$@" | awk '$1 == "Transaction/COMMIT" { c = $2 } $1 == "Total" { r = $2; f = $5 }
+                    END { print r + 0, f + 0, c + 0 }'
+}
 # q SQL [DB]: one statement on the cluster's socket, unaligned
 q() { psql -X -qAt -v ON_ERROR_STOP=1 -h "$pg_dir" -p "$pg_port" -U postgres -d "${2:-$db}" -c "$1"; }
 # rl_fresh_db: drop and create the database, apply the migrations directly
