@@ -124,6 +124,7 @@ defaults
 
 frontend webhooks
     bind 127.0.0.1:$rl_lp
+    capture request header X-Hmac-Signature len 80
     default_backend daemons
 
 backend daemons
