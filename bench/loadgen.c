@@ -99,6 +99,7 @@ struct opts {
         bool seeded;
         long pid, pg_pid;
         long dump;                      /* print event #dump and its signature, then exit */
+        const char *dump_dir;           /* write every event and its signature there, then exit */
 };
 
 /* Counters sampled from another process (the daemon, PostgreSQL) around the timed part. */
@@ -1538,6 +1539,41 @@ write_json(const char *path, struct lg *g, const struct db_result *db, double se
 
 /* ---- setup ---- */
 
+/* --dump-dir: every body in its own file and an index of ids and signatures,
+ * so that another client (curl, a test script) sends exactly these events. */
+static int
+dump_all(struct lg *g)
+{
+        char path[4096];
+        FILE *idx;
+
+        snprintf(path, sizeof(path), "%s/events.txt", g->o.dump_dir);
+        if ((idx = fopen(path, "w")) == NULL) {
+                fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
+                return -1;
+        }
+        for (size_t i = 0; i < g->n; i++) {
+                const struct msg *m = &g->msgs[i];
+                FILE *f;
+
+                snprintf(path, sizeof(path), "%s/%zu.json", g->o.dump_dir, i);
+                if ((f = fopen(path, "w")) == NULL ||
+                    fwrite(g->arena + m->off, 1, m->len, f) != m->len || fclose(f) != 0) {
+                        fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
+                        if (f != NULL)
+                                fclose(f);
+                        fclose(idx);
+                        return -1;
+                }
+                fprintf(idx, "%zu %s %s\n", i, m->id, m->sig);
+        }
+        if (fclose(idx) != 0) {
+                fprintf(stderr, "loadgen: %s/events.txt: %s\n", g->o.dump_dir, strerror(errno));
+                return -1;
+        }
+        return 0;
+}
+
 static void
 usage(FILE *f)
 {
@@ -1561,6 +1597,8 @@ usage(FILE *f)
                 "      --pg-pid PID       sample CPU of this postmaster and its backends\n"
                 "  -q, --quiet            no progress lines\n"
                 "      --dump I           print event I (0-based) and its signature header, exit\n"
+                "      --dump-dir DIR     write event I to DIR/I.json and \"I id signature\" lines\n"
+                "                         to DIR/events.txt, exit (for other clients)\n"
                 "      --profile P        unique (default): every event a new tracker with 2-13\n"
                 "                         details; progressive: K trackers advance in turn, each\n"
                 "                         tracker.updated carrying the history so far plus one\n"
@@ -1605,6 +1643,7 @@ parse_opts(int argc, char **argv, struct opts *o)
                 { "pg-pid", required_argument, NULL, 'G' },
                 { "quiet", no_argument, NULL, 'q' },
                 { "dump", required_argument, NULL, 'X' },
+                { "dump-dir", required_argument, NULL, 'Y' },
                 { "profile", required_argument, NULL, 'F' },
                 { "trackers", required_argument, NULL, 'K' },
                 { "help", no_argument, NULL, 'h' },
@@ -1690,6 +1729,9 @@ parse_opts(int argc, char **argv, struct opts *o)
                         if (parse_num(optarg, 0, 50e6, &v) != 0)
                                 goto bad;
                         o->dump = (long)v;
+                        break;
+                case 'Y':
+                        o->dump_dir = optarg;
                         break;
                 case 'F':
                         if (strcmp(optarg, "unique") == 0)
@@ -1801,6 +1843,10 @@ main(int argc, char **argv)
                 fprintf(stderr, "X-Hmac-Signature: %s\n", m->sig);
                 fwrite(g->arena + m->off, 1, m->len, stdout);
                 rc = 0;
+                goto out;
+        }
+        if (g->o.dump_dir != NULL) {
+                rc = dump_all(g) == 0 ? 0 : 2;
                 goto out;
         }
         if (!g->o.quiet)

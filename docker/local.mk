@@ -7,6 +7,10 @@ EXTRA_DIST += \
 	docker/entrypoint.sh \
 	docker/docker-compose.yml \
 	docker/docker-compose.hostnet.yml \
+	docker/docker-compose.replicas.yml \
+	docker/docker-compose.replicas-hostnet.yml \
+	docker/pgbouncer/Dockerfile \
+	docker/pgbouncer/entrypoint.sh \
 	docker/.env.example \
 	docker/postgres-standin/Dockerfile \
 	docker/postgres-standin/docker-entrypoint.sh \

@@ -1,7 +1,7 @@
 #!/bin/bash
 # docker/test.sh - the deployment test: build the image, bring up the compose
-# stack (PostgreSQL, migrate, daemon) on the host network, send a signed
-# webhook, check the row, tear it all down.
+# stack (PostgreSQL, migrate, PgBouncer, two replicas of the daemon) on the host
+# network, send signed webhooks, check the rows, tear it all down.
 #
 #   sudo docker/test.sh          (root: it installs packages and runs its own dockerd)
 #
@@ -16,7 +16,8 @@
 #
 # Environment: EPS_DOCKER_CACHE, EPS_DEBIAN_MIRROR (default: from
 # /etc/apt/sources.list*), EPS_TEST_HTTP_PORT / EPS_TEST_PG_PORT (default: the
-# first free port from 18080 / 15432), EPS_TEST_BUDGET (seconds for all steps
+# first free port from 18080 / 15432), EPS_TEST_HTTP_PORT2 / EPS_TEST_PGB_PORT
+# (the second replica, PgBouncer; default: the next free ones), EPS_TEST_BUDGET (seconds for all steps
 # but the teardown, default 720: each step's timeout is cut to what is left),
 # EPS_TEST_KEEP=1 (leave the stack and dockerd running for a look; prints how
 # to reach them).
@@ -30,6 +31,7 @@ DOCKER=/usr/bin/docker # Debian's client; another docker earlier in PATH may not
 COMPOSE=docker-compose
 PROJECT=easypost-sync-test
 IMAGE=easypost-syncd:test
+PGB_IMAGE=easypost-sync-pgbouncer:test
 T0=$(date +%s)
 DEADLINE=$((T0 + ${EPS_TEST_BUDGET:-720}))
 export DOCKER_BUILDKIT=0 # the classic builder: --network host needs no entitlement
@@ -191,12 +193,14 @@ container_of() { "${COMPOSE_CMD[@]}" ps -q "$1" 2>/dev/null | head -n 1; }
 health_of() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$1" 2>/dev/null; }
 is_healthy() { [ "$(health_of "$1")" = healthy ]; }
 
-http() { # http METHOD PATH [curl args...]: prints "CODE BODY"
-	local method=$1 path=$2
+http() { # http METHOD PATH [curl args...]: prints "CODE BODY" (several may run at once)
+	local method=$1 path=$2 out code
 	shift 2
-	curl -sS -m 15 -o "$TMP/body" -w '%{http_code}' -X "$method" "$@" \
-		"http://127.0.0.1:$HTTP_PORT$path" 2>"$TMP/curl.err" >"$TMP/code" || true
-	printf '%s %s\n' "$(cat "$TMP/code")" "$(cat "$TMP/body" 2>/dev/null)"
+	out=$(mktemp "$TMP/http.XXXXXX")
+	code=$(curl -sS -m 15 -o "$out" -w '%{http_code}' -X "$method" "$@" \
+		"http://127.0.0.1:$HTTP_PORT$path" 2>"$out.err") || true
+	printf '%s %s\n' "$code" "$(cat "$out" 2>/dev/null)"
+	rm -f "$out" "$out.err"
 }
 
 post_event() { # post_event BODY SECRET
@@ -305,6 +309,15 @@ else
 	abort "docker build postgres:15"
 fi
 
+log "building the PgBouncer image"
+if timeout "$(left 600)" "$DOCKER" build --network host -t "$PGB_IMAGE" "$ROOT/docker/pgbouncer" \
+	>"$TMP/build-pgb.log" 2>&1; then
+	pass "docker build $PGB_IMAGE (docker/pgbouncer)"
+else
+	tail -n 40 "$TMP/build-pgb.log"
+	abort "docker build $PGB_IMAGE"
+fi
+
 # --- the image itself --------------------------------------------------------
 user=$("$DOCKER" image inspect -f '{{.Config.User}}' "$IMAGE")
 check "image USER is not root ($user)" test -n "$user" -a "${user%%:*}" != 0 -a "${user%%:*}" != root
@@ -323,7 +336,9 @@ check "every shared library of the daemon is in the image${missing:+ ($missing)}
 
 # --- the stack -----------------------------------------------------------------
 HTTP_PORT=${EPS_TEST_HTTP_PORT:-$(free_port 18080)}
+HTTP_PORT2=${EPS_TEST_HTTP_PORT2:-$(free_port $((HTTP_PORT + 1)))}
 PG_PORT=${EPS_TEST_PG_PORT:-$(free_port 15432)}
+PGB_PORT=${EPS_TEST_PGB_PORT:-$(free_port $((PG_PORT + 1000)))}
 PG_USER=easypost
 PG_DB=easypost_sync
 SECRET=$(openssl rand -hex 24)
@@ -343,18 +358,28 @@ POSTGRES_PASSWORD_PATH=$TMP/secrets/postgres_password
 EASYPOST_WEBHOOK_SECRET_PATH=$TMP/secrets/easypost_webhook_secret
 EPS_TEST_HTTP_PORT=$HTTP_PORT
 EPS_TEST_PG_PORT=$PG_PORT
+EPS_TEST_HTTP_PORT2=$HTTP_PORT2
+EPS_TEST_PGB_PORT=$PGB_PORT
+PGBOUNCER_IMAGE=$PGB_IMAGE
 EASYPOST_SYNC_LOG_LEVEL=debug
 EOF
 COMPOSE_CMD=("$COMPOSE" --ansi never -p "$PROJECT" --env-file "$TMP/test.env"
-	-f "$ROOT/docker/docker-compose.yml" -f "$ROOT/docker/docker-compose.hostnet.yml")
+	-f "$ROOT/docker/docker-compose.yml" -f "$ROOT/docker/docker-compose.hostnet.yml"
+	-f "$ROOT/docker/docker-compose.replicas.yml" -f "$ROOT/docker/docker-compose.replicas-hostnet.yml")
 export COMPOSE_HTTP_TIMEOUT=120
 
 check "docker-compose.yml alone is valid" timeout "$(left 60)" "$COMPOSE" --env-file "$TMP/test.env" \
 	-f "$ROOT/docker/docker-compose.yml" config -q
 check "docker-compose.yml + docker-compose.hostnet.yml are valid" \
+	timeout "$(left 60)" "$COMPOSE" --env-file "$TMP/test.env" -f "$ROOT/docker/docker-compose.yml" \
+	-f "$ROOT/docker/docker-compose.hostnet.yml" config -q
+check "docker-compose.yml + docker-compose.replicas.yml are valid" \
+	timeout "$(left 60)" "$COMPOSE" --env-file "$TMP/test.env" -f "$ROOT/docker/docker-compose.yml" \
+	-f "$ROOT/docker/docker-compose.replicas.yml" config -q
+check "the four files together (2 replicas + PgBouncer on the host network) are valid" \
 	timeout "$(left 60)" "${COMPOSE_CMD[@]}" config -q
 
-log "docker-compose up -d (daemon on 127.0.0.1:$HTTP_PORT, postgres on 127.0.0.1:$PG_PORT)"
+log "docker-compose up -d (replicas on 127.0.0.1:$HTTP_PORT and :$HTTP_PORT2, PgBouncer on :$PGB_PORT, postgres on :$PG_PORT)"
 STACK_UP=1
 if timeout "$(left 300)" "${COMPOSE_CMD[@]}" up -d --no-build >"$TMP/up.log" 2>&1; then
 	pass "docker-compose up -d"
@@ -367,7 +392,9 @@ fi
 PG_CID=$(container_of postgres)
 MIGRATE_CID=$("${COMPOSE_CMD[@]}" ps -a -q migrate 2>/dev/null | head -n 1)
 APP_CID=$(container_of easypost-syncd)
-if [ -z "$PG_CID" ] || [ -z "$APP_CID" ]; then
+APP2_CID=$(container_of easypost-syncd-2)
+PGB_CID=$(container_of pgbouncer)
+if [ -z "$PG_CID" ] || [ -z "$APP_CID" ] || [ -z "$APP2_CID" ] || [ -z "$PGB_CID" ]; then
 	show_logs
 	abort "compose created the postgres and daemon containers"
 fi
@@ -384,7 +411,10 @@ else
 	show_logs
 fi
 
-for net in "$PG_CID" "$MIGRATE_CID" "$APP_CID"; do
+check "pgbouncer is healthy" wait_for 60 is_healthy "$PGB_CID"
+check "the second replica is healthy" wait_for 60 is_healthy "$APP2_CID"
+
+for net in "$PG_CID" "$MIGRATE_CID" "$APP_CID" "$APP2_CID" "$PGB_CID"; do
 	mode=$("$DOCKER" inspect -f '{{.HostConfig.NetworkMode}}' "$net" 2>/dev/null)
 	check "container ${net:0:12} uses network_mode host ($mode)" test "$mode" = host
 done
@@ -421,6 +451,25 @@ res=$(post_event "$BODY" "not-the-secret")
 check "a wrong signature gets 401 (${res%% *})" test "${res%% *}" = 401
 rows=$(psql_in "SELECT count(*) FROM webhook_events" 2>&1)
 check "one row in all ($rows)" test "$rows" = 1
+# Two replicas through PgBouncer: every event to both at once, stored once
+rep_ok=0
+for i in $(seq 1 10); do
+	ev=${EVT}_r$i
+	body=$(printf '{"id":"%s","object":"Event","description":"tracker.updated","mode":"test","created_at":"2024-01-01T00:00:00Z","result":{"id":"trk_docker_r%s","object":"Tracker","status":"in_transit"}}' "$ev" "$i")
+	HTTP_PORT=$HTTP_PORT2 post_event "$body" "$SECRET" >"$TMP/r2-$i" &
+	r1=$(post_event "$body" "$SECRET")
+	wait $!
+	r2=$(cat "$TMP/r2-$i")
+	[ "${r1%% *}" = 200 ] && [ "${r2%% *}" = 200 ] && rep_ok=$((rep_ok + 1))
+done
+check "10 events, each sent to both replicas at once, answered 200 by both ($rep_ok of 10)" test "$rep_ok" = 10
+rows=$(psql_in "SELECT count(*) || ' ' || count(DISTINCT event_id) FROM webhook_events WHERE event_id LIKE '${EVT}_r%'" 2>&1)
+check "each stored once ($rows)" test "$rows" = "10 10"
+logins=$("$DOCKER" logs "$PGB_CID" 2>&1 | grep -c 'login attempt' || true)
+check "the replicas reach PostgreSQL through PgBouncer ($logins logins)" test "$logins" -ge 2
+res=$(HTTP_PORT=$HTTP_PORT2 http GET /readyz)
+check "the second replica's /readyz answers 200 (${res%% *})" test "${res%% *}" = 200
+
 wal=$(psql_in "SELECT current_setting('max_wal_size') || ' ' || current_setting('wal_compression') || ' ' || current_setting('fsync') || ' ' || current_setting('synchronous_commit')" 2>&1)
 check "the compose file's WAL settings are in effect, fsync and synchronous_commit on ($wal)" \
 	test "$wal" = "4GB lz4 on on"

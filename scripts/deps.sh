@@ -6,7 +6,7 @@ set -eu
 
 pkgs="build-essential autoconf automake pkg-config libevent-dev libpq-dev
 libcurl4-openssl-dev libjansson-dev libssl-dev uuid-dev check libunistring-dev
-postgresql curl openssl valgrind clang libclang-rt-14-dev prometheus jq"
+postgresql curl openssl valgrind clang libclang-rt-14-dev prometheus jq pgbouncer haproxy"
 [ "${1:-}" = "--extra" ] && shift && pkgs="$pkgs $*"
 
 missing=

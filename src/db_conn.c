@@ -48,6 +48,7 @@ struct db_conn {
         uint64_t down_since;  /* monotonic us of the first failure */
         struct db_seg *head, *tail;
         unsigned ninflight;
+        struct db_seg *wait_head, *wait_tail; /* db_conn_query()s not sent yet, in order */
         struct db_seg *lost;  /* failed segments waiting for lost_cb, in order */
         unsigned timeout_ms;  /* 0: none; else the oldest segment's deadline */
         struct event *deadline;
@@ -61,6 +62,7 @@ static void io_cb(evutil_socket_t fd, short what, void *arg);
 static void connect_cb(evutil_socket_t fd, short what, void *arg);
 static void lost_cb(evutil_socket_t fd, short what, void *arg);
 static void deadline_cb(evutil_socket_t fd, short what, void *arg);
+static void send_waiting(struct db_conn *c);
 
 static void
 notice_cb(void *arg, const PGresult *res)
@@ -102,7 +104,8 @@ db_conn_new(struct event_base *base, const char *conninfo, const char *name,
         return c;
 }
 
-/* Moves the in-flight FIFO to the end of the lost list. */
+/* Moves the in-flight FIFO, then the queries waiting to be sent, to the end
+ * of the lost list. */
 static void
 take_inflight(struct db_conn *c)
 {
@@ -111,7 +114,11 @@ take_inflight(struct db_conn *c)
         while (*end)
                 end = &(*end)->next;
         *end = c->head;
+        while (*end)
+                end = &(*end)->next;
+        *end = c->wait_head;
         c->head = c->tail = NULL;
+        c->wait_head = c->wait_tail = NULL;
         c->ninflight = 0;
         evtimer_del(c->deadline);
 }
@@ -311,6 +318,7 @@ drain(struct db_conn *c)
                         finished = true;
                         if (c->state != DB_READY)
                                 return -1;
+                        send_waiting(c);
                         continue;
                 }
                 if (st == PGRES_BAD_RESPONSE || st == PGRES_COPY_IN || st == PGRES_COPY_OUT ||
@@ -448,6 +456,9 @@ struct db_query {
         PGresult *res;
         db_query_fn fn;
         void *arg;
+        char *sql;         /* a query waiting to be sent: its own copies */
+        char **values;
+        int nparams;
 };
 
 static bool
@@ -468,7 +479,34 @@ query_done(struct db_seg *s, bool lost)
 
         q->fn(lost ? NULL : q->res, q->arg);
         PQclear(q->res);
+        free(q->sql);
+        for (int i = 0; i < q->nparams; i++)
+                free(q->values[i]);
+        free(q->values);
         free(q);
+}
+
+/* Sends the oldest waiting query once nothing is in flight. One query (one
+ * Sync) in flight at a time: PgBouncer before 1.21 in transaction mode hands
+ * the server connection to another client at the first ReadyForQuery, and
+ * the answers to a second pipelined Sync would go astray. Ingest batches
+ * keep to one in flight per connection on their own (db_conn_push). */
+static void
+send_waiting(struct db_conn *c)
+{
+        struct db_query *q = (struct db_query *)c->wait_head;
+
+        if (q == NULL || c->head != NULL || c->state != DB_READY)
+                return;
+        c->wait_head = q->seg.next;
+        if (c->wait_head == NULL)
+                c->wait_tail = NULL;
+        q->seg.next = NULL;
+        int ok = PQsendQueryParams(c->pq, q->sql, q->nparams, NULL, (const char *const *)q->values,
+                                   NULL, NULL, 0);
+        db_conn_push(c, &q->seg); /* pushed either way: a failure hands it back lost */
+        if (!ok && c->state == DB_READY)
+                db_conn_fail(c, "send");
 }
 
 int
@@ -477,15 +515,29 @@ db_conn_query(struct db_conn *c, const char *sql, int nparams, const char *const
 {
         if (c->state != DB_READY)
                 return -1;
-        if (!PQsendQueryParams(c->pq, sql, nparams, NULL, values, NULL, NULL, 0)) {
-                db_conn_fail(c, "send");
-                return -1;
-        }
         struct db_query *q = xcalloc(1, sizeof(*q));
         q->seg.on_result = query_result;
         q->seg.on_done = query_done;
         q->fn = fn;
         q->arg = arg;
+        if ((c->head != NULL || c->wait_head != NULL) && PQstatus(c->pq) != CONNECTION_BAD) {
+                q->sql = xstrdup(sql);
+                q->nparams = nparams;
+                q->values = xcalloc(nparams > 0 ? (size_t)nparams : 1, sizeof(*q->values));
+                for (int i = 0; i < nparams; i++)
+                        q->values[i] = values[i] ? xstrdup(values[i]) : NULL;
+                if (c->wait_tail)
+                        c->wait_tail->next = &q->seg;
+                else
+                        c->wait_head = &q->seg;
+                c->wait_tail = &q->seg;
+                return 0;
+        }
+        if (!PQsendQueryParams(c->pq, sql, nparams, NULL, values, NULL, NULL, 0)) {
+                free(q);
+                db_conn_fail(c, "send");
+                return -1;
+        }
         db_conn_push(c, &q->seg);
         return 0;
 }

@@ -8,6 +8,8 @@
 #   pg.sh status DIR         exit 0 when running
 #   pg.sh createdb DIR PORT DB
 #   pg.sh conninfo DIR [PORT] [DB]
+#   pg.sh user DIR           the user the cluster runs as (for other servers
+#                            that refuse root, e.g. PgBouncer)
 # PG_FSYNC=off and PG_OPTS="-c key=value ..." pass server settings at start.
 set -eu
 
@@ -70,6 +72,9 @@ status)
 conninfo)
         dir=$(cd "$dir" && pwd)
         echo "host=$dir port=$port user=postgres dbname=${4:-easypost_sync}"
+        ;;
+user)
+        pg_user
         ;;
 createdb)
         dir=$(cd "$dir" && pwd)
