@@ -483,8 +483,8 @@ table_row() {
         if [ -s "$f.metrics0" ] && [ -s "$f.metrics1" ]; then
                 batch=$(awk -v b0="$(metric easypost_sync_batches_total "$f.metrics0")" \
                         -v b1="$(metric easypost_sync_batches_total "$f.metrics1")" \
-                        -v s0="$(metric easypost_sync_batch_size_sum "$f.metrics0")" \
-                        -v s1="$(metric easypost_sync_batch_size_sum "$f.metrics1")" \
+                        -v s0="$(metric easypost_sync_batch_events_sum "$f.metrics0")" \
+                        -v s1="$(metric easypost_sync_batch_events_sum "$f.metrics1")" \
                         'BEGIN { if (b1 > b0) printf "%.1f", (s1 - s0) / (b1 - b0); else print "-" }')
         fi
         if [ "$2" = 1 ]; then

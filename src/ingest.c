@@ -705,14 +705,14 @@ render_batches(const struct ingest_stats *st, struct strbuf *b)
                          "# TYPE easypost_sync_batches_total counter\n"
                          "easypost_sync_batches_total %llu\n",
                       (unsigned long long)st->batches);
-        strbuf_printf(b, "# HELP easypost_sync_batch_size Events per batch.\n"
-                         "# TYPE easypost_sync_batch_size histogram\n");
+        strbuf_printf(b, "# HELP easypost_sync_batch_events Events per batch.\n"
+                         "# TYPE easypost_sync_batch_events histogram\n");
         for (int i = 0; i < 8; i++) {
                 cum += st->batch_size_buckets[i];
-                strbuf_printf(b, "easypost_sync_batch_size_bucket{le=\"%s\"} %llu\n", bs_le[i],
+                strbuf_printf(b, "easypost_sync_batch_events_bucket{le=\"%s\"} %llu\n", bs_le[i],
                               (unsigned long long)cum);
         }
-        strbuf_printf(b, "easypost_sync_batch_size_sum %llu\neasypost_sync_batch_size_count %llu\n",
+        strbuf_printf(b, "easypost_sync_batch_events_sum %llu\neasypost_sync_batch_events_count %llu\n",
                       (unsigned long long)st->batch_events, (unsigned long long)st->batches);
 }
 

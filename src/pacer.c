@@ -375,9 +375,9 @@ pacer_render_metrics(const struct pacer *p, struct strbuf *b)
                 if (i != 1 && i != 3)
                         strbuf_printf(b, "easypost_sync_api_requests_total{code=\"%s\"} %llu\n", cls[i],
                                       (unsigned long long)ps.requests_by_class[i]);
-        strbuf_printf(b, "# HELP easypost_sync_api_in_flight EasyPost API requests in flight.\n"
-                         "# TYPE easypost_sync_api_in_flight gauge\n"
-                         "easypost_sync_api_in_flight %u\n"
+        strbuf_printf(b, "# HELP easypost_sync_api_requests_in_flight EasyPost API requests in flight.\n"
+                         "# TYPE easypost_sync_api_requests_in_flight gauge\n"
+                         "easypost_sync_api_requests_in_flight %u\n"
                          "# HELP easypost_sync_api_authorized 0 after the API rejected the key.\n"
                          "# TYPE easypost_sync_api_authorized gauge\n"
                          "easypost_sync_api_authorized %d\n",

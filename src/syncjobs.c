@@ -365,11 +365,12 @@ syncjobs_render_metrics(const struct syncjobs *w, struct strbuf *b)
         struct syncjobs_stats js;
 
         syncjobs_snapshot(w, &js);
-        strbuf_printf(b, "# HELP easypost_sync_sync_jobs_total Sync jobs finished by this process, by outcome.\n"
-                         "# TYPE easypost_sync_sync_jobs_total counter\n"
-                         "easypost_sync_sync_jobs_total{state=\"done\"} %llu\n"
-                         "easypost_sync_sync_jobs_total{state=\"retried\"} %llu\n"
-                         "easypost_sync_sync_jobs_total{state=\"failed\"} %llu\n",
+        strbuf_printf(b, "# HELP easypost_sync_sync_job_attempts_total Sync job attempts ended by this "
+                         "process, by outcome (retried = to be tried again).\n"
+                         "# TYPE easypost_sync_sync_job_attempts_total counter\n"
+                         "easypost_sync_sync_job_attempts_total{outcome=\"done\"} %llu\n"
+                         "easypost_sync_sync_job_attempts_total{outcome=\"retried\"} %llu\n"
+                         "easypost_sync_sync_job_attempts_total{outcome=\"failed\"} %llu\n",
                       (unsigned long long)js.done, (unsigned long long)js.retried,
                       (unsigned long long)js.failed);
         strbuf_printf(b, "# HELP easypost_sync_sync_jobs Rows of sync_jobs by status, read on the "

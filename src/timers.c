@@ -409,10 +409,11 @@ timers_render_metrics(const struct timers *t, struct strbuf *b)
                               "easypost_sync_analytics_refreshes_total{view=\"%s\",outcome=\"skipped\"} %llu\n",
                               vs[i].name, (unsigned long long)vs[i].ok, vs[i].name,
                               (unsigned long long)vs[i].failed, vs[i].name, (unsigned long long)vs[i].skipped);
-        strbuf_printf(b, "# HELP easypost_sync_analytics_refresh_duration_seconds Last refresh of each view.\n"
-                         "# TYPE easypost_sync_analytics_refresh_duration_seconds gauge\n");
+        strbuf_printf(b, "# HELP easypost_sync_analytics_last_refresh_duration_seconds Duration of this "
+                         "process's last refresh of each view (0 = none yet).\n"
+                         "# TYPE easypost_sync_analytics_last_refresh_duration_seconds gauge\n");
         for (int i = 0; i < TIMERS_NVIEWS; i++)
-                strbuf_printf(b, "easypost_sync_analytics_refresh_duration_seconds{view=\"%s\"} %.6f\n",
+                strbuf_printf(b, "easypost_sync_analytics_last_refresh_duration_seconds{view=\"%s\"} %.6f\n",
                               vs[i].name, vs[i].last_duration_ms / 1000.0);
         strbuf_printf(b, "# HELP easypost_sync_analytics_last_refresh_timestamp_seconds Unix time of the "
                          "view's last successful refresh by any replica (0 = never).\n"

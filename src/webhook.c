@@ -306,11 +306,11 @@ webhook_render_metrics(const struct webhook *w, struct strbuf *b)
         for (size_t i = 0; i < sig_keyset_count(w->keys); i++)
                 strbuf_printf(b, "easypost_sync_signature_matches_total{slot=\"%zu\"} %llu\n", i,
                               (unsigned long long)st->sig_matches[i]);
-        strbuf_printf(b, "# HELP easypost_sync_rejected_total Webhooks refused before ingest.\n"
-                         "# TYPE easypost_sync_rejected_total counter\n"
-                         "easypost_sync_rejected_total{reason=\"signature\"} %llu\n"
-                         "easypost_sync_rejected_total{reason=\"parse\"} %llu\n"
-                         "easypost_sync_rejected_total{reason=\"auth\"} %llu\n",
+        strbuf_printf(b, "# HELP easypost_sync_webhooks_rejected_total Webhooks refused before ingest.\n"
+                         "# TYPE easypost_sync_webhooks_rejected_total counter\n"
+                         "easypost_sync_webhooks_rejected_total{reason=\"signature\"} %llu\n"
+                         "easypost_sync_webhooks_rejected_total{reason=\"parse\"} %llu\n"
+                         "easypost_sync_webhooks_rejected_total{reason=\"auth\"} %llu\n",
                       (unsigned long long)st->rejected_sig, (unsigned long long)st->rejected_parse,
                       (unsigned long long)st->rejected_auth);
 }

@@ -473,19 +473,19 @@ webhook_health_render_metrics(const struct webhook_health *w, struct strbuf *b)
         struct webhook_health_stats ws;
 
         webhook_health_snapshot(w, &ws);
-        strbuf_printf(b, "# HELP easypost_sync_webhook_disabled EasyPost webhooks of this daemon found "
+        strbuf_printf(b, "# HELP easypost_sync_webhooks_disabled EasyPost webhooks of this daemon found "
                          "disabled at the last check (0 = none or not checked).\n"
-                         "# TYPE easypost_sync_webhook_disabled gauge\n"
-                         "easypost_sync_webhook_disabled %u\n"
+                         "# TYPE easypost_sync_webhooks_disabled gauge\n"
+                         "easypost_sync_webhooks_disabled %u\n"
                          "# HELP easypost_sync_webhook_checks_total Checks of the EasyPost webhook list "
                          "by this process, by outcome.\n"
                          "# TYPE easypost_sync_webhook_checks_total counter\n"
                          "easypost_sync_webhook_checks_total{outcome=\"ok\"} %llu\n"
                          "easypost_sync_webhook_checks_total{outcome=\"failed\"} %llu\n"
-                         "# HELP easypost_sync_webhook_reenabled_total Disabled EasyPost webhooks "
+                         "# HELP easypost_sync_webhooks_reenabled_total Disabled EasyPost webhooks "
                          "re-enabled by this process.\n"
-                         "# TYPE easypost_sync_webhook_reenabled_total counter\n"
-                         "easypost_sync_webhook_reenabled_total %llu\n",
+                         "# TYPE easypost_sync_webhooks_reenabled_total counter\n"
+                         "easypost_sync_webhooks_reenabled_total %llu\n",
                       ws.disabled, (unsigned long long)ws.checks_ok, (unsigned long long)ws.checks_failed,
                       (unsigned long long)ws.reenabled);
 }

@@ -60,6 +60,24 @@ ours(const char *name)
         return strncmp(name, "easypost_sync_", 14) == 0 || strncmp(name, "process_", 8) == 0;
 }
 
+/* "NAME TYPE" of a # TYPE line: counters end in _total, nothing else does,
+ * and a counter's family (NAME without _total) is no other metric's name,
+ * so the text parses the same as OpenMetrics. */
+static void
+check_type_name(const char *text, const char *decl)
+{
+        size_t n = strcspn(decl, " ");
+        bool total = n > 6 && strncmp(decl + n - 6, "_total", 6) == 0;
+        bool counter = strcmp(decl + n, " counter") == 0;
+
+        ck_assert_msg(total == counter, "counter iff _total: %s", decl);
+        if (counter) {
+                char family[220];
+                snprintf(family, sizeof(family), "# TYPE %.*s ", (int)(n - 6), decl);
+                ck_assert_msg(strstr(text, family) == NULL, "family of %s collides", decl);
+        }
+}
+
 static void
 check_exposition(const char *text)
 {
@@ -71,6 +89,8 @@ check_exposition(const char *text)
                         ck_assert_msg((strncmp(line, "# HELP ", 7) == 0 || strncmp(line, "# TYPE ", 7) == 0) &&
                                               ours(line + 7),
                                       "bad comment: %s", line);
+                        if (strncmp(line, "# TYPE ", 7) == 0)
+                                check_type_name(text, line + 7);
                         continue;
                 }
                 char name[200];
@@ -121,6 +141,8 @@ START_TEST(test_metrics_exposition_moves_with_traffic)
         check_exposition(m1);
         double req0 = prom_value(m1, "easypost_sync_http_requests_total{endpoint=\"webhook\",code=\"2xx\"}");
         double lat0 = prom_value(m1, "easypost_sync_ack_latency_seconds_count");
+        const char *parse_rejects = "easypost_sync_webhooks_rejected_total{reason=\"parse\"}";
+        double rej0 = prom_value(m1, parse_rejects);
         for (int i = 0; i < 7; i++) {
                 char id[40];
                 snprintf(id, sizeof(id), "evt_metrics_%d_%d", (int)getpid(), i);
@@ -139,6 +161,10 @@ START_TEST(test_metrics_exposition_moves_with_traffic)
         ck_assert_double_eq(prom_value(m2, "easypost_sync_events_total{description=\"batch.created\",outcome=\"duplicate\"}"), 7);
         ck_assert_double_ge(prom_value(m2, "easypost_sync_http_requests_total{endpoint=\"webhook\",code=\"4xx\"}"), 1);
         ck_assert_double_ge(prom_value(m2, "easypost_sync_signature_matches_total{slot=\"0\"}"), 15);
+        ck_assert_double_eq(prom_value(m2, parse_rejects), rej0 + 1);
+        ck_assert_double_ge(prom_value(m2, "easypost_sync_batch_events_sum"), 7);
+        ck_assert_double_eq(prom_value(m2, "easypost_sync_batch_events_count"),
+                            prom_value(m2, "easypost_sync_batches_total"));
         /* the Prometheus standard process metrics, from /proc */
         double now = (double)clock_real_ms() / 1000.0;
         ck_assert_double_gt(prom_value(m2, "process_resident_memory_bytes"), 1e6);

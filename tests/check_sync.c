@@ -244,7 +244,7 @@ START_TEST(test_401_stops_worker_without_storm)
          * that it stays quiet */
         uint64_t end = clock_mono_us() + 20000000u;
         while ((daemon_metric(d.port, "easypost_sync_api_authorized") != 0 ||
-                daemon_metric(d.port, "easypost_sync_api_in_flight") != 0) &&
+                daemon_metric(d.port, "easypost_sync_api_requests_in_flight") != 0) &&
                clock_mono_us() < end)
                 wait_status(d.port, "/healthz", 200, 100);
         ck_assert_int_ge(stat_long("auth_failures", NULL), 1);
@@ -691,7 +691,7 @@ START_TEST(test_apply_error_counts_and_attempts_are_capped)
             sizeof(v));
         ck_assert_msg(strncmp(v, "2/gave up after 2 attempts: applying it: 23514", 46) == 0, "%s", v);
         ck_assert_int_eq(stat_long("by_path", "/v2/shipments/shp_badrate"), 2);
-        ck_assert_int_ge(daemon_metric(d.port, "easypost_sync_sync_jobs_total{state=\"failed\"}"), 1);
+        ck_assert_int_ge(daemon_metric(d.port, "easypost_sync_sync_job_attempts_total{outcome=\"failed\"}"), 1);
         ck_assert_double_eq(daemon_metric_wait(d.port, "easypost_sync_sync_jobs{state=\"failed\"}", 1, 15000), 1);
         ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_sync_jobs{state=\"pending\"}"), 0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);

@@ -146,6 +146,14 @@ START_TEST(test_two_daemons_one_refresh_per_view_and_slot)
                         ck_assert_msg(ts >= t0 && ts <= (double)(clock_real_ms() / 1000u) + 1,
                                       "%s on replica %d: %.0f, started %.0f", name, i, ts, t0);
                 }
+        /* and the duration of its own last refresh of it: one replica at least refreshed each view */
+        for (int v = 0; v < 3; v++) {
+                char name[160];
+                snprintf(name, sizeof(name),
+                         "easypost_sync_analytics_last_refresh_duration_seconds{view=\"%s\"}", views[v]);
+                double s1 = daemon_metric(d1.port, name), s2 = daemon_metric(d2.port, name);
+                ck_assert_msg(s1 >= 0 && s2 >= 0 && s1 + s2 > 0 && s1 + s2 < 60, "%s: %f %f", name, s1, s2);
+        }
         ck_assert_int_eq(daemon_stop(&d1, SIGTERM), 0);
         ck_assert_int_eq(daemon_stop(&d2, SIGTERM), 0);
         /* every view at most once per slot; every slot begun (but the last,

@@ -201,7 +201,7 @@ START_TEST(test_disabled_webhook_reenabled_and_window_backfilled)
         char *b = make_event("evt_whwin00", "batch.created", "{\"id\":\"batch_wh\",\"object\":\"Batch\"}");
         ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200); /* before it was disabled */
         free(b);
-        ck_assert_int_eq(wait_metric(&d, "easypost_sync_webhook_reenabled_total", 1, 30000), 1);
+        ck_assert_int_eq(wait_metric(&d, "easypost_sync_webhooks_reenabled_total", 1, 30000), 1);
         ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, "{}"), 2); /* a 500, then a 200 */
         ck_assert_int_eq(patches("/v2/webhooks/" OTHER_HOOK, NULL), 0);
         ck_assert_int_eq(log_lines(&d, "re-enabling EasyPost webhook " OUR_HOOK " failed"), 1);
@@ -211,7 +211,7 @@ START_TEST(test_disabled_webhook_reenabled_and_window_backfilled)
                                     "AND source = 'webhook'", NULL), 1);
         /* the next check finds it enabled: reported ok, nothing patched again */
         ck_assert(wait_readyz_webhook(&d, "ok", 20000));
-        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhook_disabled"), 0);
+        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhooks_disabled"), 0);
         ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
         ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, NULL), 2);
         ck_assert_int_eq(log_lines(&d, "is disabled"), 1);
@@ -243,18 +243,18 @@ START_TEST(test_disabled_webhook_reported_only)
         ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhook_checks_total{outcome=\"failed\"}"), 2);
         ck_assert_int_eq(log_lines(&d, "listing EasyPost webhooks failed: HTTP 500"), 1);
         ck_assert_int_eq(log_lines(&d, "listing EasyPost webhooks works again"), 1);
-        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhook_disabled"), 1);
+        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhooks_disabled"), 1);
         ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
         ck_assert_msg(strstr(resp, "\"webhook\":\"disabled\"") != NULL, "%s", resp);
         ck_assert_int_eq(log_lines(&d, "EasyPost webhook " OUR_HOOK " is disabled"), 1);
         ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, NULL), 0);
-        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhook_reenabled_total"), 0);
+        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhooks_reenabled_total"), 0);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events", NULL), 0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
 
         start_checked(&d, "EASYPOST_SYNC_WEBHOOK_AUTO_ENABLE=off", false);
         ck_assert_int_ge(wait_metric(&d, OK_CHECKS, 1, 30000), 1);
-        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhook_disabled"), 2);
+        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhooks_disabled"), 2);
         ck_assert_int_eq(patches("/v2/webhooks/" OTHER_HOOK, NULL), 0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
@@ -280,11 +280,11 @@ START_TEST(test_no_reenable_while_database_down)
         ck_assert(wait_readyz_webhook(&d, "disabled", 30000));
         double checks = daemon_metric(d.port, OK_CHECKS);
         ck_assert_int_ge(wait_metric(&d, OK_CHECKS, checks + 2, 30000), checks + 2);
-        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhook_disabled"), 1);
+        ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhooks_disabled"), 1);
         ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, NULL), 0);
         ck_assert_int_eq(log_lines(&d, "waiting for the database"), 1);
         pg_ctl("start");
-        ck_assert_int_eq(wait_metric(&d, "easypost_sync_webhook_reenabled_total", 1, 60000), 1);
+        ck_assert_int_eq(wait_metric(&d, "easypost_sync_webhooks_reenabled_total", 1, 60000), 1);
         ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, "{}"), 1);
         ck_assert(wait_readyz_webhook(&d, "ok", 20000));
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
@@ -313,8 +313,8 @@ START_TEST(test_one_replica_checks_each_slot)
         uint64_t t0 = clock_mono_us();
         seed_webhook(OUR_HOOK, OUR_URL, DISABLED_AT);
         uint64_t end = t0 + 30000000u;
-        while (daemon_metric(d1.port, "easypost_sync_webhook_reenabled_total") +
-                       daemon_metric(d2.port, "easypost_sync_webhook_reenabled_total") < 1 &&
+        while (daemon_metric(d1.port, "easypost_sync_webhooks_reenabled_total") +
+                       daemon_metric(d2.port, "easypost_sync_webhooks_reenabled_total") < 1 &&
                clock_mono_us() < end)
                 nap();
         /* a few more slots, in which neither may re-enable it again */
@@ -325,8 +325,8 @@ START_TEST(test_one_replica_checks_each_slot)
                 nap();
         long lists = fake_requests("/v2/webhooks") - lists0;
         double secs = (double)(clock_mono_us() - t0) / 1e6;
-        ck_assert_int_eq(daemon_metric(d1.port, "easypost_sync_webhook_reenabled_total") +
-                                 daemon_metric(d2.port, "easypost_sync_webhook_reenabled_total"),
+        ck_assert_int_eq(daemon_metric(d1.port, "easypost_sync_webhooks_reenabled_total") +
+                                 daemon_metric(d2.port, "easypost_sync_webhooks_reenabled_total"),
                          1);
         ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, "{}"), 1);
         /* one list per 1 s slot at most (plus the slot begun at t0), not one per replica */
