@@ -23,7 +23,7 @@ for f in "$(dirname "$0")"/../sql/[0-9][0-9][0-9][0-9]_*.sql; do
         check "$prefix/share/easypost-sync/sql/$(basename "$f")"
 done
 check "$sysconfdir/easypost-sync/easypost-sync.conf"
-check "$sysconfdir/easypost-sync/prometheus/easypost-sync.rules.yml"
+check "$prefix/share/easypost-sync/prometheus/easypost-sync.rules.yml"
 check "$prefix/lib/systemd/system/easypost-syncd.service"
 check "$prefix/share/man/man8/easypost-syncd.8"
 "$dest$prefix/bin/easypost-syncd" --version >/dev/null || fail=1

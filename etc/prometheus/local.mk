@@ -1,8 +1,8 @@
 # etc/prometheus/local.mk - Prometheus rules and their tests (included by Makefile.am)
 
-# Recording and alerting rules, installed next to the sample configuration:
-# $(sysconfdir)/easypost-sync/prometheus/easypost-sync.rules.yml.
-promrulesdir = $(sysconfdir)/easypost-sync/prometheus
+# Recording and alerting rules, installed as data (not configuration: an
+# upgrade replaces them): $(pkgdatadir)/prometheus/easypost-sync.rules.yml.
+promrulesdir = $(pkgdatadir)/prometheus
 dist_promrules_DATA = etc/prometheus/easypost-sync.rules.yml
 
 # promtool.sh: `promtool check rules` and `promtool test rules`;
