@@ -43,15 +43,15 @@ chmod 755 "$work"
 daemon=
 cleanup() {
         [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
-        "$top/tests/pg.sh" stop "$work/pg" immediate >/dev/null 2>&1 || true
+        "$top/tests/lib/pg.sh" stop "$work/pg" immediate >/dev/null 2>&1 || true
         rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 
 # every lock wait over 50 ms is logged: the evidence that ingest waited or not
-PG_OPTS="-c log_lock_waits=on -c deadlock_timeout=50ms" "$top/tests/pg.sh" start "$work/pg" "$port" >/dev/null
-"$top/tests/pg.sh" createdb "$work/pg" "$port" eps >/dev/null
-ci=$("$top/tests/pg.sh" conninfo "$work/pg" "$port" eps)
+PG_OPTS="-c log_lock_waits=on -c deadlock_timeout=50ms" "$top/tests/lib/pg.sh" start "$work/pg" "$port" >/dev/null
+"$top/tests/lib/pg.sh" createdb "$work/pg" "$port" eps >/dev/null
+ci=$("$top/tests/lib/pg.sh" conninfo "$work/pg" "$port" eps)
 psql() { "$bindir/psql" -X -q -v ON_ERROR_STOP=1 "$ci" "$@"; }
 DATABASE_URL=$ci "$build/easypost-syncd" --migrate --sql_dir="$top/sql" 2>/dev/null
 

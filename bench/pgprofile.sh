@@ -35,7 +35,7 @@ cleanup() {
                 kill -TERM "$daemon_pid" 2>/dev/null || true
                 wait "$daemon_pid" 2>/dev/null || true
         fi
-        [ "$pg_started" = 1 ] && tests/pg.sh stop "$work/pg" fast
+        [ "$pg_started" = 1 ] && tests/lib/pg.sh stop "$work/pg" fast
         if [ "$rc" != 0 ] || [ "${PROFILE_KEEP:-0}" = 1 ]; then
                 echo "pgprofile.sh: work directory kept: $work" >&2
         else
@@ -48,10 +48,10 @@ trap 'exit 130' INT TERM
 
 port=$(( (RANDOM % 1000) + 57000 ))
 PG_OPTS="-c shared_preload_libraries=pg_stat_statements -c track_functions=all \
--c pg_stat_statements.track=all ${PROFILE_PG_OPTS:-}" tests/pg.sh start "$work/pg" "$port"
+-c pg_stat_statements.track=all ${PROFILE_PG_OPTS:-}" tests/lib/pg.sh start "$work/pg" "$port"
 pg_started=1
-tests/pg.sh createdb "$work/pg" "$port" easypost_sync
-conninfo=$(tests/pg.sh conninfo "$work/pg" "$port" easypost_sync)
+tests/lib/pg.sh createdb "$work/pg" "$port" easypost_sync
+conninfo=$(tests/lib/pg.sh conninfo "$work/pg" "$port" easypost_sync)
 pg_pid=$(head -n 1 "$work/pg/data/postmaster.pid")
 psql() { "$pgbin/psql" "$conninfo" -qAtX -v ON_ERROR_STOP=1 "$@"; }
 psql -c "CREATE EXTENSION pg_stat_statements"

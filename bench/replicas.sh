@@ -2,7 +2,7 @@
 # replicas.sh - ingest throughput of 1 and 3 replicas of the daemon on one
 # PostgreSQL, through PgBouncer (Debian's, pool_mode = transaction) and with
 # direct connections (unix socket), in one run. HAProxy (round robin, the
-# configuration of tests/replicas-lib.sh) is in front in all four cases, so
+# configuration of tests/system/replicas-lib.sh) is in front in all four cases, so
 # they differ only in replicas and pooler. Each case gets a fresh database
 # (DROP DATABASE ... WITH (FORCE), --migrate), its replicas start with
 # --log_level=warn and the defaults otherwise, and loadgen drives them closed
@@ -29,8 +29,8 @@ out=${BENCH_OUT:-$here/results-replicas.md}
 top_builddir=${BENCH_BUILDDIR:-$top_srcdir}
 top_builddir=$(cd "$top_builddir" && pwd)
 RL_NAME=bench/replicas.sh
-# shellcheck source=tests/replicas-lib.sh
-. "$top_srcdir/tests/replicas-lib.sh"
+# shellcheck source=tests/system/replicas-lib.sh
+. "$top_srcdir/tests/system/replicas-lib.sh"
 
 die() { rl_log "$*"; exit 1; }
 log() { printf '== %s\n' "$*" >&2; }

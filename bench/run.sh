@@ -122,7 +122,7 @@ cleanup() {
         stop_pid "$bare_pid" bare_server
         stop_pid "$peer_pid" peer.js
         stop_pid "$daemon_pid" easypost-syncd
-        [ "$pg_started" = 1 ] && tests/pg.sh stop "$work/pg" fast
+        [ "$pg_started" = 1 ] && tests/lib/pg.sh stop "$work/pg" fast
         if [ "$rc" != 0 ] || [ "${BENCH_KEEP:-0}" = 1 ]; then
                 echo "run.sh: logs kept in $work" >&2
         else
@@ -182,10 +182,10 @@ revision="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quie
 # ---- PostgreSQL and the daemon ------------------------------------------------
 pgport=$(( (RANDOM % 1000) + 56000 )) # names the socket in $work/pg only
 log "PostgreSQL in $work/pg (fsync=$pg_fsync)"
-PG_FSYNC=$pg_fsync tests/pg.sh start "$work/pg" "$pgport"
+PG_FSYNC=$pg_fsync tests/lib/pg.sh start "$work/pg" "$pgport"
 pg_started=1
-tests/pg.sh createdb "$work/pg" "$pgport" easypost_sync
-conninfo=$(tests/pg.sh conninfo "$work/pg" "$pgport" easypost_sync)
+tests/lib/pg.sh createdb "$work/pg" "$pgport" easypost_sync
+conninfo=$(tests/lib/pg.sh conninfo "$work/pg" "$pgport" easypost_sync)
 pg_pid=$(head -n 1 "$work/pg/data/postmaster.pid")
 psql() { "$pgbin/psql" "$conninfo" -qAtX -v ON_ERROR_STOP=1 "$@"; }
 

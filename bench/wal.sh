@@ -25,8 +25,8 @@ out=${BENCH_OUT:-$here/results-wal.md}
 top_builddir=$(cd "${BENCH_BUILDDIR:-$top_srcdir}" && pwd)
 export PG_OPTS=${PG_OPTS:--c wal_compression=lz4 -c max_wal_size=4GB -c checkpoint_timeout=15min -c checkpoint_completion_target=0.9 -c wal_buffers=16MB}
 RL_NAME=bench/wal.sh
-# shellcheck source=tests/replicas-lib.sh
-. "$top_srcdir/tests/replicas-lib.sh"
+# shellcheck source=tests/system/replicas-lib.sh
+. "$top_srcdir/tests/system/replicas-lib.sh"
 die() { rl_log "$*"; exit 1; }
 log() { printf '== %s\n' "$*" >&2; }
 [ -x "$top_builddir/easypost-syncd" ] && [ -x "$top_builddir/bench/loadgen" ] ||

@@ -8,7 +8,7 @@
 #
 #   sudo scripts/test-deb.sh     (root: it installs packages, chroots and mounts)
 #
-# The PostgreSQL cluster runs on the host (tests/pg.sh) with a second socket
+# The PostgreSQL cluster runs on the host (tests/lib/pg.sh) with a second socket
 # in the root's /run/postgresql, so the chrooted daemon reaches it without a
 # bind mount. The root gets /proc and /dev (bind) while the test runs; both are
 # unmounted on exit, whatever happens.
@@ -65,7 +65,7 @@ finish() {
 		kill -KILL "$DAEMON_PID" 2>/dev/null
 		wait "$DAEMON_PID" 2>/dev/null
 	fi
-	[ "$PG_STARTED" = 1 ] && "$ROOT/tests/pg.sh" stop "$TMP/pg" immediate
+	[ "$PG_STARTED" = 1 ] && "$ROOT/tests/lib/pg.sh" stop "$TMP/pg" immediate
 	unmount_all
 	if [ -n "$TMP" ]; then
 		if [ -n "$(mounted_under "$TMP")" ]; then
@@ -294,13 +294,13 @@ out=$(in_root easypost-syncd --version 2>&1)
 check "easypost-syncd --version ($out)" test "$out" = "easypost-syncd $ver"
 
 PG_PORT=5432
-# whichever user tests/pg.sh runs the cluster as may make its socket there
+# whichever user tests/lib/pg.sh runs the cluster as may make its socket there
 mkdir -p "$CH/run/postgresql" && chmod 1777 "$CH/run/postgresql"
-log "starting PostgreSQL (tests/pg.sh, sockets in $TMP/pg and the root's /run/postgresql)"
+log "starting PostgreSQL (tests/lib/pg.sh, sockets in $TMP/pg and the root's /run/postgresql)"
 PG_OPTS="-c unix_socket_directories='$TMP/pg,$CH/run/postgresql'" \
-	timeout "$(left 120)" "$ROOT/tests/pg.sh" start "$TMP/pg" "$PG_PORT" || abort "PostgreSQL started"
+	timeout "$(left 120)" "$ROOT/tests/lib/pg.sh" start "$TMP/pg" "$PG_PORT" || abort "PostgreSQL started"
 PG_STARTED=1
-"$ROOT/tests/pg.sh" createdb "$TMP/pg" "$PG_PORT" easypost_sync || abort "createdb easypost_sync"
+"$ROOT/tests/lib/pg.sh" createdb "$TMP/pg" "$PG_PORT" easypost_sync || abort "createdb easypost_sync"
 pass "PostgreSQL $(psql_host 'SHOW server_version') up"
 
 SECRET=$(openssl rand -hex 24)
@@ -350,7 +350,7 @@ wait "$DAEMON_PID"
 rc=$?
 DAEMON_PID=
 check "SIGTERM: the daemon drains and exits 0 (exit $rc)" test "$rc" = 0
-"$ROOT/tests/pg.sh" stop "$TMP/pg" fast
+"$ROOT/tests/lib/pg.sh" stop "$TMP/pg" fast
 PG_STARTED=0
 
 # --- remove, then purge -----------------------------------------------------------------

@@ -42,7 +42,7 @@ status=0
 
 echo
 echo "== test logs ($b) =="
-for f in "$b"/tests/*.log; do
+for f in "$b"/tests/*/*.log; do
         [ -f "$f" ] || continue
         echo "--- $f"
         cat "$f"

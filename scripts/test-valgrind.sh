@@ -1,10 +1,10 @@
 #!/bin/sh
 # test-valgrind.sh - memcheck over the unit suites and one real daemon session.
 #
-#  1. tests/check_unit (every pure-module suite) in one process (CK_FORK=no)
+#  1. tests/unit/check_unit (every pure-module suite) in one process (CK_FORK=no)
 #     under valgrind --leak-check=full --errors-for-leak-kinds=definite;
 #  2. the ingest integration suite with the daemon itself under valgrind
-#     (TEST_DAEMON_WRAPPER, see tests/itest.c): a memcheck error or a definite
+#     (TEST_DAEMON_WRAPPER, see tests/integration/itest.c): a memcheck error or a definite
 #     leak makes the daemon exit 99 instead of the 0 the suite demands on
 #     SIGTERM, and its valgrind log is checked here as well.
 #
@@ -27,7 +27,7 @@ mkdir -p "$b"
 rm -rf "$logs"
 mkdir -p "$logs"
 (cd "$b" && "$top/configure" -q CFLAGS="-g -O2" && make -j"$(nproc)" >/dev/null &&
-        make -j"$(nproc)" tests/check_unit tests/check_integration >/dev/null)
+        make -j"$(nproc)" tests/unit/check_unit tests/integration/check_integration >/dev/null)
 
 vg="valgrind --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite"
 vg="$vg --track-origins=yes --num-callers=30"
@@ -77,7 +77,7 @@ check_vglog() { # LOG NAME
 echo "== 1. unit suites under valgrind (CK_FORK=no)"
 rc=0
 (cd "$b" && abs_top_srcdir=$top abs_top_builddir=$b CK_FORK=no \
-        $vg --error-exitcode=1 --log-file="$logs/check_unit.vg" tests/check_unit) \
+        $vg --error-exitcode=1 --log-file="$logs/check_unit.vg" tests/unit/check_unit) \
         >"$logs/check_unit.out" 2>&1 || rc=$?
 cat "$logs/check_unit.out"
 count_checks "$logs/check_unit.out" check_unit
@@ -92,7 +92,7 @@ TEST_DAEMON_WRAPPER="valgrind --error-exitcode=99 --leak-check=full --errors-for
 rc=0
 (cd "$b" && abs_top_srcdir=$top abs_top_builddir=$b TEST_DAEMON_WRAPPER="$TEST_DAEMON_WRAPPER" \
         CK_RUN_SUITE=ingest CK_TIMEOUT_MULTIPLIER=${CK_TIMEOUT_MULTIPLIER:-10} \
-        "$top/tests/integration.sh") >"$logs/ingest.out" 2>&1 || rc=$?
+        "$top/tests/integration/integration.sh") >"$logs/ingest.out" 2>&1 || rc=$?
 cat "$logs/ingest.out"
 count_checks "$logs/ingest.out" "ingest (daemon under valgrind)"
 ndaemon=0

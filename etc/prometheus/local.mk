@@ -8,6 +8,6 @@ dist_promrules_DATA = etc/prometheus/easypost-sync.rules.yml
 # promtool.sh: `promtool check rules` and `promtool test rules`;
 # prometheus.sh: a real Prometheus scraping the daemon, one alert firing and
 # clearing.
-TESTS += tests/promtool.sh tests/prometheus.sh
-EXTRA_DIST += etc/prometheus/local.mk tests/promtool.sh tests/prometheus.sh \
+TESTS += tests/prometheus/promtool.sh tests/prometheus/prometheus.sh
+EXTRA_DIST += etc/prometheus/local.mk tests/prometheus/promtool.sh tests/prometheus/prometheus.sh \
 	tests/prometheus/easypost-sync.test.yml

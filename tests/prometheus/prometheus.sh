@@ -15,7 +15,7 @@
 # Ends with a Check-style summary line. Run by `make check`.
 set -u
 
-top_srcdir=${abs_top_srcdir:-$(cd "$(dirname "$0")/.." && pwd)}
+top_srcdir=${abs_top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
 top_builddir=${abs_top_builddir:-$top_srcdir}
 for tool in prometheus promtool curl jq; do
         command -v $tool >/dev/null 2>&1 ||
@@ -39,7 +39,7 @@ cleanup() {
         stop_pid "$pid"
         stop_pid "$prom_pid"
         stop_pid "$daemon_pid"
-        [ -n "$pg_started" ] && "$top_srcdir/tests/pg.sh" stop "$tmp/pg" immediate
+        [ -n "$pg_started" ] && "$top_srcdir/tests/lib/pg.sh" stop "$tmp/pg" immediate
         if [ -z "${KEEP_TEST_TMPDIR:-}" ]; then rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
@@ -113,10 +113,10 @@ free_port() {
 
 # --- PostgreSQL, migrations, the daemon
 pg_port=$(free_port 0) # names its unix socket only: listen_addresses is empty
-"$top_srcdir/tests/pg.sh" start "$tmp/pg" "$pg_port" || { fail "PostgreSQL starts"; finish; }
+"$top_srcdir/tests/lib/pg.sh" start "$tmp/pg" "$pg_port" || { fail "PostgreSQL starts"; finish; }
 pg_started=1
-"$top_srcdir/tests/pg.sh" createdb "$tmp/pg" "$pg_port" eps_test
-conninfo=$("$top_srcdir/tests/pg.sh" conninfo "$tmp/pg" "$pg_port" eps_test)
+"$top_srcdir/tests/lib/pg.sh" createdb "$tmp/pg" "$pg_port" eps_test
+conninfo=$("$top_srcdir/tests/lib/pg.sh" conninfo "$tmp/pg" "$pg_port" eps_test)
 DATABASE_URL="$conninfo" "$top_builddir/easypost-syncd" --migrate --sql_dir="$top_srcdir/sql" \
         >"$tmp/migrate.log" 2>&1 || { cat "$tmp/migrate.log"; fail "migrations apply"; finish; }
 
@@ -211,7 +211,7 @@ check "a signed test event is accepted" env EASYPOST_WEBHOOK_SECRET=prometheus-t
 check "EasyPostSyncNoWebhooks cleared by it" until_true is "" alert_state EasyPostSyncNoWebhooks
 
 # --- PostgreSQL stopped: the alert fires
-"$top_srcdir/tests/pg.sh" stop "$tmp/pg" immediate
+"$top_srcdir/tests/lib/pg.sh" stop "$tmp/pg" immediate
 must "EasyPostSyncDatabaseDown firing after PostgreSQL stopped" \
         until_true is firing alert_state EasyPostSyncDatabaseDown
 check "the firing alert names the target and is critical" \
@@ -221,7 +221,7 @@ check "the firing alert names the target and is critical" \
 check "/readyz 503 meanwhile" status_is "$daemon/readyz" 503
 
 # --- PostgreSQL back: the alert clears
-"$top_srcdir/tests/pg.sh" start "$tmp/pg" "$pg_port" || { fail "PostgreSQL starts again"; finish; }
+"$top_srcdir/tests/lib/pg.sh" start "$tmp/pg" "$pg_port" || { fail "PostgreSQL starts again"; finish; }
 check "/readyz 200 after PostgreSQL is back" until_true status_is "$daemon/readyz" 200
 check "EasyPostSyncDatabaseDown cleared" until_true is "" alert_state EasyPostSyncDatabaseDown
 check "daemon still running" kill -0 "$daemon_pid"

@@ -71,7 +71,7 @@ daemon_start(struct daemon *d, const char *const *extra_env)
         const char *tmp = getenv("TEST_TMPDIR");
 
         memset(d, 0, sizeof(*d));
-        ck_assert_msg(ci != NULL, "TEST_PG_CONNINFO is not set: run through tests/integration.sh");
+        ck_assert_msg(ci != NULL, "TEST_PG_CONNINFO is not set: run through tests/integration/integration.sh");
         d->port = free_port();
         snprintf(d->log, sizeof(d->log), "%s/daemon-%d-%d.log", tmp ? tmp : "/tmp", (int)getpid(),
                  ++seq);
@@ -373,9 +373,9 @@ pg_ctl(const char *what)
 
         ck_assert_msg(dir && port, "TEST_PG_DIR/TEST_PG_PORT not set");
         if (strcmp(what, "start") == 0)
-                snprintf(cmd, sizeof(cmd), "%s start '%s' %s", srcdir_path("tests/pg.sh"), dir, port);
+                snprintf(cmd, sizeof(cmd), "%s start '%s' %s", srcdir_path("tests/lib/pg.sh"), dir, port);
         else
-                snprintf(cmd, sizeof(cmd), "%s stop '%s' %s", srcdir_path("tests/pg.sh"), dir,
+                snprintf(cmd, sizeof(cmd), "%s stop '%s' %s", srcdir_path("tests/lib/pg.sh"), dir,
                          strcmp(what, "stop-immediate") == 0 ? "immediate" : "fast");
         ck_assert_int_eq(system(cmd), 0);
 }
@@ -393,7 +393,7 @@ fake_start(struct fake_api *f, const char *api_key)
         if (f->pid == 0) {
                 char bin[600], log[600];
                 const char *tmp = getenv("TEST_TMPDIR");
-                snprintf(bin, sizeof(bin), "%s/tests/fake_easypost", builddir());
+                snprintf(bin, sizeof(bin), "%s/tests/fake/fake_easypost", builddir());
                 snprintf(log, sizeof(log), "%s/fake-%d.log", tmp ? tmp : "/tmp", (int)getpid());
                 int lfd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
                 if (lfd >= 0) {

@@ -1,10 +1,10 @@
-# replicas-lib.sh - sourced by tests/replicas.sh and bench/replicas.sh: free
+# replicas-lib.sh - sourced by tests/system/replicas.sh and bench/replicas.sh: free
 # loopback ports, Debian's PgBouncer in transaction pooling mode, replicas of
 # the daemon and HAProxy in front of them. POSIX sh.
 #
 # The caller sets top_srcdir, top_builddir and RL_DIR (a work directory the
 # cluster's user can reach: PgBouncer refuses to run as root, so as root it
-# runs as the user tests/pg.sh runs PostgreSQL as). Every process started
+# runs as the user tests/lib/pg.sh runs PostgreSQL as). Every process started
 # here is stopped by PID by rl_stop_all.
 
 RL_PIDS=""
@@ -72,7 +72,7 @@ admin_users = postgres
 EOF
         RL_PGB_PIDFILE=$rl_d/pgbouncer.pid
         if [ "$(id -u)" = 0 ]; then
-                rl_u=$("$top_srcdir/tests/pg.sh" user "$RL_DIR")
+                rl_u=$("$top_srcdir/tests/lib/pg.sh" user "$RL_DIR")
                 chown -R "$rl_u" "$rl_d"
                 runuser -u "$rl_u" -- pgbouncer -q -d "$rl_d/pgbouncer.ini"
         else
@@ -191,15 +191,15 @@ rl_bench_start() {
         rl_pg_started=
         trap rl_bench_cleanup EXIT
         trap 'exit 130' INT TERM
-        "$top_srcdir/tests/pg.sh" start "$pg_dir" "$pg_port"
+        "$top_srcdir/tests/lib/pg.sh" start "$pg_dir" "$pg_port"
         rl_pg_started=1
-        "$top_srcdir/tests/pg.sh" createdb "$pg_dir" "$pg_port" "$db"
+        "$top_srcdir/tests/lib/pg.sh" createdb "$pg_dir" "$pg_port" "$db"
 }
 rl_bench_cleanup() {
         rl_rc=$?
         trap - EXIT INT TERM
         rl_stop_all
-        [ -n "$rl_pg_started" ] && "$top_srcdir/tests/pg.sh" stop "$pg_dir" fast
+        [ -n "$rl_pg_started" ] && "$top_srcdir/tests/lib/pg.sh" stop "$pg_dir" fast
         if [ "$rl_rc" != 0 ] || [ "${BENCH_KEEP:-0}" = 1 ]; then
                 rl_log "logs kept in $RL_DIR"
         else
@@ -214,7 +214,7 @@ rl_wal() {
         rl_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
         set -- "$rl_bin/pg_waldump" --stats=record -p "$pg_dir/data/pg_wal" -s "$1" -e "$2"
         if [ "$(id -u)" = 0 ]; then
-                set -- runuser -u "$("$top_srcdir/tests/pg.sh" user "$RL_DIR")" -- "$@"
+                set -- runuser -u "$("$top_srcdir/tests/lib/pg.sh" user "$RL_DIR")" -- "$@"
         fi
         "$@" | awk '$1 == "Transaction/COMMIT" { c = $2 } $1 == "Total" { r = $2; f = $5 }
                     END { print r + 0, f + 0, c + 0 }'

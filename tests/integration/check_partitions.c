@@ -63,7 +63,7 @@ START_TEST(test_partitions_ahead_after_migrate_and_tick)
         struct daemon d;
         const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", NULL };
 
-        /* --migrate (tests/integration.sh) made this month and three more */
+        /* --migrate (tests/integration/integration.sh) made this month and three more */
         ck_assert_int_eq(months_covered(c, "webhook_events", 3), 4);
         ck_assert_int_eq(months_covered(c, "shipment_events", 3), 4);
         /* shipment_events also takes any past time (a carrier's old scan) */

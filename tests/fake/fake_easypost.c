@@ -4,7 +4,7 @@
  * One evhttp on one event_base serves GET /v2/shipments/{id}, /v2/trackers/{id},
  * /v2/events, /v2/events/{id} and /v2/webhooks, and PATCH /v2/webhooks/{id} (which
  * re-enables a disabled webhook), from an in-memory store that the test seeds over
- * /_control (tests/fake_easypost.md lists the control API). Fault rules turn the next
+ * /_control (tests/fake/fake_easypost.md lists the control API). Fault rules turn the next
  * matching API requests into errors, slow answers or dropped connections; counters let
  * a test check what the client sent and how fast. Delays are timers, never sleeps, so a
  * slow answer on one connection never holds up another.
@@ -1628,7 +1628,7 @@ usage(FILE *out)
                 "  --listen    default 127.0.0.1:0 (0 = any free port; \"port=N\" is printed first)\n"
                 "  --fixtures  default $EASYPOST_FIXTURES or <srcdir>/../shared/fixtures/easypost\n"
                 "  --no-fixtures  start with an empty store\n"
-                "Control API: see tests/fake_easypost.md\n");
+                "Control API: see tests/fake/fake_easypost.md\n");
 }
 
 static void

@@ -6,7 +6,7 @@
 # README.md. Ends with a Check-style summary line. Run by `make check`.
 set -u
 
-top_srcdir=${abs_top_srcdir:-$(cd "$(dirname "$0")/.." && pwd)}
+top_srcdir=${abs_top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
 command -v promtool >/dev/null 2>&1 ||
         { echo "promtool.sh: promtool not found (apt-get install prometheus; scripts/deps.sh)" >&2; exit 1; }
 

@@ -19,7 +19,7 @@ check() {
         if [ -e "$dest$1" ]; then echo "installed: $1"; else echo "MISSING: $1"; fail=1; fi
 }
 check "$prefix/bin/easypost-syncd"
-for f in "$(dirname "$0")"/../sql/[0-9][0-9][0-9][0-9]_*.sql; do
+for f in "$(dirname "$0")"/../../sql/[0-9][0-9][0-9][0-9]_*.sql; do
         check "$prefix/share/easypost-sync/sql/$(basename "$f")"
 done
 check "$sysconfdir/easypost-sync/easypost-sync.conf"

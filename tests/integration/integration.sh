@@ -4,7 +4,7 @@
 # what it started. Run by `make check`.
 set -eu
 
-top_srcdir=${abs_top_srcdir:-$(cd "$(dirname "$0")/.." && pwd)}
+top_srcdir=${abs_top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
 top_builddir=${abs_top_builddir:-$top_srcdir}
 export abs_top_srcdir="$top_srcdir" abs_top_builddir="$top_builddir"
 
@@ -13,7 +13,7 @@ export TEST_TMPDIR
 chmod 755 "$TEST_TMPDIR"
 started=
 cleanup() {
-        [ -n "$started" ] && "$top_srcdir/tests/pg.sh" stop "$TEST_PG_DIR" immediate
+        [ -n "$started" ] && "$top_srcdir/tests/lib/pg.sh" stop "$TEST_PG_DIR" immediate
         if [ "${KEEP_TEST_TMPDIR:-}" = "" ]; then rm -rf "$TEST_TMPDIR"; fi
 }
 trap cleanup EXIT INT TERM
@@ -22,10 +22,10 @@ if [ -z "${TEST_PG_CONNINFO:-}" ]; then
         TEST_PG_DIR="$TEST_TMPDIR/pg"
         TEST_PG_PORT=${TEST_PG_PORT:-$((20000 + $$ % 20000))}
         export TEST_PG_DIR TEST_PG_PORT
-        "$top_srcdir/tests/pg.sh" start "$TEST_PG_DIR" "$TEST_PG_PORT"
+        "$top_srcdir/tests/lib/pg.sh" start "$TEST_PG_DIR" "$TEST_PG_PORT"
         started=1
-        "$top_srcdir/tests/pg.sh" createdb "$TEST_PG_DIR" "$TEST_PG_PORT" eps_test
-        TEST_PG_CONNINFO=$("$top_srcdir/tests/pg.sh" conninfo "$TEST_PG_DIR" "$TEST_PG_PORT" eps_test)
+        "$top_srcdir/tests/lib/pg.sh" createdb "$TEST_PG_DIR" "$TEST_PG_PORT" eps_test
+        TEST_PG_CONNINFO=$("$top_srcdir/tests/lib/pg.sh" conninfo "$TEST_PG_DIR" "$TEST_PG_PORT" eps_test)
         export TEST_PG_CONNINFO
 fi
 
@@ -34,7 +34,7 @@ DATABASE_URL="$TEST_PG_CONNINFO" "$top_builddir/easypost-syncd" --migrate \
         { cat "$TEST_TMPDIR/migrate.log"; exit 1; }
 
 status=0
-"$top_builddir/tests/check_integration" || status=$?
+"$top_builddir/tests/integration/check_integration" || status=$?
 
 # No secret may ever reach a log line.
 # (the test secret, the API keys the sync and webhook_health suites use, and

@@ -4,7 +4,7 @@
 # the fake EasyPost API behind their sync workers. Run by `make check`.
 #
 # The load is duplicate-heavy: every event is sent twice at once, the copies
-# pinned (X-Replica, see tests/replicas-lib.sh) to two different replicas,
+# pinned (X-Replica, see tests/system/replicas-lib.sh) to two different replicas,
 # each copy retried until it is answered 2xx (curl --retry-all-errors). When
 # a third of the events are stored, one replica is killed with SIGKILL; HAProxy
 # sends what was meant for it to the others. Then it checks that
@@ -31,11 +31,11 @@ set -eu
 LC_ALL=C # sort, join and comm agree
 export LC_ALL
 
-top_srcdir=${abs_top_srcdir:-$(cd "$(dirname "$0")/.." && pwd)}
+top_srcdir=${abs_top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
 top_builddir=${abs_top_builddir:-$top_srcdir}
 RL_NAME=replicas
-# shellcheck source=tests/replicas-lib.sh
-. "$top_srcdir/tests/replicas-lib.sh"
+# shellcheck source=tests/system/replicas-lib.sh
+. "$top_srcdir/tests/system/replicas-lib.sh"
 
 N=${REPLICAS_EVENTS:-3000}
 T0=$(date +%s)
@@ -61,7 +61,7 @@ summary_line() {
 cleanup() {
         [ -n "$LOAD_PID" ] && kill -TERM "$LOAD_PID" 2>/dev/null
         rl_stop_all
-        [ -n "$pg_started" ] && "$top_srcdir/tests/pg.sh" stop "$PG_DIR" immediate
+        [ -n "$pg_started" ] && "$top_srcdir/tests/lib/pg.sh" stop "$PG_DIR" immediate
         if [ -z "${KEEP_TEST_TMPDIR:-}" ]; then rm -rf "$RL_DIR"; else echo "kept $RL_DIR"; fi
 }
 trap cleanup EXIT
@@ -102,11 +102,11 @@ rl_port PGB_PORT && rl_port HAP_PORT && rl_port D1_PORT && rl_port D2_PORT && rl
         die "free ports"
 
 # --- PostgreSQL, the fake API, PgBouncer, the schema ---------------------------
-"$top_srcdir/tests/pg.sh" start "$PG_DIR" "$PG_PORT" || die "PostgreSQL did not start"
+"$top_srcdir/tests/lib/pg.sh" start "$PG_DIR" "$PG_PORT" || die "PostgreSQL did not start"
 pg_started=1
-"$top_srcdir/tests/pg.sh" createdb "$PG_DIR" "$PG_PORT" "$DB" || die "createdb"
+"$top_srcdir/tests/lib/pg.sh" createdb "$PG_DIR" "$PG_PORT" "$DB" || die "createdb"
 
-"$top_builddir/tests/fake_easypost" --listen 127.0.0.1:0 --api-key "$API_KEY" --no-fixtures \
+"$top_builddir/tests/fake/fake_easypost" --listen 127.0.0.1:0 --api-key "$API_KEY" --no-fixtures \
         >"$RL_DIR/fake.out" 2>"$RL_DIR/fake.log" &
 RL_PIDS="$RL_PIDS $!"
 fake_up() { grep -q '^port=' "$RL_DIR/fake.out"; }

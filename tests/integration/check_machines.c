@@ -1,6 +1,6 @@
 /*
  * check_machines.c - the pacer and backfill state machines driven directly,
- * in this process on an event loop of its own, against tests/fake_easypost
+ * in this process on an event loop of its own, against tests/fake/fake_easypost
  * scripted with fault rules (and stopped with SIGSTOP to stall it).
  */
 #include <jansson.h>

@@ -1,7 +1,7 @@
 /*
  * itest.h - integration-test helpers: the real daemon as a child process,
  * HTTP through libcurl, checks through blocking libpq, PostgreSQL control
- * through tests/pg.sh. Needs TEST_PG_CONNINFO (set by tests/integration.sh).
+ * through tests/lib/pg.sh. Needs TEST_PG_CONNINFO (set by tests/integration/integration.sh).
  */
 #ifndef EPS_ITEST_H
 #define EPS_ITEST_H
@@ -66,7 +66,7 @@ double daemon_metric_wait(unsigned port, const char *name, double want, int time
 /* PostgreSQL control: "stop", "start", "stop-immediate". */
 void pg_ctl(const char *what);
 
-/* The fake EasyPost API (tests/fake_easypost) as a child process. */
+/* The fake EasyPost API (tests/fake/fake_easypost) as a child process. */
 struct fake_api {
         pid_t pid;
         unsigned port;
