@@ -1,12 +1,17 @@
 #!/bin/sh
-# deps.sh - installs the Debian packages the build, the tests and the local
-# database need, skipping what is already there. Needs root (or sudo) only
-# when something is missing.
+# deps.sh - installs the Debian packages the build and the local database
+# need, skipping what is already there; --test adds what only the tests use
+# (valgrind, the fuzzers' clang, Prometheus, PgBouncer, HAProxy: on a systemd
+# host the last three packages enable services of their own, which a
+# machine that only runs the daemon does not want). Needs root (or sudo)
+# only when something is missing.
 set -eu
 
 pkgs="build-essential autoconf automake pkg-config libevent-dev libpq-dev
 libcurl4-openssl-dev libjansson-dev libssl-dev uuid-dev check libunistring-dev
-postgresql curl openssl valgrind clang libclang-rt-14-dev prometheus jq pgbouncer haproxy"
+postgresql curl openssl"
+test_pkgs="valgrind clang libclang-rt-14-dev prometheus jq pgbouncer haproxy"
+[ "${1:-}" = "--test" ] && shift && pkgs="$pkgs $test_pkgs"
 [ "${1:-}" = "--extra" ] && shift && pkgs="$pkgs $*"
 
 missing=

@@ -17,7 +17,7 @@ set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
 
-scripts/deps.sh
+scripts/deps.sh --test
 [ -x configure ] || autoreconf -fi
 [ -f config.status ] && make distclean >/dev/null # builds live in build/
 
