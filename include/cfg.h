@@ -60,6 +60,7 @@ struct cfg {
         long metrics_interval;
         long metrics_retention_days;
         long event_retention_days, history_retention_days, dead_letter_retention_days;
+        long sync_job_retention_days;
         /* process */
         char *log_level;
         char *log_format;

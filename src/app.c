@@ -127,7 +127,8 @@ timers_settings(const struct app *a)
                                                     .event_retention_days = c->event_retention_days,
                                                     .history_retention_days = c->history_retention_days,
                                                     .dead_letter_retention_days =
-                                                            c->dead_letter_retention_days } };
+                                                            c->dead_letter_retention_days,
+                                                    .sync_job_retention_days = c->sync_job_retention_days } };
 }
 
 /* The figures of one system_metrics row, from the modules that own them. */

@@ -1,11 +1,17 @@
 /*
  * backfill.c - recovers events that webhooks missed.
  *
- *   IDLE --tick--> CURSOR (sync_state) --> LIST /events after it (follow
+ *   IDLE --tick--> CURSOR (eps_backfill_elect: one replica per slot gets
+ *   the cursor, the others go back to IDLE) --> LIST /events after it (follow
  *   has_more) --> CHECK which ids are not stored --> FETCH for each its
  *   delivery attempts (/events/{id}/payloads hold the full body EasyPost
  *   signed) and ingest it through the webhook path with source 'backfill'
- *   --> SAVE the newest listed id as the cursor --> IDLE
+ *   --> SAVE the newest listed id as the cursor --> IDLE (the outcome
+ *   recorded in sync_state by eps_backfill_record)
+ *
+ * Ticks fall on multiples of backfill_interval on the wall clock, so every
+ * replica names the same slot and the database elects one of them; a run
+ * asked for by backfill_now is not elected, it runs here.
  *
  * Every change of state goes through enter(); a run ends only by entering
  * IDLE, completed (why == NULL) or failed (why says what). A failed run
@@ -52,10 +58,12 @@ struct backfill {
         struct backfill_stats stats;
         /* the run in progress */
         enum backfill_state state;
-        bool started; /* the cursor was read: the run counts */
+        bool forced;  /* asked for by backfill_now: not elected */
+        bool started; /* elected and the cursor read: the run counts */
         bool failed;  /* some event could not be fetched, used or committed */
         char *cursor, *newest;
         int pages;
+        uint64_t recovered; /* by this run */
         struct bf_item *items;
         size_t n, cap, next, pending;
 };
@@ -77,17 +85,23 @@ can_run(const struct backfill *b)
 }
 
 /* A run asked for by backfill_now starts at once (or a second later while the
- * connection comes up); the others after secs. */
+ * connection comes up); the others first_s seconds from now, or with
+ * first_s 0 just past the next slot boundary. */
 static void
-arm(struct backfill *b, long secs)
+arm(struct backfill *b, long first_s)
 {
         if (!can_run(b) || b->state != BACKFILL_IDLE)
                 return;
-        struct timeval tv = { secs, 0 };
+        uint64_t ms = (uint64_t)first_s * 1000u;
         if (b->again) {
-                tv.tv_sec = db_conn_ready(b->conn) ? 0 : 1;
+                ms = db_conn_ready(b->conn) ? 0 : 1000;
                 evtimer_del(b->timer);
+        } else if (first_s <= 0) {
+                uint64_t period = (uint64_t)b->interval * 1000u;
+                uint64_t now = clock_real_ms();
+                ms = (now / period + 1) * period + 20 - now;
         }
+        struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
         evtimer_add(b->timer, &tv);
 }
 
@@ -103,7 +117,29 @@ reset(struct backfill *b)
         b->cursor = b->newest = NULL;
         b->n = b->cap = b->next = b->pending = 0;
         b->pages = 0;
-        b->failed = b->started = false;
+        b->recovered = 0;
+        b->failed = b->started = b->forced = false;
+}
+
+static void
+recorded_cb(PGresult *res, void *arg)
+{
+        (void)arg;
+        if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
+                log_warn("sync", "recording the backfill run failed: %s", PQresultErrorMessage(res));
+}
+
+/* The run's end in sync_state, for --status; why == NULL: completed. */
+static void
+record(struct backfill *b, const char *why)
+{
+        char n[24];
+
+        snprintf(n, sizeof(n), "%llu", (unsigned long long)b->recovered);
+        const char *vals[3] = { why ? "failed" : "completed", n, why };
+        if (db_conn_query(b->conn, "SELECT eps_backfill_record($1, $2::int8, $3)", 3, vals, recorded_cb,
+                          NULL) != 0)
+                log_debug("sync", "backfill run not recorded: database unavailable");
 }
 
 /* IDLE: the run is over. why == NULL: completed; "" : did not start (quiet). */
@@ -112,15 +148,17 @@ run_end(struct backfill *b, const char *why)
 {
         if (why == NULL) {
                 log_info("sync", "backfill done: %zu events listed, %llu recovered", b->n,
-                         (unsigned long long)b->stats.recovered);
+                         (unsigned long long)b->recovered);
                 b->stats.runs_completed++;
                 b->stats.last_success_unix = clock_real_ms() / 1000u;
         } else if (b->started) {
                 log_warn("sync", "backfill stopped: %s (cursor kept)", why);
                 b->stats.runs_failed++;
         }
+        if (b->started && !b->stopped)
+                record(b, why);
         reset(b);
-        arm(b, b->interval);
+        arm(b, 0);
 }
 
 /* ---- CURSOR ---- */
@@ -132,12 +170,13 @@ cursor_cb(PGresult *res, void *arg)
 
         if (b->stopped)
                 return;
-        if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-                enter(b, BACKFILL_IDLE, "");
+        if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
+            strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+                enter(b, BACKFILL_IDLE, ""); /* or another replica has this slot */
                 return;
         }
-        if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
-                b->cursor = xstrdup(PQgetvalue(res, 0, 0));
+        if (!PQgetisnull(res, 0, 1))
+                b->cursor = xstrdup(PQgetvalue(res, 0, 1));
         b->started = true;
         b->stats.runs++;
         enter(b, BACKFILL_LIST, NULL);
@@ -146,8 +185,13 @@ cursor_cb(PGresult *res, void *arg)
 static void
 send_cursor(struct backfill *b)
 {
-        if (db_conn_query(b->conn, "SELECT value FROM sync_state WHERE key = 'backfill_cursor'", 0,
-                          NULL, cursor_cb, b) != 0)
+        char slot[24];
+        uint64_t iv = b->interval > 0 ? (uint64_t)b->interval : 1;
+
+        snprintf(slot, sizeof(slot), "%llu", (unsigned long long)(clock_real_ms() / 1000 / iv * iv));
+        const char *vals[1] = { b->forced ? NULL : slot };
+        if (db_conn_query(b->conn, "SELECT elected, cursor FROM eps_backfill_elect($1::bigint)", 1, vals,
+                          cursor_cb, b) != 0)
                 enter(b, BACKFILL_IDLE, ""); /* database down: next tick */
 }
 
@@ -297,8 +341,10 @@ item_done(struct ingest_item *it, enum ingest_result r)
                 return;
         if (r == INGEST_UNAVAILABLE)
                 b->failed = true;
-        else if (r == INGEST_STORED)
+        else if (r == INGEST_STORED) {
                 b->stats.recovered++;
+                b->recovered++;
+        }
         b->pending--;
         fetch_more(b);
 }
@@ -467,6 +513,7 @@ tick(evutil_socket_t fd, short what, void *arg)
                 arm(b, 1); /* the asked-for run waits for its connection */
                 return;
         }
+        b->forced = b->again;
         b->again = false;
         enter(b, BACKFILL_CURSOR, NULL);
 }
@@ -510,7 +557,7 @@ backfill_reload(struct backfill *b, const struct backfill_settings *st)
         if (can_run(b) && db_conn_state(b->conn) == DB_DOWN)
                 db_conn_start(b->conn);
         evtimer_del(b->timer);
-        arm(b, b->interval);
+        arm(b, 1); /* the current slot, unless a replica has had it */
 }
 
 void

@@ -60,6 +60,7 @@ const struct cfg_key cfg_keys[] = {
         I("event_retention_days", event_retention_days, "90", 0, 36500, true, "days raw webhook events are kept (whole months dropped once all older); 0 keeps them"),
         I("history_retention_days", history_retention_days, "0", 0, 36500, true, "days shipment_events (tracking history) are kept, by month of the detail's time; 0 keeps them"),
         I("dead_letter_retention_days", dead_letter_retention_days, "30", 0, 36500, true, "days a dead letter (failed event) keeps its month past event_retention_days; 0 until replayed"),
+        I("sync_job_retention_days", sync_job_retention_days, "30", 0, 36500, true, "days a sync job that ended (done or failed) is kept after its last update; 0 keeps them"),
         S("log_level", log_level, "info", true, false, "error, warn, info or debug"),
         S("log_format", log_format, "logfmt", true, false, "logfmt or json"),
         I("shutdown_timeout", shutdown_timeout, "10", 1, 600, false, "seconds SIGTERM waits for in-flight work"),

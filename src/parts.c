@@ -12,6 +12,10 @@
  * inserts never wait for it; the DROP then touches only the detached table.
  * A detach that fails (the connection lost, a timeout) is finished by the
  * next run. One run at a time per object.
+ *
+ * Beside it, on the same connection: eps_sync_jobs_prune deletes the sync
+ * jobs past their retention, PRUNE_BATCH per statement (row locks on one
+ * batch at a time), PRUNE_MAX_BATCHES per slot; the rest waits for the next.
  */
 #include "parts.h"
 
@@ -27,12 +31,17 @@
 
 #define PARTS_MAX 32
 #define NAME_MAX_LEN 140 /* a quoted identifier (63 bytes, doubled quotes) */
+#define PRUNE_BATCH "1000"
+#define PRUNE_MAX_BATCHES 100
 
 struct parts {
         struct db_conn *conn; /* borrowed */
         char *instance_id;
-        long event_days, history_days, dead_letter_days;
+        long event_days, history_days, dead_letter_days, job_days;
         bool busy;
+        bool pruning;      /* a batch of eps_sync_jobs_prune in flight */
+        unsigned batches;  /* of this slot */
+        long long pruned;  /* jobs deleted this slot */
         unsigned n, at;
         bool dropping; /* at's DETACH is done: its DROP is in flight */
         struct {
@@ -159,6 +168,7 @@ set(struct parts *p, const struct parts_settings *st)
         p->event_days = st->event_retention_days;
         p->history_days = st->history_retention_days;
         p->dead_letter_days = st->dead_letter_retention_days;
+        p->job_days = st->sync_job_retention_days;
 }
 
 struct parts *
@@ -186,10 +196,44 @@ parts_free(struct parts *p)
         free(p);
 }
 
-void
-parts_tick(struct parts *p, long long slot)
+static void prune(struct parts *p, const char *slot);
+
+static void
+pruned(PGresult *res, void *arg)
 {
-        char tick[32], ev[24], hist[24], dead[24];
+        struct parts *p = arg;
+        bool more = false;
+
+        if (result_ok(res, "deleting old sync jobs") && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
+                long long n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+                p->pruned += n;
+                more = n == atoll(PRUNE_BATCH) && ++p->batches < PRUNE_MAX_BATCHES;
+        }
+        if (more) {
+                prune(p, NULL);
+                return;
+        }
+        if (p->pruned > 0)
+                log_info("parts", "%lld sync jobs deleted (retention %ld days)", p->pruned, p->job_days);
+        p->pruning = false;
+}
+
+/* One batch; slot NULL: the next batch of the slot this replica was elected for. */
+static void
+prune(struct parts *p, const char *slot)
+{
+        char days[24];
+        const char *vals[2] = { slot, days };
+
+        snprintf(days, sizeof(days), "%ld", p->job_days);
+        p->pruning = db_conn_query(p->conn, "SELECT eps_sync_jobs_prune($1::bigint, $2::int, " PRUNE_BATCH ")",
+                                   2, vals, pruned, p) == 0;
+}
+
+void
+parts_tick(struct parts *p, long long slot, long long start_s)
+{
+        char tick[32], start[32], ev[24], hist[24], dead[24];
         const char *vals[5] = { tick, p->instance_id, ev, hist, dead };
 
         if (p->busy)
@@ -202,4 +246,10 @@ parts_tick(struct parts *p, long long slot)
                              " $3::int, $4::int, $5::int)",
                           5, vals, maintain_done, p) == 0)
                 p->busy = true;
+        if (!p->pruning && p->job_days > 0) {
+                p->batches = 0;
+                p->pruned = 0;
+                snprintf(start, sizeof(start), "%lld", start_s);
+                prune(p, start);
+        }
 }

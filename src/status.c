@@ -84,11 +84,23 @@ static const char SQL_CURSOR[] =
         "SELECT value AS cursor, " TS("updated_at") " AS moved_at, " AGE("updated_at") " AS moved_age_s"
         " FROM sync_state WHERE key = 'backfill_cursor'";
 
-/* The first event received after the cursor last moved (in the last day when
- * there is no cursor): a run lists every event after the cursor and moves
- * it, so such an event growing old means no run has succeeded since. */
+/* How the last run ended (eps_backfill_record), and when one last completed. */
+static const char SQL_LAST_RUN[] =
+        "SELECT value::json->>'outcome' AS outcome, " TS("updated_at") " AS at, " AGE("updated_at") " AS age_s,"
+        " (value::json->>'recovered')::int8 AS recovered, value::json->>'error' AS error"
+        " FROM sync_state WHERE key = 'backfill_last_run'";
+
+static const char SQL_LAST_COMPLETED[] =
+        "SELECT " TS("updated_at") " AS at, " AGE("updated_at") " AS age_s, value::int8 AS recovered"
+        " FROM sync_state WHERE key = 'backfill_last_completed'";
+
+/* The first event received after the last completed run ended (after the
+ * cursor last moved when none is recorded; in the last day when there is
+ * neither): a run lists every event after the cursor, so such an event
+ * growing old means no run has completed since. */
 static const char SQL_BEHIND[] =
-        "WITH c AS (SELECT coalesce((SELECT updated_at FROM sync_state WHERE key = 'backfill_cursor'),"
+        "WITH c AS (SELECT coalesce((SELECT updated_at FROM sync_state WHERE key = 'backfill_last_completed'),"
+        " (SELECT updated_at FROM sync_state WHERE key = 'backfill_cursor'),"
         " now() - interval '1 day') AS t)"
         " SELECT " TS("e.received_at") " AS received_at, " AGE("e.received_at") " AS age_s"
         " FROM c, LATERAL (SELECT received_at FROM webhook_events"
@@ -345,12 +357,16 @@ sec_backfill(struct report *rp)
         long iv = rp->cfg->backfill_interval;
         bool on = iv > 0 && rp->cfg->api_key && rp->cfg->api_key[0];
         json_t *c = row(rp, "backfill cursor", SQL_CURSOR);
-        json_t *behind = c && on ? row(rp, "backfill cursor", SQL_BEHIND) : json_null();
+        json_t *last = c ? row(rp, "backfill runs", SQL_LAST_RUN) : NULL;
+        json_t *done = last ? row(rp, "backfill runs", SQL_LAST_COMPLETED) : NULL;
+        json_t *behind = done && on ? row(rp, "backfill cursor", SQL_BEHIND) : done ? json_null() : NULL;
         json_t *b;
         char age[32];
 
-        if (c == NULL || behind == NULL) {
+        if (behind == NULL) {
                 json_decref(c);
+                json_decref(last);
+                json_decref(done);
                 return -1;
         }
         b = json_is_object(c) ? json_incref(c)
@@ -359,10 +375,12 @@ sec_backfill(struct report *rp)
         json_object_set_new(b, "enabled", json_boolean(on));
         json_object_set_new(b, "interval_s", json_integer(iv));
         json_object_set_new(b, "first_event_after_cursor", behind);
+        json_object_set_new(b, "last_run", last);
+        json_object_set_new(b, "last_completed", done);
         json_object_set_new(rp->root, "backfill", b);
         if (on && num(behind, "age_s") > STATUS_STALE_INTERVALS * iv)
                 reason(rp, "backfill_stale",
-                       "backfill has not moved its cursor past an event received %s ago "
+                       "no backfill run has completed since an event received %s ago "
                        "(runs every %ld s)",
                        age_text(num(behind, "age_s"), age, sizeof(age)), iv);
         return 0;
@@ -613,6 +631,23 @@ text_backfill(FILE *f, const json_t *b)
         else
                 fprintf(f, "cursor %s, last moved %s ago (%s)\n", str(b, "cursor"),
                         age_text(num(b, "moved_age_s"), age, sizeof(age)), str(b, "moved_at"));
+        const json_t *r = json_object_get(b, "last_run"), *d = json_object_get(b, "last_completed");
+        if (!json_is_object(r)) {
+                fprintf(f, "  last run: none recorded\n");
+                return;
+        }
+        fprintf(f, "  last run: %s %s ago (%s), %lld event(s) recovered", str(r, "outcome"),
+                age_text(num(r, "age_s"), age, sizeof(age)), str(r, "at"), num(r, "recovered"));
+        if (json_is_string(json_object_get(r, "error")))
+                fprintf(f, ": %.*s", line_len(str(r, "error")), str(r, "error"));
+        fprintf(f, "\n");
+        if (strcmp(str(r, "outcome"), "completed") == 0)
+                return;
+        if (json_is_object(d))
+                fprintf(f, "  last completed run: %s ago (%s)\n", age_text(num(d, "age_s"), age, sizeof(age)),
+                        str(d, "at"));
+        else
+                fprintf(f, "  last completed run: never\n");
 }
 
 static void

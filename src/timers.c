@@ -284,7 +284,7 @@ analytics_tick(evutil_socket_t fd, short what, void *arg)
                 return;
         /* the slot that has just begun (the timer fires a moment after its start) */
         t->slot = (long long)(clock_real_ms() / 1000 / (uint64_t)iv);
-        parts_tick(t->parts, t->slot);
+        parts_tick(t->parts, t->slot, t->slot * iv);
         t->view = 0;
         t->analytics_busy = true;
         refresh_next(t);

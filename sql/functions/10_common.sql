@@ -30,3 +30,27 @@ LANGUAGE sql IMMUTABLE AS $$
                 WHEN jsonb_typeof(v) = 'string' AND (v #>> '{}') ~ '^-?\d+(\.\d+)?$' THEN (v #>> '{}')::numeric
            END
 $$;
+
+-- Elects the caller for wall-clock slot p_slot (a unix second, so slots of
+-- different intervals compare) of the task whose slot sync_state keeps
+-- under p_key: a transaction-level advisory lock (safe behind PgBouncer)
+-- lets one replica in at a time, and the slot recorded keeps a late one from
+-- taking it again. Nothing outlives the transaction: a replica that dies
+-- after its election blocks no later slot.
+CREATE OR REPLACE FUNCTION eps_slot_elect(p_key text, p_slot bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    last_slot bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('easypost-sync ' || p_key)) THEN
+        RETURN false;
+    END IF;
+    SELECT s.value::bigint INTO last_slot FROM sync_state s WHERE s.key = p_key;
+    IF last_slot >= p_slot THEN
+        RETURN false;
+    END IF;
+    INSERT INTO sync_state (key, value) VALUES (p_key, p_slot::text)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
+    RETURN true;
+END
+$$;

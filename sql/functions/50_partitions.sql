@@ -168,3 +168,43 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- Sync jobs that ended (done or failed) p_days or more ago go, p_batch at
+-- most per call, oldest first (through the primary key, an eps_uuid7 made at
+-- creation, which is never after the last update), each call its own short
+-- transaction. The first call of an analytics slot (p_tick: the unix second
+-- it starts, so slots of different intervals compare) elects one
+-- replica (eps_slot_elect, sync_state's sync_jobs_prune_slot); the elected
+-- one's further batches pass p_tick NULL (under the same lock, so a batch
+-- never meets another replica's).
+-- Returns the jobs deleted, NULL when not elected. Days <= 0 keep them.
+CREATE OR REPLACE FUNCTION eps_sync_jobs_prune(p_tick bigint, p_days integer, p_batch integer)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_cut  timestamptz := now() - make_interval(days => greatest(p_days, 0));
+    v_n    bigint;
+    v_ok   boolean;
+BEGIN
+    IF p_tick IS NOT NULL THEN
+        v_ok := eps_slot_elect('sync_jobs_prune_slot', p_tick);
+    ELSE
+        v_ok := pg_try_advisory_xact_lock(hashtext('easypost-sync sync_jobs_prune_slot'));
+    END IF;
+    IF NOT v_ok THEN
+        RETURN NULL;
+    END IF;
+    IF p_days <= 0 THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM sync_jobs
+    WHERE id = ANY (ARRAY(
+        SELECT j.id FROM sync_jobs j
+        WHERE j.id < (lpad(to_hex(floor(extract(epoch FROM v_cut) * 1000)::int8), 12, '0')
+                      || repeat('0', 20))::uuid
+          AND j.status IN ('done', 'failed') AND j.updated_at < v_cut
+        ORDER BY j.id LIMIT p_batch));
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;

@@ -3,8 +3,9 @@
  * shipment_events: made ahead by --migrate and by the analytics tick, an
  * event whose month has no partition answered 503 (never a dead letter),
  * dedup across partitions, retention that drops whole months but keeps
- * pending events and dead letters, the conversion of an unpartitioned
- * database with data, and the query plans over three filled months.
+ * pending events and dead letters, old sync jobs deleted in batches, the
+ * conversion of an unpartitioned database with data, and the query plans
+ * over three filled months.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -324,6 +325,63 @@ START_TEST(test_retention_follows_reload)
 }
 END_TEST
 
+/* Sync jobs rows made at `age` ago, last updated `updated` ago, with ids of their creation time. */
+static void
+old_jobs(PGconn *c, int n, const char *prefix, const char *status, const char *age, const char *updated)
+{
+        char sql[1024];
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO sync_jobs (id, kind, object_id, status, created_at, updated_at)"
+                 " SELECT (lpad(to_hex(floor(extract(epoch FROM t) * 1000)::int8), 12, '0')"
+                 " || substr(md5(random()::text || i), 1, 20))::uuid, 'shipment', '%s' || i, '%s', t,"
+                 " now() - interval '%s'"
+                 " FROM generate_series(1, %d) i, LATERAL (SELECT now() - interval '%s' AS t) x",
+                 prefix, status, updated, n, age);
+        db_exec(c, sql);
+}
+
+/* Sync jobs that ended before sync_job_retention_days go, more than one
+ * batch of them in one slot; those still open, or ended within it, stay. */
+START_TEST(test_old_sync_jobs_deleted_in_batches)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", "EASYPOST_SYNC_SYNC_JOB_RETENTION_DAYS=30",
+                              NULL };
+
+        db_exec(c, "TRUNCATE sync_jobs");
+        db_exec(c, "DELETE FROM sync_state WHERE key = 'sync_jobs_prune_slot'");
+        old_jobs(c, 2500, "shp_olddone", "done", "40 days", "40 days");
+        old_jobs(c, 10, "shp_oldfailed", "failed", "40 days", "39 days");
+        old_jobs(c, 5, "shp_oldpending", "pending", "40 days", "40 days");
+        old_jobs(c, 5, "shp_lateupdate", "failed", "40 days", "10 days");
+        old_jobs(c, 5, "shp_newdone", "done", "2 days", "1 day");
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id LIKE 'shp_old%'"
+                                         " AND status IN ('done', 'failed')", 0, 30000), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id LIKE 'shp_oldpending%'", NULL),
+                         5);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id LIKE 'shp_lateupdate%'", NULL),
+                         5);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id LIKE 'shp_newdone%'", NULL), 5);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        /* one batch is at most 1000 jobs, and a slot elects one replica */
+        ck_assert_int_eq(db_long(c, "SELECT eps_sync_jobs_prune(NULL, 0, 1000)", NULL), 0);
+        old_jobs(c, 1500, "shp_again", "done", "40 days", "40 days");
+        ck_assert_int_eq(db_long(c, "SELECT eps_sync_jobs_prune(NULL, 30, 1000)", NULL), 1000);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id LIKE 'shp_again%'", NULL), 500);
+        long slot = db_long(c, "SELECT value::int8 FROM sync_state WHERE key = 'sync_jobs_prune_slot'", NULL);
+        ck_assert_int_gt(slot, 0);
+        char sql[128];
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM (SELECT eps_sync_jobs_prune(%ld, 30, 1000) n) x"
+                                   " WHERE n IS NULL", slot);
+        ck_assert_int_eq(db_long(c, sql, NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id LIKE 'shp_again%'", NULL), 500);
+        db_exec(c, "TRUNCATE sync_jobs");
+        PQfinish(c);
+}
+END_TEST
+
 /* ---- conversion of an unpartitioned database ---- */
 
 #define CONV_EVENTS 200000
@@ -552,6 +610,7 @@ partitions_suite(void)
         tcase_add_test(tc, test_duplicate_across_partitions_refused);
         tcase_add_test(tc, test_retention_drops_old_months_keeps_pending_and_dead_letters);
         tcase_add_test(tc, test_retention_follows_reload);
+        tcase_add_test(tc, test_old_sync_jobs_deleted_in_batches);
         tcase_add_test(tc, test_query_plans_use_indexes_with_three_months);
         tcase_add_test(tc, test_migrate_converts_200k_events);
         suite_add_tcase(s, tc);

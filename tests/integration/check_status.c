@@ -489,6 +489,53 @@ START_TEST(test_stale_timers)
 }
 END_TEST
 
+/* The last backfill run as eps_backfill_record left it: shown in the JSON
+ * and the text; backfill_stale counts from the last completed run, not from
+ * the cursor (which a run with nothing new does not move). */
+START_TEST(test_backfill_runs)
+{
+        char url[1024];
+        PGconn *c = schema_new("eps_status_backfill", url, sizeof(url));
+        const char *const env[] = { "EASYPOST_API_KEY=EZTKtestkey0123456789", NULL };
+
+        db_exec(c, "INSERT INTO sync_state (key, value, updated_at)"
+                   " VALUES ('backfill_cursor', 'evt_cursor', now() - interval '3 hours')");
+        db_exec(c, "SELECT t_event('evt_after', 'tracker.updated', 'projected', '1 hour')");
+        db_exec(c, "SELECT eps_backfill_record('completed', 3, NULL)");
+        db_exec(c, "UPDATE sync_state SET updated_at = now() - interval '10 min' WHERE key LIKE 'backfill_last_%'");
+        struct run j = run_syncd(url, env, JSON_ARGS);
+        ck_assert_msg(reason_of(j.json, "backfill_stale") == NULL, "%s", j.out);
+        json_t *last = jget(j.json, "backfill", "last_run");
+        ck_assert_str_eq(json_string_value(json_object_get(last, "outcome")), "completed");
+        ck_assert_int_eq(jnum(jget(j.json, "backfill", "last_run"), "recovered"), 3);
+        ck_assert(json_is_null(json_object_get(last, "error")));
+        long long age = jnum(jget(j.json, "backfill", "last_completed"), "age_s");
+        ck_assert(age >= 600 && age < 600 + 300);
+        run_free(&j);
+
+        /* completed two hours ago, failed since: stale, and the text says why */
+        db_exec(c, "UPDATE sync_state SET updated_at = now() - interval '2 hours'"
+                   " WHERE key = 'backfill_last_completed'");
+        db_exec(c, "SELECT eps_backfill_record('failed', 0, 'listing events: HTTP error')");
+        j = run_syncd(url, env, JSON_ARGS);
+        ck_assert_msg(reason_of(j.json, "backfill_stale") &&
+                              strstr(reason_of(j.json, "backfill_stale"), "no backfill run has completed since") &&
+                              strstr(reason_of(j.json, "backfill_stale"), "received 6"),
+                      "%s", j.out);
+        last = jget(j.json, "backfill", "last_run");
+        ck_assert_str_eq(json_string_value(json_object_get(last, "outcome")), "failed");
+        ck_assert_str_eq(json_string_value(json_object_get(last, "error")), "listing events: HTTP error");
+        run_free(&j);
+        struct run t = run_syncd(url, env, TEXT_ARGS);
+        ck_assert_msg(strstr(t.out, "  last run: failed ") &&
+                              strstr(t.out, "), 0 event(s) recovered: listing events: HTTP error\n") &&
+                              strstr(t.out, "  last completed run: 2 h 0 min ago ("),
+                      "%s", t.out);
+        run_free(&t);
+        schema_drop(c, "eps_status_backfill");
+}
+END_TEST
+
 /* With sequential scans off and every plan shown, no query of the report
  * reads a table that grows without an index. */
 START_TEST(test_uses_indexes)
@@ -571,6 +618,7 @@ status_suite(void)
         tcase_add_test(tc, test_backlog);
         tcase_add_test(tc, test_failed_sync_jobs);
         tcase_add_test(tc, test_stale_timers);
+        tcase_add_test(tc, test_backfill_runs);
         tcase_add_test(tc, test_uses_indexes);
         tcase_add_test(tc, test_errors);
         suite_add_tcase(s, tc);

@@ -1,7 +1,8 @@
 /*
  * check_sync.c - the sync worker and backfill against the fake EasyPost API
  * over real HTTP: shipments filled in, 429 + Retry-After, 401 without a
- * storm, the rate limit, a kill mid-queue, and events recovered by backfill.
+ * storm, the rate limit, a kill mid-queue, and events recovered by backfill,
+ * one replica per slot.
  */
 #include <curl/curl.h>
 #include <jansson.h>
@@ -16,6 +17,8 @@
 #include "util.h"
 
 #define API_KEY "EZTKtestkey0123456789"
+#define BF_SLOT_S "3"
+#define BF_SLOT_MS 3000
 
 static struct fake_api fk;
 
@@ -529,6 +532,103 @@ START_TEST(test_backfill_401_mid_run_resumes_after_sighup)
 }
 END_TEST
 
+/* The arrival times (ms) of the event list requests the fake answered, oldest first. */
+static size_t
+list_times(long long *t, size_t cap)
+{
+        static char resp[262144];
+        json_t *r;
+        size_t i, n = 0;
+
+        ck_assert_int_eq(fake_control(&fk, "GET", "/_control/stats", NULL, resp, sizeof(resp)), 200);
+        json_t *o = json_loads(resp, 0, NULL);
+        ck_assert_ptr_nonnull(o);
+        json_array_foreach(json_object_get(o, "recent"), i, r) {
+                const char *uri = json_string_value(json_object_get(r, "uri"));
+                if (uri && strncmp(uri, "/v2/events?", 11) == 0 && n < cap)
+                        t[n++] = (long long)json_integer_value(json_object_get(r, "t_ms"));
+        }
+        json_decref(o);
+        return n;
+}
+
+static void
+start_replica(struct daemon *d, const char *name)
+{
+        char url[128], id[64];
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(id, sizeof(id), "EASYPOST_SYNC_INSTANCE_ID=%s", name);
+        const char *env[] = { url, "EASYPOST_API_KEY=" API_KEY, "EASYPOST_SYNC_BACKFILL_INTERVAL=" BF_SLOT_S,
+                              id, "EASYPOST_SYNC_METRICS_INTERVAL=1", NULL };
+        ck_assert_int_eq(daemon_start(d, env), 0);
+}
+
+static double
+recovered_by(const struct daemon *a, const struct daemon *b)
+{
+        return daemon_metric(a->port, "easypost_sync_backfill_events_total") +
+               daemon_metric(b->port, "easypost_sync_backfill_events_total");
+}
+
+/*
+ * Two replicas with the same key and a short backfill_interval: one of them
+ * lists the events per slot (each run is one page here, so list requests
+ * are runs: consecutive ones are a slot apart, never two at the same
+ * boundary) and each missed event is recovered once. A replica killed with
+ * -9 in the middle of its run blocks no later slot: a new one runs the next.
+ */
+START_TEST(test_backfill_elected_once_per_slot_across_replicas)
+{
+        PGconn *c = db_open();
+        struct daemon a, b, n;
+        long long t[256];
+        size_t k = 0;
+
+        wipe(c);
+        for (int i = 50; i < 53; i++) {
+                char created[40];
+                snprintf(created, sizeof(created), "2025-06-05T10:0%d:00Z", i - 50);
+                seed_event(i, created);
+        }
+        start_replica(&a, "replica-a");
+        start_replica(&b, "replica-b");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE source = 'backfill'", 3,
+                                      30000), 3);
+        seed_event(53, "2025-06-05T11:00:00Z");
+        seed_event(54, "2025-06-05T11:01:00Z");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE source = 'backfill'", 5,
+                                      30000), 5);
+        for (int i = 0; i < 600 && (k = list_times(t, 256)) < 6; i++)
+                usleep(100 * 1000);
+        ck_assert_int_ge(k, 6);
+        for (size_t i = 1; i < k; i++)
+                ck_assert_msg(t[i] - t[i - 1] >= BF_SLOT_MS / 2, "list requests %zu and %zu %lld ms apart", i - 1,
+                              i, t[i] - t[i - 1]);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_bf54'", 1, 10000), 1);
+        ck_assert_double_eq(recovered_by(&a, &b), 5);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_bf5%'", NULL), 5);
+
+        /* both die with a run's list request unanswered; a new replica runs a later slot */
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/events\",\"delay_ms\":60000,\"count\":1}", NULL, 0),
+                         201);
+        for (int i = 0; i < 300 && stat_long("in_flight", NULL) < 1; i++)
+                usleep(100 * 1000);
+        ck_assert_int_eq(stat_long("in_flight", NULL), 1);
+        long listed = stat_long("by_path", "/v2/events");
+        daemon_stop(&a, SIGKILL);
+        daemon_stop(&b, SIGKILL);
+        seed_event(55, "2025-06-05T12:00:00Z");
+        start_replica(&n, "replica-n");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf55'"
+                                         " AND source = 'backfill'", 1, 30000), 1);
+        ck_assert_int_gt(stat_long("by_path", "/v2/events"), listed);
+        ck_assert_int_eq(daemon_stop(&n, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 static size_t
 discard_cb(char *p, size_t size, size_t n, void *arg)
 {
@@ -718,6 +818,7 @@ sync_suite(void)
         tcase_add_test(tc, test_backfill_cursor_stays_before_an_unusable_event);
         tcase_add_test(tc, test_sync_job_transitions_are_fenced);
         tcase_add_test(tc, test_backfill_401_mid_run_resumes_after_sighup);
+        tcase_add_test(tc, test_backfill_elected_once_per_slot_across_replicas);
         tcase_add_test(tc, test_sigterm_with_stalled_commit_poller_and_backfill_in_flight);
         tcase_add_test(tc, test_apply_error_counts_and_attempts_are_capped);
         suite_add_tcase(s, tc);
