@@ -7,7 +7,9 @@
 //   DATABASE_URL='host=/tmp/pg port=5432 dbname=easypost_sync user=postgres' \
 //   EASYPOST_WEBHOOK_SECRET=... node peer.js --listen 127.0.0.1:8081 --mode raw --pool 32
 //
-// --mode raw:  one INSERT ... ON CONFLICT DO NOTHING into webhook_events
+// --mode raw:  one statement: the event id into webhook_event_ids (ON CONFLICT DO
+//              NOTHING; the dedup key of the partitioned schema), and the row
+//              into webhook_events when the id was new
 // --mode full: the daemon's own ingest function, eps_ingest_batch(), for one event
 //              (sql/functions/20_ingest.sql; p_created_at is text[] there)
 'use strict';
@@ -23,9 +25,10 @@ const SQL = {
   raw: {
     name: 'peer_ingest_raw',
     text:
+      'WITH id AS (INSERT INTO webhook_event_ids (event_id) VALUES ($1) ' +
+      'ON CONFLICT (event_id) DO NOTHING RETURNING event_id) ' +
       'INSERT INTO webhook_events (id, event_id, description, mode, object_id, raw, source, status) ' +
-      "VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, 'webhook', 'stored') " +
-      'ON CONFLICT (event_id) DO NOTHING RETURNING 1',
+      "SELECT gen_random_uuid(), event_id, $2, $3, $4, $5, 'webhook', 'stored' FROM id RETURNING 1",
     params: (ev) => [ev.id, ev.description, ev.mode, ev.objectId, ev.raw],
     // a row back means stored; none means the event id was already there
     status: (res) => (res.rowCount > 0 ? 'stored' : 'duplicate'),
