@@ -1,12 +1,20 @@
 #!/bin/sh
-# test-valgrind.sh - memcheck over the unit suites and one real daemon session.
+# test-valgrind.sh - memcheck over the unit suites, the integration suites
+# that hold the fault tests with the daemon under valgrind, and the
+# in-process state machine suites.
 #
 #  1. tests/unit/check_unit (every pure-module suite) in one process (CK_FORK=no)
 #     under valgrind --leak-check=full --errors-for-leak-kinds=definite;
-#  2. the ingest integration suite with the daemon itself under valgrind
-#     (TEST_DAEMON_WRAPPER, see tests/integration/itest.c): a memcheck error or a definite
-#     leak makes the daemon exit 99 instead of the 0 the suite demands on
-#     SIGTERM, and its valgrind log is checked here as well.
+#  2. the integration suites in VG_DAEMON_SUITES with every daemon they start
+#     under valgrind (TEST_DAEMON_WRAPPER, see tests/integration/itest.c): a
+#     memcheck error or a definite leak makes the daemon exit 99 instead of
+#     the 0 the suites demand on SIGTERM, and its valgrind log is checked here
+#     as well. A daemon a test kills with SIGKILL (or a forked child that
+#     execs another program) leaves a log without a summary; that is listed,
+#     not counted as clean, and each suite must leave at least one clean log;
+#  3. the suites in VG_INPROC_SUITES (the pacer and backfill state machines
+#     and the database connection, which run in the suite's own process)
+#     with check_integration itself under valgrind (TEST_RUNNER_WRAPPER).
 #
 # Builds in build/valgrind (plain -O2 -g, no sanitizers: valgrind and ASan do
 # not mix). Ends with "N passed, M failed": N and M count Check tests, plus
@@ -84,28 +92,58 @@ count_checks "$logs/check_unit.out" check_unit
 check_vglog "$logs/check_unit.vg" check_unit
 [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ] && echo "check_unit exited $rc"
 
-echo
-echo "== 2. ingest suite with the daemon under valgrind"
-# --log-file: one log per daemon (pid), kept after the suite's temp dir is gone.
-TEST_DAEMON_WRAPPER="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite --num-callers=30 --log-file=$logs/daemon.%p.vg"
-# valgrind slows the daemon ~20x: stretch the suite's Check timeouts to match
-rc=0
-(cd "$b" && abs_top_srcdir=$top abs_top_builddir=$b TEST_DAEMON_WRAPPER="$TEST_DAEMON_WRAPPER" \
-        CK_RUN_SUITE=ingest CK_TIMEOUT_MULTIPLIER=${CK_TIMEOUT_MULTIPLIER:-10} \
-        "$top/tests/integration/integration.sh") >"$logs/ingest.out" 2>&1 || rc=$?
-cat "$logs/ingest.out"
-count_checks "$logs/ingest.out" "ingest (daemon under valgrind)"
-ndaemon=0
-for f in "$logs"/daemon.*.vg; do
-        [ -f "$f" ] || continue
-        ndaemon=$((ndaemon + 1))
-        check_vglog "$f" "daemon $(basename "$f" .vg)"
-done
-if [ "$ndaemon" -eq 0 ]; then
-        failed=$((failed + 1))
-        report="${report}valgrind: no daemon ran under valgrind
+# valgrind slows the daemon ~20x: stretch the suites' Check timeouts to match
+vgd="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite"
+vgd="$vgd --show-leak-kinds=definite --num-callers=30"
+
+# Runs one integration suite with the valgrind command in the wrapper
+# variable WRAPVAR; CK_FORK as given (no: one process for the whole suite).
+run_suite() { # SUITE WRAPVAR [CK_FORK]
+        out=$logs/$1.out
+        rc=0
+        (cd "$b" && export "$2=$vgd --log-file=$logs/$1.%p.vg" &&
+                abs_top_srcdir=$top abs_top_builddir=$b CK_RUN_SUITE=$1 \
+                CK_TIMEOUT_MULTIPLIER=${CK_TIMEOUT_MULTIPLIER:-10} CK_FORK=${3:-} \
+                "$top/tests/integration/integration.sh") >"$out" 2>&1 || rc=$?
+        cat "$out"
+        before=$failed
+        count_checks "$out" "$1"
+        if [ "$rc" -ne 0 ] && [ "$failed" -eq "$before" ]; then
+                failed=$((failed + 1))
+                report="${report}$1: integration.sh exited $rc
 "
-fi
+        fi
+        clean=0
+        for f in "$logs/$1".*.vg; do
+                [ -f "$f" ] || continue
+                if ! grep -q 'ERROR SUMMARY' "$f"; then
+                        report="${report}valgrind $1 $(basename "$f" .vg): no summary (killed by the test, or a child that exec'd)
+"
+                        continue
+                fi
+                check_vglog "$f" "$1 $(basename "$f" .vg)"
+                clean=$((clean + 1))
+        done
+        if [ "$clean" -eq 0 ]; then
+                failed=$((failed + 1))
+                report="${report}valgrind $1: no process ran to its end under valgrind
+"
+        fi
+}
+
+echo
+echo "== 2. integration suites with the daemon under valgrind"
+for s in ${VG_DAEMON_SUITES:-ingest project sync faults hostile webhook_health}; do
+        echo "-- $s"
+        run_suite "$s" TEST_DAEMON_WRAPPER
+done
+
+echo
+echo "== 3. in-process suites under valgrind (CK_FORK=no)"
+for s in ${VG_INPROC_SUITES:-pacer backfill dbconn}; do
+        echo "-- $s"
+        run_suite "$s" TEST_RUNNER_WRAPPER no
+done
 
 echo
 echo "== valgrind summary"

@@ -35,6 +35,22 @@ proc_rss_kb(pid_t pid)
         return kb;
 }
 
+/* The daemon's RSS tells what it holds only when it runs bare: ASan keeps
+ * freed memory in quarantine, and valgrind (TEST_DAEMON_WRAPPER) runs it on
+ * a heap of its own that holds freed blocks back (--freelist-vol). There
+ * leaks are the tool's to find. */
+static bool
+rss_tells(void)
+{
+#ifdef __SANITIZE_ADDRESS__
+        return false;
+#else
+        const char *wrap = getenv("TEST_DAEMON_WRAPPER");
+
+        return wrap == NULL || wrap[0] == '\0';
+#endif
+}
+
 static int
 proc_fds(pid_t pid)
 {
@@ -315,10 +331,12 @@ START_TEST(test_lock_stall_fills_queue_then_503_at_once)
         int *codes = load_wait(&l);
         fprintf(stderr, "lock stall 10 s: RSS %ld kB before, %ld kB at most during; a request beyond the "
                         "queue answered 503 within %.1f ms\n", rss0, max_rss, worst_ms);
-        ck_assert_msg(worst_ms < 200, "503 took %.1f ms", worst_ms);
-#ifndef __SANITIZE_ADDRESS__
-        ck_assert_msg(max_rss < rss0 + 64 * 1024, "RSS grew from %ld to %ld kB", rss0, max_rss);
-#endif
+        /* "at once": the refusal waits neither for the stalled commit (10 s)
+         * nor for request_timeout (30 s); a second leaves room for a loaded
+         * machine and for valgrind */
+        ck_assert_msg(worst_ms < 1000, "503 took %.1f ms", worst_ms);
+        if (rss_tells())
+                ck_assert_msg(max_rss < rss0 + 64 * 1024, "RSS grew from %ld to %ld kB", rss0, max_rss);
         verify_and_retry(c, &l, codes, d.port, "table lock stalling commits for 10 s");
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         free(codes);
@@ -441,9 +459,8 @@ START_TEST(test_slow_idle_and_vanishing_clients)
         fprintf(stderr, "afterwards: daemon fds %d (baseline %d), RSS %ld kB (baseline %ld kB)\n", fds_after,
                 fd0, rss1, rss0);
         ck_assert_int_le(fds_after, fd0 + 2);
-#ifndef __SANITIZE_ADDRESS__ /* ASan keeps freed memory in quarantine: RSS says nothing there */
-        ck_assert_msg(rss1 < rss0 + 8 * 1024, "RSS %ld kB vs %ld kB baseline", rss1, rss0);
-#endif
+        if (rss_tells())
+                ck_assert_msg(rss1 < rss0 + 8 * 1024, "RSS %ld kB vs %ld kB baseline", rss1, rss0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
 }

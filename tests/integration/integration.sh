@@ -34,7 +34,9 @@ DATABASE_URL="$TEST_PG_CONNINFO" "$top_builddir/easypost-syncd" --migrate \
         { cat "$TEST_TMPDIR/migrate.log"; exit 1; }
 
 status=0
-"$top_builddir/tests/integration/check_integration" || status=$?
+# TEST_RUNNER_WRAPPER (e.g. valgrind) runs the suites' own process under a
+# tool; TEST_DAEMON_WRAPPER (itest.c) does the same for the daemons.
+${TEST_RUNNER_WRAPPER:-} "$top_builddir/tests/integration/check_integration" || status=$?
 
 # No secret may ever reach a log line.
 # (the test secret, the API keys the sync and webhook_health suites use, and
