@@ -38,7 +38,7 @@ mkdir -p "$logs"
         make -j"$(nproc)" tests/unit/check_unit tests/integration/check_integration >/dev/null)
 
 vg="valgrind --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite"
-vg="$vg --track-origins=yes --num-callers=30"
+vg="$vg --track-origins=yes --num-callers=30 --vgdb=no"
 passed=0
 failed=0
 report=
@@ -94,7 +94,8 @@ check_vglog "$logs/check_unit.vg" check_unit
 
 # valgrind slows the daemon ~20x: stretch the suites' Check timeouts to match
 vgd="valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite"
-vgd="$vgd --show-leak-kinds=definite --num-callers=30"
+# --vgdb=no: a process killed with SIGKILL would leave its gdbserver FIFOs in /tmp
+vgd="$vgd --show-leak-kinds=definite --num-callers=30 --vgdb=no"
 
 # Runs one integration suite with the valgrind command in the wrapper
 # variable WRAPVAR; CK_FORK as given (no: one process for the whole suite).
