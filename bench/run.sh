@@ -100,20 +100,7 @@ work=$(mktemp -d /tmp/eps-bench.XXXXXX)
 chmod 755 "$work" # the cluster runs as another user when we are root
 daemon_pid="" bare_pid="" peer_pid="" sampler_pid="" pg_started=0 status=0
 
-stop_pid() { # pid name: TERM, up to 20 s, then KILL; only our own children
-        local pid=$1 _
-        [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 200); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-                echo "run.sh: $2 (pid $pid) ignored SIGTERM for 20 s: SIGKILL" >&2
-                kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-}
+. "$here/lib.sh" # stop_pid
 
 cleanup() {
         local rc=$?

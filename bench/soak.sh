@@ -46,23 +46,13 @@ work=$(mktemp -d /tmp/eps-soak.XXXXXX)
 chmod 755 "$work"
 daemon_pid="" fake_pid="" scraper_pid="" pg_started=0
 
-stop_pid() { # pid: TERM, up to 20 s, then KILL
-        local pid=$1 _
-        [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 200); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-        done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null || true
-}
+. "$here/lib.sh" # stop_pid
 cleanup() {
         local rc=$?
         trap - EXIT INT TERM
-        stop_pid "$scraper_pid"
-        stop_pid "$daemon_pid"
-        stop_pid "$fake_pid"
+        stop_pid "$scraper_pid" scraper
+        stop_pid "$daemon_pid" easypost-syncd
+        stop_pid "$fake_pid" fake_easypost
         [ "$pg_started" = 1 ] && tests/lib/pg.sh stop "$work/pg" fast
         if [ "$rc" != 0 ] || [ "${SOAK_KEEP:-0}" = 1 ]; then
                 echo "soak.sh: work directory kept: $work" >&2
@@ -138,7 +128,7 @@ wait "$load_pid" || load_rc=$?
 sleep "$every" # the backfill, sync and timers go on without load for a moment
 sample $(($(date +%s) - t0))
 
-stop_pid "$scraper_pid"
+stop_pid "$scraper_pid" scraper
 scraper_pid=""
 kill -TERM "$daemon_pid"
 drc=0

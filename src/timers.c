@@ -172,7 +172,10 @@ refresh_done(PGresult *res, void *arg)
         struct timers *t = arg;
         struct timers_view_stats *vs = &t->views[t->view];
 
-        if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        if (res == NULL && t->stopped) {
+                /* the drain closed the connection: the next tick, on any replica, refreshes */
+                log_debug("timers", "refresh %s abandoned at shutdown", vs->name);
+        } else if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
                 vs->failed++;
                 log_warn("timers", "refresh %s: %s", vs->name,
                          res ? PQresultErrorMessage(res) : "connection lost");
