@@ -1,18 +1,26 @@
 -- Refreshes one view for one wall-clock slot, at most once across replicas:
 -- a transaction-level advisory lock (safe behind PgBouncer) elects one, the
 -- unique (view, tick) record keeps a late replica from repeating the slot.
--- A failure is recorded, not raised.
+-- The lock is waited for, up to 5 s: its holder may be a replica still
+-- refreshing the view for the slot before, and giving up at once would
+-- leave this slot without the view. A failure is recorded, not raised.
 CREATE OR REPLACE FUNCTION eps_refresh_view(p_view text, p_tick bigint, p_instance text,
                                  OUT outcome text, OUT rows bigint, OUT duration_ms double precision,
                                  OUT error text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    t0 timestamptz := clock_timestamp();
+    t0 timestamptz;
+    lt text := current_setting('lock_timeout');
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('easypost-sync refresh'), hashtext(p_view)) THEN
+    PERFORM set_config('lock_timeout', '5s', true);
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtext('easypost-sync refresh'), hashtext(p_view));
+    EXCEPTION WHEN lock_not_available THEN
         outcome := 'busy';
         RETURN;
-    END IF;
+    END;
+    PERFORM set_config('lock_timeout', lt, true);
+    t0 := clock_timestamp();
     IF EXISTS (SELECT 1 FROM analytics_refreshes r WHERE r.view_name = p_view AND r.tick = p_tick) THEN
         outcome := 'skipped';
         RETURN;
