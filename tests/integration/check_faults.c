@@ -413,7 +413,8 @@ START_TEST(test_slow_idle_and_vanishing_clients)
         enum { IDLE = 1000 };
         PGconn *c = db_open();
         struct daemon d;
-        const char *env[] = { "EASYPOST_SYNC_IDLE_TIMEOUT=3", NULL };
+        /* long enough that no idle client is cut before the last one connects */
+        const char *env[] = { "EASYPOST_SYNC_IDLE_TIMEOUT=10", NULL };
         static int fds[IDLE];
 
         ck_assert_int_eq(daemon_start(&d, env), 0);
@@ -423,7 +424,14 @@ START_TEST(test_slow_idle_and_vanishing_clients)
                 ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
                 free(b);
         }
-        int fd0 = proc_fds(d.pid);
+        /* the baseline once the daemon has closed the warm-up's connections */
+        int fd0 = proc_fds(d.pid), prev = -1;
+        uint64_t settle = clock_mono_us() + 5000000u;
+        while (fd0 != prev && clock_mono_us() < settle) {
+                nap_ms(100);
+                prev = fd0;
+                fd0 = proc_fds(d.pid);
+        }
         long rss0 = proc_rss_kb(d.pid);
 
         /* a slow client: headers, then never the body */
