@@ -28,13 +28,11 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 work=$(mktemp -d /tmp/eps-prof.XXXXXX)
 chmod 755 "$work"
 daemon_pid="" pg_started=0
+. "$here/lib.sh" # stop_pid
 cleanup() {
         local rc=$?
         trap - EXIT INT TERM
-        if [ -n "$daemon_pid" ]; then
-                kill -TERM "$daemon_pid" 2>/dev/null || true
-                wait "$daemon_pid" 2>/dev/null || true
-        fi
+        stop_pid "$daemon_pid" easypost-syncd
         [ "$pg_started" = 1 ] && tests/lib/pg.sh stop "$work/pg" fast
         if [ "$rc" != 0 ] || [ "${PROFILE_KEEP:-0}" = 1 ]; then
                 echo "pgprofile.sh: work directory kept: $work" >&2
