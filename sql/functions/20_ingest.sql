@@ -156,8 +156,11 @@ $$;
 -- (backfill's list item, which has no result): a later full copy replaces
 -- it instead of being a duplicate. Every other body is parsed here once (a deferred tracker
 -- event by the projector), so body_error NULL means raw::jsonb works; a body
--- PostgreSQL refuses breaks the statement and the daemon isolates it. Returns each event's position and outcome:
--- projected, pending, stored, failed or duplicate.
+-- PostgreSQL refuses breaks the statement and the daemon isolates it. A
+-- tracker event stored 'failed' (its body cannot be projected, or it is a
+-- dead letter) queues a fetch of its tracker, so the tracker row still comes
+-- to be. Returns each event's position and outcome: projected, pending,
+-- stored, failed or duplicate.
 CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_description text[],
                                             p_mode text[], p_object_id text[], p_raw text[],
                                             p_source text[], p_created_at text[], p_clean text[],
@@ -165,10 +168,22 @@ CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_de
 RETURNS TABLE (ord integer, status text) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
-    v_ord    integer[];
-    v_status text[];
-    v_event  uuid[];
-    v_body   jsonb[];
+    v_ord     integer[];
+    v_status  text[];
+    v_event   uuid[];
+    v_body    jsonb[];
+    -- full copies answered duplicate: what their row would be
+    v_dup     integer[];
+    v_dstatus text[];
+    v_derror  text[];
+    v_dberr   text[];
+    v_dcreate timestamptz[];
+    v_dbody   jsonb[];
+    -- those that replaced a partial copy
+    v_rord    integer[];
+    v_rstatus text[];
+    v_revent  uuid[];
+    v_rbody   jsonb[];
 BEGIN
     WITH e AS MATERIALIZED (
         SELECT u.*,
@@ -218,33 +233,65 @@ BEGIN
         FROM r JOIN k ON k.event_id = r.event_id
         ORDER BY r.event_id, r.partial, r.ord
         RETURNING w.id, w.status
-    ), repl AS (
-        -- a full copy of an event stored from a partial one replaces it (only
-        -- the events not inserted just now are looked up: nearly none)
-        UPDATE webhook_events w
-        SET description = d.description, mode = d.mode, object_id = d.object_id, raw = d.raw,
-            body_error = d.body_error, source = d.source, status = d.status, error = d.error,
-            event_created_at = d.created, partial = false, processed_at = now()
-        FROM (SELECT r.* FROM r LEFT JOIN ins ON ins.id = r.id
-              WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1) d
-        WHERE w.event_id = d.event_id AND w.partial
-        RETURNING w.id, w.event_id, w.status
     ), heal AS (
-        -- a tracker event whose body cannot be projected: fetch the tracker
-        -- itself, so the tracker row still comes to be
+        -- a tracker event stored 'failed' (unprojectable or a dead letter):
+        -- fetch the tracker itself, so the tracker row still comes to be
         INSERT INTO sync_jobs (kind, object_id)
-        SELECT DISTINCT 'tracker', c.object_id FROM c JOIN ins ON ins.id = c.id
-        WHERE c.problem IS NOT NULL AND c.object_id LIKE 'trk\_%'
+        SELECT DISTINCT 'tracker', r.object_id FROM r JOIN ins ON ins.id = r.id
+        WHERE r.tracker AND r.status = 'failed' AND r.object_id LIKE 'trk\_%'
         ORDER BY 2
         ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING
     )
-    SELECT array_agg(c.ord::integer), array_agg(coalesce(ins.status, repl.status, 'duplicate')),
-           array_agg(coalesce(ins.id, repl.id)) FILTER (WHERE coalesce(ins.status, repl.status) = 'projected'
-                                                        AND c.tracker),
-           array_agg(c.body) FILTER (WHERE coalesce(ins.status, repl.status) = 'projected' AND c.tracker)
-    INTO v_ord, v_status, v_event, v_body
-    FROM c LEFT JOIN ins ON ins.id = c.id
-    LEFT JOIN repl ON repl.event_id = c.event_id AND NOT c.partial AND c.nth = 1;
+    SELECT array_agg(r.ord::integer ORDER BY r.ord),
+           array_agg(coalesce(ins.status, 'duplicate') ORDER BY r.ord),
+           array_agg(ins.id) FILTER (WHERE ins.status = 'projected' AND r.tracker),
+           array_agg(r.body) FILTER (WHERE ins.status = 'projected' AND r.tracker),
+           array_agg(r.ord::integer) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
+           array_agg(r.status) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
+           array_agg(r.error) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
+           array_agg(r.body_error) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
+           array_agg(r.created) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
+           array_agg(r.body) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1)
+    INTO v_ord, v_status, v_event, v_body, v_dup, v_dstatus, v_derror, v_dberr, v_dcreate, v_dbody
+    FROM r LEFT JOIN ins ON ins.id = r.id;
+
+    IF v_dup IS NOT NULL THEN
+        -- A full copy of an event stored from a partial one replaces it. A
+        -- statement of its own, so that its snapshot (READ COMMITTED: one per
+        -- statement) sees a partial copy whose transaction committed while
+        -- the statement above waited on its dedup key. Only full copies that
+        -- came back duplicate get here: a new event costs nothing more.
+        WITH d AS (
+            SELECT * FROM unnest(v_dup, v_dstatus, v_derror, v_dberr, v_dcreate, v_dbody)
+                          AS d(ord, status, error, body_error, created, body)
+        ), repl AS (
+            UPDATE webhook_events w
+            SET description = p_description[d.ord], mode = p_mode[d.ord], object_id = p_object_id[d.ord],
+                raw = p_raw[d.ord], body_error = d.body_error, source = p_source[d.ord],
+                status = d.status, error = d.error, event_created_at = d.created, partial = false,
+                processed_at = now()
+            FROM d
+            WHERE w.event_id = p_event_id[d.ord] AND w.partial
+            RETURNING d.ord, w.id, w.status, w.object_id,
+                      w.description IN ('tracker.created', 'tracker.updated') AS tracker, d.body
+        ), heal AS (
+            INSERT INTO sync_jobs (kind, object_id)
+            SELECT DISTINCT 'tracker', repl.object_id FROM repl
+            WHERE repl.tracker AND repl.status = 'failed' AND repl.object_id LIKE 'trk\_%'
+            ORDER BY 2
+            ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING
+        )
+        SELECT array_agg(repl.ord), array_agg(repl.status),
+               array_agg(repl.id) FILTER (WHERE repl.status = 'projected' AND repl.tracker),
+               array_agg(repl.body) FILTER (WHERE repl.status = 'projected' AND repl.tracker)
+        INTO v_rord, v_rstatus, v_revent, v_rbody
+        FROM repl;
+        FOR i IN 1 .. coalesce(cardinality(v_rord), 0) LOOP
+            v_status[v_rord[i]] := v_rstatus[i];
+        END LOOP;
+        v_event := v_event || v_revent;
+        v_body := v_body || v_rbody;
+    END IF;
 
     IF v_event IS NOT NULL THEN
         PERFORM eps_project_trackers(v_event, v_body);

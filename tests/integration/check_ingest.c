@@ -4,6 +4,7 @@
  * stored once, 2,000 events from 32 clients, PostgreSQL outages.
  */
 #include <jansson.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,12 +265,116 @@ START_TEST(test_db_down_at_start)
 }
 END_TEST
 
+/* eps_ingest_batch with one event, as the daemon calls it (not deferred). */
+static const char SQL_ONE[] =
+        "SELECT ord, status FROM eps_ingest_batch(ARRAY[eps_uuid7()], ARRAY[$1::text], "
+        "ARRAY['tracker.updated'], ARRAY['test'], ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::text], "
+        "ARRAY['2025-01-02T03:04:05.678Z'], NULL, NULL, ARRAY[$5::text], false)";
+
+static void
+send_one(PGconn *c, const char *id, const char *object_id, const char *body, const char *source,
+         bool partial)
+{
+        const char *pv[5] = { id, object_id, body, source, partial ? "t" : NULL };
+
+        ck_assert_msg(PQsendQueryParams(c, SQL_ONE, 5, NULL, pv, NULL, NULL, 0) == 1, "send: %s",
+                      PQerrorMessage(c));
+}
+
+/* The outcome of the call sent on c (caller frees). */
+static char *
+one_outcome(PGconn *c)
+{
+        PGresult *r = PQgetResult(c);
+        char *out;
+
+        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "batch: %s", PQerrorMessage(c));
+        ck_assert_int_eq(PQntuples(r), 1);
+        out = xstrdup(PQgetvalue(r, 0, 1));
+        PQclear(r);
+        while ((r = PQgetResult(c)) != NULL)
+                PQclear(r);
+        return out;
+}
+
+/*
+ * The backfill's list-only copy of an event (partial, no result) is being
+ * stored in a transaction still open when the real delivery of the same event
+ * arrives. The delivery waits on the event's dedup key; once the backfill
+ * commits, it must replace the partial row (whose commit its first snapshot
+ * did not see), not answer "duplicate": the row holds the delivered body, is
+ * projected, and the tracker exists.
+ */
+START_TEST(test_delivery_racing_the_partial_copy_replaces_it)
+{
+        PGconn *a = db_open(), *b = db_open(), *c = db_open();
+        char *listed = make_event("evt_race_1", "tracker.updated", NULL);
+        char *full = make_event("evt_race_1", "tracker.updated",
+                                "{\"id\":\"trk_race_1\",\"object\":\"Tracker\",\"mode\":\"test\","
+                                "\"tracking_code\":\"EZRACE1\",\"carrier\":\"USPS\",\"status\":\"in_transit\","
+                                "\"updated_at\":\"2025-01-02T03:04:05Z\",\"tracking_details\":["
+                                "{\"message\":\"Accepted\",\"status\":\"pre_transit\","
+                                "\"datetime\":\"2025-01-02T03:00:00Z\"}]}");
+        char sql[160], *st;
+
+        db_exec(c, "DELETE FROM webhook_event_ids WHERE event_id = 'evt_race_1'");
+        db_exec(c, "DELETE FROM webhook_events WHERE event_id = 'evt_race_1'");
+        db_exec(c, "DELETE FROM shipment_events WHERE tracker_id IN "
+                   "(SELECT id FROM trackers WHERE easypost_id = 'trk_race_1')");
+        db_exec(c, "DELETE FROM trackers WHERE easypost_id = 'trk_race_1'");
+
+        /* A: the backfill's partial copy, held open */
+        db_exec(a, "BEGIN");
+        send_one(a, "evt_race_1", NULL, listed, "backfill", true);
+        st = one_outcome(a);
+        ck_assert_str_eq(st, "failed"); /* no result: cannot be projected */
+        free(st);
+
+        /* B: the delivery, waiting on A's dedup key */
+        send_one(b, "evt_race_1", "trk_race_1", full, "webhook", false);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE pid = %d "
+                                   "AND wait_event_type = 'Lock'", PQbackendPID(b));
+        ck_assert_msg(db_wait_long(c, sql, 1, 30000) == 1,
+                      "the delivery never waited on the backfill's key");
+        db_exec(a, "COMMIT");
+
+        st = one_outcome(b);
+        ck_assert_msg(strcmp(st, "projected") == 0, "the delivery was answered %s", st);
+        free(st);
+        const char *pv[1] = { "evt_race_1" };
+        PGresult *r = PQexecParams(c, "SELECT raw, status, source, partial, object_id FROM webhook_events "
+                                      "WHERE event_id = $1", 1, NULL, pv, NULL, NULL, 0);
+        ck_assert_int_eq(PQntuples(r), 1);
+        ck_assert_str_eq(PQgetvalue(r, 0, 0), full);
+        ck_assert_str_eq(PQgetvalue(r, 0, 1), "projected");
+        ck_assert_str_eq(PQgetvalue(r, 0, 2), "webhook");
+        ck_assert_str_eq(PQgetvalue(r, 0, 3), "f");
+        ck_assert_str_eq(PQgetvalue(r, 0, 4), "trk_race_1");
+        PQclear(r);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_race_1' "
+                                    "AND status = 'in_transit'", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = "
+                                    "e.tracker_id WHERE t.easypost_id = 'trk_race_1'", NULL), 1);
+        /* once full, another copy is a duplicate again */
+        send_one(b, "evt_race_1", "trk_race_1", full, "webhook", false);
+        st = one_outcome(b);
+        ck_assert_str_eq(st, "duplicate");
+        free(st);
+        free(listed);
+        free(full);
+        PQfinish(a);
+        PQfinish(b);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 ingest_suite(void)
 {
         Suite *s = suite_create("ingest");
         TCase *tc = tcase_create("webhook");
         TCase *out = tcase_create("outage");
+        TCase *race = tcase_create("races");
 
         tcase_set_timeout(tc, 120);
         tcase_add_unchecked_fixture(tc, up, down);
@@ -285,5 +390,9 @@ ingest_suite(void)
         tcase_add_test(out, test_db_outage_and_recovery);
         tcase_add_test(out, test_db_down_at_start);
         suite_add_tcase(s, out);
+
+        tcase_set_timeout(race, 120);
+        tcase_add_test(race, test_delivery_racing_the_partial_copy_replaces_it);
+        suite_add_tcase(s, race);
         return s;
 }
