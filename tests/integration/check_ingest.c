@@ -368,6 +368,64 @@ START_TEST(test_delivery_racing_the_partial_copy_replaces_it)
 }
 END_TEST
 
+#define HEAL_API_KEY "EZTKtestkey0123456789" /* integration.sh checks that no log shows it */
+
+/*
+ * A tracker event that breaks its batch (a tracking detail dated
+ * 2024-13-45, which PostgreSQL refuses) is isolated and stored raw as a dead
+ * letter; like a structurally broken one, it queues a fetch of its tracker,
+ * so the tracker row and its history still come from the API.
+ */
+START_TEST(test_dead_letter_tracker_event_fetches_the_tracker)
+{
+        PGconn *c = db_open();
+        struct fake_api fk;
+        struct daemon d;
+        char url[128], resp[256];
+
+        db_exec(c, "DELETE FROM sync_jobs WHERE object_id = 'trk_dead1'");
+        db_exec(c, "DELETE FROM shipment_events WHERE tracker_id IN "
+                   "(SELECT id FROM trackers WHERE easypost_id = 'trk_dead1')");
+        db_exec(c, "DELETE FROM trackers WHERE easypost_id = 'trk_dead1'");
+        ck_assert_int_eq(fake_start(&fk, HEAL_API_KEY), 0);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects",
+                                      "{\"id\":\"trk_dead1\",\"object\":\"Tracker\",\"mode\":\"test\","
+                                      "\"tracking_code\":\"EZDEAD1\",\"carrier\":\"USPS\",\"status\":\"delivered\","
+                                      "\"updated_at\":\"2025-05-03T09:00:00Z\",\"tracking_details\":["
+                                      "{\"message\":\"Accepted\",\"status\":\"pre_transit\",\"datetime\":\"2025-05-01T09:00:00Z\"},"
+                                      "{\"message\":\"Delivered\",\"status\":\"delivered\",\"datetime\":\"2025-05-03T09:00:00Z\"}]}",
+                                      NULL, 0), 201);
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        const char *env[] = { url, "EASYPOST_API_KEY=" HEAL_API_KEY, "EASYPOST_SYNC_API_RATE=5",
+                              "EASYPOST_SYNC_BACKFILL_INTERVAL=0", "EASYPOST_SYNC_API_TIMEOUT=2",
+                              "EASYPOST_SYNC_SYNC_INTERVAL=1", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+
+        char *bad = make_event("evt_dead1", "tracker.updated",
+                               "{\"id\":\"trk_dead1\",\"object\":\"Tracker\",\"status\":\"in_transit\","
+                               "\"updated_at\":\"2025-05-02T09:00:00Z\",\"tracking_details\":["
+                               "{\"message\":\"Scanned\",\"status\":\"in_transit\","
+                               "\"datetime\":\"2024-13-45T10:00:00Z\"}]}");
+        ck_assert_int_eq(post_event(d.port, bad, strlen(bad), resp, sizeof(resp)), 200);
+        /* stored raw as a dead letter, with the fetch queued in the same commit */
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_dead1' "
+                                    "AND status = 'failed' AND body_error = 'not parsed: dead letter'",
+                                 NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' "
+                                    "AND object_id = 'trk_dead1'", NULL), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_dead1' "
+                                         "AND status = 'delivered'", 1, 20000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = "
+                                    "e.tracker_id WHERE t.easypost_id = 'trk_dead1'", NULL), 2);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' "
+                                         "AND object_id = 'trk_dead1' AND status = 'done'", 1, 20000), 1);
+        free(bad);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        fake_stop(&fk);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 ingest_suite(void)
 {
@@ -393,6 +451,7 @@ ingest_suite(void)
 
         tcase_set_timeout(race, 120);
         tcase_add_test(race, test_delivery_racing_the_partial_copy_replaces_it);
+        tcase_add_test(race, test_dead_letter_tracker_event_fetches_the_tracker);
         suite_add_tcase(s, race);
         return s;
 }
