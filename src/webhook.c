@@ -35,7 +35,8 @@ struct webhook {
         struct uuid7_gen *uuid;
         const struct sig_keyset *keys;
         char *path;
-        char *basic_auth; /* expected Authorization header, or NULL */
+        bool basic_auth;  /* an Authorization header is required ... */
+        unsigned char basic_auth_sha[EVP_MAX_MD_SIZE]; /* ... whose SHA-256 is this */
         long request_timeout;
         bool stopped;
         uint64_t next_rid;
@@ -130,6 +131,29 @@ is_json_type(const char *ct)
         return *ct == '\0' || *ct == ';' || *ct == ' ';
 }
 
+/* SHA-256 of s (NULL as ""); false if OpenSSL fails. */
+static bool
+auth_digest(const char *s, unsigned char out[EVP_MAX_MD_SIZE])
+{
+        unsigned int n = 0;
+
+        if (s == NULL)
+                s = "";
+        return EVP_Digest(s, strlen(s), out, &n, EVP_sha256(), NULL) == 1 && n == 32;
+}
+
+/* Whether got is the expected Authorization header. The digests of both are
+ * compared, always all 32 bytes of them, so the time taken says nothing about
+ * the header's length or how much of it matched. */
+static bool
+auth_ok(const struct webhook *a, const char *got)
+{
+        unsigned char d[EVP_MAX_MD_SIZE];
+        bool ok = auth_digest(got, d) && CRYPTO_memcmp(d, a->basic_auth_sha, 32) == 0;
+
+        return ok && got != NULL;
+}
+
 static void
 reject(struct evhttp_request *req, const char *rid, int code, const char *msg)
 {
@@ -161,16 +185,12 @@ webhook_cb(struct evhttp_request *req, void *arg)
                 reject(req, rid, 415, "content type must be application/json");
                 return;
         }
-        if (a->basic_auth) {
-                const char *got = evhttp_find_header(hdrs, "Authorization");
-                size_t n = strlen(a->basic_auth);
-                if (got == NULL || strlen(got) != n || CRYPTO_memcmp(got, a->basic_auth, n) != 0) {
-                        a->stats.rejected_auth++;
-                        evhttp_add_header(evhttp_request_get_output_headers(req),
-                                          "WWW-Authenticate", "Basic realm=\"easypost-sync\"");
-                        reject(req, rid, 401, "basic auth required");
-                        return;
-                }
+        if (a->basic_auth && !auth_ok(a, evhttp_find_header(hdrs, "Authorization"))) {
+                a->stats.rejected_auth++;
+                evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+                                  "Basic realm=\"easypost-sync\"");
+                reject(req, rid, 401, "basic auth required");
+                return;
         }
         struct evbuffer *in = evhttp_request_get_input_buffer(req);
         size_t len = evbuffer_get_length(in);
@@ -260,8 +280,11 @@ webhook_reload(struct webhook *w, const struct webhook_settings *st)
 {
         free(w->path);
         w->path = xstrdup(st->path);
-        free_secret(w->basic_auth);
-        w->basic_auth = basic_auth_header(st->basic_auth_user, st->basic_auth_password);
+        char *hdr = basic_auth_header(st->basic_auth_user, st->basic_auth_password);
+        w->basic_auth = hdr != NULL;
+        if (w->basic_auth && !auth_digest(hdr, w->basic_auth_sha))
+                memset(w->basic_auth_sha, 0xff, sizeof(w->basic_auth_sha)); /* no digest: none matches */
+        free_secret(hdr);
         w->keys = st->keys;
         w->request_timeout = st->request_timeout;
 }
@@ -278,7 +301,7 @@ webhook_free(struct webhook *w)
         if (w == NULL)
                 return;
         free(w->path);
-        free_secret(w->basic_auth);
+        OPENSSL_cleanse(w->basic_auth_sha, sizeof(w->basic_auth_sha));
         free(w);
 }
 

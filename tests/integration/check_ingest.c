@@ -426,13 +426,62 @@ START_TEST(test_dead_letter_tracker_event_fetches_the_tracker)
 }
 END_TEST
 
+/*
+ * Basic auth on top of the signature: only the exact header passes; a wrong
+ * user, a wrong password, a header one byte shorter or longer, another
+ * scheme and none at all get 401 and store nothing. (The comparison is of
+ * fixed-length digests, so its time depends on neither length nor prefix.)
+ */
+START_TEST(test_basic_auth_exact_header_only)
+{
+        const char *env[] = { "EASYPOST_SYNC_BASIC_AUTH_USER=hook",
+                              "EASYPOST_SYNC_BASIC_AUTH_PASSWORD=pw-for-tests", NULL };
+        static const char *const wrong[] = {
+                "Authorization: Basic aG9vYzpwdy1mb3ItdGVzdHM=",     /* hooc:pw-for-tests */
+                "Authorization: Basic aG9va3g6cHctZm9yLXRlc3Rz",     /* hookx:pw-for-tests */
+                "Authorization: Basic aG9vazpwdy1mb3ItdGVzdA==",     /* hook:pw-for-test */
+                "Authorization: Basic aG9vazpwdy1mb3ItdGVzdHNY",     /* hook:pw-for-testsX */
+                "Authorization: Basic aG9vazpwdy1mb3ItdGVzdHM",      /* one byte short */
+                "Authorization: Basic aG9vazpwdy1mb3ItdGVzdHM==",    /* one byte long */
+                "Authorization: Bearer aG9vazpwdy1mb3ItdGVzdHM=",
+                "Authorization: ",
+                NULL,                                                /* no header */
+        };
+        struct daemon d;
+        PGconn *c = db_open();
+        char *body = make_event("evt_auth_1", "tracker.updated", NULL), sig[81], sighdr[120];
+
+        db_exec(c, "DELETE FROM webhook_events WHERE event_id = 'evt_auth_1'");
+        db_exec(c, "DELETE FROM webhook_event_ids WHERE event_id = 'evt_auth_1'");
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        sign_body(ITEST_SECRET, body, strlen(body), sig);
+        snprintf(sighdr, sizeof(sighdr), "X-Hmac-Signature: %s", sig);
+        for (size_t i = 0; i < sizeof(wrong) / sizeof(wrong[0]); i++) {
+                const char *h[] = { "Content-Type: application/json", sighdr, wrong[i], NULL };
+                ck_assert_msg(http_req(d.port, "POST", "/webhooks/easypost", h, body, strlen(body),
+                                       NULL, 0) == 401, "%s: not 401", wrong[i] ? wrong[i] : "none");
+        }
+        ck_assert_int_eq(rows_for(c, "evt_auth_1"), 0);
+        ck_assert_int_eq((long)daemon_metric(d.port, "easypost_sync_webhooks_rejected_total{reason=\"auth\"}"),
+                         (long)(sizeof(wrong) / sizeof(wrong[0])));
+        const char *right[] = { "Content-Type: application/json", sighdr,
+                                "Authorization: Basic aG9vazpwdy1mb3ItdGVzdHM=", NULL };
+        ck_assert_int_eq(http_req(d.port, "POST", "/webhooks/easypost", right, body, strlen(body), NULL, 0),
+                         200);
+        ck_assert_int_eq(rows_for(c, "evt_auth_1"), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        free(body);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 ingest_suite(void)
 {
         Suite *s = suite_create("ingest");
         TCase *tc = tcase_create("webhook");
         TCase *out = tcase_create("outage");
-        TCase *race = tcase_create("races");
+        TCase *race = tcase_create("delivery");
 
         tcase_set_timeout(tc, 120);
         tcase_add_unchecked_fixture(tc, up, down);
@@ -452,6 +501,7 @@ ingest_suite(void)
         tcase_set_timeout(race, 120);
         tcase_add_test(race, test_delivery_racing_the_partial_copy_replaces_it);
         tcase_add_test(race, test_dead_letter_tracker_event_fetches_the_tracker);
+        tcase_add_test(race, test_basic_auth_exact_header_only);
         suite_add_tcase(s, race);
         return s;
 }
