@@ -35,6 +35,7 @@ struct cfg {
         long db_connections;
         long queue_limit;
         long batch_max;
+        long batch_max_bytes;
         char *projection;             /* "inline" or "deferred" */
         char *sql_dir;
         /* webhook secrets (NFKD-normalised later by sig) */

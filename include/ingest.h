@@ -2,8 +2,8 @@
  * ingest.h - the writer: a bounded queue of verified events committed to
  * PostgreSQL in batches over N db_conn connections.
  *
- * Natural batching: a connection takes everything pending (up to batch_max)
- * as one pipeline segment = one transaction, and while it is in flight the
+ * Natural batching: a connection takes everything pending (up to batch_max
+ * events and batch_max_bytes) as one pipeline segment = one transaction, and while it is in flight the
  * next batch fills. An item's done callback runs exactly once, only after its
  * transaction's Sync (committed) or when its outcome must be 503.
  */
@@ -54,6 +54,7 @@ struct ingest_stats {
         uint64_t batch_size_buckets[8]; /* <=1, 2, 4, 16, 64, 256, 1024, more */
         uint64_t poison_splits;         /* batches sent again one event at a time */
         uint64_t retries;               /* batches sent again after a deadlock */
+        uint64_t batch_byte_cuts;       /* batches closed by their bytes, events still waiting */
         uint64_t partition_missing;     /* events answered 503: no partition for their rows */
         uint64_t partition_missing_us;  /* when the last one was (CLOCK_MONOTONIC), 0 never */
         uint64_t events[METRICS_NDESC][METRICS_OUT_COUNT]; /* answered, by description and outcome */
@@ -74,6 +75,10 @@ void ingest_close(struct ingest *g);
 void ingest_free(struct ingest *g);
 void ingest_start(struct ingest *g);
 void ingest_set_batch_max(struct ingest *g, unsigned batch_max);
+/* Bodies per batch at most (INGEST_BATCH_BYTES_DEFAULT until set); an event
+ * larger than that goes alone. */
+#define INGEST_BATCH_BYTES_DEFAULT ((size_t)64 << 20)
+void ingest_set_batch_bytes(struct ingest *g, size_t bytes);
 /* A batch unanswered for ms drops its connection: its events get 503 and the
  * connection comes back by itself. Before ingest_start. */
 void ingest_set_db_timeout(struct ingest *g, unsigned ms);

@@ -301,6 +301,7 @@ reload(struct app *a)
         sig_keyset_free(a->keys);
         a->keys = keys;
         ingest_set_batch_max(a->ingest, (unsigned)next->batch_max);
+        ingest_set_batch_bytes(a->ingest, (size_t)next->batch_max_bytes);
         cfg_free(a->cfg);
         a->cfg = next;
         apply_logging(a->cfg);
@@ -358,6 +359,7 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
                                (unsigned)cfg->queue_limit, (unsigned)cfg->batch_max,
                                strcmp(cfg->projection, "deferred") == 0);
         ingest_set_db_timeout(a->ingest, (unsigned)cfg->db_timeout * 1000u);
+        ingest_set_batch_bytes(a->ingest, (size_t)cfg->batch_max_bytes);
         struct timers_settings ts = timers_settings(a);
         a->timers = timers_new(a->base, cfg->database_url, &ts, sample, a);
         a->schema = schema_new(a->base, cfg->database_url);

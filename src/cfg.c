@@ -37,6 +37,7 @@ const struct cfg_key cfg_keys[] = {
         I("db_timeout", db_timeout, "30", 1, 3600, false, "seconds a batch may wait for PostgreSQL before its connection is dropped (503, reconnect); also bounds unacknowledged TCP data"),
         I("queue_limit", queue_limit, "4096", 1, 1000000, false, "webhooks waiting for a commit at most; beyond it 503 at once"),
         I("batch_max", batch_max, "256", 1, 10000, true, "events per transaction at most"),
+        I("batch_max_bytes", batch_max_bytes, "67108864", 65536, 256L << 20, true, "bytes of event bodies per transaction at most (a larger event goes alone)"),
         S("projection", projection, "inline", false, false, "inline: project tracker events in the webhook's transaction; deferred: right after it, off the ack path"),
         S("sql_dir", sql_dir, "", false, false, "directory of migrations (default: the source tree's or the installed sql/)"),
         S("webhook_secret", webhook_secret, "", true, true, "webhook secret (slot 0)"),

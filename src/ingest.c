@@ -5,16 +5,22 @@
  * binary: PostgreSQL's work per batch is a fixed number of set-based
  * statements, whatever its size.
  *
+ * A batch holds at most batch_max events and batch_max_bytes of bodies (one
+ * larger event goes alone), so its arrays stay far below PostgreSQL's 1 GB
+ * message limit and an int length.
+ *
  * Item life:  submit -> pending queue -> batch (in flight on one db_conn)
- *               -> Sync ok:            done(STORED | DUPLICATE)
- *               -> connection lost:    done(UNAVAILABLE)   (sender retries; dedup by id)
- *               -> error nobody's:     done(UNAVAILABLE)   (disk full, shutdown ...)
- *               -> deadlock/serialization: back to the queue, a few times
- *               -> error some event's: (data refused, a statement timeout) the batch
- *                                      goes back to the front of the queue in order, each
- *                                      item marked solo: sent alone, so the neighbours
- *                                      commit and the one that fails alone gets
- *                                      dead_error and is stored raw as 'failed'
+ * and what becomes of the batch, decided once (batch_outcome):
+ *   COMMITTED      Sync ok:                done(STORED | DUPLICATE)
+ *   UNAVAILABLE    connection lost, error nobody's (disk full, shutdown ...),
+ *                  an outcome row missing: done(UNAVAILABLE) (sender retries; dedup by id)
+ *   RETRY          deadlock/serialization: back to the queue, a few times
+ *   SPLIT          error some event's (data refused, a statement timeout): the batch
+ *                  goes back to the front of the queue in order, each item marked
+ *                  solo: sent alone, so the neighbours commit
+ *   DEAD_LETTER    the one that fails alone gets dead_error and is sent again, to be
+ *                  stored raw as 'failed'
+ *   DEAD_REFUSED   even that failed: done(UNAVAILABLE)
  *
  * Sending happens only from the kick event, never from inside a db_conn
  * callback, so completions and sends never recurse into each other.
@@ -47,15 +53,25 @@ static const char SQL_BATCH[] =
 #define LINGER_US 2000
 #define LINGER_FILL 16
 
+/* What became of a batch; see the top of the file. */
+enum batch_outcome {
+        BATCH_COMMITTED,    /* each event answered by its outcome row */
+        BATCH_UNAVAILABLE,  /* not committed through no event's fault: 503 to all */
+        BATCH_RETRY,        /* deadlock or serialization failure: sent again as it was */
+        BATCH_NO_PARTITION, /* its one event's row had no partition: 503 */
+        BATCH_SPLIT,        /* failed on some event's data: each event sent again alone */
+        BATCH_DEAD_LETTER,  /* its one event failed: sent again to be stored raw */
+        BATCH_DEAD_REFUSED, /* even the raw store of that event failed: 503 */
+};
+
 struct batch {
         struct db_seg seg; /* first: db_conn hands it back */
         struct ingest *g;
         struct ingest_item **items;
         unsigned n, nres;
-        bool failed, transient, retry;
         bool nopart; /* a row had no partition: not the event's fault, never a dead letter */
-        char sqlstate[6];
-        char *errmsg;
+        char sqlstate[6]; /* the first error's, "" without one */
+        char *errmsg;     /* the first error's message, NULL without one */
 };
 
 struct ingest {
@@ -66,6 +82,7 @@ struct ingest {
         unsigned npending;
         unsigned depth;                  /* submitted and not yet done */
         unsigned limit, batch_max;
+        size_t batch_bytes;              /* bodies per batch at most (one larger goes alone) */
         bool defer;
         bool closed;                     /* ingest_close: no connection, no room */
         void (*on_pending)(void *arg);
@@ -114,6 +131,7 @@ ingest_new(struct event_base *base, const char *conninfo, unsigned nconn, unsign
         g->nconn = nconn;
         g->limit = queue_limit;
         g->batch_max = batch_max;
+        g->batch_bytes = INGEST_BATCH_BYTES_DEFAULT;
         g->conns = xcalloc(nconn, sizeof(*g->conns));
         for (unsigned i = 0; i < nconn; i++) {
                 snprintf(name, sizeof(name), "ingest-%u", i);
@@ -149,6 +167,12 @@ void
 ingest_set_batch_max(struct ingest *g, unsigned batch_max)
 {
         g->batch_max = batch_max;
+}
+
+void
+ingest_set_batch_bytes(struct ingest *g, size_t bytes)
+{
+        g->batch_bytes = bytes;
 }
 
 static void
@@ -320,14 +344,11 @@ batch_result(struct db_seg *s, PGresult *res)
                 }
                 return false;
         }
-        if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED || b->failed)
+        if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED || b->errmsg)
                 return false;
         const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-        b->failed = true;
         snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", st ? st : "XX000");
-        b->retry = strcmp(b->sqlstate, "40P01") == 0 || strcmp(b->sqlstate, "40001") == 0;
-        b->transient = !b->retry && !sqlstate_is_events(b->sqlstate);
         b->nopart = strcmp(b->sqlstate, "23514") == 0 &&
                     PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) == NULL;
         b->errmsg = xstrdup(msg ? msg : "unknown error");
@@ -344,30 +365,62 @@ batch_requeue(struct ingest *g, struct batch *b)
         kick(g);
 }
 
-static void
-batch_done(struct db_seg *s, bool lost)
+/* The one place that decides what became of a batch (lost: no Sync came). */
+static enum batch_outcome
+batch_outcome(const struct batch *b, bool lost)
 {
-        struct batch *b = (struct batch *)s;
-        struct ingest *g = b->g;
-
-        if (!lost && !b->failed) {
+        if (lost)
+                return BATCH_UNAVAILABLE;
+        if (b->errmsg == NULL) {
                 /* every event must have its outcome row */
                 for (unsigned i = 0; i < b->n; i++)
                         if (b->items[i]->status[0] == '\0') {
                                 log_err("ingest", "batch of %u: no outcome for event %s: answering 503",
                                         b->n, b->items[i]->ev.id);
-                                lost = true;
-                                break;
+                                return BATCH_UNAVAILABLE;
                         }
+                return BATCH_COMMITTED;
         }
-        if (lost || (b->failed && b->transient)) {
-                if (!lost)
+        if (strcmp(b->sqlstate, "40P01") == 0 || strcmp(b->sqlstate, "40001") == 0)
+                return BATCH_RETRY;
+        if (!sqlstate_is_events(b->sqlstate))
+                return BATCH_UNAVAILABLE;
+        if (b->nopart && b->n == 1)
+                return BATCH_NO_PARTITION;
+        if (b->n > 1)
+                return BATCH_SPLIT;
+        return b->items[0]->dead_error ? BATCH_DEAD_REFUSED : BATCH_DEAD_LETTER;
+}
+
+static void
+batch_done(struct db_seg *s, bool lost)
+{
+        struct batch *b = (struct batch *)s;
+        struct ingest *g = b->g;
+        struct ingest_item *bad = b->items[0]; /* the one event of a batch of one */
+        bool pending = false;
+        unsigned kept = 0;
+
+        switch (batch_outcome(b, lost)) {
+        case BATCH_COMMITTED:
+                for (unsigned i = 0; i < b->n; i++) {
+                        struct ingest_item *it = b->items[i];
+                        pending |= strcmp(it->status, "pending") == 0;
+                        item_finish(g, it, strcmp(it->status, "duplicate") == 0
+                                                   ? INGEST_DUPLICATE
+                                                   : INGEST_STORED);
+                }
+                if (pending && g->on_pending)
+                        g->on_pending(g->on_pending_arg);
+                break;
+        case BATCH_UNAVAILABLE:
+                if (!lost && b->errmsg)
                         log_warn("ingest", "batch of %u failed (%s): %s", b->n, b->sqlstate,
                                  b->errmsg);
                 for (unsigned i = 0; i < b->n; i++)
                         item_finish(g, b->items[i], INGEST_UNAVAILABLE);
-        } else if (b->failed && b->retry) {
-                unsigned kept = 0;
+                break;
+        case BATCH_RETRY:
                 g->stats.retries++;
                 for (unsigned i = 0; i < b->n; i++) {
                         struct ingest_item *it = b->items[i];
@@ -380,14 +433,16 @@ batch_done(struct db_seg *s, bool lost)
                          b->sqlstate, kept);
                 b->n = kept;
                 batch_requeue(g, b);
-        } else if (b->failed && b->nopart && b->n == 1) {
+                break;
+        case BATCH_NO_PARTITION:
                 g->stats.partition_missing++;
                 g->stats.partition_missing_us = clock_mono_us();
                 log_err("ingest", "event %s not stored: %s; answering 503 until the partition is "
                         "made (easypost-syncd --migrate, or the next analytics tick)",
                         b->items[0]->ev.id, b->errmsg);
                 item_finish(g, b->items[0], INGEST_UNAVAILABLE);
-        } else if (b->failed && b->n > 1) {
+                break;
+        case BATCH_SPLIT:
                 /* one of them did it: each goes alone, so only that one fails */
                 log_warn("ingest", "batch of %u failed on an event's data (%s): %s; "
                          "sending its events one by one", b->n, b->sqlstate, b->errmsg);
@@ -395,32 +450,22 @@ batch_done(struct db_seg *s, bool lost)
                         b->items[i]->solo = true;
                 g->stats.poison_splits++;
                 batch_requeue(g, b);
-        } else if (b->failed) {
-                struct ingest_item *bad = b->items[0];
-                if (bad->dead_error) {
-                        /* even the raw store failed: nothing more we can do now */
-                        log_err("ingest", "dead letter %s not stored (%s): %s", bad->ev.id,
-                                b->sqlstate, b->errmsg);
-                        item_finish(g, bad, INGEST_UNAVAILABLE);
-                } else {
-                        log_warn("ingest", "event %s refused (%s): %s; storing it as failed",
-                                 bad->ev.id, b->sqlstate, b->errmsg);
-                        size_t n = strlen(b->sqlstate) + strlen(b->errmsg) + 4;
-                        bad->dead_error = xmalloc(n);
-                        snprintf(bad->dead_error, n, "%s: %s", b->sqlstate, b->errmsg);
-                        batch_requeue(g, b);
-                }
-        } else {
-                bool pending = false;
-                for (unsigned i = 0; i < b->n; i++) {
-                        struct ingest_item *it = b->items[i];
-                        pending |= strcmp(it->status, "pending") == 0;
-                        item_finish(g, it, strcmp(it->status, "duplicate") == 0
-                                                   ? INGEST_DUPLICATE
-                                                   : INGEST_STORED);
-                }
-                if (pending && g->on_pending)
-                        g->on_pending(g->on_pending_arg);
+                break;
+        case BATCH_DEAD_LETTER: {
+                log_warn("ingest", "event %s refused (%s): %s; storing it as failed",
+                         bad->ev.id, b->sqlstate, b->errmsg);
+                size_t n = strlen(b->sqlstate) + strlen(b->errmsg) + 4;
+                bad->dead_error = xmalloc(n);
+                snprintf(bad->dead_error, n, "%s: %s", b->sqlstate, b->errmsg);
+                batch_requeue(g, b);
+                break;
+        }
+        case BATCH_DEAD_REFUSED:
+                /* even the raw store failed: nothing more we can do now */
+                log_err("ingest", "dead letter %s not stored (%s): %s", bad->ev.id, b->sqlstate,
+                        b->errmsg);
+                item_finish(g, bad, INGEST_UNAVAILABLE);
+                break;
         }
         batch_free(b);
 }
@@ -500,7 +545,7 @@ batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
                 const struct ingest_item *it = b->items[i];
                 unsigned char u[16];
                 if (uuid_parse(it->uuid, u) != 0)
-                        abort(); /* made by uuid7_make: always well formed */
+                        abort(); /* made by uuid7_next_str: always well formed */
                 arr_add(&arr[0], (const char *)u, sizeof(u));
                 arr_str(&arr[1], it->ev.id);
                 arr_str(&arr[2], it->ev.description);
@@ -516,6 +561,15 @@ batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
         }
 }
 
+/* What an item adds to its batch's parameters: its body, its cleaned copy,
+ * its dead-letter error, and the short fields (ids, names, times). */
+static size_t
+item_bytes(const struct ingest_item *it)
+{
+        return it->len + (it->ev.clean ? strlen(it->ev.clean) : 0) +
+               (it->dead_error ? strlen(it->dead_error) : 0) + 512;
+}
+
 /* Sends one batch on c. Returns false if the connection failed meanwhile. */
 static bool
 send_batch(struct ingest *g, struct db_conn *c)
@@ -529,13 +583,23 @@ send_batch(struct ingest *g, struct db_conn *c)
                                                   TEXTARRAYOID, TEXTARRAYOID, 0 };
         static const int formats[BATCH_NPARAMS] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0 };
 
-        /* an item under suspicion goes alone; the others as many as allowed */
-        if (g->head->solo)
+        /* an item under suspicion goes alone; the others as many as allowed,
+         * by count and by bytes (the first always goes, however large) */
+        if (g->head->solo) {
                 n = 1;
-        else
+        } else {
+                size_t bytes = 0;
                 for (struct ingest_item *it = g->head; it && n < g->batch_max && !it->solo;
-                     it = it->next)
+                     it = it->next) {
+                        size_t ib = item_bytes(it);
+                        if (n > 0 && (bytes >= g->batch_bytes || ib > g->batch_bytes - bytes)) {
+                                g->stats.batch_byte_cuts++;
+                                break;
+                        }
+                        bytes += ib;
                         n++;
+                }
+        }
         b->seg.on_result = batch_result;
         b->seg.on_done = batch_done;
         b->g = g;
@@ -729,8 +793,13 @@ ingest_render_metrics(const struct ingest *g, struct strbuf *b)
                          "# HELP easypost_sync_batch_retries_total Batches sent again after a deadlock or "
                          "serialization failure.\n"
                          "# TYPE easypost_sync_batch_retries_total counter\n"
-                         "easypost_sync_batch_retries_total %llu\n",
-                      (unsigned long long)st->poison_splits, (unsigned long long)st->retries);
+                         "easypost_sync_batch_retries_total %llu\n"
+                         "# HELP easypost_sync_batch_byte_limited_total Batches closed by "
+                         "batch_max_bytes with events still waiting.\n"
+                         "# TYPE easypost_sync_batch_byte_limited_total counter\n"
+                         "easypost_sync_batch_byte_limited_total %llu\n",
+                      (unsigned long long)st->poison_splits, (unsigned long long)st->retries,
+                      (unsigned long long)st->batch_byte_cuts);
         strbuf_printf(b, "# HELP easypost_sync_partition_missing_total Events answered 503 because a "
                          "row of theirs had no partition yet.\n"
                          "# TYPE easypost_sync_partition_missing_total counter\n"

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "itest.h"
 #include "util.h"
@@ -475,6 +477,99 @@ START_TEST(test_basic_auth_exact_header_only)
 }
 END_TEST
 
+/*
+ * Holds a SHARE lock on webhook_event_ids (every batch's first insert waits
+ * on it) until the daemon on port has `depth` webhooks waiting, then lets go.
+ * Runs in a child process, so the parent can send them meanwhile; its exit
+ * status is 0 once it saw them all and released the lock. ready: a pipe the
+ * child writes one byte to once it holds the lock.
+ */
+static pid_t
+hold_batches_until(unsigned port, double depth, int ready)
+{
+        pid_t pid = fork();
+
+        if (pid != 0)
+                return pid;
+        PGconn *c = PQconnectdb(getenv("TEST_PG_CONNINFO"));
+        PGresult *r = PQexec(c, "BEGIN; LOCK TABLE webhook_event_ids IN SHARE MODE");
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        if (!ok || write(ready, "x", 1) != 1)
+                _exit(2);
+        double seen = daemon_metric_wait(port, "easypost_sync_queue_depth", depth, 60000);
+        r = PQexec(c, "COMMIT");
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        PQfinish(c);
+        _exit(ok && seen >= depth ? 0 : 3);
+}
+
+/*
+ * A batch is bounded by the bytes of its bodies too (batch_max_bytes), not
+ * only by its number of events: big bodies that wait together go in several
+ * batches, one larger than the bound goes alone, and all are stored and
+ * answered 200.
+ */
+START_TEST(test_batches_bounded_by_bytes)
+{
+        enum { N = 7, BIG = 100 * 1024 };
+        const char *env[] = { "EASYPOST_SYNC_BATCH_MAX_BYTES=262144", "EASYPOST_SYNC_DB_CONNECTIONS=1",
+                              "EASYPOST_SYNC_REQUEST_TIMEOUT=120", "EASYPOST_SYNC_DB_TIMEOUT=120",
+                              NULL };
+        PGconn *c = db_open();
+        struct daemon d;
+        char *bodies[N], id[32];
+        size_t lens[N];
+        int st[N], fds[2], status = -1;
+
+        db_exec(c, "DELETE FROM webhook_events WHERE event_id LIKE 'evt_bytes_%'");
+        db_exec(c, "DELETE FROM webhook_event_ids WHERE event_id LIKE 'evt_bytes_%'");
+        for (int i = 0; i < N; i++) {
+                /* six of 100 KiB, one of 300 KiB: more than the bound alone */
+                size_t pad = i == N - 1 ? 3 * BIG : BIG;
+                char *result = xmalloc(pad + 128);
+                int k = snprintf(result, pad + 128, "{\"id\":\"batch_bytes_%d\",\"object\":\"Batch\","
+                                                    "\"reference\":\"", i);
+                memset(result + k, 'x', pad);
+                strcpy(result + k + pad, "\"}");
+                snprintf(id, sizeof(id), "evt_bytes_%d", i);
+                bodies[i] = make_event(id, "batch.updated", result);
+                lens[i] = strlen(bodies[i]);
+                free(result);
+        }
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        double cuts0 = daemon_metric(d.port, "easypost_sync_batch_byte_limited_total");
+        double batches0 = daemon_metric(d.port, "easypost_sync_batches_total");
+        ck_assert_int_eq(pipe(fds), 0);
+        pid_t holder = hold_batches_until(d.port, N, fds[1]);
+        ck_assert_int_gt(holder, 0);
+        char x;
+        ck_assert_int_eq(read(fds[0], &x, 1), 1);
+        post_many(d.port, bodies, lens, N, N, st);
+        ck_assert_int_eq(waitpid(holder, &status, 0), holder);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "lock holder: status %d", status);
+        for (int i = 0; i < N; i++) {
+                snprintf(id, sizeof(id), "evt_bytes_%d", i);
+                ck_assert_msg(st[i] == 200, "%s: %d", id, st[i]);
+                ck_assert_int_eq(rows_for(c, id), 1);
+        }
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_bytes_%' "
+                                    "AND length(raw) > 102400", NULL), N);
+        /* the waiting ones could not go in one batch: at least 600 KiB by 256 KiB */
+        double cuts = daemon_metric(d.port, "easypost_sync_batch_byte_limited_total") - cuts0;
+        double batches = daemon_metric(d.port, "easypost_sync_batches_total") - batches0;
+        ck_assert_msg(cuts >= 2, "%.0f batches closed by bytes", cuts);
+        ck_assert_msg(batches >= 4, "%.0f batches", batches);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        close(fds[0]);
+        close(fds[1]);
+        for (int i = 0; i < N; i++)
+                free(bodies[i]);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 ingest_suite(void)
 {
@@ -502,6 +597,7 @@ ingest_suite(void)
         tcase_add_test(race, test_delivery_racing_the_partial_copy_replaces_it);
         tcase_add_test(race, test_dead_letter_tracker_event_fetches_the_tracker);
         tcase_add_test(race, test_basic_auth_exact_header_only);
+        tcase_add_test(race, test_batches_bounded_by_bytes);
         suite_add_tcase(s, race);
         return s;
 }
