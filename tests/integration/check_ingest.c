@@ -1,7 +1,9 @@
 /*
  * check_ingest.c - the webhook path end to end: real daemon, real PostgreSQL.
  * Fixtures stored byte for byte, every refusal with nothing stored, duplicates
- * stored once, 2,000 events from 32 clients, PostgreSQL outages.
+ * stored once, 2,000 events from 32 clients, PostgreSQL outages; a delivery
+ * racing the backfill's open partial copy, a dead-letter tracker event healed
+ * from the API, Basic auth, batches bounded by bytes.
  */
 #include <jansson.h>
 #include <stdbool.h>
