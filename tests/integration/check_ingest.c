@@ -480,31 +480,19 @@ START_TEST(test_basic_auth_exact_header_only)
 END_TEST
 
 /*
- * Holds a SHARE lock on webhook_event_ids (every batch's first insert waits
- * on it) until the daemon on port has `depth` webhooks waiting, then lets go.
- * Runs in a child process, so the parent can send them meanwhile; its exit
- * status is 0 once it saw them all and released the lock. ready: a pipe the
- * child writes one byte to once it holds the lock.
+ * Sends the n bodies from a child process (post_many, n at once) and writes
+ * their statuses to fd, so the parent can hold the database meanwhile.
  */
 static pid_t
-hold_batches_until(unsigned port, double depth, int ready)
+post_many_in_child(unsigned port, char **bodies, const size_t *lens, int n, int *st, int fd)
 {
         pid_t pid = fork();
 
         if (pid != 0)
                 return pid;
-        PGconn *c = PQconnectdb(getenv("TEST_PG_CONNINFO"));
-        PGresult *r = PQexec(c, "BEGIN; LOCK TABLE webhook_event_ids IN SHARE MODE");
-        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        PQclear(r);
-        if (!ok || write(ready, "x", 1) != 1)
-                _exit(2);
-        double seen = daemon_metric_wait(port, "easypost_sync_queue_depth", depth, 60000);
-        r = PQexec(c, "COMMIT");
-        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        PQclear(r);
-        PQfinish(c);
-        _exit(ok && seen >= depth ? 0 : 3);
+        post_many(port, bodies, lens, (size_t)n, (unsigned)n, st);
+        size_t want = (size_t)n * sizeof(*st);
+        _exit(write(fd, st, want) == (ssize_t)want ? 0 : 2);
 }
 
 /*
@@ -541,14 +529,24 @@ START_TEST(test_batches_bounded_by_bytes)
                 free(result);
         }
         ck_assert_int_eq(daemon_start(&d, env), 0);
+        /* every batch's first insert waits on this lock until all N wait */
+        PGconn *lock = db_open();
+        db_exec(lock, "BEGIN");
+        db_exec(lock, "LOCK TABLE webhook_event_ids IN SHARE MODE");
         ck_assert_int_eq(pipe(fds), 0);
-        pid_t holder = hold_batches_until(d.port, N, fds[1]);
-        ck_assert_int_gt(holder, 0);
-        char x;
-        ck_assert_int_eq(read(fds[0], &x, 1), 1);
-        post_many(d.port, bodies, lens, N, N, st);
-        ck_assert_int_eq(waitpid(holder, &status, 0), holder);
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "lock holder: status %d", status);
+        pid_t poster = post_many_in_child(d.port, bodies, lens, N, st, fds[1]);
+        ck_assert_int_gt(poster, 0);
+        ck_assert_int_ge(daemon_metric_wait(d.port, "easypost_sync_queue_depth", N, 60000), N);
+        db_exec(lock, "COMMIT");
+        PQfinish(lock);
+        size_t got = 0;
+        while (got < sizeof(st)) {
+                ssize_t r = read(fds[0], (char *)st + got, sizeof(st) - got);
+                ck_assert_int_gt(r, 0);
+                got += (size_t)r;
+        }
+        ck_assert_int_eq(waitpid(poster, &status, 0), poster);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "poster: status %d", status);
         for (int i = 0; i < N; i++) {
                 snprintf(id, sizeof(id), "evt_bytes_%d", i);
                 ck_assert_msg(st[i] == 200, "%s: %d", id, st[i]);
