@@ -418,11 +418,11 @@ START_TEST(test_dead_letter_tracker_event_fetches_the_tracker)
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' "
                                     "AND object_id = 'trk_dead1'", NULL), 1);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_dead1' "
-                                         "AND status = 'delivered'", 1, 20000), 1);
+                                         "AND status = 'delivered'", 1, 30000), 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = "
                                     "e.tracker_id WHERE t.easypost_id = 'trk_dead1'", NULL), 2);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' "
-                                         "AND object_id = 'trk_dead1' AND status = 'done'", 1, 20000), 1);
+                                         "AND object_id = 'trk_dead1' AND status = 'done'", 1, 30000), 1);
         free(bad);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         fake_stop(&fk);
