@@ -7,7 +7,16 @@
  * closes the segment (one implicit transaction). Each PGresult of the segment
  * goes to seg->on_result; the Sync, or the loss of the connection, to
  * seg->on_done. Hooks run from loop callbacks, never from inside the call
- * that caused them, except on_done(lost) from db_conn_push on a send error.
+ * that caused them: a failure found inside db_conn_push, db_conn_query or
+ * db_conn_fail hands the in-flight segments back (on_done lost) and calls
+ * on_down from an event of its own, after the call has returned. The one
+ * exception is db_conn_free, which calls on_done(lost) for every segment
+ * still in flight before it returns.
+ *
+ * Every session runs in UTC (TimeZone is sent at connect). Every connection
+ * has a deadline (30 s unless its owner sets another), and every
+ * db_conn_query runs with a statement_timeout of 3/4 of it unless the owner
+ * sets its own limits; both hold through PgBouncer in transaction mode.
  */
 #ifndef EPS_DB_CONN_H
 #define EPS_DB_CONN_H
@@ -64,11 +73,21 @@ unsigned db_conn_inflight(const struct db_conn *c);
 unsigned long db_conn_reconnects(const struct db_conn *c);
 
 /* Closes the segment begun with PQsend* calls and queues it. On a send error
- * the connection is failed: every in-flight segment, then s, get on_done(lost). */
+ * the connection is failed: every in-flight segment, then s, get on_done(lost)
+ * from the loop, after db_conn_push has returned. */
 void db_conn_push(struct db_conn *c, struct db_seg *s);
-/* A segment unanswered for ms drops the connection (0: never). Also sets the
- * TCP keepalive and tcp_user_timeout of the next connection attempt. */
+/* A segment unanswered for ms drops the connection (0: never; 30 s until
+ * set). Also sets the TCP keepalive and tcp_user_timeout of the next
+ * connection attempt. */
 void db_conn_set_timeout(struct db_conn *c, unsigned ms);
+unsigned db_conn_timeout(const struct db_conn *c);
+/* The server-side limits of each db_conn_query's transaction, applied with
+ * SET LOCAL semantics at its start (0: none, the server's setting holds);
+ * until set, statement_timeout is 3/4 of the deadline. A connection that
+ * runs statements refused inside a pipeline (DETACH ... CONCURRENTLY) sets
+ * (0, 0). Keep statement_ms below the deadline, so that PostgreSQL cancels a
+ * slow statement (an error the caller sees) before the connection is dropped. */
+void db_conn_set_limits(struct db_conn *c, unsigned statement_ms, unsigned lock_ms);
 /* Declares the connection broken (e.g. a PQsend* call failed). */
 void db_conn_fail(struct db_conn *c, const char *where);
 

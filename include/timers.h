@@ -4,8 +4,9 @@
  * analytics_interval (one replica per view and wall-clock slot), with the
  * monthly partitions' upkeep (parts.h) on each analytics tick. Each timer
  * is one-shot and re-armed when its work finishes, so runs never overlap;
- * each runs on a connection of its own, so a slow refresh never delays a
- * webhook or a metrics row.
+ * each, and the upkeep, runs on a connection of its own with a deadline and
+ * limits fitting its work, so a slow refresh never delays a webhook or a
+ * metrics row, and an upkeep waiting on old snapshots never delays a refresh.
  */
 #ifndef EPS_TIMERS_H
 #define EPS_TIMERS_H
@@ -27,7 +28,7 @@ struct timers_settings {
         long metrics_interval;   /* seconds, <= 0: no system_metrics rows */
         long analytics_interval; /* seconds, <= 0: no refreshes */
         long retention_days;     /* system_metrics rows older than this are deleted */
-        struct parts_settings parts; /* the partitions' upkeep, on the analytics connection */
+        struct parts_settings parts; /* the partitions' upkeep, on a connection of its own */
 };
 
 /* One system_metrics row's raw figures, filled by the owner's sampler. */

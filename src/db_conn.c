@@ -31,7 +31,8 @@
 #define DB_BACKOFF_BASE_MS 100
 #define DB_BACKOFF_CAP_MS 5000
 #define DB_DRAIN_BUDGET 4096
-#define DB_DEFAULT_TIMEOUT_MS 30000 /* keepalive / tcp_user_timeout without a deadline */
+#define DB_DEFAULT_TIMEOUT_MS 30000 /* every connection's deadline until its owner sets one */
+#define DB_LIMITS_AUTO (~0u)        /* statement_timeout: 3/4 of the deadline */
 
 struct db_conn {
         struct event_base *base;
@@ -51,6 +52,8 @@ struct db_conn {
         struct db_seg *wait_head, *wait_tail; /* db_conn_query()s not sent yet, in order */
         struct db_seg *lost;  /* failed segments waiting for lost_cb, in order */
         unsigned timeout_ms;  /* 0: none; else the oldest segment's deadline */
+        unsigned stmt_ms;     /* per-transaction statement_timeout (DB_LIMITS_AUTO, 0: none) */
+        unsigned lock_ms;     /* per-transaction lock_timeout (0: the server's) */
         struct event *deadline;
         bool lost_down;       /* lost_cb also calls on_down */
         struct event *lostev;
@@ -63,6 +66,27 @@ static void connect_cb(evutil_socket_t fd, short what, void *arg);
 static void lost_cb(evutil_socket_t fd, short what, void *arg);
 static void deadline_cb(evutil_socket_t fd, short what, void *arg);
 static void send_waiting(struct db_conn *c);
+
+static const char *
+state_name(enum db_state s)
+{
+        switch (s) {
+        case DB_DOWN: return "down";
+        case DB_CONNECTING: return "connecting";
+        case DB_READY: return "ready";
+        case DB_BACKOFF: return "backoff";
+        }
+        return "?";
+}
+
+/* Every change of c->state goes through here (db_conn_new starts at DB_DOWN). */
+static void
+set_state(struct db_conn *c, enum db_state to)
+{
+        if (c->state != to)
+                log_debug("db", "%s: %s -> %s", c->name, state_name(c->state), state_name(to));
+        c->state = to;
+}
 
 static void
 notice_cb(void *arg, const PGresult *res)
@@ -97,7 +121,9 @@ db_conn_new(struct event_base *base, const char *conninfo, const char *name,
         c->name = xstrdup(name);
         c->hooks = hooks;
         c->arg = arg;
-        c->state = DB_DOWN;
+        c->state = DB_DOWN; /* the initial state; set_state() from here on */
+        c->timeout_ms = DB_DEFAULT_TIMEOUT_MS;
+        c->stmt_ms = DB_LIMITS_AUTO;
         c->timer = evtimer_new(base, connect_cb, c);
         c->lostev = event_new(base, -1, 0, lost_cb, c);
         c->deadline = evtimer_new(base, deadline_cb, c);
@@ -170,7 +196,7 @@ db_conn_free(struct db_conn *c)
         if (c == NULL)
                 return;
         close_pq(c);
-        c->state = DB_DOWN;
+        set_state(c, DB_DOWN);
         take_inflight(c);
         fail_lost(c);
         event_free(c->lostev);
@@ -201,7 +227,7 @@ db_conn_fail(struct db_conn *c, const char *where)
         bool was_ready = c->state == DB_READY;
         c->was_up = false;
         close_pq(c);
-        c->state = DB_BACKOFF;
+        set_state(c, DB_BACKOFF);
         take_inflight(c);
         c->lost_down |= was_ready;
         if (c->lost || c->lost_down)
@@ -229,8 +255,15 @@ db_conn_start(struct db_conn *c)
         struct timeval deadline = { DB_CONNECT_TIMEOUT_S, 0 };
 
         close_pq(c);
+        /* TimeZone travels in the startup packet (libpq sends PGTZ as its
+         * "timezone" parameter): every session, and every reconnect, is in
+         * UTC whatever the server's or the database's default. PgBouncer
+         * tracks this parameter and sets it on each server connection it
+         * hands us, where it refuses "options" (before 1.20). */
+        if (setenv("PGTZ", "UTC", 1) != 0)
+                log_warn("db", "%s: cannot pin the session TimeZone to UTC", c->name);
         c->pq = PQconnectStartParams(keys, vals, 1);
-        c->state = DB_CONNECTING;
+        set_state(c, DB_CONNECTING);
         if (c->pq == NULL || PQstatus(c->pq) == CONNECTION_BAD) {
                 db_conn_fail(c, "connect");
                 return;
@@ -282,7 +315,7 @@ connect_cb(evutil_socket_t fd, short what, void *arg)
         if (c->down_since)
                 c->reconnects++;
         c->down_since = 0;
-        c->state = DB_READY;
+        set_state(c, DB_READY);
         c->attempt = 0;
         c->was_up = true;
         if (c->hooks->on_ready)
@@ -399,6 +432,38 @@ db_conn_set_timeout(struct db_conn *c, unsigned ms)
         c->timeout_ms = ms;
 }
 
+unsigned
+db_conn_timeout(const struct db_conn *c)
+{
+        return c->timeout_ms;
+}
+
+void
+db_conn_set_limits(struct db_conn *c, unsigned statement_ms, unsigned lock_ms)
+{
+        c->stmt_ms = statement_ms;
+        c->lock_ms = lock_ms;
+}
+
+/* The statement that opens each db_conn_query's transaction with its
+ * limits; "" when there are none. set_config(..., true) is SET LOCAL: it
+ * ends with the transaction (the Sync), so nothing stays behind on a server
+ * connection PgBouncer hands to another client next. */
+static const char *
+preamble(const struct db_conn *c, char *buf, size_t cap)
+{
+        unsigned st = c->stmt_ms == DB_LIMITS_AUTO ? c->timeout_ms / 4 * 3 : c->stmt_ms;
+        int n = 0;
+
+        buf[0] = '\0';
+        if (st > 0)
+                n = snprintf(buf, cap, "SELECT set_config('statement_timeout', '%u', true)", st);
+        if (c->lock_ms > 0)
+                snprintf(buf + n, cap - (size_t)n, "%s set_config('lock_timeout', '%u', true)",
+                         n > 0 ? "," : "SELECT", c->lock_ms);
+        return buf;
+}
+
 void
 db_conn_push(struct db_conn *c, struct db_seg *s)
 {
@@ -453,6 +518,7 @@ db_conn_reconnects(const struct db_conn *c)
 
 struct db_query {
         struct db_seg seg; /* first */
+        bool limits;       /* the limits' statement goes first: its result is not the caller's */
         PGresult *res;
         db_query_fn fn;
         void *arg;
@@ -466,6 +532,12 @@ query_result(struct db_seg *s, PGresult *res)
 {
         struct db_query *q = (struct db_query *)s;
 
+        if (q->limits) {
+                q->limits = false;
+                if (PQresultStatus(res) == PGRES_TUPLES_OK)
+                        return false;
+                /* the limits failed: the statement is not run, the caller sees why */
+        }
         if (q->res != NULL)
                 return false; /* one statement: anything after its result is noise */
         q->res = res;
@@ -486,6 +558,21 @@ query_done(struct db_seg *s, bool lost)
         free(q);
 }
 
+/* Sends the limits' statement, if any, then the caller's: one transaction. */
+static int
+send_query(struct db_conn *c, struct db_query *q, const char *sql, int nparams,
+           const char *const *values)
+{
+        char pre[160];
+
+        if (preamble(c, pre, sizeof(pre))[0] != '\0') {
+                if (!PQsendQueryParams(c->pq, pre, 0, NULL, NULL, NULL, NULL, 0))
+                        return 0;
+                q->limits = true;
+        }
+        return PQsendQueryParams(c->pq, sql, nparams, NULL, values, NULL, NULL, 0);
+}
+
 /* Sends the oldest waiting query once nothing is in flight. One query (one
  * Sync) in flight at a time: PgBouncer before 1.21 in transaction mode hands
  * the server connection to another client at the first ReadyForQuery, and
@@ -502,8 +589,7 @@ send_waiting(struct db_conn *c)
         if (c->wait_head == NULL)
                 c->wait_tail = NULL;
         q->seg.next = NULL;
-        int ok = PQsendQueryParams(c->pq, q->sql, q->nparams, NULL, (const char *const *)q->values,
-                                   NULL, NULL, 0);
+        int ok = send_query(c, q, q->sql, q->nparams, (const char *const *)q->values);
         db_conn_push(c, &q->seg); /* pushed either way: a failure hands it back lost */
         if (!ok && c->state == DB_READY)
                 db_conn_fail(c, "send");
@@ -533,7 +619,7 @@ db_conn_query(struct db_conn *c, const char *sql, int nparams, const char *const
                 c->wait_tail = &q->seg;
                 return 0;
         }
-        if (!PQsendQueryParams(c->pq, sql, nparams, NULL, values, NULL, NULL, 0)) {
+        if (!send_query(c, q, sql, nparams, values)) {
                 free(q);
                 db_conn_fail(c, "send");
                 return -1;

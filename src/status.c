@@ -9,6 +9,14 @@
  * analytics_refreshes through its unique (view_name, tick); system_metrics
  * through ts. Plain queries: they work on a partitioned webhook_events too.
  *
+ * Every statement runs in one read-only transaction whose statement_timeout
+ * and TimeZone are SET LOCAL: through PgBouncer in transaction mode nothing
+ * stays on the server connection it hands to another client next.
+ *
+ * A timer's first row is not due before STATUS_STALE_INTERVALS of its
+ * intervals have passed since the schema was installed (its first
+ * migration): a brand-new install is not reported for rows it cannot have.
+ *
  * The rows become one jansson object; each section judges its own part into
  * "reasons", and the text report is rendered from that same object, so the
  * text and the JSON always say the same thing.
@@ -33,7 +41,8 @@
 #define V7_FLOOR(t) "(lpad(to_hex(floor(extract(epoch FROM " t ") * 1000)::int8), 12, '0')" \
                     " || repeat('0', 20))::uuid"
 
-static const char SQL_SCHEMA[] = "SELECT coalesce(max(version), 0) AS v, " TS("now()") " AS now"
+static const char SQL_SCHEMA[] = "SELECT coalesce(max(version), 0) AS v, " TS("now()") " AS now,"
+                                 " " AGE("min(applied_at)") " AS installed_age_s"
                                  " FROM schema_migrations";
 
 static const char SQL_EVENTS[] =
@@ -137,6 +146,7 @@ static const char SQL_METRICS[] =
 
 struct report {
         PGconn *pq;
+        long long installed_age_s; /* since the first migration */
         const struct cfg *cfg;
         json_t *root;
         json_t *reasons;
@@ -413,7 +423,9 @@ sec_analytics(struct report *rp)
         if (iv <= 0)
                 return 0;
         json_array_foreach(views, i, v) {
-                if (json_is_null(json_object_get(v, "last_ok_at")))
+                bool due = rp->installed_age_s > STATUS_STALE_INTERVALS * iv;
+                json_object_set_new(v, "due", json_boolean(due || !json_is_null(json_object_get(v, "last_ok_at"))));
+                if (json_is_null(json_object_get(v, "last_ok_at")) && due)
                         reason(rp, "analytics_stale", "view %s has no successful refresh",
                                str(v, "view"));
                 else if (num(v, "last_ok_age_s") > STATUS_STALE_INTERVALS * iv)
@@ -442,7 +454,7 @@ sec_metrics(struct report *rp)
         }
         if (iv <= 0)
                 return 0;
-        if (newest < 0)
+        if (newest < 0 && rp->installed_age_s > STATUS_STALE_INTERVALS * iv)
                 reason(rp, "system_metrics_stale", "no system_metrics row in the last 24 h: "
                                                    "is the daemon running?");
         else if (newest > STATUS_STALE_INTERVALS * iv)
@@ -469,8 +481,17 @@ connect_db(const char *conninfo, struct err *e)
                 PQfinish(pq);
                 return NULL;
         }
-        PQclear(PQexec(pq, "SET TimeZone = 'UTC'"));
-        PQclear(PQexec(pq, "SET statement_timeout = '60s'"));
+        /* one transaction for the whole report: SET LOCAL ends with it */
+        PGresult *r = PQexec(pq, "BEGIN READ ONLY; SET LOCAL TimeZone = 'UTC';"
+                                 " SET LOCAL statement_timeout = '60s'");
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+                const char *m = PQresultErrorMessage(r);
+                err_set(e, -1, "starting the report's transaction: %.*s", line_len(m), m);
+                PQclear(r);
+                PQfinish(pq);
+                return NULL;
+        }
+        PQclear(r);
         return pq;
 }
 
@@ -490,6 +511,7 @@ check_schema(struct report *rp)
                 } else {
                         json_object_set_new(rp->root, "generated_at", json_string(PQgetvalue(r, 0, 1)));
                         json_object_set_new(rp->root, "schema_version", json_integer(v));
+                        rp->installed_age_s = PQgetisnull(r, 0, 2) ? 0 : atoll(PQgetvalue(r, 0, 2));
                         rc = 0;
                 }
         } else if (state && strcmp(state, "42P01") == 0) {
@@ -664,7 +686,9 @@ text_analytics(FILE *f, const json_t *a)
         json_array_foreach(json_object_get(a, "views"), i, v) {
                 fprintf(f, "  %-31s ", str(v, "view"));
                 if (json_is_null(json_object_get(v, "last_refresh_at"))) {
-                        fprintf(f, "never refreshed\n");
+                        fprintf(f, json_is_false(json_object_get(v, "due"))
+                                           ? "not refreshed yet (not due: a new install)\n"
+                                           : "never refreshed\n");
                         continue;
                 }
                 fprintf(f, "%s at %s (%s ago)", str(v, "outcome"), str(v, "last_refresh_at"),
@@ -764,6 +788,8 @@ out:
         } else if (v != STATUS_ERROR) {
                 print_text(out, rp.root);
         }
+        if (rp.pq)
+                PQclear(PQexec(rp.pq, "COMMIT"));
         PQfinish(rp.pq);
         json_decref(rp.reasons);
         json_decref(rp.root);

@@ -2,9 +2,15 @@
  * timers.c - system_metrics rows and analytics refreshes.
  *
  *   metrics:   IDLE --tick--> INSERT in flight --done--> IDLE (re-armed)
- *   analytics: IDLE --tick (wall-clock slot)--> partition upkeep queued (parts.c)
- *              --> view 0 --> view 1 --> view 2
- *              --> last refresh times (any replica) --> IDLE
+ *   analytics: IDLE --tick (wall-clock slot)--> REFRESH view 0, 1, 2
+ *              --> LAST refresh times (any replica) --> IDLE
+ *              (and, on the same tick, the partition upkeep (parts.c) on
+ *              its own connection)
+ *
+ * Each job's state changes in enter() only; IDLE re-arms its timer unless
+ * the timers are stopped. Each connection has a deadline and per-transaction
+ * limits fitting its work, so a statement stuck on a lock is cancelled and
+ * the job goes on at its next tick.
  *
  * Database down: the tick is skipped with one log line (state changes only)
  * and the timer re-armed; work resumes by itself when the connection is back.
@@ -28,18 +34,44 @@ static const char *const view_names[TIMERS_NVIEWS] = {
         "analytics_daily_volume", "analytics_carrier_performance", "analytics_status_funnel",
 };
 
+/* system_metrics: a short INSERT (and DELETE of old rows) */
+#define TIMERS_METRICS_DEADLINE_MS 30000
+#define TIMERS_METRICS_STATEMENT_MS 20000
+#define TIMERS_METRICS_LOCK_MS 5000
+/* a refresh may take up to an analytics interval (at least this) */
+#define TIMERS_REFRESH_MIN_MS 300000
+#define TIMERS_REFRESH_LOCK_MS 60000
+#define TIMERS_REFRESH_MARGIN_MS 30000 /* the deadline past statement_timeout */
+/* the partition upkeep: DETACH ... CONCURRENTLY waits for older snapshots,
+ * and refuses to run in a pipeline behind SET LOCAL; only a deadline */
+#define TIMERS_UPKEEP_DEADLINE_MS 600000
+
+enum timers_state {
+        TIMERS_STOPPED, /* not started, or drained: not re-armed */
+        TIMERS_IDLE,    /* armed for the next tick */
+        TIMERS_INSERT,  /* metrics: the system_metrics row in flight */
+        TIMERS_REFRESH, /* analytics: refreshing view `view` */
+        TIMERS_LAST,    /* analytics: reading the views' last refresh times */
+};
+
+struct timers_job {
+        const char *name;         /* "metrics", "analytics": in log lines */
+        enum timers_state state;
+        bool failing;             /* the last run found the database unavailable (logged once) */
+        struct event *timer;
+};
+
 struct timers {
         struct db_conn *conn;  /* system_metrics rows */
-        struct db_conn *aconn; /* analytics refreshes and partition upkeep only */
+        struct db_conn *aconn; /* analytics refreshes only */
+        struct db_conn *pconn; /* partition upkeep only */
         struct parts *parts;
-        struct event *metrics_timer, *analytics_timer;
+        struct timers_job metrics, analytics;
         timers_sample_fn sample;
         void *sample_arg;
         char *instance_id;
         long metrics_interval, analytics_interval, retention_days;
         bool stopped;
-        bool metrics_busy, analytics_busy;
-        bool metrics_skipping, analytics_skipping;
         /* metrics window */
         uint64_t last_us;
         struct timers_sample last;
@@ -51,6 +83,63 @@ struct timers {
 
 static void arm_metrics(struct timers *t);
 static void arm_analytics(struct timers *t);
+static void refresh_next(struct timers *t);
+static void read_last_refresh(struct timers *t);
+
+static const char *
+state_name(enum timers_state s)
+{
+        switch (s) {
+        case TIMERS_STOPPED: return "stopped";
+        case TIMERS_IDLE: return "idle";
+        case TIMERS_INSERT: return "insert";
+        case TIMERS_REFRESH: return "refresh";
+        case TIMERS_LAST: return "last";
+        }
+        return "?";
+}
+
+/* Every change of a job's state goes through here. IDLE re-arms the job
+ * (STOPPED instead once the timers are stopped); REFRESH and LAST send
+ * their query. */
+static void
+enter(struct timers *t, struct timers_job *j, enum timers_state to)
+{
+        if (to == TIMERS_IDLE && t->stopped)
+                to = TIMERS_STOPPED;
+        log_debug("timers", "%s: %s -> %s", j->name, state_name(j->state), state_name(to));
+        j->state = to;
+        switch (to) {
+        case TIMERS_STOPPED:
+                evtimer_del(j->timer);
+                break;
+        case TIMERS_IDLE:
+                if (j == &t->metrics)
+                        arm_metrics(t);
+                else
+                        arm_analytics(t);
+                break;
+        case TIMERS_INSERT:
+                break;
+        case TIMERS_REFRESH:
+                refresh_next(t);
+                break;
+        case TIMERS_LAST:
+                read_last_refresh(t);
+                break;
+        }
+}
+
+/* One log line when a job starts or stops finding the database. */
+static void
+job_outcome(struct timers_job *j, bool failed, const char *what)
+{
+        if (failed && !j->failing)
+                log_warn("timers", "%s", what);
+        else if (!failed && j->failing)
+                log_info("timers", "%s", what);
+        j->failing = failed;
+}
 
 static const struct db_conn_hooks no_hooks = { 0 };
 
@@ -61,17 +150,15 @@ metrics_done(PGresult *res, void *arg)
 {
         struct timers *t = arg;
 
-        t->metrics_busy = false;
         if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
-                if (!t->metrics_skipping)
+                if (!t->metrics.failing)
                         log_warn("timers", "system_metrics row not written: %s",
                                  res ? PQresultErrorMessage(res) : "connection lost");
-                t->metrics_skipping = true;
-        } else if (t->metrics_skipping) {
-                log_info("timers", "system_metrics rows written again");
-                t->metrics_skipping = false;
+                t->metrics.failing = true;
+        } else {
+                job_outcome(&t->metrics, false, "system_metrics rows written again");
         }
-        arm_metrics(t);
+        enter(t, &t->metrics, TIMERS_IDLE);
 }
 
 static double
@@ -144,27 +231,23 @@ metrics_tick(evutil_socket_t fd, short what, void *arg)
                           " api_in_flight, uptime_s) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
                           " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
                           21, vals, metrics_done, t) != 0) {
-                if (!t->metrics_skipping)
-                        log_warn("timers", "database unavailable: skipping system_metrics ticks");
-                t->metrics_skipping = true;
-                arm_metrics(t);
+                job_outcome(&t->metrics, true, "database unavailable: skipping system_metrics ticks");
+                enter(t, &t->metrics, TIMERS_IDLE);
                 return;
         }
-        t->metrics_busy = true;
+        enter(t, &t->metrics, TIMERS_INSERT);
 }
 
 static void
 arm_metrics(struct timers *t)
 {
-        if (t->stopped || t->metrics_interval <= 0 || t->metrics_busy)
+        if (t->metrics.state != TIMERS_IDLE || t->metrics_interval <= 0)
                 return;
         struct timeval tv = { t->metrics_interval, 0 };
-        evtimer_add(t->metrics_timer, &tv);
+        evtimer_add(t->metrics.timer, &tv);
 }
 
 /* ---- analytics ---- */
-
-static void refresh_next(struct timers *t);
 
 static void
 refresh_done(PGresult *res, void *arg)
@@ -199,14 +282,7 @@ refresh_done(PGresult *res, void *arg)
                 }
         }
         t->view++;
-        refresh_next(t);
-}
-
-static void
-analytics_idle(struct timers *t)
-{
-        t->analytics_busy = false;
-        arm_analytics(t);
+        enter(t, &t->analytics, TIMERS_REFRESH);
 }
 
 /* The last successful refresh of each view, by any replica. */
@@ -226,7 +302,7 @@ last_refresh_cb(PGresult *res, void *arg)
                 log_warn("timers", "reading the last refresh times failed: %s",
                          PQresultErrorMessage(res));
         }
-        analytics_idle(t);
+        enter(t, &t->analytics, TIMERS_IDLE);
 }
 
 static void
@@ -239,7 +315,7 @@ read_last_refresh(struct timers *t)
                                     " FROM unnest(ARRAY['analytics_daily_volume',"
                                     " 'analytics_carrier_performance', 'analytics_status_funnel']) v",
                           0, NULL, last_refresh_cb, t) != 0)
-                analytics_idle(t);
+                enter(t, &t->analytics, TIMERS_IDLE);
 }
 
 static void
@@ -249,11 +325,11 @@ refresh_next(struct timers *t)
         const char *vals[3];
 
         if (t->stopped) {
-                analytics_idle(t);
+                enter(t, &t->analytics, TIMERS_IDLE);
                 return;
         }
         if (t->view >= TIMERS_NVIEWS) {
-                read_last_refresh(t);
+                enter(t, &t->analytics, TIMERS_LAST);
                 return;
         }
         snprintf(tick, sizeof(tick), "%lld", t->slot);
@@ -263,16 +339,11 @@ refresh_next(struct timers *t)
         if (db_conn_query(t->aconn, "SELECT outcome, rows, duration_ms, error"
                                     " FROM eps_refresh_view($1, $2::bigint, $3)",
                           3, vals, refresh_done, t) != 0) {
-                if (!t->analytics_skipping)
-                        log_warn("timers", "database unavailable: skipping analytics refreshes");
-                t->analytics_skipping = true;
-                analytics_idle(t);
+                job_outcome(&t->analytics, true, "database unavailable: skipping analytics refreshes");
+                enter(t, &t->analytics, TIMERS_IDLE);
                 return;
         }
-        if (t->analytics_skipping) {
-                log_info("timers", "analytics refreshes resumed");
-                t->analytics_skipping = false;
-        }
+        job_outcome(&t->analytics, false, "analytics refreshes resumed");
 }
 
 static void
@@ -283,14 +354,13 @@ analytics_tick(evutil_socket_t fd, short what, void *arg)
 
         (void)fd;
         (void)what;
-        if (iv <= 0)
+        if (iv <= 0 || t->analytics.state != TIMERS_IDLE)
                 return;
         /* the slot that has just begun (the timer fires a moment after its start) */
         t->slot = (long long)(clock_real_ms() / 1000 / (uint64_t)iv);
         parts_tick(t->parts, t->slot, t->slot * iv);
         t->view = 0;
-        t->analytics_busy = true;
-        refresh_next(t);
+        enter(t, &t->analytics, TIMERS_REFRESH);
 }
 
 static void
@@ -298,14 +368,14 @@ arm_analytics(struct timers *t)
 {
         long iv = t->analytics_interval;
 
-        if (t->stopped || iv <= 0 || t->analytics_busy)
+        if (t->analytics.state != TIMERS_IDLE || iv <= 0)
                 return;
         uint64_t now = clock_real_ms();
         uint64_t period = (uint64_t)iv * 1000;
         uint64_t next = (now / period + 1) * period + 20; /* just past the boundary */
         uint64_t ms = next - now;
         struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
-        evtimer_add(t->analytics_timer, &tv);
+        evtimer_add(t->analytics.timer, &tv);
 }
 
 /* ---- lifecycle ---- */
@@ -320,6 +390,22 @@ set(struct timers *t, const struct timers_settings *st)
         t->retention_days = st->retention_days;
 }
 
+/* The analytics connection's limits follow its interval: a refresh may run
+ * for one interval (at least TIMERS_REFRESH_MIN_MS) before PostgreSQL
+ * cancels it, and waits at most TIMERS_REFRESH_LOCK_MS for a lock. */
+static void
+set_limits(struct timers *t)
+{
+        uint64_t ms = (uint64_t)(t->analytics_interval > 0 ? t->analytics_interval : 0) * 1000u;
+
+        if (ms < TIMERS_REFRESH_MIN_MS)
+                ms = TIMERS_REFRESH_MIN_MS;
+        if (ms > 24u * 3600u * 1000u)
+                ms = 24u * 3600u * 1000u;
+        db_conn_set_timeout(t->aconn, (unsigned)ms + TIMERS_REFRESH_MARGIN_MS);
+        db_conn_set_limits(t->aconn, (unsigned)ms, TIMERS_REFRESH_LOCK_MS);
+}
+
 struct timers *
 timers_new(struct event_base *base, const char *conninfo, const struct timers_settings *st,
            timers_sample_fn sample, void *arg)
@@ -330,10 +416,18 @@ timers_new(struct event_base *base, const char *conninfo, const struct timers_se
         t->sample = sample;
         t->sample_arg = arg;
         t->conn = db_conn_new(base, conninfo, "timers", &no_hooks, t);
+        db_conn_set_timeout(t->conn, TIMERS_METRICS_DEADLINE_MS);
+        db_conn_set_limits(t->conn, TIMERS_METRICS_STATEMENT_MS, TIMERS_METRICS_LOCK_MS);
         t->aconn = db_conn_new(base, conninfo, "analytics", &no_hooks, t);
-        t->parts = parts_new(t->aconn, &st->parts);
-        t->metrics_timer = evtimer_new(base, metrics_tick, t);
-        t->analytics_timer = evtimer_new(base, analytics_tick, t);
+        set_limits(t);
+        t->pconn = db_conn_new(base, conninfo, "upkeep", &no_hooks, t);
+        db_conn_set_timeout(t->pconn, TIMERS_UPKEEP_DEADLINE_MS);
+        db_conn_set_limits(t->pconn, 0, 0);
+        t->parts = parts_new(t->pconn, &st->parts);
+        t->metrics = (struct timers_job){ "metrics", TIMERS_STOPPED, false,
+                                          evtimer_new(base, metrics_tick, t) };
+        t->analytics = (struct timers_job){ "analytics", TIMERS_STOPPED, false,
+                                            evtimer_new(base, analytics_tick, t) };
         for (int i = 0; i < TIMERS_NVIEWS; i++)
                 t->views[i].name = view_names[i];
         return t;
@@ -345,26 +439,31 @@ timers_start(struct timers *t)
         t->last_us = clock_mono_us();
         t->sample(&t->last, t->sample_arg);
         db_conn_start(t->conn);
-        if (t->analytics_interval > 0)
+        if (t->analytics_interval > 0) {
                 db_conn_start(t->aconn);
-        arm_metrics(t);
-        arm_analytics(t);
+                db_conn_start(t->pconn);
+        }
+        enter(t, &t->metrics, TIMERS_IDLE);
+        enter(t, &t->analytics, TIMERS_IDLE);
 }
 
 void
 timers_reload(struct timers *t, const struct timers_settings *st)
 {
         set(t, st);
+        set_limits(t);
         parts_reload(t->parts, &st->parts);
         if (t->analytics_interval > 0 && db_conn_state(t->aconn) == DB_DOWN)
                 db_conn_start(t->aconn);
-        if (!t->metrics_busy) {
-                evtimer_del(t->metrics_timer);
-                arm_metrics(t);
+        if (t->analytics_interval > 0 && db_conn_state(t->pconn) == DB_DOWN)
+                db_conn_start(t->pconn);
+        if (t->metrics.state == TIMERS_IDLE) {
+                evtimer_del(t->metrics.timer);
+                enter(t, &t->metrics, TIMERS_IDLE);
         }
-        if (!t->analytics_busy) {
-                evtimer_del(t->analytics_timer);
-                arm_analytics(t);
+        if (t->analytics.state == TIMERS_IDLE) {
+                evtimer_del(t->analytics.timer);
+                enter(t, &t->analytics, TIMERS_IDLE);
         }
 }
 
@@ -372,8 +471,10 @@ void
 timers_stop(struct timers *t)
 {
         t->stopped = true;
-        evtimer_del(t->metrics_timer);
-        evtimer_del(t->analytics_timer);
+        if (t->metrics.state == TIMERS_IDLE)
+                enter(t, &t->metrics, TIMERS_STOPPED);
+        if (t->analytics.state == TIMERS_IDLE)
+                enter(t, &t->analytics, TIMERS_STOPPED);
 }
 
 void
@@ -384,9 +485,10 @@ timers_free(struct timers *t)
         t->stopped = true;
         db_conn_free(t->aconn); /* in-flight callbacks run now, as lost */
         db_conn_free(t->conn);
+        db_conn_free(t->pconn);
         parts_free(t->parts);
-        event_free(t->metrics_timer);
-        event_free(t->analytics_timer);
+        event_free(t->metrics.timer);
+        event_free(t->analytics.timer);
         free(t->instance_id);
         free(t);
 }

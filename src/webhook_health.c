@@ -10,7 +10,8 @@
  *
  * Ticks fall on multiples of webhook_check_interval on the wall clock, so
  * every replica names the same slot and the database elects one of them.
- * A state change is logged once, not every tick.
+ * A state change is logged once, not every tick. The check's state changes
+ * in enter() only; what the last check found is one value of enum wh_found.
  */
 #include "webhook_health.h"
 
@@ -33,6 +34,22 @@
 #define WH_MAX_IDS 16
 #define WH_ID_MAX 64
 #define WH_FIRST_CHECK_S 2 /* after start: the connection is usually up by then */
+#define WH_LOCK_MS 5000    /* the election and its record wait this long for a lock */
+#define WH_TAG "webhook_health"
+
+enum wh_state {
+        WH_PARKED, /* not armed: stopped, disabled, or the key rejected (reload re-arms) */
+        WH_IDLE,   /* armed for the next slot */
+        WH_ELECT,  /* the election in flight */
+        WH_LIST,   /* GET /webhooks in flight */
+        WH_PATCH,  /* re-enabling PATCH requests in flight */
+};
+
+enum wh_found {
+        WH_UNKNOWN, /* no check (nor another replica's record) seen yet */
+        WH_LISTED,  /* the daemon's webhooks listed; `disabled` of them disabled */
+        WH_MISSING, /* public_url set and no webhook of the account posts to it */
+};
 
 struct webhook_health {
         struct db_conn *conn;
@@ -43,10 +60,11 @@ struct webhook_health {
         char *public_url;
         long interval;
         bool auto_enable;
-        bool stopped, busy;
+        bool stopped;        /* drained or freed: never re-armed */
+        enum wh_state state;
+        long first_s;        /* the next IDLE arms this many seconds ahead (0: next slot) */
         bool elected;        /* this replica holds the current slot */
-        bool checked;        /* a check (or another replica's record) has been seen */
-        bool missing;        /* public_url set and no webhook of the account posts to it */
+        enum wh_found found;
         unsigned disabled;   /* disabled webhooks of this daemon at the last check */
         char ids[WH_MAX_IDS][WH_ID_MAX]; /* the disabled ones that may be re-enabled */
         unsigned nids;
@@ -61,6 +79,49 @@ struct wh_patch {
 };
 
 static void arm(struct webhook_health *w, long first_s);
+static void send_elect(struct webhook_health *w);
+static void send_list(struct webhook_health *w);
+static void reenable_all(struct webhook_health *w);
+static bool enabled(const struct webhook_health *w);
+
+static const char *
+state_name(enum wh_state s)
+{
+        switch (s) {
+        case WH_PARKED: return "parked";
+        case WH_IDLE: return "idle";
+        case WH_ELECT: return "elect";
+        case WH_LIST: return "list";
+        case WH_PATCH: return "patch";
+        }
+        return "?";
+}
+
+/* Every change of the check's state goes through here. IDLE arms the timer
+ * (PARKED instead when stopped or disabled); ELECT, LIST and PATCH send
+ * their requests. */
+static void
+enter(struct webhook_health *w, enum wh_state to)
+{
+        if (to == WH_IDLE && (w->stopped || !enabled(w)))
+                to = WH_PARKED;
+        log_debug(WH_TAG, "check: %s -> %s", state_name(w->state), state_name(to));
+        w->state = to;
+        switch (to) {
+        case WH_PARKED:
+                evtimer_del(w->timer);
+                w->elected = false;
+                break;
+        case WH_IDLE:
+                w->elected = false;
+                arm(w, w->first_s);
+                w->first_s = 0;
+                break;
+        case WH_ELECT: send_elect(w); break;
+        case WH_LIST: send_list(w); break;
+        case WH_PATCH: reenable_all(w); break;
+        }
+}
 
 static bool
 enabled(const struct webhook_health *w)
@@ -93,23 +154,21 @@ ignore_cb(PGresult *res, void *arg)
 {
         (void)arg;
         if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
-                log_warn("webhook", "recording the webhook check failed: %s", PQresultErrorMessage(res));
+                log_warn(WH_TAG, "recording the webhook check failed: %s", PQresultErrorMessage(res));
 }
 
 static void
 finish(struct webhook_health *w)
 {
-        if (w->elected && w->checked && !w->stopped) {
+        if (w->elected && w->found != WH_UNKNOWN && !w->stopped) {
                 char n[16];
                 snprintf(n, sizeof(n), "%u", w->disabled);
                 const char *vals[1] = { n };
                 if (db_conn_query(w->conn, "SELECT eps_webhook_check_record($1::int)", 1, vals,
                                   ignore_cb, w) != 0)
-                        log_debug("webhook", "webhook check not recorded: database unavailable");
+                        log_debug(WH_TAG, "webhook check not recorded: database unavailable");
         }
-        w->elected = false;
-        w->busy = false;
-        arm(w, 0);
+        enter(w, WH_IDLE);
 }
 
 /* ---- re-enabling ---- */
@@ -123,19 +182,19 @@ patch_done(const struct httpc_resp *r, void *arg)
         if (r->rc == CURLE_ABORTED_BY_CALLBACK) {
                 free(p);
                 if (--w->patching == 0)
-                        w->busy = false; /* stopping: not re-armed */
+                        enter(w, WH_PARKED); /* stopping: not re-armed */
                 return;
         }
         if (r->rc == CURLE_OK && r->status >= 200 && r->status < 300) {
                 w->reenabled++;
                 if (w->disabled > 0)
                         w->disabled--;
-                log_info("webhook", "re-enabled EasyPost webhook %s (request %s); starting a backfill "
+                log_info(WH_TAG, "re-enabled EasyPost webhook %s (request %s); starting a backfill "
                                     "run for the events of the disabled window",
                          p->id, r->request_id[0] ? r->request_id : "-");
                 backfill_now(w->backfill);
         } else {
-                log_warn("webhook", "re-enabling EasyPost webhook %s failed: %s (HTTP %ld); tried "
+                log_warn(WH_TAG, "re-enabling EasyPost webhook %s failed: %s (HTTP %ld); tried "
                                     "again at the next check",
                          p->id, r->rc != CURLE_OK ? r->error : "API error", r->status);
         }
@@ -198,24 +257,25 @@ url_matches(const char *public_url, const char *url)
 static void
 report(struct webhook_health *w, unsigned disabled, bool missing, const char *first, const char *since)
 {
-        if (missing && (!w->checked || !w->missing))
-                log_warn("webhook", "no EasyPost webhook of this account posts to public_url: "
+        bool checked = w->found != WH_UNKNOWN, was_missing = w->found == WH_MISSING;
+
+        if (missing && (!checked || !was_missing))
+                log_warn(WH_TAG, "no EasyPost webhook of this account posts to public_url: "
                                     "EasyPost delivers no events here");
-        else if (!missing && w->missing)
-                log_info("webhook", "an EasyPost webhook posts to public_url again");
-        if (disabled > 0 && (!w->checked || disabled != w->disabled))
-                log_warn("webhook", "EasyPost webhook %s is disabled (since %s)%s: EasyPost delivers "
+        else if (!missing && was_missing)
+                log_info(WH_TAG, "an EasyPost webhook posts to public_url again");
+        if (disabled > 0 && (!checked || disabled != w->disabled))
+                log_warn(WH_TAG, "EasyPost webhook %s is disabled (since %s)%s: EasyPost delivers "
                                     "no events to it; %s",
                          first, since, disabled > 1 ? " with others" : "",
                          w->auto_enable ? "it is re-enabled once the daemon is healthy"
                                         : "re-enable it (PATCH /v2/webhooks/{id}) or set "
                                           "webhook_auto_enable = on");
-        else if (disabled == 0 && w->checked && w->disabled > 0)
-                log_info("webhook", "EasyPost webhooks enabled again");
+        else if (disabled == 0 && checked && w->disabled > 0)
+                log_info(WH_TAG, "EasyPost webhooks enabled again");
         if (disabled == 0)
                 w->waiting_logged = false;
-        w->checked = true;
-        w->missing = missing;
+        w->found = missing ? WH_MISSING : WH_LISTED;
         w->disabled = disabled;
 }
 
@@ -268,7 +328,7 @@ check_failed(struct webhook_health *w, const struct httpc_resp *r)
                          r->status == 200 ? " without a webhook list" : "");
         w->checks_failed++;
         if (!w->check_failing)
-                log_warn("webhook", "listing EasyPost webhooks failed: %s; the last state is kept "
+                log_warn(WH_TAG, "listing EasyPost webhooks failed: %s; the last state is kept "
                                     "until a check succeeds",
                          why);
         w->check_failing = true;
@@ -280,7 +340,7 @@ list_done(const struct httpc_resp *r, void *arg)
         struct webhook_health *w = arg;
 
         if (r->rc == CURLE_ABORTED_BY_CALLBACK) {
-                w->busy = false; /* stopping, or the key was rejected: reload re-arms */
+                enter(w, WH_PARKED); /* stopping, or the key was rejected: reload re-arms */
                 return;
         }
         if (r->rc != CURLE_OK || r->status != 200 || read_list(w, r) != 0) {
@@ -290,14 +350,14 @@ list_done(const struct httpc_resp *r, void *arg)
         }
         w->checks_ok++;
         if (w->check_failing)
-                log_info("webhook", "listing EasyPost webhooks works again");
+                log_info(WH_TAG, "listing EasyPost webhooks works again");
         w->check_failing = false;
         if (w->nids > 0 && w->auto_enable) {
                 if (w->elected && healthy(w)) {
-                        reenable_all(w);
+                        enter(w, WH_PATCH);
                         return;
                 } else if (!w->waiting_logged) {
-                        log_info("webhook", "webhook_auto_enable: waiting for the database and the queue "
+                        log_info(WH_TAG, "webhook_auto_enable: waiting for the database and the queue "
                                             "before re-enabling the EasyPost webhook");
                         w->waiting_logged = true;
                 }
@@ -306,14 +366,21 @@ list_done(const struct httpc_resp *r, void *arg)
 }
 
 static void
-check(struct webhook_health *w, bool elected)
+send_list(struct webhook_health *w)
 {
-        w->elected = elected;
         if (!api_open(w)) {
                 finish(w); /* the API is off (key rejected, stopping) */
                 return;
         }
         pacer_get(w->pacer, pacer_url(w->pacer, "/webhooks", NULL, NULL), list_done, w);
+}
+
+/* Lists the webhooks, elected (may re-enable and record) or not (reports only). */
+static void
+check(struct webhook_health *w, bool elected)
+{
+        w->elected = elected;
+        enter(w, WH_LIST);
 }
 
 static void
@@ -322,7 +389,7 @@ elect_cb(PGresult *res, void *arg)
         struct webhook_health *w = arg;
 
         if (w->stopped) {
-                w->busy = false;
+                enter(w, WH_PARKED);
                 return;
         }
         if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
@@ -335,25 +402,18 @@ elect_cb(PGresult *res, void *arg)
         }
         /* another replica checks this slot: report what the last check recorded */
         if (!PQgetisnull(res, 0, 1)) {
-                w->checked = true;
-                w->missing = false;
+                w->found = WH_LISTED;
                 w->disabled = (unsigned)atoi(PQgetvalue(res, 0, 1));
         }
         finish(w);
 }
 
 static void
-tick(evutil_socket_t fd, short what, void *arg)
+send_elect(struct webhook_health *w)
 {
-        struct webhook_health *w = arg;
         long iv = w->interval;
         char slot[24];
 
-        (void)fd;
-        (void)what;
-        if (w->stopped || w->busy || !enabled(w))
-                return;
-        w->busy = true;
         snprintf(slot, sizeof(slot), "%llu",
                  (unsigned long long)(clock_real_ms() / 1000 / (uint64_t)iv * (uint64_t)iv));
         const char *vals[1] = { slot };
@@ -362,11 +422,23 @@ tick(evutil_socket_t fd, short what, void *arg)
                 check(w, false);
 }
 
+static void
+tick(evutil_socket_t fd, short what, void *arg)
+{
+        struct webhook_health *w = arg;
+
+        (void)fd;
+        (void)what;
+        if (w->state != WH_IDLE || w->stopped || !enabled(w))
+                return;
+        enter(w, WH_ELECT);
+}
+
 /* first_s > 0: that many seconds from now; else the next slot boundary. */
 static void
 arm(struct webhook_health *w, long first_s)
 {
-        if (w->stopped || w->busy || !enabled(w))
+        if (w->state != WH_IDLE)
                 return;
         uint64_t ms = (uint64_t)first_s * 1000u;
         if (first_s <= 0) {
@@ -392,7 +464,8 @@ webhook_health_new(struct event_base *base, const char *conninfo, struct pacer *
         w->pacer = pacer;
         w->backfill = backfill;
         w->ingest = ingest;
-        w->conn = db_conn_new(base, conninfo, "webhook", &no_hooks, NULL);
+        w->conn = db_conn_new(base, conninfo, WH_TAG, &no_hooks, NULL);
+        db_conn_set_limits(w->conn, 20000, WH_LOCK_MS); /* under the 30 s deadline */
         w->timer = evtimer_new(base, tick, w);
         set(w, st);
         return w;
@@ -404,7 +477,8 @@ webhook_health_start(struct webhook_health *w)
         if (!enabled(w))
                 return;
         db_conn_start(w->conn);
-        arm(w, WH_FIRST_CHECK_S);
+        w->first_s = WH_FIRST_CHECK_S;
+        enter(w, WH_IDLE);
 }
 
 void
@@ -415,17 +489,19 @@ webhook_health_reload(struct webhook_health *w, const struct webhook_health_sett
                 return;
         if (enabled(w) && db_conn_state(w->conn) == DB_DOWN)
                 db_conn_start(w->conn);
-        if (w->busy)
+        if (w->state != WH_IDLE && w->state != WH_PARKED)
                 return; /* re-armed when the check in progress ends */
         evtimer_del(w->timer);
-        arm(w, WH_FIRST_CHECK_S);
+        w->first_s = WH_FIRST_CHECK_S;
+        enter(w, WH_IDLE);
 }
 
 void
 webhook_health_stop(struct webhook_health *w)
 {
         w->stopped = true;
-        evtimer_del(w->timer);
+        if (w->state == WH_IDLE)
+                enter(w, WH_PARKED);
 }
 
 void
@@ -446,9 +522,9 @@ state(const struct webhook_health *w)
 {
         if (!enabled(w))
                 return "off";
-        if (!w->checked)
+        if (w->found == WH_UNKNOWN)
                 return "unknown";
-        if (w->missing)
+        if (w->found == WH_MISSING)
                 return "missing";
         return w->disabled > 0 ? "disabled" : "ok";
 }
@@ -460,7 +536,7 @@ webhook_health_snapshot(const struct webhook_health *w, struct webhook_health_st
         out->state = "off";
         if (w == NULL)
                 return;
-        out->disabled = w->checked ? w->disabled : 0u;
+        out->disabled = w->found != WH_UNKNOWN ? w->disabled : 0u;
         out->checks_ok = w->checks_ok;
         out->checks_failed = w->checks_failed;
         out->reenabled = w->reenabled;

@@ -4,13 +4,19 @@
  * JSON (parsed with jansson). Each test works in a schema of its own
  * (search_path in the connection string, migrated by the binary), so the
  * other suites' rows never reach the report and these never reach theirs.
+ * A brand-new install is not reported for timer rows it cannot have yet;
+ * and through PgBouncer in transaction mode, the report's settings stay in
+ * its own transaction, not on the pooled server connection.
  */
 #include <check.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -440,6 +446,9 @@ START_TEST(test_stale_timers)
         char url[1024];
         PGconn *c = schema_new("eps_status_timers", url, sizeof(url));
 
+        /* installed a day ago: every timer is due */
+        db_exec(c, "UPDATE schema_migrations SET applied_at = now() - interval '1 day'");
+
         db_exec(c, "INSERT INTO analytics_refreshes (view_name, tick, started_at, duration_ms, rows, outcome,"
                    " error, instance_id) VALUES"
                    " ('analytics_daily_volume', 1, now() - interval '20 min', 5, 1, 'ok', NULL, 'i'),"
@@ -606,6 +615,116 @@ START_TEST(test_errors)
 }
 END_TEST
 
+static size_t
+reasons_of(const json_t *root, const char *check)
+{
+        size_t i, n = 0;
+        json_t *r;
+
+        json_array_foreach(json_object_get(root, "reasons"), i, r)
+                n += strcmp(json_string_value(json_object_get(r, "check")), check) == 0;
+        return n;
+}
+
+/* Right after the quick start: migrated, the daemon not yet through its
+ * first intervals. Nothing is wrong; the views are "not refreshed yet". Once
+ * three intervals have passed since the install, the same rows are stale. */
+START_TEST(test_new_install_healthy)
+{
+        char url[1024];
+        PGconn *c = schema_new("eps_status_new", url, sizeof(url));
+
+        struct run j = run_syncd(url, NULL, JSON_ARGS);
+        ck_assert_msg(j.code == 0, "exit %d: %s%s", j.code, j.out, j.err);
+        ck_assert_str_eq(json_string_value(json_object_get(j.json, "status")), "healthy");
+        json_t *views = jget(j.json, "analytics", "views");
+        ck_assert_int_eq(json_array_size(views), 3);
+        for (size_t i = 0; i < 3; i++)
+                ck_assert(json_is_false(json_object_get(json_array_get(views, i), "due")));
+        run_free(&j);
+        struct run t = run_syncd(url, NULL, TEXT_ARGS);
+        ck_assert_msg(t.code == 0 && strstr(t.out, ": healthy\n") && strstr(t.out, "not refreshed yet"),
+                      "exit %d: %s", t.code, t.out);
+        run_free(&t);
+
+        db_exec(c, "UPDATE schema_migrations SET applied_at = now() - interval '1 hour'");
+        struct run o = run_syncd(url, NULL, JSON_ARGS);
+        ck_assert_msg(o.code == 1, "exit %d: %s%s", o.code, o.out, o.err);
+        ck_assert_int_eq(reasons_of(o.json, "analytics_stale"), 3);
+        ck_assert_int_eq(reasons_of(o.json, "system_metrics_stale"), 1);
+        run_free(&o);
+        schema_drop(c, "eps_status_new");
+}
+END_TEST
+
+/* PgBouncer (transaction mode, one server connection) between --status and
+ * PostgreSQL: after the report, the next client handed that server
+ * connection sees the server's own statement_timeout, not the report's. */
+START_TEST(test_settings_stay_in_the_transaction_through_pgbouncer)
+{
+        const char *tmp = getenv("TEST_TMPDIR"), *dir = getenv("TEST_PG_DIR"), *port = getenv("TEST_PG_PORT");
+        char d[600], cmd[4000], url[700], pidf[700], path[700];
+        unsigned bport = free_port();
+
+        if (system("command -v pgbouncer >/dev/null 2>&1") != 0 || !tmp || !dir || !port) {
+                fprintf(stderr, "status: no pgbouncer (or no harness cluster): pooled check skipped\n");
+                return;
+        }
+        PGconn *c = db_open();
+        char *db = db_text(c, "SELECT current_database()", NULL);
+        PQfinish(c);
+        snprintf(d, sizeof(d), "%s/pgbouncer-status", tmp);
+        snprintf(pidf, sizeof(pidf), "%s/pgbouncer.pid", d);
+        ck_assert_int_eq(mkdir(d, 0755) == 0 || errno == EEXIST, 1);
+        snprintf(path, sizeof(path), "%s/users.txt", d);
+        FILE *f = fopen(path, "w");
+        ck_assert_ptr_nonnull(f);
+        fprintf(f, "\"postgres\" \"\"\n");
+        fclose(f);
+        snprintf(path, sizeof(path), "%s/pgbouncer.ini", d);
+        f = fopen(path, "w");
+        ck_assert_ptr_nonnull(f);
+        fprintf(f, "[databases]\n%s = host=%s port=%s dbname=%s user=postgres\n[pgbouncer]\n"
+                   "listen_addr = 127.0.0.1\nlisten_port = %u\nunix_socket_dir =\nauth_type = trust\n"
+                   "auth_file = %s/users.txt\npool_mode = transaction\ndefault_pool_size = 1\n"
+                   "logfile = %s/pgbouncer.log\npidfile = %s\n",
+                db, dir, port, db, bport, d, d, pidf);
+        fclose(f);
+        /* PgBouncer refuses to run as root: as root, as the cluster's user */
+        snprintf(cmd, sizeof(cmd),
+                 "if [ \"$(id -u)\" = 0 ]; then u=$('%s' user '%s') && chown -R \"$u\" '%s' &&"
+                 " runuser -u \"$u\" -- pgbouncer -q -d '%s'; else pgbouncer -q -d '%s'; fi",
+                 srcdir_path("tests/lib/pg.sh"), dir, d, path, path);
+        ck_assert_int_eq(system(cmd), 0);
+        snprintf(url, sizeof(url), "host=127.0.0.1 port=%u user=postgres dbname=%s", bport, db);
+        PGconn *b = NULL;
+        for (int i = 0; i < 200; i++) { /* up to 10 s for PgBouncer to listen */
+                b = PQconnectdb(url);
+                if (PQstatus(b) == CONNECTION_OK)
+                        break;
+                PQfinish(b);
+                b = NULL;
+                usleep(50000);
+        }
+        ck_assert_msg(b != NULL, "PgBouncer did not start (%s/pgbouncer.log)", d);
+        char *before = db_text(b, "SELECT current_setting('statement_timeout')", NULL);
+
+        struct run j = run_syncd(url, NULL, JSON_ARGS);
+        char *after = db_text(b, "SELECT current_setting('statement_timeout')", NULL);
+        char *pid = read_file(pidf);
+        kill((pid_t)atoi(pid), SIGTERM); /* before any assertion: never left running */
+        PQfinish(b);
+        ck_assert_msg(j.code == 0 || j.code == 1, "exit %d: %s%s", j.code, j.out, j.err);
+        ck_assert_msg(strstr(j.out, "\"generated_at\"") != NULL, "%s", j.out);
+        run_free(&j);
+        ck_assert_str_eq(after, before);
+        free(pid);
+        free(before);
+        free(after);
+        free(db);
+}
+END_TEST
+
 Suite *
 status_suite(void)
 {
@@ -621,6 +740,8 @@ status_suite(void)
         tcase_add_test(tc, test_backfill_runs);
         tcase_add_test(tc, test_uses_indexes);
         tcase_add_test(tc, test_errors);
+        tcase_add_test(tc, test_new_install_healthy);
+        tcase_add_test(tc, test_settings_stay_in_the_transaction_through_pgbouncer);
         suite_add_tcase(s, tc);
         return s;
 }

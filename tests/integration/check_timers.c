@@ -1,7 +1,8 @@
 /*
  * check_timers.c - system_metrics rows, analytics refreshes (one per view and
- * slot across two daemons), timers under a database outage, and a lock on a
- * view's base table that stalls the refresh but not the webhooks.
+ * slot across two daemons), timers under a database outage, a lock on a
+ * view's base table that stalls the refresh but not the webhooks, and a
+ * system_metrics row stuck on a lock that is given up, not waited for.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -334,6 +335,39 @@ START_TEST(test_timers_skip_while_database_down)
 }
 END_TEST
 
+/* The timers' connection has per-transaction limits: an INSERT stuck on a
+ * lock is cancelled (lock_timeout) while the lock is still held, the tick is
+ * logged as failed, and rows come again once the lock is gone. */
+START_TEST(test_metrics_row_stuck_on_lock_is_given_up)
+{
+        PGconn *c = db_open(), *locker = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_METRICS_INTERVAL=1", NULL };
+        static const char waiting[] = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query LIKE '%INSERT INTO system_metrics%'";
+
+        wipe(c);
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 1) FROM system_metrics", 1, 20000), 1);
+        db_exec(locker, "BEGIN");
+        db_exec(locker, "LOCK TABLE system_metrics IN ACCESS EXCLUSIVE MODE");
+        ck_assert_int_eq(db_wait_long(c, waiting, 1, 20000), 1);
+        /* given up while the lock is still held */
+        ck_assert_msg(db_wait_long(c, waiting, 0, 20000) == 0,
+                      "the system_metrics INSERT still waits on the lock after 20 s");
+        db_exec(locker, "COMMIT");
+        db_exec(c, "CREATE TEMP TABLE released AS SELECT clock_timestamp() AS at");
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 1) FROM system_metrics "
+                                         "WHERE ts > (SELECT at FROM released)", 1, 20000), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        char cmd[700];
+        snprintf(cmd, sizeof(cmd), "grep -q 'system_metrics row not written: .*lock timeout' '%s'", d.log);
+        ck_assert_msg(system(cmd) == 0, "no log line for the cancelled row in %s", d.log);
+        PQfinish(locker);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 timers_suite(void)
 {
@@ -347,6 +381,7 @@ timers_suite(void)
         tcase_add_test(tc, test_locked_base_table_does_not_slow_webhooks);
         tcase_add_test(tc, test_refresh_waits_for_a_refresh_of_the_slot_before);
         tcase_add_test(tc, test_timers_skip_while_database_down);
+        tcase_add_test(tc, test_metrics_row_stuck_on_lock_is_given_up);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -230,7 +230,8 @@ END_TEST
 
 /*
  * webhook_auto_enable off: reported (metric, /readyz still 200 with
- * "webhook":"disabled", one log line however many checks), never patched,
+ * "webhook":"disabled", one log line however many checks, tagged
+ * webhook_health), never patched,
  * nothing backfilled. A failed check is counted and logged once. Without
  * public_url every webhook of the account counts.
  */
@@ -254,6 +255,8 @@ START_TEST(test_disabled_webhook_reported_only)
         ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
         ck_assert_msg(strstr(resp, "\"webhook\":\"disabled\"") != NULL, "%s", resp);
         ck_assert_int_eq(log_lines(&d, "EasyPost webhook " OUR_HOOK " is disabled"), 1);
+        /* logged under the check's own tag, not the webhook handler's */
+        ck_assert_int_eq(log_lines(&d, " mod=webhook_health msg=\"EasyPost webhook " OUR_HOOK " is disabled"), 1);
         ck_assert_int_eq(patches("/v2/webhooks/" OUR_HOOK, NULL), 0);
         ck_assert_int_eq(daemon_metric(d.port, "easypost_sync_webhooks_reenabled_total"), 0);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events", NULL), 0);
