@@ -11,6 +11,7 @@ CREATE TABLE reconcile_runs (
     window_end     timestamptz NOT NULL,                  -- to here (the run's start)
     status         text        NOT NULL DEFAULT 'running'
                                CHECK (status IN ('running', 'stopped', 'completed')),
+    slot           bigint,                                -- a scheduled run's slot (unix second)
     instance_id    text,                                  -- the replica that ran it last
     pages          integer     NOT NULL DEFAULT 0,
     listed         integer     NOT NULL DEFAULT 0,        -- trackers the API listed

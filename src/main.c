@@ -82,6 +82,9 @@ main(int argc, char **argv)
 
         if (overrides == NULL)
                 return EXIT_FAILURE;
+        for (int i = 1; i < argc; i++)
+                if (strcmp(argv[i], "--reconcile") == 0)
+                        rc = RECONCILE_EXIT_ERROR; /* 1 means "changed" there */
         for (int i = 1; i < argc; i++) {
                 const char *a = argv[i];
                 if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {

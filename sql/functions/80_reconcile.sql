@@ -44,8 +44,8 @@ BEGIN
     IF p_reason IS NULL OR (p_slot IS NOT NULL AND NOT eps_slot_elect('reconcile_slot', p_slot)) THEN
         RETURN;
     END IF;
-    INSERT INTO reconcile_runs (reason, window_start, window_end, instance_id)
-    VALUES (p_reason, least(p_start, v_now), v_now, p_instance)
+    INSERT INTO reconcile_runs (reason, window_start, window_end, slot, instance_id)
+    VALUES (p_reason, least(p_start, v_now), v_now, p_slot, p_instance)
     RETURNING id INTO v_run;
     INSERT INTO sync_state (key, value)
     VALUES ('reconcile_run', jsonb_build_object(
@@ -101,7 +101,7 @@ BEGIN
                                          t.details_count, t.status
                                   FROM trackers t WHERE t.easypost_id = l.trk LIMIT 1) k ON true
     )
-    SELECT count(*) FILTER (WHERE true), count(*) FILTER (WHERE is_newer),
+    SELECT count(*), count(*) FILTER (WHERE is_newer),
            count(*) FILTER (WHERE is_newer AND other_status), count(*) FILTER (WHERE is_new),
            array_agg(body) FILTER (WHERE is_new OR is_newer)
     INTO listed, changed, status_changed, created, b
