@@ -148,18 +148,20 @@ slurp(const char *path)
         return s;
 }
 
-/* easypost-syncd --reconcile [args]: exit status, stderr in *err (caller frees). */
+/* easypost-syncd cmd [args]: exit status, stderr in *err, stdout in *out when
+ * out is not NULL (caller frees). */
 static int
-run_reconcile(const char *const *args, char **err)
+run_syncd(const char *cmd, const char *const *args, char **err, char **out)
 {
         static int seq;
         const char *tmp = getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp";
-        char errp[512], bin[512], url[128];
-        const char *argv[8] = { "easypost-syncd", "--reconcile" };
+        char errp[512], outp[512], bin[512], url[128];
+        const char *argv[8] = { "easypost-syncd", cmd };
         size_t na = 2;
         int st = 0;
 
         snprintf(errp, sizeof(errp), "%s/reconcile-%d-%d.log", tmp, (int)getpid(), ++seq);
+        snprintf(outp, sizeof(outp), "%s/reconcile-%d-%d.out", tmp, (int)getpid(), seq);
         snprintf(bin, sizeof(bin), "%s/easypost-syncd", getenv("abs_top_builddir"));
         snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
         for (const char *const *a = args; a && *a && na < ARRAY_LEN(argv) - 1; a++)
@@ -169,7 +171,7 @@ run_reconcile(const char *const *args, char **err)
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
                 int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                int o = open("/dev/null", O_WRONLY);
+                int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
                 if (e < 0 || o < 0)
                         _exit(127);
                 dup2(o, 1);
@@ -182,7 +184,15 @@ run_reconcile(const char *const *args, char **err)
         }
         ck_assert_int_eq(waitpid(pid, &st, 0), pid);
         *err = slurp(errp);
+        if (out)
+                *out = slurp(outp);
         return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int
+run_reconcile(const char *const *args, char **err)
+{
+        return run_syncd("--reconcile", args, err, NULL);
 }
 
 /* The daemon with the fake API, no backfill, no sync worker (so nothing but the
@@ -283,6 +293,16 @@ START_TEST(test_cli_creates_forwards_and_keeps_newer)
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_recold'", NULL), 1);
         rc = run_reconcile((const char *const[]){ "--since", "yesterday", NULL }, &err);
         ck_assert_int_eq(rc, 2);
+        free(err);
+
+        /* --status shows the last run and what it changed */
+        char *out;
+        run_syncd("--status", NULL, &err, &out);
+        ck_assert_msg(strstr(out, "Reconcile: ") && strstr(out, "last run: #") &&
+                              strstr(out, "(manual) completed") && strstr(out, "4 listed, 0 changed (0 with "
+                                                                                "another status), 1 created"),
+                      "--status:\n%s\n%s", out, err);
+        free(out);
         free(err);
         PQfinish(c);
 }
