@@ -456,6 +456,34 @@ START_TEST(test_reenabled_webhook_reconciles_disabled_window)
 }
 END_TEST
 
+/* A backfill run that stored an event as listed (EasyPost has no payload for it) starts a run. */
+START_TEST(test_partial_backfill_starts_a_run)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char url[128], ev[300], ts[32];
+
+        reset(c);
+        seed_bulk(2);
+        iso_ago(60, ts);
+        snprintf(ev, sizeof(ev),
+                 "{\"id\":\"evt_recpartial\",\"object\":\"Event\",\"mode\":\"test\","
+                 "\"description\":\"batch.created\",\"created_at\":\"%s\",\"previous_attributes\":{}}", ts);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", ev, NULL, 0), 201);
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        const char *env[] = { url, "EASYPOST_API_KEY=" API_KEY, "EASYPOST_SYNC_BACKFILL_INTERVAL=1",
+                              "EASYPOST_SYNC_SYNC_INTERVAL=0", "EASYPOST_SYNC_WEBHOOK_CHECK_INTERVAL=0",
+                              "EASYPOST_SYNC_RECONCILE_INTERVAL=0", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM reconcile_runs WHERE reason = 'backfill'"
+                                         " AND status = 'completed' AND created = 2", 1, 30000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_recpartial'"
+                                    " AND partial", NULL), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 reconcile_suite(void)
 {
@@ -469,6 +497,7 @@ reconcile_suite(void)
         tcase_add_test(tc, test_429_and_401_mid_run_resume_where_stopped);
         tcase_add_test(tc, test_two_replicas_one_run_per_slot);
         tcase_add_test(tc, test_reenabled_webhook_reconciles_disabled_window);
+        tcase_add_test(tc, test_partial_backfill_starts_a_run);
         suite_add_tcase(s, tc);
         return s;
 }
