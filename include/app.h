@@ -45,6 +45,7 @@ struct app {
         struct pacer *pacer;
         struct syncjobs *syncjobs;
         struct backfill *backfill;
+        struct reconcile *reconcile;
         struct webhook_health *webhook_health;
         struct webhook *webhook;
         struct ops *ops;

@@ -61,6 +61,10 @@ void backfill_free(struct backfill *b);
 void backfill_snapshot(const struct backfill *b, struct backfill_stats *out);
 /* Appends the backfill metrics to sb. */
 void backfill_render_metrics(const struct backfill *b, struct strbuf *sb);
+/* Called after a run that stored events as listed (no payload: what they
+ * changed is not known), whatever its outcome. */
+typedef void (*backfill_partial_fn)(void *arg);
+void backfill_on_partial(struct backfill *b, backfill_partial_fn fn, void *arg);
 /* Name of a state, for logs and tests. */
 const char *backfill_state_name(enum backfill_state s);
 

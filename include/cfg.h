@@ -52,6 +52,7 @@ struct cfg {
         long api_timeout;
         long sync_interval;
         long backfill_interval;
+        long reconcile_interval, reconcile_window_days;
         /* the webhook's own health */
         char *public_url;             /* the URL EasyPost posts to; "" = every webhook */
         long webhook_check_interval;

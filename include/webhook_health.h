@@ -53,6 +53,10 @@ void webhook_health_stop(struct webhook_health *w);
 void webhook_health_free(struct webhook_health *w);
 /* Fills the counters and the state. */
 void webhook_health_snapshot(const struct webhook_health *w, struct webhook_health_stats *out);
+/* Called when a disabled webhook is enabled again (by this daemon or by
+ * someone else), with the time EasyPost disabled it ("" if unknown). */
+typedef void (*webhook_reenabled_fn)(const char *disabled_at, void *arg);
+void webhook_health_on_reenabled(struct webhook_health *w, webhook_reenabled_fn fn, void *arg);
 /* Appends the easypost_sync_webhook_* metrics to b. */
 void webhook_health_render_metrics(const struct webhook_health *w, struct strbuf *b);
 

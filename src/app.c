@@ -32,6 +32,7 @@
 #include "pacer.h"
 #include "syncjobs.h"
 #include "backfill.h"
+#include "reconcile.h"
 #include "webhook_health.h"
 #include "log.h"
 #include "sig.h"
@@ -93,6 +94,7 @@ app_drain(struct app *a)
         projector_stop(a->projector);
         syncjobs_stop(a->syncjobs);
         backfill_stop(a->backfill);
+        reconcile_stop(a->reconcile);
         webhook_health_stop(a->webhook_health);
         pacer_stop(a->pacer);
         evtimer_add(a->ev_drain_deadline, &dl);
@@ -198,6 +200,7 @@ render(struct strbuf *b, void *arg)
         pacer_render_metrics(a->pacer, b);
         syncjobs_render_metrics(a->syncjobs, b);
         backfill_render_metrics(a->backfill, b);
+        reconcile_render_metrics(a->reconcile, b);
         webhook_health_render_metrics(a->webhook_health, b);
         procstat_render(b);
 }
@@ -253,6 +256,28 @@ backfill_settings(const struct cfg *c)
                                            .concurrency = c->api_concurrency };
 }
 
+static struct reconcile_settings
+reconcile_settings(const struct app *a)
+{
+        return (struct reconcile_settings){ .instance_id = a->instance_id,
+                                            .interval = a->cfg->reconcile_interval,
+                                            .window_days = a->cfg->reconcile_window_days };
+}
+
+/* A re-enabled webhook: the trackers that changed while nothing was delivered. */
+static void
+reconcile_after_webhook(const char *disabled_at, void *arg)
+{
+        reconcile_now(arg, RECONCILE_WEBHOOK, disabled_at);
+}
+
+/* A backfill stored events without their payload: what they changed is unknown. */
+static void
+reconcile_after_backfill(void *arg)
+{
+        reconcile_now(arg, RECONCILE_BACKFILL, NULL);
+}
+
 static struct webhook_health_settings
 webhook_health_settings(const struct cfg *c)
 {
@@ -269,10 +294,12 @@ reload_sync(struct app *a)
         struct syncjobs_settings ss = syncjobs_settings(a);
         struct backfill_settings bs = backfill_settings(a->cfg);
         struct webhook_health_settings hs = webhook_health_settings(a->cfg);
+        struct reconcile_settings rs = reconcile_settings(a);
 
         pacer_reload(a->pacer, &ps);
         syncjobs_reload(a->syncjobs, &ss);
         backfill_reload(a->backfill, &bs);
+        reconcile_reload(a->reconcile, &rs);
         webhook_health_reload(a->webhook_health, &hs);
 }
 
@@ -373,9 +400,13 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         a->pacer = pacer_new(a->base, &ps);
         a->syncjobs = syncjobs_new(a->base, cfg->database_url, a->pacer, &ss);
         a->backfill = backfill_new(a->base, cfg->database_url, a->pacer, a->ingest, &a->uuid, &bs);
+        struct reconcile_settings rs = reconcile_settings(a);
+        a->reconcile = reconcile_new(a->base, cfg->database_url, a->pacer, &rs);
+        backfill_on_partial(a->backfill, reconcile_after_backfill, a->reconcile);
         struct webhook_health_settings hs = webhook_health_settings(cfg);
         a->webhook_health = webhook_health_new(a->base, cfg->database_url, a->pacer, a->backfill,
                                                a->ingest, &hs);
+        webhook_health_on_reenabled(a->webhook_health, reconcile_after_webhook, a->reconcile);
         struct webhook_settings ws = webhook_settings(a);
         a->webhook = webhook_new(a->base, a->ingest, &a->uuid, &ws);
         a->ops = ops_new(ready, render, a);
@@ -399,6 +430,7 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
                 log_info("sync", "no API key: sync worker, backfill and webhook check are off");
         syncjobs_start(a->syncjobs);
         backfill_start(a->backfill);
+        reconcile_start(a->reconcile);
         webhook_health_start(a->webhook_health);
         log_info("app", "easypost-syncd %s listening on %s (port %u), webhooks at %s, %zu secret(s), "
                         "instance %s",
@@ -427,6 +459,7 @@ app_fini(struct app *a)
         if (a->pacer) {
                 syncjobs_stop(a->syncjobs);
                 backfill_stop(a->backfill);
+                reconcile_stop(a->reconcile);
                 webhook_health_stop(a->webhook_health);
                 pacer_stop(a->pacer);
         }
@@ -445,6 +478,8 @@ app_fini(struct app *a)
         a->syncjobs = NULL;
         backfill_free(a->backfill);
         a->backfill = NULL;
+        reconcile_free(a->reconcile);
+        a->reconcile = NULL;
         webhook_health_free(a->webhook_health);
         a->webhook_health = NULL;
         http_free(a->http);

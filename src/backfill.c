@@ -64,6 +64,9 @@ struct backfill {
         char *cursor, *newest;
         int pages;
         uint64_t recovered; /* by this run */
+        uint64_t partial;   /* of those, stored as listed: no payload */
+        backfill_partial_fn on_partial;
+        void *on_partial_arg;
         struct bf_item *items;
         size_t n, cap, next, pending;
 };
@@ -118,6 +121,7 @@ reset(struct backfill *b)
         b->n = b->cap = b->next = b->pending = 0;
         b->pages = 0;
         b->recovered = 0;
+        b->partial = 0;
         b->failed = b->started = b->forced = false;
 }
 
@@ -157,6 +161,8 @@ run_end(struct backfill *b, const char *why)
         }
         if (b->started && !b->stopped)
                 record(b, why);
+        if (b->partial > 0 && b->on_partial && !b->stopped)
+                b->on_partial(b->on_partial_arg);
         reset(b);
         arm(b, 0);
 }
@@ -334,6 +340,7 @@ static void
 item_done(struct ingest_item *it, enum ingest_result r)
 {
         struct backfill *b = it->arg;
+        bool partial = it->partial;
 
         ingest_item_fini(it);
         free(it);
@@ -344,6 +351,8 @@ item_done(struct ingest_item *it, enum ingest_result r)
         else if (r == INGEST_STORED) {
                 b->stats.recovered++;
                 b->recovered++;
+                if (partial)
+                        b->partial++;
         }
         b->pending--;
         fetch_more(b);
@@ -623,4 +632,11 @@ backfill_render_metrics(const struct backfill *b, struct strbuf *sb)
                           "easypost_sync_backfill_last_success_timestamp_seconds %llu\n",
                       (unsigned long long)bs.runs_completed, (unsigned long long)bs.runs_failed,
                       (unsigned long long)bs.last_success_unix);
+}
+
+void
+backfill_on_partial(struct backfill *b, backfill_partial_fn fn, void *arg)
+{
+        b->on_partial = fn;
+        b->on_partial_arg = arg;
 }

@@ -52,6 +52,8 @@ const struct cfg_key cfg_keys[] = {
         I("api_max_retry_after", api_max_retry_after, "300", 1, 86400, true, "seconds a Retry-After from the API may hold requests back at most"),
         I("sync_interval", sync_interval, "1", 0, 86400, true, "seconds between sync-job claims; 0 disables the worker"),
         I("backfill_interval", backfill_interval, "300", 0, 86400 * 7, true, "seconds between event backfills; 0 disables"),
+        I("reconcile_interval", reconcile_interval, "86400", 0, 86400 * 30, true, "seconds between scheduled tracker reconciles against the API (one replica per slot); 0 disables"),
+        I("reconcile_window_days", reconcile_window_days, "30", 1, 3650, true, "a reconcile lists trackers created from this many days before the webhook was disabled (or before now)"),
         S("public_url", public_url, "", true, true, "the URL EasyPost posts to (the webhook's url); empty: every webhook of the account is checked"),
         I("webhook_check_interval", webhook_check_interval, "300", 0, 86400 * 7, true, "seconds between checks that the EasyPost webhook is not disabled (needs an API key); 0 disables"),
         S("webhook_auto_enable", webhook_auto_enable, "off", true, false, "on: re-enable a disabled EasyPost webhook once the daemon is healthy, then backfill"),

@@ -1,6 +1,6 @@
 /*
  * main.c - command line: options, then one of --migrate, --status,
- * --check-config, --replay, --send-test-event, --version, --help, or the
+ * --reconcile, --check-config, --replay, --send-test-event, --version, --help, or the
  * daemon (app_init / app_run / app_fini).
  */
 #include <curl/curl.h>
@@ -12,6 +12,7 @@
 #include "cfg.h"
 #include "db_migrate.h"
 #include "log.h"
+#include "reconcile.h"
 #include "replay.h"
 #include "status.h"
 #include "testevent.h"
@@ -23,7 +24,8 @@ usage(FILE *f)
 {
         fprintf(f,
                 "usage: easypost-syncd [-c FILE] [--KEY=VALUE ...]\n"
-                "                      [--migrate | --status [--json] | --check-config |\n"
+                "                      [--migrate | --status [--json] | --reconcile [--since DATE] |\n"
+                "                       --check-config |\n"
                 "                       --replay failed|ID | --send-test-event [URL] | --version | --help]\n"
                 "\n"
                 "Receives EasyPost webhooks and keeps PostgreSQL in sync. Runs in the foreground.\n"
@@ -32,6 +34,10 @@ usage(FILE *f)
                 "  --migrate           apply pending migrations from sql/ and exit\n"
                 "  --status [--json]   report the pipeline's state from the database and exit:\n"
                 "                      0 healthy, 1 something needs attention, 2 error\n"
+                "  --reconcile [--since DATE]  list EasyPost's trackers created since DATE (default:\n"
+                "                      reconcile_window_days ago) and bring the database up to them,\n"
+                "                      progress on stderr (a stopped run resumes first): 0 nothing\n"
+                "                      to change, 1 trackers changed or created, 2 error\n"
                 "  --check-config      validate the configuration and exit\n"
                 "  --replay failed|ID  re-run the projection of failed events (or one event) and exit\n"
                 "  --send-test-event [URL]  post one signed sample event to a running daemon\n"
@@ -49,12 +55,25 @@ usage(FILE *f)
                         cfg_keys[i].reloadable ? "" : " [restart]");
 }
 
+/* YYYY-MM-DD, optionally followed by a time as EasyPost writes it. */
+static bool
+date_ok(const char *s)
+{
+        static const char shape[] = "dddd-dd-dd";
+
+        for (size_t i = 0; i < sizeof(shape) - 1; i++)
+                if (shape[i] == 'd' ? !(s[i] >= '0' && s[i] <= '9') : s[i] != shape[i])
+                        return false;
+        return s[10] == '\0' || s[10] == 'T' || s[10] == ' ';
+}
+
 int
 main(int argc, char **argv)
 {
         const char *cfg_path = NULL;
         bool migrate = false, check = false, status = false, json = false;
-        const char *replay = NULL, *send_url = NULL;
+        const char *replay = NULL, *send_url = NULL, *since = NULL;
+        bool reconcile = false;
         char **overrides = calloc((size_t)argc, sizeof(char *));
         size_t nover = 0;
         struct err e = { 0 };
@@ -63,6 +82,9 @@ main(int argc, char **argv)
 
         if (overrides == NULL)
                 return EXIT_FAILURE;
+        for (int i = 1; i < argc; i++)
+                if (strcmp(argv[i], "--reconcile") == 0)
+                        rc = RECONCILE_EXIT_ERROR; /* 1 means "changed" there */
         for (int i = 1; i < argc; i++) {
                 const char *a = argv[i];
                 if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
@@ -77,6 +99,15 @@ main(int argc, char **argv)
                         migrate = true;
                 } else if (strcmp(a, "--status") == 0) {
                         status = true;
+                } else if (strcmp(a, "--reconcile") == 0) {
+                        reconcile = true;
+                } else if (strcmp(a, "--since") == 0) {
+                        if (++i == argc || !date_ok(argv[i])) {
+                                fprintf(stderr, "easypost-syncd: --since needs a date (YYYY-MM-DD or "
+                                                "YYYY-MM-DDTHH:MM:SSZ)\n");
+                                goto out;
+                        }
+                        since = argv[i];
                 } else if (strcmp(a, "--json") == 0) {
                         json = true;
                 } else if (strcmp(a, "--replay") == 0) {
@@ -111,11 +142,17 @@ main(int argc, char **argv)
                 fprintf(stderr, "easypost-syncd: --json goes with --status\n");
                 goto out;
         }
+        if (since && !reconcile) {
+                fprintf(stderr, "easypost-syncd: --since goes with --reconcile\n");
+                goto out;
+        }
         if (status)
                 rc = STATUS_ERROR;
+        if (reconcile)
+                rc = RECONCILE_EXIT_ERROR;
         cfg = cfg_load(cfg_path, environ, overrides, nover, &e);
         if (cfg == NULL ||
-            cfg_validate(cfg, migrate || replay || status ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
+            cfg_validate(cfg, migrate || replay || status || reconcile ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
                 fprintf(stderr, "easypost-syncd: configuration: %s\n", e.msg);
                 cfg_free(cfg);
                 goto out;
@@ -139,6 +176,13 @@ main(int argc, char **argv)
                 rc = (int)status_run(cfg, json, stdout, &e);
                 if (rc == STATUS_ERROR)
                         fprintf(stderr, "easypost-syncd: status: %s\n", e.msg);
+                cfg_free(cfg);
+                goto out;
+        }
+        if (reconcile) {
+                curl_global_init(CURL_GLOBAL_DEFAULT);
+                rc = reconcile_cli(cfg, since);
+                curl_global_cleanup();
                 cfg_free(cfg);
                 goto out;
         }

@@ -103,6 +103,15 @@ static const char SQL_LAST_COMPLETED[] =
         "SELECT " TS("updated_at") " AS at, " AGE("updated_at") " AS age_s, value::int8 AS recovered"
         " FROM sync_state WHERE key = 'backfill_last_completed'";
 
+/* The reconciler's newest run, and the newest completed one (reconcile_runs). */
+#define SQL_RECONCILE_RUN(where)                                                                   \
+        "SELECT id, reason, status, listed, changed, status_changed, created, error, "               \
+        TS("window_start") " AS window_start, " TS("started_at") " AS started_at, "                   \
+        TS("finished_at") " AS finished_at, " AGE("coalesce(finished_at, updated_at)") " AS age_s"    \
+        " FROM reconcile_runs " where " ORDER BY id DESC LIMIT 1"
+static const char SQL_RECONCILE_LAST[] = SQL_RECONCILE_RUN("");
+static const char SQL_RECONCILE_DONE[] = SQL_RECONCILE_RUN("WHERE status = 'completed'");
+
 /* The first event received after the last completed run ended (after the
  * cursor last moved when none is recorded; in the last day when there is
  * neither): a run lists every event after the cursor, so such an event
@@ -396,6 +405,24 @@ sec_backfill(struct report *rp)
         return 0;
 }
 
+static int
+sec_reconcile(struct report *rp)
+{
+        long iv = rp->cfg->reconcile_interval;
+        json_t *last = row(rp, "reconcile runs", SQL_RECONCILE_LAST);
+        json_t *done = last ? row(rp, "reconcile runs", SQL_RECONCILE_DONE) : NULL;
+
+        if (done == NULL) {
+                json_decref(last);
+                return -1;
+        }
+        json_object_set_new(rp->root, "reconcile",
+                            json_pack("{s:b, s:i, s:o, s:o}", "enabled",
+                                      rp->cfg->api_key && rp->cfg->api_key[0], "interval_s", (json_int_t)iv,
+                                      "last_run", last, "last_completed", done));
+        return 0;
+}
+
 /* A timer's section: {"interval_s": iv, list: rows of sql} under key. Returns
  * the rows (borrowed from root), NULL with e set. */
 static json_t *
@@ -673,6 +700,43 @@ text_backfill(FILE *f, const json_t *b)
 }
 
 static void
+text_reconcile_run(FILE *f, const char *label, const json_t *r)
+{
+        char age[32];
+
+        fprintf(f, "  %s: #%lld (%s) %s %s ago, trackers created since %s: %lld listed, %lld changed "
+                   "(%lld with another status), %lld created",
+                label, num(r, "id"), str(r, "reason"), str(r, "status"),
+                age_text(num(r, "age_s"), age, sizeof(age)), str(r, "window_start"), num(r, "listed"),
+                num(r, "changed"), num(r, "status_changed"), num(r, "created"));
+        if (json_is_string(json_object_get(r, "error")))
+                fprintf(f, ": %.*s", line_len(str(r, "error")), str(r, "error"));
+        fprintf(f, "\n");
+}
+
+static void
+text_reconcile(FILE *f, const json_t *rc)
+{
+        const json_t *r = json_object_get(rc, "last_run"), *d = json_object_get(rc, "last_completed");
+
+        fprintf(f, "Reconcile: ");
+        if (!json_is_true(json_object_get(rc, "enabled")))
+                fprintf(f, "off (needs an API key)\n");
+        else if (num(rc, "interval_s") > 0)
+                fprintf(f, "every %lld s, and after a re-enabled webhook or a partial backfill\n",
+                        num(rc, "interval_s"));
+        else
+                fprintf(f, "not scheduled; after a re-enabled webhook or a partial backfill\n");
+        if (!json_is_object(r)) {
+                fprintf(f, "  last run: none recorded\n");
+                return;
+        }
+        text_reconcile_run(f, "last run", r);
+        if (json_is_object(d) && num(d, "id") != num(r, "id"))
+                text_reconcile_run(f, "last completed run", d);
+}
+
+static void
 text_analytics(FILE *f, const json_t *a)
 {
         size_t i;
@@ -749,6 +813,7 @@ print_text(FILE *f, json_t *root)
         text_backlog(f, json_object_get(root, "projection_backlog"));
         text_sync_jobs(f, json_object_get(root, "sync_jobs"));
         text_backfill(f, json_object_get(root, "backfill"));
+        text_reconcile(f, json_object_get(root, "reconcile"));
         text_analytics(f, json_object_get(root, "analytics"));
         text_metrics(f, json_object_get(root, "system_metrics"));
 }
@@ -756,7 +821,8 @@ print_text(FILE *f, json_t *root)
 /* ---- entry ---- */
 
 static int (*const sections[])(struct report *) = {
-        sec_events, sec_dead_letters, sec_backlog, sec_sync_jobs, sec_backfill, sec_analytics, sec_metrics,
+        sec_events, sec_dead_letters, sec_backlog, sec_sync_jobs, sec_backfill, sec_reconcile, sec_analytics,
+        sec_metrics,
 };
 
 enum status_verdict

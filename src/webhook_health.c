@@ -71,6 +71,9 @@ struct webhook_health {
         unsigned patching;   /* PATCH requests in flight */
         bool check_failing, waiting_logged;
         uint64_t checks_ok, checks_failed, reenabled;
+        char since[40]; /* disabled_at of the first disabled webhook at the last check */
+        webhook_reenabled_fn on_reenabled;
+        void *on_reenabled_arg;
 };
 
 struct wh_patch {
@@ -193,6 +196,8 @@ patch_done(const struct httpc_resp *r, void *arg)
                                     "run for the events of the disabled window",
                          p->id, r->request_id[0] ? r->request_id : "-");
                 backfill_now(w->backfill);
+                if (w->on_reenabled)
+                        w->on_reenabled(w->since, w->on_reenabled_arg);
         } else {
                 log_warn(WH_TAG, "re-enabling EasyPost webhook %s failed: %s (HTTP %ld); tried "
                                     "again at the next check",
@@ -271,8 +276,13 @@ report(struct webhook_health *w, unsigned disabled, bool missing, const char *fi
                          w->auto_enable ? "it is re-enabled once the daemon is healthy"
                                         : "re-enable it (PATCH /v2/webhooks/{id}) or set "
                                           "webhook_auto_enable = on");
-        else if (disabled == 0 && checked && w->disabled > 0)
+        else if (disabled == 0 && checked && w->disabled > 0) {
                 log_info(WH_TAG, "EasyPost webhooks enabled again");
+                if (w->on_reenabled) /* by someone else: what it missed meanwhile */
+                        w->on_reenabled(w->since, w->on_reenabled_arg);
+        }
+        if (disabled > 0)
+                snprintf(w->since, sizeof(w->since), "%s", since);
         if (disabled == 0)
                 w->waiting_logged = false;
         w->found = missing ? WH_MISSING : WH_LISTED;
@@ -564,4 +574,11 @@ webhook_health_render_metrics(const struct webhook_health *w, struct strbuf *b)
                          "easypost_sync_webhooks_reenabled_total %llu\n",
                       ws.disabled, (unsigned long long)ws.checks_ok, (unsigned long long)ws.checks_failed,
                       (unsigned long long)ws.reenabled);
+}
+
+void
+webhook_health_on_reenabled(struct webhook_health *w, webhook_reenabled_fn fn, void *arg)
+{
+        w->on_reenabled = fn;
+        w->on_reenabled_arg = arg;
 }

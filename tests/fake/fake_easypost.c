@@ -10,7 +10,7 @@
  * slow answer on one connection never holds up another.
  *
  * Deliberately not a full API: no writes under /v2 but the webhook update, no
- * pagination except for events,
+ * pagination except for events and trackers,
  * and one API key (no test/production distinction). Control requests need no auth and
  * are not counted in the stats.
  */
@@ -136,6 +136,9 @@ struct fake {
         struct event_entry *events;
         size_t nevents, cap_events;
         struct fault_list faults;
+        long trackers_rate;             /* GET /v2/trackers per second before 429; 0: no limit */
+        uint64_t trk_times[128];        /* monotonic ms of the last second's tracker lists */
+        size_t ntrk_times;
         struct call_list pending;
         struct stats st;
         unsigned long seq;              /* x-ep-request-uuid */
@@ -1017,29 +1020,31 @@ api_object_get(struct call *c, const char *id, const char *prefix)
 }
 
 static ssize_t
-events_find(const struct fake *f, const char *id)
+entries_find(const struct event_entry *e, size_t n, const char *id)
 {
-        for (size_t i = 0; i < f->nevents; i++)
-                if (strcmp(f->events[i].id, id) == 0)
+        for (size_t i = 0; i < n; i++)
+                if (strcmp(e[i].id, id) == 0)
                         return (ssize_t)i;
         return -1;
 }
 
 /*
- * GET /v2/events. before_id pages towards older events (the next page is
- * before_id=<last id>); after_id gives the page_size events just newer than the cursor,
- * still newest first, with has_more telling whether even newer ones exist. Cursors
- * must name a stored event. start_datetime/end_datetime filter by created_at (inclusive).
+ * One page of a list kept newest first (created_at, then id), as EasyPost pages
+ * /events and /trackers: {key:[...],"has_more":bool}. before_id pages towards older
+ * items (the next page is before_id=<last id>); after_id gives the page_size items just
+ * newer than the cursor, still newest first, with has_more telling whether even newer
+ * ones exist. Cursors must name a listed item. start_datetime/end_datetime filter by
+ * created_at (inclusive). render makes each item's public form (a new reference).
  */
 static void
-api_events_list(struct call *c)
+api_list_page(struct call *c, const struct event_entry *entries, size_t n, const char *key,
+              json_t *(*render)(const json_t *))
 {
-        struct fake *f = c->f;
         struct evkeyvalq q;
         const char *v, *before, *after;
         long page = FAKE_PAGE_DEFAULT;
         int64_t start = INT64_MIN, end = INT64_MAX;
-        ssize_t lo = 0, hi, pos;        /* candidate range [lo, hi) of f->events */
+        ssize_t lo = 0, hi, pos;        /* candidate range [lo, hi) of entries */
         size_t *match = NULL, nmatch = 0, first, take;
         json_t *items;
 
@@ -1063,11 +1068,11 @@ api_events_list(struct call *c)
                 call_reply_error(c, 422, "PARAMETER.INVALID", "Use before_id or after_id, not both.");
                 goto out;
         }
-        hi = (ssize_t)f->nevents;
+        hi = (ssize_t)n;
         if (before || after) {
-                pos = events_find(f, before ? before : after);
+                pos = entries_find(entries, n, before ? before : after);
                 if (pos < 0) {
-                        call_reply_error(c, 422, "PARAMETER.INVALID", "Unknown event id in cursor.");
+                        call_reply_error(c, 422, "PARAMETER.INVALID", "Unknown id in cursor.");
                         goto out;
                 }
                 if (before)
@@ -1075,20 +1080,85 @@ api_events_list(struct call *c)
                 else
                         hi = pos;
         }
-        match = xcalloc(f->nevents, sizeof(*match));
+        match = xcalloc(n ? n : 1, sizeof(*match));
         for (ssize_t i = lo; i < hi; i++)
-                if (f->events[i].created_ms >= start && f->events[i].created_ms <= end)
+                if (entries[i].created_ms >= start && entries[i].created_ms <= end)
                         match[nmatch++] = (size_t)i;
         take = nmatch < (size_t)page ? nmatch : (size_t)page;
         first = after ? nmatch - take : 0;      /* after_id: the ones closest to the cursor */
         items = jcheck(json_array());
         for (size_t i = first; i < first + take; i++)
-                json_array_append_new(items, event_public(f->events[match[i]].obj));
-        call_reply_json(c, 200, jcheck(json_pack("{s:o,s:b}", "events", items,
-                                                 "has_more", nmatch > take)));
+                json_array_append_new(items, render(entries[match[i]].obj));
+        call_reply_json(c, 200, jcheck(json_pack("{s:o,s:b}", key, items, "has_more", nmatch > take)));
 out:
         free(match);
         evhttp_clear_headers(&q);
+}
+
+/* GET /v2/events: the stored events, newest first, without "result". */
+static void
+api_events_list(struct call *c)
+{
+        api_list_page(c, c->f->events, c->f->nevents, "events", event_public);
+}
+
+static json_t *
+object_public(const json_t *obj)
+{
+        return json_incref((json_t *)obj);
+}
+
+static int
+entry_cmp_newest(const void *a, const void *b)
+{
+        const struct event_entry *x = a, *y = b;
+
+        return event_newer(x, y) ? -1 : event_newer(y, x) ? 1 : 0;
+}
+
+/*
+ * GET /v2/trackers: the stored trk_ objects paged like /events (newest first by
+ * created_at, then id; a tracker without a parseable created_at is not listed).
+ * Above trackers_rate requests in the last second (POST /_control/trackers), 429
+ * with Retry-After 1, as EasyPost limits list requests.
+ */
+static void
+api_trackers_list(struct call *c)
+{
+        struct fake *f = c->f;
+        struct event_entry *list;
+        size_t n = 0;
+        const char *key;
+        json_t *v;
+        uint64_t now = clock_mono_ms();
+
+        if (f->trackers_rate > 0) {
+                size_t kept = 0;
+                for (size_t i = 0; i < f->ntrk_times; i++)
+                        if (now - f->trk_times[i] < 1000)
+                                f->trk_times[kept++] = f->trk_times[i];
+                f->ntrk_times = kept;
+                if (kept >= (size_t)f->trackers_rate) {
+                        call_reply(c, 429, "{\"error\":{\"code\":\"RATE_LIMITED\",\"message\":"
+                                           "\"Too many list requests.\",\"errors\":[]}}", 1);
+                        return;
+                }
+                if (f->ntrk_times < sizeof(f->trk_times) / sizeof(f->trk_times[0]))
+                        f->trk_times[f->ntrk_times++] = now;
+        }
+        list = xcalloc(json_object_size(f->objects) + 1, sizeof(*list));
+        json_object_foreach(f->objects, key, v) {
+                const char *created = json_string_value(json_object_get(v, "created_at"));
+                if (!has_prefix(key, "trk_") || created == NULL ||
+                    !time_parse_ms(created, &list[n].created_ms))
+                        continue;
+                list[n].id = key;
+                list[n].obj = v;
+                n++;
+        }
+        qsort(list, n, sizeof(*list), entry_cmp_newest);
+        api_list_page(c, list, n, "trackers", object_public);
+        free(list);
 }
 
 /*
@@ -1202,6 +1272,8 @@ api_serve(struct call *c)
         }
         if (has_prefix(p, "/v2/shipments/"))
                 api_object_get(c, p + strlen("/v2/shipments/"), "shp_");
+        else if (strcmp(p, "/v2/trackers") == 0 || strcmp(p, "/v2/trackers/") == 0)
+                api_trackers_list(c);
         else if (has_prefix(p, "/v2/trackers/"))
                 api_object_get(c, p + strlen("/v2/trackers/"), "trk_");
         else if (strcmp(p, "/v2/events") == 0 || strcmp(p, "/v2/events/") == 0)
@@ -1460,6 +1532,25 @@ control_faults_post(struct call *c)
         json_decref(body);
 }
 
+/* POST /_control/trackers {"rate": N}: GET /v2/trackers above N a second gets 429; 0 lifts it. */
+static void
+control_trackers_post(struct call *c)
+{
+        json_t *body = control_body(c);
+        long rate;
+
+        if (body == NULL)
+                return;
+        if (!json_int_in(json_object_get(body, "rate"), 0, 100, &rate)) {
+                call_reply_error(c, 422, "PARAMETER.INVALID", "rate must be an integer 0..100.");
+        } else {
+                c->f->trackers_rate = rate;
+                c->f->ntrk_times = 0;
+                call_reply_json(c, 200, jcheck(json_pack("{s:i}", "rate", (int)rate)));
+        }
+        json_decref(body);
+}
+
 static void
 control_handle(struct fake *f, struct evhttp_request *req)
 {
@@ -1489,6 +1580,8 @@ control_handle(struct fake *f, struct evhttp_request *req)
                 if (m != EVHTTP_REQ_GET)
                         goto method;
                 call_reply_json(c, 200, stats_to_json(f));
+        } else if (strcmp(p, "/_control/trackers") == 0 && m == EVHTTP_REQ_POST) {
+                control_trackers_post(c);
         } else if (strcmp(p, "/_control/reset") == 0) {
                 if (m != EVHTTP_REQ_POST)
                         goto method;
