@@ -107,6 +107,7 @@ DECLARE
     v_floor  timestamptz;
     v_made   integer;
     v_todo   text[] := '{}';
+    v_raise  boolean := false;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('easypost-sync partitions'), 0)
        OR EXISTS (SELECT 1 FROM partition_maintenance m WHERE m.tick = p_tick) THEN
@@ -135,13 +136,16 @@ BEGIN
                 END IF;
             ELSE
                 CONTINUE WHEN p_history_days <= 0 OR r.hi > now() - make_interval(days => p_history_days);
-                v_floor := greatest(v_floor, r.hi);
+                v_raise := true;
             END IF;
         END IF;
         -- written before the detach: a run cut short leaves it for the next
         INSERT INTO partition_drops (part, parent, lo, hi) VALUES (r.part::text, r.parent, r.lo, r.hi);
     END LOOP;
-    IF v_floor IS NOT NULL THEN
+    -- the floor: the lowest history month kept (the current one at least)
+    IF v_raise THEN
+        SELECT min(p.lo) INTO v_floor FROM eps_partitions('shipment_events') p
+        WHERE NOT EXISTS (SELECT 1 FROM partition_drops d WHERE d.part = p.part::text);
         INSERT INTO partition_floor AS f (history) VALUES (v_floor)
         ON CONFLICT (one) DO UPDATE SET history = greatest(f.history, EXCLUDED.history);
     END IF;
