@@ -10,13 +10,14 @@
 
 struct db_conn;
 struct parts;
+struct strbuf;
 
 /* What the upkeep needs of the configuration; strings are copied. */
 struct parts_settings {
         const char *instance_id;
         long event_retention_days;       /* raw webhook events; 0 keeps them */
-        long history_retention_days;     /* shipment_events; 0 keeps them */
-        long dead_letter_retention_days; /* a failed event's month, past event_retention_days */
+        long history_retention_days;     /* shipment_events, by the tracker's month; 0 keeps them */
+        long dead_letter_retention_days; /* a failed event's month, past event_retention_days; 0 until replayed */
         long sync_job_retention_days;    /* sync jobs that ended; 0 keeps them */
 };
 
@@ -28,8 +29,12 @@ void parts_reload(struct parts *p, const struct parts_settings *st);
 /* Starts one maintenance run for the analytics slot (slot: its number,
  * start_s: the unix second it starts), unless the last one is still going
  * or the connection is not up (the tick is then skipped). Its steps are
- * queued behind whatever the connection carries; the outcome is logged. */
+ * queued behind whatever the connection carries; the outcome is logged.
+ * A run first finishes what an earlier one left (the ledger). */
 void parts_tick(struct parts *p, long long slot, long long start_s);
+/* easypost_sync_history_odd_dates: tracking details stored with an absurd
+ * scan time, as the last run counted them. */
+void parts_render_metrics(const struct parts *p, struct strbuf *b);
 /* Frees (after the connection: see parts_new). */
 void parts_free(struct parts *p);
 

@@ -61,7 +61,7 @@ const struct cfg_key cfg_keys[] = {
         I("metrics_interval", metrics_interval, "60", 0, 86400, true, "seconds between system_metrics rows; 0 disables"),
         I("metrics_retention_days", metrics_retention_days, "30", 1, 3650, true, "days system_metrics rows are kept"),
         I("event_retention_days", event_retention_days, "90", 0, 36500, true, "days raw webhook events are kept (whole months dropped once all older); 0 keeps them"),
-        I("history_retention_days", history_retention_days, "0", 0, 36500, true, "days shipment_events (tracking history) are kept, by month of the detail's time; 0 keeps them"),
+        I("history_retention_days", history_retention_days, "0", 0, 36500, true, "days shipment_events (tracking history) are kept, by month of the tracker's first write; 0 keeps them"),
         I("dead_letter_retention_days", dead_letter_retention_days, "30", 0, 36500, true, "days a dead letter (failed event) keeps its month past event_retention_days; 0 until replayed"),
         I("sync_job_retention_days", sync_job_retention_days, "30", 0, 36500, true, "days a sync job that ended (done or failed) is kept after its last update; 0 keeps them"),
         S("log_level", log_level, "info", true, false, "error, warn, info or debug"),

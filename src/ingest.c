@@ -302,10 +302,12 @@ batch_free(struct batch *b)
 }
 
 /* check_violation without a constraint name ("no partition of relation ...
- * found for row", in whatever lc_messages): a row's partition key (the month
- * of received_at or of a tracking detail) has no partition yet. The event is
- * answered 503 (EasyPost retries) rather than stored as failed. A CHECK or
- * domain constraint names itself. */
+ * found for row", in whatever lc_messages): a row's partition key has no
+ * partition. Both keys are times the daemon sets (received_at, the tracker's
+ * first write), so this happens only when the upkeep has not made the
+ * current month (not run for three months). The event is answered 503
+ * (EasyPost retries) rather than stored as failed. A CHECK or domain
+ * constraint names itself. */
 #define PARTITION_MISSING_REPORT_US (60 * 1000000ULL)
 
 bool

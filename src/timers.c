@@ -504,6 +504,7 @@ timers_render_metrics(const struct timers *t, struct strbuf *b)
 {
         const struct timers_view_stats *vs = t->views;
 
+        parts_render_metrics(t->parts, b);
         strbuf_printf(b, "# HELP easypost_sync_analytics_refreshes_total View refreshes by outcome "
                          "(skipped = another replica had the slot).\n"
                          "# TYPE easypost_sync_analytics_refreshes_total counter\n");

@@ -130,15 +130,21 @@ BEGIN
     -- row even when its WHERE keeps the stored one), so they wait there first.
     -- The first event that carried a detail names it: rows are offered in
     -- batch order and the later copies do nothing.
-    INSERT INTO shipment_events (tracker_id, shipment_id, webhook_event_id, status, status_detail,
-                                 message, description, carrier_code, source, event_datetime,
-                                 tracking_location)
-    SELECT t.id, t.shipment_id, x.event, coalesce(d ->> 'status', ''), d ->> 'status_detail',
+    -- The partition key is the tracker's first write, raised to the history
+    -- floor (read once for the statement) when retention has dropped its
+    -- month: its partition exists whatever date the carrier sent, and all of
+    -- a tracker's rows carry one tracker_at, so the unique key stays exact.
+    INSERT INTO shipment_events (tracker_id, tracker_at, shipment_id, webhook_event_id, status,
+                                 status_detail, message, description, carrier_code, source,
+                                 event_datetime, tracking_location)
+    SELECT t.id, greatest(t.created_at, (SELECT f.history FROM partition_floor f)), t.shipment_id,
+           x.event, coalesce(d ->> 'status', ''), d ->> 'status_detail',
            coalesce(d ->> 'message', ''), d ->> 'description', d ->> 'carrier_code', d ->> 'source',
            coalesce(eps_ts(d ->> 'datetime'), x.updated_at, now()),
            CASE WHEN jsonb_typeof(d -> 'tracking_location') = 'object' THEN d -> 'tracking_location' END
     FROM unnest(s) x
-    CROSS JOIN LATERAL (SELECT k.id, k.shipment_id FROM trackers k WHERE k.easypost_id = x.trk LIMIT 1) t
+    CROSS JOIN LATERAL (SELECT k.id, k.shipment_id, k.created_at FROM trackers k
+                        WHERE k.easypost_id = x.trk LIMIT 1) t
     CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN x.details > x.known
                                                  THEN x.r -> 'tracking_details' ELSE '[]' END)
                        WITH ORDINALITY AS e(d, pos)

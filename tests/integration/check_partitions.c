@@ -52,6 +52,8 @@ month_part(PGconn *c, const char *parent, int m)
         return db_text(c, sql, NULL);
 }
 
+static int run_migrate(const char *conninfo, const char *sql_dir);
+
 static long
 rel_exists(PGconn *c, const char *name)
 {
@@ -67,9 +69,9 @@ START_TEST(test_partitions_ahead_after_migrate_and_tick)
         /* --migrate (tests/integration/integration.sh) made this month and three more */
         ck_assert_int_eq(months_covered(c, "webhook_events", 3), 4);
         ck_assert_int_eq(months_covered(c, "shipment_events", 3), 4);
-        /* shipment_events also takes any past time (a carrier's old scan) */
+        /* shipment_events is keyed by the tracker's first write: no partition below the months */
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM eps_partitions('shipment_events') "
-                                    "WHERE lo = '-infinity'", NULL), 1);
+                                    "WHERE lo = '-infinity'", NULL), 0);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM pg_partitioned_table t JOIN pg_class c "
                                     "ON c.oid = t.partrelid WHERE c.relname IN "
                                     "('webhook_events', 'shipment_events') AND t.partdefid <> 0", NULL), 0);
@@ -115,22 +117,24 @@ tracker_body(const char *evt, const char *trk, const char *detail_time)
         return make_event(evt, "tracker.updated", res);
 }
 
-/* An event whose row has no partition to go to is answered 503, counted and
- * reported by /readyz, and never stored as a dead letter; its neighbours
- * commit; once the partition exists the retry is stored. */
-START_TEST(test_missing_partition_is_503_not_dead_letter)
+/* A tracking detail dated 2099 (a carrier's clock) is stored as sent,
+ * projected, answered 200 and counted in easypost_sync_history_odd_dates;
+ * its neighbours too. An event whose own month has no raw events partition
+ * (the upkeep stopped for months) is answered 503, counted, reported by
+ * /readyz and never stored as a dead letter; once the month is back the
+ * retry is stored. */
+START_TEST(test_carrier_date_2099_stored_and_counted)
 {
         PGconn *c = db_open();
         struct daemon d;
-        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=0", NULL };
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", NULL };
         char resp[512];
 
-        db_exec(c, "DROP TABLE IF EXISTS shipment_events_2099_01");
         ck_assert_int_eq(daemon_start(&d, env), 0);
         ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
         ck_assert_ptr_nonnull(strstr(resp, "\"partitions\":\"ok\""));
 
-        /* a tracking detail in 2099 (no partition) among ordinary events */
+        /* a tracking detail in 2099 among ordinary events */
         enum { N = 24 };
         char *bodies[N];
         size_t lens[N];
@@ -144,17 +148,17 @@ START_TEST(test_missing_partition_is_503_not_dead_letter)
         }
         post_many(d.port, bodies, lens, N, N, st);
         for (int i = 0; i < N; i++)
-                ck_assert_int_eq(st[i], i == 7 ? 503 : 200);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_nopart_%'",
-                                 NULL), N - 1);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_nopart_07'",
-                                 NULL), 0);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id = 'evt_nopart_07'",
-                                 NULL), 0);
-        ck_assert(daemon_metric(d.port, "easypost_sync_partition_missing_total") >= 1);
+                ck_assert_int_eq(st[i], 200);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_nopart_%' "
+                                    "AND status = 'projected'", NULL), N);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
+                                    "WHERE t.easypost_id = 'trk_nopart_07' AND e.event_datetime = '2099-01-15T10:00:00Z'"
+                                    " AND e.tracker_at = t.created_at", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
+                                    "WHERE t.easypost_id LIKE 'trk_nopart_%'", NULL), N);
+        ck_assert(daemon_metric(d.port, "easypost_sync_partition_missing_total") == 0);
         ck_assert(daemon_metric(d.port, "easypost_sync_dead_letters_total") == 0);
-        ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
-        ck_assert_msg(strstr(resp, "\"partitions\":\"missing\"") != NULL, "%s", resp);
+        ck_assert(daemon_metric_wait(d.port, "easypost_sync_history_odd_dates", 1, 20000) >= 1);
 
         /* this month's raw events partition gone: every event 503, none lost */
         char *cur = month_part(c, "webhook_events", 0), sql[400];
@@ -164,28 +168,59 @@ START_TEST(test_missing_partition_is_503_not_dead_letter)
         db_exec(c, sql);
         char *b = make_event("evt_nopart_month", "batch.created", "{\"id\":\"batch_np\",\"object\":\"Batch\"}");
         ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 503);
+        ck_assert(daemon_metric(d.port, "easypost_sync_partition_missing_total") >= 1);
+        ck_assert(daemon_metric(d.port, "easypost_sync_dead_letters_total") == 0);
+        ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
+        ck_assert_msg(strstr(resp, "\"partitions\":\"missing\"") != NULL, "%s", resp);
         snprintf(sql, sizeof(sql), "ALTER TABLE webhook_events ATTACH PARTITION %s FOR VALUES FROM ('%s') TO ('%s')",
                  cur, lo, hi);
         db_exec(c, sql);
         ck_assert_int_eq(post_event(d.port, b, strlen(b), resp, sizeof(resp)), 200);
         ck_assert_ptr_nonnull(strstr(resp, "\"stored\""));
         free(b);
-
-        /* the month made: EasyPost's retry of the 2099 event is stored and projected */
-        db_exec(c, "SELECT eps_partition_attach('shipment_events', 'shipment_events_2099_01', "
-                   "'2099-01-01Z', '2099-02-01Z')");
-        ck_assert_int_eq(post_event(d.port, bodies[7], lens[7], NULL, 0), 200);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_nopart_07' "
-                                    "AND status = 'projected'", NULL), 1);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events_2099_01", NULL), 1);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
-        db_exec(c, "ALTER TABLE shipment_events DETACH PARTITION shipment_events_2099_01");
-        db_exec(c, "DROP TABLE shipment_events_2099_01");
         for (int i = 0; i < N; i++)
                 free(bodies[i]);
         free(cur);
         free(lo);
         free(hi);
+        PQfinish(c);
+}
+END_TEST
+
+/* One tracking detail is one row, however often and in whichever event it
+ * comes: the same history (a 2099 detail among them) in two events, the
+ * tracker row forgotten in between so that every detail is offered again,
+ * and a replay of the first event. */
+START_TEST(test_history_dedup_exact_across_events_and_replays)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char *b1 = tracker_body("evt_dd_1", "trk_dd", "2099-02-03T04:05:06Z");
+        char *b2 = tracker_body("evt_dd_2", "trk_dd", "2099-02-03T04:05:06Z");
+        const char *rows = "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
+                           "WHERE t.easypost_id = 'trk_dd'";
+
+        ck_assert_int_eq(daemon_start(&d, NULL), 0);
+        ck_assert_int_eq(post_event(d.port, b1, strlen(b1), NULL, 0), 200);
+        ck_assert_int_eq(db_long(c, rows, NULL), 1);
+        /* another event with the same history, every detail offered again */
+        db_exec(c, "UPDATE trackers SET details_count = NULL, newest_detail_at = NULL, ep_updated_at = NULL "
+                   "WHERE easypost_id = 'trk_dd'");
+        ck_assert_int_eq(post_event(d.port, b2, strlen(b2), NULL, 0), 200);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_dd_2' "
+                                    "AND status = 'projected'", NULL), 1);
+        ck_assert_int_eq(db_long(c, rows, NULL), 1);
+        /* a replay (--replay): the first event projected again */
+        db_exec(c, "UPDATE trackers SET details_count = NULL, newest_detail_at = NULL, ep_updated_at = NULL "
+                   "WHERE easypost_id = 'trk_dd'");
+        char *st = db_text(c, "SELECT eps_replay(id) FROM webhook_events WHERE event_id = 'evt_dd_1'", NULL);
+        ck_assert_str_eq(st, "projected");
+        free(st);
+        ck_assert_int_eq(db_long(c, rows, NULL), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        free(b1);
+        free(b2);
         PQfinish(c);
 }
 END_TEST
@@ -236,9 +271,30 @@ START_TEST(test_duplicate_across_partitions_refused)
 }
 END_TEST
 
+/* A month of history made by hand (tracker_at in 2020-mm) holding one row
+ * of a tracker first written then. */
+static void
+old_history(PGconn *c, int m, const char *trk)
+{
+        char sql[1200];
+        snprintf(sql, sizeof(sql),
+                 "DROP TABLE IF EXISTS shipment_events_2020_0%d;"
+                 "DELETE FROM trackers WHERE easypost_id = '%s';"
+                 "SELECT eps_partition_attach('shipment_events', 'shipment_events_2020_0%d', "
+                 "'2020-0%d-01Z', '2020-0%d-01Z');"
+                 "INSERT INTO trackers (easypost_id, carrier, status, created_at)"
+                 " VALUES ('%s', 'USPS', 'in_transit', '2020-0%d-10Z');"
+                 "INSERT INTO shipment_events (tracker_id, tracker_at, status, message, event_datetime)"
+                 " SELECT id, created_at, 'in_transit', 'old scan', '2020-0%d-11Z' FROM trackers"
+                 " WHERE easypost_id = '%s'",
+                 m, trk, m, m, m + 1, trk, m, m, trk);
+        db_exec(c, sql);
+}
+
 /* Retention drops a month once all of it is older, keeps a month holding a
  * pending event or a dead letter, forgets the ids of the dropped events,
- * and drops old history, leaving an empty partition for old scan times. */
+ * and drops old history, raising the history floor to the lowest month
+ * kept. */
 START_TEST(test_retention_drops_old_months_keeps_pending_and_dead_letters)
 {
         PGconn *c = db_open();
@@ -248,8 +304,7 @@ START_TEST(test_retention_drops_old_months_keeps_pending_and_dead_letters)
                               "EASYPOST_SYNC_DEAD_LETTER_RETENTION_DAYS=0", NULL };
 
         old_months(c);
-        db_exec(c, "INSERT INTO shipment_events (tracker_id, status, message, event_datetime)"
-                   " VALUES (eps_uuid7(), 'in_transit', 'old scan', '2020-05-05Z')");
+        old_history(c, 5, "trk_oldhist");
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id LIKE 'evt_old_%'", NULL),
                          150);
         ck_assert_int_eq(daemon_start(&d, env), 0);
@@ -265,15 +320,13 @@ START_TEST(test_retention_drops_old_months_keeps_pending_and_dead_letters)
                          100);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id LIKE 'evt_old_1_%'",
                                  NULL), 0);
-        /* history: the old scan's partition went, an empty one for old times is back */
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM shipment_events WHERE message = 'old scan'", 0, 20000),
+        /* history: the old month went, the floor is the lowest month kept */
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_class WHERE relname = 'shipment_events_2020_05'",
+                                      0, 20000),
                          0);
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM eps_partitions('shipment_events') "
-                                         "WHERE lo = '-infinity' AND NOT detaching",
-                                      1, 20000),
-                         1);
-        db_exec(c, "INSERT INTO shipment_events (tracker_id, status, message, event_datetime)"
-                   " VALUES (eps_uuid7(), 'in_transit', 'old scan again', '2020-05-05Z')");
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM partition_floor f WHERE f.history = "
+                                    "(SELECT min(lo) FROM eps_partitions('shipment_events'))", NULL), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM partition_drops", 0, 20000), 0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         /* the months kept go once their pending event is projected and the dead letter replayed */
         db_exec(c, "UPDATE webhook_events SET status = 'projected' WHERE event_id LIKE 'evt_old_%'");
@@ -283,16 +336,161 @@ START_TEST(test_retention_drops_old_months_keeps_pending_and_dead_letters)
                                          "('webhook_events_2020_02', 'webhook_events_2020_03')",
                                       0, 20000),
                          0);
-        /* the history partition for old times went again (it held a row) and is back */
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM shipment_events WHERE message = 'old scan again'",
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id LIKE 'evt_old_%'",
                                       0, 20000),
                          0);
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM eps_partitions('shipment_events') "
-                                         "WHERE lo = '-infinity' AND NOT detaching",
-                                      1, 20000),
-                         1);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        db_exec(c, "DELETE FROM trackers WHERE easypost_id = 'trk_oldhist'");
         PQfinish(c);
+}
+END_TEST
+
+/* A raw events partition A whose dead letter has passed
+ * dead_letter_retention_days but not event_retention_days +
+ * dead_letter_retention_days stays; one past both goes; one holding a
+ * pending event stays whatever its age. */
+START_TEST(test_dead_letter_keeps_its_month_past_event_retention)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", "EASYPOST_SYNC_EVENT_RETENTION_DAYS=90",
+                              "EASYPOST_SYNC_DEAD_LETTER_RETENTION_DAYS=30", NULL };
+        static const char *const parts[3][4] = {
+                /* name, from, to (days ago), status of the one odd event */
+                { "webhook_events_dl_young", "140", "105", "failed" },
+                { "webhook_events_dl_old", "200", "141", "failed" },
+                { "webhook_events_dl_pending", "400", "300", "pending" },
+        };
+
+        db_exec(c, "TRUNCATE partition_maintenance");
+        for (int i = 0; i < 3; i++) {
+                char sql[1200];
+                snprintf(sql, sizeof(sql),
+                         "DROP TABLE IF EXISTS %s;"
+                         "SELECT eps_partition_attach('webhook_events', '%s', now() - interval '%s days',"
+                         " now() - interval '%s days');"
+                         "INSERT INTO webhook_events (id, event_id, description, raw, status, received_at)"
+                         " SELECT eps_uuid7(), '%s_' || g, 'tracker.updated', '{}',"
+                         " CASE WHEN g = 1 THEN '%s' ELSE 'projected' END, now() - interval '%s days' + interval '1 hour'"
+                         " FROM generate_series(1, 3) g",
+                         parts[i][0], parts[i][0], parts[i][1], parts[i][2], parts[i][0], parts[i][3], parts[i][1]);
+                db_exec(c, sql);
+        }
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_class WHERE relname = 'webhook_events_dl_old'",
+                                      0, 20000),
+                         0);
+        /* two more runs after it */
+        ck_assert_int_ge(db_wait_long(c, "SELECT least(count(*), 3) FROM partition_maintenance", 3, 20000), 3);
+        ck_assert_int_eq(rel_exists(c, "webhook_events_dl_young"), 1);
+        ck_assert_int_eq(rel_exists(c, "webhook_events_dl_pending"), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        for (int i = 0; i < 3; i++) {
+                char sql[200];
+                snprintf(sql, sizeof(sql), "ALTER TABLE webhook_events DETACH PARTITION %s; DROP TABLE %s",
+                         parts[i][0], parts[i][0]);
+                if (i != 1)
+                        db_exec(c, sql);
+        }
+        PQfinish(c);
+}
+END_TEST
+
+/* The upkeep finishes what a run killed between its steps began. A test
+ * session holds a lock on the parent, so the daemon's DETACH ... CONCURRENTLY
+ * waits; the daemon is killed (kill -9) there:
+ *  - with its connection ended too (finalize = true): the detach stays
+ *    pending, and the next run finishes it (FINALIZE) and drops the table;
+ *  - with its connection left waiting, which completes the detach once the
+ *    lock goes and then finds its client gone: the table is detached but
+ *    never dropped, and the next run drops it.
+ * Meanwhile the month's event ids are kept (they go only after the drop),
+ * --migrate works, partitions are made ahead, and a webhook whose tracking
+ * detail falls in the dropped month is answered 200 and stored. */
+static void
+killed_between_steps(const char *parent, const char *part, bool finalize)
+{
+        PGconn *c = db_open(), *hold = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=1", "EASYPOST_SYNC_EVENT_RETENTION_DAYS=90",
+                              "EASYPOST_SYNC_HISTORY_RETENTION_DAYS=1",
+                              "EASYPOST_SYNC_DEAD_LETTER_RETENTION_DAYS=0", NULL };
+        char sql[600], trk[48], evt[48];
+
+        snprintf(trk, sizeof(trk), "trk_killed_%s", finalize ? "fin" : "drop");
+        snprintf(evt, sizeof(evt), "evt_killed_%s", finalize ? "fin" : "drop");
+        old_months(c);
+        old_history(c, 1, trk);
+        db_exec(c, "TRUNCATE partition_drops");
+        snprintf(sql, sizeof(sql), "BEGIN; LOCK TABLE %s IN ACCESS SHARE MODE", parent);
+        db_exec(hold, sql);
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                   "AND query = 'ALTER TABLE %s DETACH PARTITION %s CONCURRENTLY'", parent, part);
+        ck_assert_int_eq(db_wait_long(c, sql, 1, 30000), 1);
+        long backend = db_long(c, "SELECT pid FROM pg_stat_activity WHERE query LIKE 'ALTER TABLE % DETACH %' "
+                                  "AND wait_event_type = 'Lock'", NULL);
+        /* the ledger has it; the month's ids stay while its events do */
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM partition_drops WHERE part = $1", part), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id LIKE 'evt_old_1_%'",
+                                 NULL), 50);
+        daemon_stop(&d, SIGKILL);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE pid = %ld", backend);
+        if (finalize) {
+                char term[100];
+                snprintf(term, sizeof(term), "SELECT pg_terminate_backend(%ld)", backend);
+                db_exec(c, term);
+                ck_assert_int_eq(db_wait_long(c, sql, 0, 20000), 0);
+        } else {
+                ck_assert_int_eq(db_long(c, sql, NULL), 1);
+        }
+        db_exec(hold, "COMMIT");
+        ck_assert_int_eq(db_wait_long(c, sql, 0, 20000), 0);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_inherits WHERE inhrelid = '%s'::regclass%s", part,
+                 finalize ? " AND inhdetachpending" : "");
+        ck_assert_int_eq(db_long(c, sql, NULL), finalize ? 1 : 0);
+        ck_assert_int_eq(rel_exists(c, part), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id LIKE 'evt_old_1_%'",
+                                 NULL), 50);
+
+        /* --migrate does not trip on what was left, the months ahead are there */
+        snprintf(sql, sizeof(sql), "%s/sql", getenv("abs_top_srcdir"));
+        ck_assert_int_eq(run_migrate(getenv("TEST_PG_CONNINFO"), sql), 0);
+        ck_assert_int_eq(months_covered(c, "webhook_events", 3), 4);
+        ck_assert_int_eq(months_covered(c, "shipment_events", 3), 4);
+
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_class WHERE relname = '%s'", part);
+        ck_assert_int_eq(db_wait_long(c, sql, 0, 20000), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM partition_drops", 0, 20000), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_event_ids WHERE event_id LIKE 'evt_old_1_%'",
+                                      0, 20000),
+                         0);
+        ck_assert_int_eq(months_covered(c, "webhook_events", 3), 4);
+        ck_assert_int_eq(months_covered(c, "shipment_events", 3), 4);
+        /* a detail in the dropped month: stored, in the lowest month kept */
+        char *b = tracker_body(evt, trk, "2020-01-20T10:00:00Z");
+        ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
+        free(b);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = $1 AND status = 'projected'",
+                                 evt), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
+                                    "WHERE t.easypost_id = $1 AND e.event_datetime = '2020-01-20T10:00:00Z' AND "
+                                    "e.tracker_at = (SELECT history FROM partition_floor)", trk), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(hold);
+        PQfinish(c);
+}
+
+START_TEST(test_killed_while_detaching_finished_by_next_run)
+{
+        killed_between_steps("webhook_events", "webhook_events_2020_01", true);
+}
+END_TEST
+
+START_TEST(test_killed_before_drop_finished_by_next_run)
+{
+        killed_between_steps("shipment_events", "shipment_events_2020_01", false);
 }
 END_TEST
 
@@ -454,7 +652,7 @@ START_TEST(test_migrate_converts_200k_events)
                 CONV_EVENTS, CONV_EVENTS * 2, (double)(clock_mono_us() - t0) / 1e6);
 
         c = PQconnectdb(ci);
-        ck_assert_int_eq(db_long(c, "SELECT max(version) FROM schema_migrations", NULL), 7);
+        ck_assert_int_eq(db_long(c, "SELECT max(version) FROM schema_migrations", NULL), 8);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM pg_class WHERE relkind = 'p' AND relname IN "
                                     "('webhook_events', 'shipment_events')", NULL), 2);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events", NULL), events);
@@ -475,8 +673,11 @@ START_TEST(test_migrate_converts_200k_events)
                             "evt_conv_new");
         ck_assert_str_eq(out, "duplicate,duplicate,stored");
         free(out);
-        PGresult *r = PQexec(c, "INSERT INTO shipment_events (tracker_id, status, message, event_datetime)"
-                                " SELECT tracker_id, status, message, event_datetime FROM shipment_events LIMIT 1");
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id "
+                                    "WHERE e.tracker_at <> t.created_at", NULL), 0);
+        PGresult *r = PQexec(c, "INSERT INTO shipment_events (tracker_id, tracker_at, status, message, event_datetime)"
+                                " SELECT tracker_id, tracker_at, status, message, event_datetime FROM shipment_events"
+                                " LIMIT 1");
         ck_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "23505");
         PQclear(r);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'failed'", NULL),
@@ -548,8 +749,10 @@ START_TEST(test_query_plans_use_indexes_with_three_months)
                    "INSERT INTO trackers (easypost_id, tracking_code, carrier, status, shipment_easypost_id, shipment_id)"
                    " SELECT 'trk_plan_' || substr(s.easypost_id, 10), s.tracking_code, s.carrier, s.status, s.easypost_id, s.id"
                    " FROM shipments s WHERE s.easypost_id LIKE 'shp_plan_%' ON CONFLICT DO NOTHING;"
-                   "INSERT INTO shipment_events (tracker_id, shipment_id, status, message, event_datetime)"
-                   " SELECT t.id, t.shipment_id, CASE WHEN k = 15 THEN 'delivered' ELSE 'in_transit' END, 'scan ' || k,"
+                   "INSERT INTO shipment_events (tracker_id, tracker_at, shipment_id, status, message, event_datetime)"
+                   " SELECT t.id, (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+                   "  + make_interval(months => abs(hashtext(t.easypost_id)) % 3) + interval '1 hour',"
+                   " t.shipment_id, CASE WHEN k = 15 THEN 'delivered' ELSE 'in_transit' END, 'scan ' || k,"
                    " (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') + make_interval(months => k % 3)"
                    "  + k * interval '1 hour'"
                    " FROM trackers t CROSS JOIN generate_series(1, 15) k WHERE t.easypost_id LIKE 'trk_plan_%'"
@@ -606,9 +809,13 @@ partitions_suite(void)
 
         tcase_set_timeout(tc, 180);
         tcase_add_test(tc, test_partitions_ahead_after_migrate_and_tick);
-        tcase_add_test(tc, test_missing_partition_is_503_not_dead_letter);
+        tcase_add_test(tc, test_carrier_date_2099_stored_and_counted);
+        tcase_add_test(tc, test_history_dedup_exact_across_events_and_replays);
         tcase_add_test(tc, test_duplicate_across_partitions_refused);
         tcase_add_test(tc, test_retention_drops_old_months_keeps_pending_and_dead_letters);
+        tcase_add_test(tc, test_dead_letter_keeps_its_month_past_event_retention);
+        tcase_add_test(tc, test_killed_while_detaching_finished_by_next_run);
+        tcase_add_test(tc, test_killed_before_drop_finished_by_next_run);
         tcase_add_test(tc, test_retention_follows_reload);
         tcase_add_test(tc, test_old_sync_jobs_deleted_in_batches);
         tcase_add_test(tc, test_query_plans_use_indexes_with_three_months);
