@@ -17,6 +17,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -123,8 +124,8 @@ dollar_tag(const char *p)
         }
 }
 
-/* Index just past the comment that starts at s + i, or i when none; 0 when
- * a block comment is not closed. */
+/* Index just past the comment that starts at s + i, or i when none;
+ * SIZE_MAX when a block comment is not closed. */
 static size_t
 skip_comment(const char *s, size_t i)
 {
@@ -137,7 +138,7 @@ skip_comment(const char *s, size_t i)
                 int depth = 1;
                 for (i += 2; depth > 0;) {
                         if (s[i] == '\0')
-                                return 0;
+                                return SIZE_MAX;
                         if (s[i] == '/' && s[i + 1] == '*') {
                                 depth++;
                                 i += 2;
@@ -187,7 +188,7 @@ db_sql_split(const char *sql, struct db_stmt **out, size_t *n, struct err *e)
         while (sql[i]) {
                 unsigned char c = (unsigned char)sql[i];
                 size_t j = skip_comment(sql, i);
-                if (j == 0) {
+                if (j == SIZE_MAX) {
                         err_set(e, -1, "line %d: comment not closed", line_at(sql, i));
                         goto fail;
                 }
@@ -271,7 +272,7 @@ next_name(const char *s, size_t *i, size_t *a)
                 while (isspace((unsigned char)s[*i]))
                         (*i)++;
                 size_t j = skip_comment(s, *i);
-                if (j == 0)
+                if (j == SIZE_MAX)
                         return false;
                 if (j == *i)
                         break;
@@ -664,8 +665,15 @@ apply_one(struct migrator *m, enum sql_kind kind, const char *dir, const char *n
                         goto rollback;
                 if (kind == SQL_MIGRATION && strncmp(sql, NOTX_MARKER, strlen(NOTX_MARKER)) == 0 &&
                     strchr("\r\n", sql[strlen(NOTX_MARKER)]) != NULL) {
-                        /* this transaction keeps the lock and records the file at the end */
-                        if (run_notx(m, name, sql, e) != 0)
+                        /*
+                         * This transaction keeps the lock and records the file at the end.
+                         * A simple query first drops the unnamed portal of the SELECT above:
+                         * its snapshot would keep this transaction's xmin, and CREATE INDEX
+                         * CONCURRENTLY waits for every older snapshot, ours too.
+                         */
+                        if (exec_ok(pq, "SET LOCAL client_min_messages = warning",
+                                    PGRES_COMMAND_OK, NULL, e, "set") != 0 ||
+                            run_notx(m, name, sql, e) != 0)
                                 goto rollback;
                 } else {
                         r = PQexec(pq, sql);
