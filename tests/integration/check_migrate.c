@@ -211,9 +211,7 @@ START_TEST(test_no_transaction_migration_applies_once)
         /* the second run finds it recorded and runs nothing */
         r = migrate(url, dir, 5);
         ck_assert_msg(r.code == 0, "--migrate: %s", r.err);
-        ck_assert_msg(strstr(r.err, " 0 migration(s)") || strstr(r.err, "=0 migration(s)") ||
-                              strstr(r.err, "\"0 migration(s)"),
-                      "%s", r.err);
+        ck_assert_msg(strstr(r.err, "\"0 migration(s)"), "%s", r.err);
         char *again = db_text(c, "SELECT applied_at::text FROM schema_migrations WHERE version = "
                                  TEST_MIGRATION, NULL);
         ck_assert_str_eq(at, again);
@@ -266,6 +264,60 @@ START_TEST(test_no_transaction_migration_finished_after_failure)
         ck_assert_int_eq(index_valid(c, "Mig_Dup_Code"), 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM pg_indexes WHERE tablename = 'mig_dup'"
                                     " AND schemaname = current_schema()", NULL), 2);
+        ck_assert_int_eq(recorded(c), 1);
+        PQfinish(c);
+}
+END_TEST
+
+START_TEST(test_no_transaction_migration_finished_after_cut_short)
+{
+        char url[1024], dir[1024];
+        PGconn *c = schema_new("mig_cut", url, sizeof(url));
+
+        sql_dir_with("cut-base", NULL, dir, sizeof(dir));
+        struct run r = migrate(url, dir, 5);
+        ck_assert_msg(r.code == 0, "--migrate: %s", r.err);
+        free(r.err);
+        db_exec(c, "CREATE TABLE mig_cut (id bigint, v text)");
+        db_exec(c, "INSERT INTO mig_cut SELECT g, md5(g::text) FROM generate_series(1, 1000) g");
+
+        /* an old snapshot makes CREATE INDEX CONCURRENTLY wait half-way, its index INVALID */
+        PGconn *old = PQconnectdb(url);
+        ck_assert_msg(PQstatus(old) == CONNECTION_OK, "%s", PQerrorMessage(old));
+        db_exec(old, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+        ck_assert_int_ge(db_long(old, "SELECT count(*) FROM schema_migrations", NULL), 7);
+        sql_dir_with("cut",
+                     "-- eps:no-transaction\n"
+                     "CREATE INDEX CONCURRENTLY IF NOT EXISTS mig_cut_v ON mig_cut (v);\n",
+                     dir, sizeof(dir));
+        r = migrate_start(url, dir, 5);
+        const char *waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                              " AND query LIKE '%CREATE INDEX CONCURRENTLY IF NOT EXISTS mig_cut_v%'"
+                              " AND pid <> pg_backend_pid()";
+        long w = db_wait_long(c, waiting, 1, 60000);
+        if (w != 1)
+                migrate_kill(&r);
+        ck_assert_int_eq(w, 1);
+        ck_assert_int_eq(index_valid(c, "mig_cut_v"), 0);
+
+        /* the process dies and its statement is cut short (a crash, a lost connection) */
+        migrate_kill(&r);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+                                    " FROM pg_stat_activity"
+                                    " WHERE query LIKE '%CREATE INDEX CONCURRENTLY IF NOT EXISTS mig_cut_v%'"
+                                    " AND pid <> pg_backend_pid()",
+                                 NULL), 1);
+        ck_assert_int_eq(db_wait_long(c, waiting, 0, 60000), 0);
+        db_exec(old, "COMMIT");
+        PQfinish(old);
+        ck_assert_int_eq(index_valid(c, "mig_cut_v"), 0);
+        ck_assert_int_eq(recorded(c), 0);
+
+        /* the next run drops the INVALID index, builds it and records the file */
+        r = migrate(url, dir, 5);
+        ck_assert_msg(r.code == 0, "--migrate: %s", r.err);
+        free(r.err);
+        ck_assert_int_eq(index_valid(c, "mig_cut_v"), 1);
         ck_assert_int_eq(recorded(c), 1);
         PQfinish(c);
 }
@@ -423,6 +475,7 @@ migrate_suite(void)
         tcase_set_timeout(tc, 600);
         tcase_add_test(tc, test_no_transaction_migration_applies_once);
         tcase_add_test(tc, test_no_transaction_migration_finished_after_failure);
+        tcase_add_test(tc, test_no_transaction_migration_finished_after_cut_short);
         tcase_add_test(tc, test_not_valid_then_validate);
         tcase_add_test(tc, test_lock_timeout_gives_up_instead_of_queueing_inserts);
         tcase_add_test(tc, test_concurrent_migrate_waits_past_lock_timeout);
