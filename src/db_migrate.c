@@ -629,7 +629,8 @@ apply_one(struct migrator *m, enum sql_kind kind, const char *dir, const char *n
                 goto out;
         /* another --migrate may hold it for long: only what follows has a lock_timeout */
         snprintf(set, sizeof(set), "SET LOCAL lock_timeout = '%lds'", m->lock_timeout);
-        if (exec_ok(pq, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", PGRES_TUPLES_OK,
+        if (exec_ok(pq, "SET LOCAL lock_timeout = 0", PGRES_COMMAND_OK, NULL, e, "set") != 0 ||
+            exec_ok(pq, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", PGRES_TUPLES_OK,
                     NULL, e, "lock") != 0 ||
             exec_ok(pq, set, PGRES_COMMAND_OK, NULL, e, "set") != 0 ||
             exec_ok(pq, "SET LOCAL client_min_messages = warning", PGRES_COMMAND_OK, NULL, e,

@@ -444,12 +444,16 @@ START_TEST(test_concurrent_migrate_waits_past_lock_timeout)
         ck_assert_msg(r.code == 0, "--migrate: %s", r.err);
         free(r.err);
 
-        /* another --migrate holds the advisory lock for longer than lock_timeout */
+        /* another --migrate holds the advisory lock for longer than lock_timeout, and
+         * the session's own lock_timeout (a role's setting) does not cut that wait short */
+        char slow[1100];
+        snprintf(slow, sizeof(slow), "%s options='-csearch_path=mig_serial -clock_timeout=1s'",
+                 getenv("TEST_PG_CONNINFO"));
         PGconn *h = PQconnectdb(url);
         ck_assert_msg(PQstatus(h) == CONNECTION_OK, "%s", PQerrorMessage(h));
         db_exec(h, "BEGIN");
         db_exec(h, "SELECT pg_advisory_xact_lock(7351936043)");
-        r = migrate_start(url, dir, 1);
+        r = migrate_start(slow, dir, 1);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                                          " AND NOT granted", 1, 60000), 1);
         msleep(2500); /* past lock_timeout: still waiting, not failed */
