@@ -38,6 +38,7 @@ struct cfg {
         long batch_max_bytes;
         char *projection;             /* "inline" or "deferred" */
         char *sql_dir;
+        long migrate_lock_timeout;    /* s: lock_timeout of --migrate's statements */
         /* webhook secrets (NFKD-normalised later by sig) */
         char *webhook_secret;         /* secret */
         char *webhook_secret_file;

@@ -40,6 +40,7 @@ const struct cfg_key cfg_keys[] = {
         I("batch_max_bytes", batch_max_bytes, "67108864", 65536, 256L << 20, true, "bytes of event bodies per transaction at most (a larger event goes alone)"),
         S("projection", projection, "inline", false, false, "inline: project tracker events in the webhook's transaction; deferred: right after it, off the ack path"),
         S("sql_dir", sql_dir, "", false, false, "directory of migrations (default: the source tree's or the installed sql/)"),
+        I("migrate_lock_timeout", migrate_lock_timeout, "5", 0, 3600, false, "seconds a --migrate statement may wait for a table lock before it fails (run it again); 0 waits"),
         S("webhook_secret", webhook_secret, "", true, true, "webhook secret (slot 0)"),
         S("webhook_secret_file", webhook_secret_file, "", true, false, "file with one webhook secret per line (several = rotation)"),
         S("api_key", api_key, "", true, true, "EasyPost API key; enables the sync worker and backfill"),

@@ -1,24 +1,35 @@
 /*
  * db_migrate.c - forward-only schema migrations.
  *
- * For each file, in one transaction: pg_advisory_xact_lock, create the
- * bookkeeping table if needed, skip when recorded with the same checksum,
- * refuse when recorded with another, else run the file and record it.
- * Also the replay runner, the other blocking administrative command.
+ * For each file, in one transaction: pg_advisory_xact_lock, then
+ * lock_timeout (SET LOCAL), create the bookkeeping table if needed, skip when
+ * recorded with the same checksum, refuse when recorded with another, else
+ * run the file and record it. A migration whose first line is
+ * NOTX_MARKER runs statement by statement on a second connection, each
+ * statement committed on its own (CREATE INDEX CONCURRENTLY, VALIDATE
+ * CONSTRAINT after an earlier NOT VALID), while the first connection's
+ * transaction holds the advisory lock and records the file once every
+ * statement succeeded.
  */
 #include "db_migrate.h"
+#include "log.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define MIGRATE_LOCK_KEY "7351936043"
+#define NOTX_MARKER "-- eps:no-transaction"
+#define NAMEDATALEN_MAX 256 /* an index name, unquoted (PostgreSQL keeps 63 bytes) */
 
 #ifndef EPS_SRCDIR
 #define EPS_SRCDIR "."
@@ -84,6 +95,252 @@ sha256_hex(const char *data, size_t len, char out[65])
         EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
         for (unsigned i = 0; i < 32; i++)
                 snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static bool
+ident_char(unsigned char c)
+{
+        return isalnum(c) || c == '_' || c == '$' || c >= 0x80;
+}
+
+/* Length of the dollar quote ("$$" or "$tag$") that starts at p, 0 if none. */
+static size_t
+dollar_tag(const char *p)
+{
+        unsigned char c = (unsigned char)p[1];
+
+        if (p[0] != '$')
+                return 0;
+        if (c == '$')
+                return 2;
+        if (!(isalpha(c) || c == '_' || c >= 0x80))
+                return 0;
+        for (size_t i = 2;; i++) {
+                c = (unsigned char)p[i];
+                if (c == '$')
+                        return i + 1;
+                if (!(isalnum(c) || c == '_' || c >= 0x80))
+                        return 0;
+        }
+}
+
+/* Index just past the comment that starts at s + i, or i when none;
+ * SIZE_MAX when a block comment is not closed. */
+static size_t
+skip_comment(const char *s, size_t i)
+{
+        if (s[i] == '-' && s[i + 1] == '-') {
+                while (s[i] && s[i] != '\n')
+                        i++;
+                return i;
+        }
+        if (s[i] == '/' && s[i + 1] == '*') {
+                int depth = 1;
+                for (i += 2; depth > 0;) {
+                        if (s[i] == '\0')
+                                return SIZE_MAX;
+                        if (s[i] == '/' && s[i + 1] == '*') {
+                                depth++;
+                                i += 2;
+                        } else if (s[i] == '*' && s[i + 1] == '/') {
+                                depth--;
+                                i += 2;
+                        } else {
+                                i++;
+                        }
+                }
+        }
+        return i;
+}
+
+static int
+line_at(const char *s, size_t i)
+{
+        int line = 1;
+
+        for (size_t k = 0; k < i; k++)
+                line += s[k] == '\n';
+        return line;
+}
+
+static void
+push_stmt(struct db_stmt **out, size_t *n, size_t *cap, const char *sql, size_t len, int line)
+{
+        if (*n == *cap) {
+                *cap = *cap ? *cap * 2 : 16;
+                *out = xrealloc(*out, *cap * sizeof(**out));
+        }
+        char *t = xmalloc(len + 1);
+        memcpy(t, sql, len);
+        t[len] = '\0';
+        (*out)[*n].sql = t;
+        (*out)[(*n)++].line = line;
+}
+
+int
+db_sql_split(const char *sql, struct db_stmt **out, size_t *n, struct err *e)
+{
+        size_t cap = 0, start = 0, i = 0;
+        int line = 0; /* of the statement's first token; 0 while none */
+
+        *out = NULL;
+        *n = 0;
+        while (sql[i]) {
+                unsigned char c = (unsigned char)sql[i];
+                size_t j = skip_comment(sql, i);
+                if (j == SIZE_MAX) {
+                        err_set(e, -1, "line %d: comment not closed", line_at(sql, i));
+                        goto fail;
+                }
+                if (j != i) {
+                        i = j;
+                        continue;
+                }
+                if (c == ';') {
+                        if (line)
+                                push_stmt(out, n, &cap, sql + start, i - start, line);
+                        start = ++i;
+                        line = 0;
+                        continue;
+                }
+                if (isspace(c)) {
+                        i++;
+                        continue;
+                }
+                if (!line)
+                        line = line_at(sql, i);
+                bool after_ident = i > 0 && ident_char((unsigned char)sql[i - 1]);
+                size_t tag = after_ident ? 0 : dollar_tag(sql + i);
+                if (c == '\'' || c == '"') {
+                        /* E'...' takes backslash escapes; '' and "" double the quote */
+                        bool esc = c == '\'' && i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e') &&
+                                   !(i > 1 && ident_char((unsigned char)sql[i - 2]));
+                        size_t at = i++;
+                        for (;; i++) {
+                                if (sql[i] == '\0') {
+                                        err_set(e, -1, "line %d: quote not closed", line_at(sql, at));
+                                        goto fail;
+                                }
+                                if (esc && sql[i] == '\\' && sql[i + 1]) {
+                                        i++;
+                                } else if ((unsigned char)sql[i] == c) {
+                                        if ((unsigned char)sql[i + 1] != c)
+                                                break;
+                                        i++;
+                                }
+                        }
+                        i++;
+                } else if (tag > 0) {
+                        size_t at = i;
+                        for (i += tag; sql[i] && strncmp(sql + i, sql + at, tag) != 0; i++)
+                                ;
+                        if (sql[i] == '\0') {
+                                err_set(e, -1, "line %d: dollar quote %.*s not closed", line_at(sql, at),
+                                        (int)tag, sql + at);
+                                goto fail;
+                        }
+                        i += tag;
+                } else {
+                        i++;
+                }
+        }
+        if (line)
+                push_stmt(out, n, &cap, sql + start, i - start, line);
+        return 0;
+fail:
+        db_stmts_free(*out, *n);
+        *out = NULL;
+        *n = 0;
+        return -1;
+}
+
+void
+db_stmts_free(struct db_stmt *s, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                free(s[i].sql);
+        free(s);
+}
+
+/* The next name of s from *i, blanks and comments skipped: a run of
+ * identifier characters, dots and "quoted" parts; [*a, *i) is its text.
+ * false when none (end, punctuation). */
+static bool
+next_name(const char *s, size_t *i, size_t *a)
+{
+        for (;;) {
+                while (isspace((unsigned char)s[*i]))
+                        (*i)++;
+                size_t j = skip_comment(s, *i);
+                if (j == SIZE_MAX)
+                        return false;
+                if (j == *i)
+                        break;
+                *i = j;
+        }
+        *a = *i;
+        while (s[*i]) {
+                if (s[*i] == '"') {
+                        for ((*i)++; s[*i] && !(s[*i] == '"' && s[*i + 1] != '"'); (*i)++)
+                                if (s[*i] == '"')
+                                        (*i)++;
+                        if (s[*i])
+                                (*i)++;
+                } else if (ident_char((unsigned char)s[*i]) || s[*i] == '.') {
+                        (*i)++;
+                } else {
+                        break;
+                }
+        }
+        return *i > *a;
+}
+
+static bool
+is_word(const char *s, size_t a, size_t b, const char *w)
+{
+        return b - a == strlen(w) && strncasecmp(s + a, w, b - a) == 0;
+}
+
+/*
+ * A CREATE [UNIQUE] INDEX CONCURRENTLY statement: 1 with the index's name
+ * (as PostgreSQL stores it) and its table (as written); 0 for any other
+ * statement; -1 when it has no name or no IF NOT EXISTS, so that running it
+ * again after a run cut short would fail or build a second index.
+ */
+static int
+parse_cic(const char *s, char *index, size_t icap, char *table, size_t tcap)
+{
+        size_t i = 0, a;
+
+        if (!next_name(s, &i, &a) || !is_word(s, a, i, "create") || !next_name(s, &i, &a))
+                return 0;
+        if (is_word(s, a, i, "unique") && !next_name(s, &i, &a))
+                return 0;
+        if (!is_word(s, a, i, "index") || !next_name(s, &i, &a) ||
+            !is_word(s, a, i, "concurrently"))
+                return 0;
+        if (!next_name(s, &i, &a) || !is_word(s, a, i, "if") || !next_name(s, &i, &a) ||
+            !is_word(s, a, i, "not") || !next_name(s, &i, &a) || !is_word(s, a, i, "exists") ||
+            !next_name(s, &i, &a) || is_word(s, a, i, "on"))
+                return -1;
+        size_t o = 0;
+        if (s[a] == '"') {
+                for (size_t k = a + 1; k + 1 < i && o + 1 < icap; k++) {
+                        index[o++] = s[k];
+                        if (s[k] == '"')
+                                k++;
+                }
+        } else {
+                for (size_t k = a; k < i && o + 1 < icap; k++)
+                        index[o++] = (char)tolower((unsigned char)s[k]);
+        }
+        index[o] = '\0';
+        if (!next_name(s, &i, &a) || !is_word(s, a, i, "on") || !next_name(s, &i, &a))
+                return -1;
+        if (is_word(s, a, i, "only") && !next_name(s, &i, &a))
+                return -1;
+        snprintf(table, tcap, "%.*s", (int)(i - a), s + a);
+        return 1;
 }
 
 static int
@@ -168,11 +425,191 @@ exec_file_params(PGconn *pq, const char *sql, const char *version, const char *n
         return PQexecParams(pq, sql, 3, types, v, NULL, NULL, 0);
 }
 
+/* One --migrate run: the connection whose transactions hold the advisory
+ * lock and the bookkeeping, and the one no-transaction files run on. */
+struct migrator {
+        const char *conninfo;
+        long lock_timeout; /* s, 0 = wait */
+        PGconn *pq;
+        PGconn *work; /* opened by the first no-transaction file */
+};
+
+static void
+quiet(void *arg, const char *msg)
+{
+        (void)arg;
+        (void)msg;
+}
+
+/* err from a failed statement of file name (line 0: no line), with what to
+ * do when it gave up waiting for a lock. */
+static void
+stmt_err(const struct migrator *m, PGresult *r, const char *name, int line, struct err *e)
+{
+        char msg[160];
+        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+
+        char where[300];
+
+        snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+        msg[strcspn(msg, "\n")] = '\0';
+        if (line > 0)
+                snprintf(where, sizeof(where), "%s line %d", name, line);
+        else
+                snprintf(where, sizeof(where), "%s", name);
+        if (state && strcmp(state, "55P03") == 0)
+                err_set(e, -1, "%s: %s: a lock was not granted within migrate_lock_timeout "
+                               "(%ld s); run --migrate again once the session holding it is done",
+                        where, msg, m->lock_timeout);
+        else
+                err_set(e, -1, "%s: %s", where, msg);
+}
+
+/* Runs sql on the work connection; true when it succeeded. *r is its result. */
+static bool
+work_exec(struct migrator *m, const char *sql, PGresult **r)
+{
+        *r = PQexec(m->work, sql);
+        ExecStatusType st = PQresultStatus(*r);
+        return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+/*
+ * An index that an earlier run's CREATE INDEX CONCURRENTLY left INVALID
+ * (failed or cut short: IF NOT EXISTS would skip it) is dropped, so the
+ * statement builds it again. The advisory lock rules out that another run
+ * is building it now.
+ */
 static int
-apply_one(PGconn *pq, enum sql_kind kind, const char *dir, const char *name, int *applied,
+drop_invalid_index(struct migrator *m, const char *index, const char *table, const char *name,
+                   int line, struct err *e)
+{
+        const char *v[2] = { index, table };
+        PGresult *r = PQexecParams(
+                m->work,
+                "SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', n.nspname, c.relname)"
+                " FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relname = $1 AND NOT i.indisvalid AND c.relnamespace ="
+                " (SELECT relnamespace FROM pg_class WHERE oid = to_regclass($2))",
+                2, NULL, v, NULL, NULL, 0);
+        int rc = -1;
+
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+                stmt_err(m, r, name, line, e);
+                goto out;
+        }
+        if (PQntuples(r) == 1) {
+                PGresult *d;
+                bool ok = work_exec(m, PQgetvalue(r, 0, 0), &d);
+                if (!ok)
+                        stmt_err(m, d, name, line, e);
+                PQclear(d);
+                if (!ok)
+                        goto out;
+                log_warn("migrate", "%s: dropped the invalid index %s an earlier run left, to build it again",
+                         name, index);
+        }
+        rc = 0;
+out:
+        PQclear(r);
+        return rc;
+}
+
+/*
+ * A no-transaction migration: each statement commits on its own, inside
+ * BEGIN … COMMIT with lock_timeout when PostgreSQL allows it, else alone
+ * (CREATE INDEX CONCURRENTLY and the other forms refused in a transaction
+ * block: SQLSTATE 25001). The statements must be safe to run again: the
+ * file is recorded only after its last one, so a run cut short runs them
+ * all again.
+ */
+static int
+run_notx(struct migrator *m, const char *name, const char *sql, struct err *e)
+{
+        struct db_stmt *st = NULL;
+        size_t n = 0;
+        struct err se;
+        char set[64], index[NAMEDATALEN_MAX], table[256];
+        PGresult *r = NULL;
+        int rc = -1;
+
+        if (db_sql_split(sql, &st, &n, &se) != 0) {
+                err_set(e, -1, "%s: %s", name, se.msg);
+                return -1;
+        }
+        /* refuse a file that could not be run again before running any of it */
+        for (size_t i = 0; i < n; i++)
+                if (parse_cic(st[i].sql, index, sizeof(index), table, sizeof(table)) < 0) {
+                        err_set(e, -1, "%s line %d: CREATE INDEX CONCURRENTLY needs a name and IF NOT "
+                                       "EXISTS (a run cut short runs it again)", name, st[i].line);
+                        goto out;
+                }
+        if (m->work == NULL) {
+                m->work = db_connect_blocking(m->conninfo, "easypost-syncd-migrate", e);
+                if (m->work == NULL)
+                        goto out;
+                PQsetNoticeProcessor(m->work, quiet, NULL);
+        }
+        snprintf(set, sizeof(set), "SET LOCAL lock_timeout = '%lds'", m->lock_timeout);
+        for (size_t i = 0; i < n; i++) {
+                int cic = parse_cic(st[i].sql, index, sizeof(index), table, sizeof(table));
+                if (cic == 1) {
+                        if (drop_invalid_index(m, index, table, name, st[i].line, e) != 0)
+                                goto out;
+                } else {
+                        if (!work_exec(m, "BEGIN", &r)) {
+                                stmt_err(m, r, name, st[i].line, e);
+                                goto out;
+                        }
+                        PQclear(r);
+                        if (!work_exec(m, set, &r)) {
+                                stmt_err(m, r, name, st[i].line, e);
+                                goto rollback;
+                        }
+                        PQclear(r);
+                        if (work_exec(m, st[i].sql, &r)) {
+                                PQclear(r);
+                                if (!work_exec(m, "COMMIT", &r)) {
+                                        stmt_err(m, r, name, st[i].line, e);
+                                        goto out;
+                                }
+                                PQclear(r);
+                                r = NULL;
+                                continue;
+                        }
+                        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+                        if (!state || strcmp(state, "25001") != 0) {
+                                stmt_err(m, r, name, st[i].line, e);
+                                goto rollback;
+                        }
+                        PQclear(r);
+                        PQclear(PQexec(m->work, "ROLLBACK"));
+                }
+                /* alone, in autocommit: SHARE UPDATE EXCLUSIVE at most, which inserts do not wait for */
+                if (!work_exec(m, st[i].sql, &r)) {
+                        stmt_err(m, r, name, st[i].line, e);
+                        goto out;
+                }
+                PQclear(r);
+                r = NULL;
+        }
+        rc = 0;
+        goto out;
+rollback:
+        PQclear(PQexec(m->work, "ROLLBACK"));
+out:
+        PQclear(r);
+        db_stmts_free(st, n);
+        return rc;
+}
+
+static int
+apply_one(struct migrator *m, enum sql_kind kind, const char *dir, const char *name, int *applied,
           struct err *e)
 {
-        char path[4096], sum[65], version[8];
+        PGconn *pq = m->pq;
+        char path[4096], sum[65], version[8], set[64];
         struct err fe;
         size_t len;
         PGresult *r = NULL;
@@ -190,8 +627,12 @@ apply_one(PGconn *pq, enum sql_kind kind, const char *dir, const char *name, int
 
         if (exec_ok(pq, "BEGIN", PGRES_COMMAND_OK, NULL, e, "begin") != 0)
                 goto out;
-        if (exec_ok(pq, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", PGRES_TUPLES_OK,
+        /* another --migrate may hold it for long: only what follows has a lock_timeout */
+        snprintf(set, sizeof(set), "SET LOCAL lock_timeout = '%lds'", m->lock_timeout);
+        if (exec_ok(pq, "SET LOCAL lock_timeout = 0", PGRES_COMMAND_OK, NULL, e, "set") != 0 ||
+            exec_ok(pq, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", PGRES_TUPLES_OK,
                     NULL, e, "lock") != 0 ||
+            exec_ok(pq, set, PGRES_COMMAND_OK, NULL, e, "set") != 0 ||
             exec_ok(pq, "SET LOCAL client_min_messages = warning", PGRES_COMMAND_OK, NULL, e,
                     "set") != 0 ||
             exec_ok(pq, ddl[kind], PGRES_COMMAND_OK, NULL, e, "bookkeeping table") != 0)
@@ -223,15 +664,27 @@ apply_one(PGconn *pq, enum sql_kind kind, const char *dir, const char *name, int
                     exec_ok(pq, "SET LOCAL check_function_bodies = off", PGRES_COMMAND_OK, NULL, e,
                             "set") != 0)
                         goto rollback;
-                r = PQexec(pq, sql);
-                if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-                        char msg[200];
-                        snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
-                        msg[strcspn(msg, "\n")] = '\0';
-                        err_set(e, -1, "%s: %s", name, msg);
-                        goto rollback;
+                if (kind == SQL_MIGRATION && strncmp(sql, NOTX_MARKER, strlen(NOTX_MARKER)) == 0 &&
+                    strchr("\r\n", sql[strlen(NOTX_MARKER)]) != NULL) {
+                        /*
+                         * This transaction keeps the lock and records the file at the end.
+                         * A simple query first drops the unnamed portal of the SELECT above:
+                         * its snapshot would keep this transaction's xmin, and CREATE INDEX
+                         * CONCURRENTLY waits for every older snapshot, ours too.
+                         */
+                        if (exec_ok(pq, "SET LOCAL client_min_messages = warning",
+                                    PGRES_COMMAND_OK, NULL, e, "set") != 0 ||
+                            run_notx(m, name, sql, e) != 0)
+                                goto rollback;
+                } else {
+                        r = PQexec(pq, sql);
+                        if (PQresultStatus(r) != PGRES_COMMAND_OK &&
+                            PQresultStatus(r) != PGRES_TUPLES_OK) {
+                                stmt_err(m, r, name, 0, e);
+                                goto rollback;
+                        }
+                        PQclear(r);
                 }
-                PQclear(r);
         }
         r = exec_file_params(pq, rec[kind], version, name, sum);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -313,8 +766,10 @@ db_connect_blocking(const char *conninfo, const char *app_name, struct err *e)
 }
 
 int
-db_migrate_run(const char *conninfo, const char *dir, int *applied, int *fn_applied, struct err *e)
+db_migrate_run(const char *conninfo, const char *dir, long lock_timeout, int *applied,
+               int *fn_applied, struct err *e)
 {
+        struct migrator m = { .conninfo = conninfo, .lock_timeout = lock_timeout };
         char fdir[4096];
         size_t n = 0, nf = 0;
         char **names = list_sql(dir, is_migration, &n), **fnames = NULL;
@@ -336,11 +791,12 @@ db_migrate_run(const char *conninfo, const char *dir, int *applied, int *fn_appl
         if (pq == NULL)
                 goto out;
         /* functions first: tables take their defaults from some of them */
+        m.pq = pq;
         for (size_t i = 0; i < nf; i++)
-                if (apply_one(pq, SQL_FUNCTIONS, fdir, fnames[i], fn_applied, e) != 0)
+                if (apply_one(&m, SQL_FUNCTIONS, fdir, fnames[i], fn_applied, e) != 0)
                         goto out;
         for (size_t i = 0; i < n; i++)
-                if (apply_one(pq, SQL_MIGRATION, dir, names[i], applied, e) != 0)
+                if (apply_one(&m, SQL_MIGRATION, dir, names[i], applied, e) != 0)
                         goto out;
         /* a new or converted database has its monthly partitions at once */
         if (exec_ok(pq, "SELECT eps_partitions_create(" DB_PARTITIONS_AHEAD ")", PGRES_TUPLES_OK,
@@ -348,6 +804,7 @@ db_migrate_run(const char *conninfo, const char *dir, int *applied, int *fn_appl
                 goto out;
         rc = 0;
 out:
+        PQfinish(m.work);
         PQfinish(pq);
         free_names(names, n);
         free_names(fnames, nf);

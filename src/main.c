@@ -201,7 +201,8 @@ main(int argc, char **argv)
         if (migrate) {
                 int applied = 0, fn_applied = 0;
                 const char *dir = db_migrate_dir(cfg->sql_dir);
-                if (db_migrate_run(cfg->database_url, dir, &applied, &fn_applied, &e) != 0) {
+                if (db_migrate_run(cfg->database_url, dir, cfg->migrate_lock_timeout, &applied,
+                                   &fn_applied, &e) != 0) {
                         log_err("migrate", "%s", e.msg);
                 } else {
                         log_info("migrate", "%d migration(s) and %d function file(s) applied from %s; "

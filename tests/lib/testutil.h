@@ -30,5 +30,6 @@ Suite *cfg_suite(void);
 Suite *epevent_suite(void);
 Suite *uuid7_suite(void);
 Suite *httpc_suite(void);
+Suite *sqlsplit_suite(void);
 
 #endif

@@ -11,6 +11,7 @@ main(void)
         srunner_add_suite(sr, epevent_suite());
         srunner_add_suite(sr, uuid7_suite());
         srunner_add_suite(sr, httpc_suite());
+        srunner_add_suite(sr, sqlsplit_suite());
         srunner_run_all(sr, CK_NORMAL);
         int failed = srunner_ntests_failed(sr);
         srunner_free(sr);
