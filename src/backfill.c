@@ -788,6 +788,15 @@ backfill_now(struct backfill *b)
 void
 backfill_stop(struct backfill *b)
 {
+        /* a run cut short hands its lease back rather than holding the next
+         * slots until it runs out (a request left unsent on the way out costs
+         * only that wait) */
+        if (b->started && !b->lost && !b->stopped) {
+                const char *vals[1] = { b->token };
+                if (db_conn_query(b->conn, "SELECT eps_backfill_release($1::int8)", 1, vals, ended_cb,
+                                  NULL) != 0)
+                        log_debug("sync", "backfill lease not released: database unavailable");
+        }
         b->stopped = true;
         evtimer_del(b->timer);
         evtimer_del(b->renew_timer);

@@ -56,6 +56,12 @@ LANGUAGE sql AS $$
     SELECT count(*) = 1 FROM u
 $$;
 
+-- Hands the lease back (a run stopped by a shutdown), if still p_token's.
+CREATE OR REPLACE FUNCTION eps_backfill_release(p_token bigint) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE backfill_lease SET locked_until = NULL WHERE token = p_token
+$$;
+
 -- One more failed attempt at recovering event p_event_id (a fetch that
 -- failed, a body that is not usable). Returns the attempts counted so far,
 -- NULL when the lease is no longer p_token's (nothing counted).
