@@ -26,7 +26,8 @@
  * is set aside: stored from its list item as a dead letter ('failed', with
  * the error, partial) so the cursor moves past it. A request not sent after
  * a 401/403, or a commit that did not happen, is not the event's fault and is
- * not counted. A run stopped at its page cap saves a sweep (where the
+ * not counted (after a 401/403 the run ends without saving: the next one,
+ * with a new key, starts from the same cursor). A run stopped at its page cap saves a sweep (where the
  * listing goes on, what the cursor becomes at its end) and the next run
  * continues it. The list omits `result`; an event with no recorded payload
  * is stored as listed, marked partial (counted in `unrecovered`), and the real
@@ -53,6 +54,7 @@
 
 #define BACKFILL_PAGE 100
 #define BACKFILL_MAX_PAGES 50
+#define BACKFILL_MAX_ATTEMPTS 10 /* when the settings name none */
 
 struct bf_item {
         struct backfill *b;
@@ -622,6 +624,8 @@ fetch_more(struct backfill *b)
                 return;
         if (b->lost)
                 enter(b, BACKFILL_IDLE, "the lease lapsed");
+        else if (pacer_auth_failed(b->pacer))
+                enter(b, BACKFILL_IDLE, "the API rejected the key (cursor kept)");
         else
                 enter(b, BACKFILL_SAVE, NULL);
 }
@@ -747,7 +751,7 @@ backfill_new(struct event_base *base, const char *conninfo, struct pacer *pacer,
         uuid7_next_str(uuid, b->holder);
         b->interval = st->interval;
         b->concurrency = st->concurrency > 0 ? st->concurrency : 1;
-        b->max_attempts = st->max_attempts > 0 ? st->max_attempts : 1;
+        b->max_attempts = st->max_attempts > 0 ? st->max_attempts : BACKFILL_MAX_ATTEMPTS;
         return b;
 }
 
@@ -765,7 +769,7 @@ backfill_reload(struct backfill *b, const struct backfill_settings *st)
 {
         b->interval = st->interval;
         b->concurrency = st->concurrency > 0 ? st->concurrency : 1;
-        b->max_attempts = st->max_attempts > 0 ? st->max_attempts : 1;
+        b->max_attempts = st->max_attempts > 0 ? st->max_attempts : BACKFILL_MAX_ATTEMPTS;
         if (b->stopped || b->state != BACKFILL_IDLE)
                 return;
         if (can_run(b) && db_conn_state(b->conn) == DB_DOWN)
