@@ -454,7 +454,7 @@ START_TEST(test_migrate_converts_200k_events)
                 CONV_EVENTS, CONV_EVENTS * 2, (double)(clock_mono_us() - t0) / 1e6);
 
         c = PQconnectdb(ci);
-        ck_assert_int_eq(db_long(c, "SELECT max(version) FROM schema_migrations", NULL), 7);
+        ck_assert_int_ge(db_long(c, "SELECT max(version) FROM schema_migrations", NULL), 7);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM pg_class WHERE relkind = 'p' AND relname IN "
                                     "('webhook_events', 'shipment_events')", NULL), 2);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events", NULL), events);
