@@ -1,8 +1,10 @@
 /*
  * check_sync.c - the sync worker and backfill against the fake EasyPost API
  * over real HTTP: shipments filled in, 429 + Retry-After, 401 without a
- * storm, the rate limit, a kill mid-queue, and events recovered by backfill,
- * one replica per slot.
+ * storm, the rate limit, a kill mid-queue, leases renewed while a job waits
+ * in the pacer's queue, events recovered by backfill (paged down to the
+ * cursor, one run at a time across replicas, an event that keeps failing set
+ * aside), and a poison row failed by the deferred projector.
  */
 #include <curl/curl.h>
 #include <jansson.h>
@@ -14,6 +16,7 @@
 #include <unistd.h>
 
 #include "itest.h"
+#include "metrics.h"
 #include "util.h"
 
 #define API_KEY "EZTKtestkey0123456789"
@@ -966,6 +969,69 @@ START_TEST(test_projector_fails_a_poison_row_and_goes_on)
 }
 END_TEST
 
+/* Seeds events evt_pg<from>..<to-1> (batch.created: no sync job), one a
+ * second from base_min:00 on 2025-08-01, in one control request. */
+static void
+seed_pages(int from, int to, int base_min)
+{
+        struct strbuf b = { 0 };
+
+        strbuf_printf(&b, "[");
+        for (int i = from; i < to; i++)
+                strbuf_printf(&b, "%s{\"id\":\"evt_pg%03d\",\"object\":\"Event\",\"mode\":\"test\","
+                                  "\"description\":\"batch.created\",\"created_at\":\"2025-08-01T10:%02d:%02dZ\","
+                                  "\"result\":{\"id\":\"batch_pg%03d\",\"object\":\"Batch\"}}",
+                              i > from ? "," : "", i, base_min + (i - from) / 60, (i - from) % 60, i);
+        strbuf_printf(&b, "]");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", b.data, NULL, 0), 201);
+        strbuf_free(&b);
+}
+
+/*
+ * The backfill pages /events from the newest down with before_id and stops
+ * at the cursor: 150 newer events over two pages are all recovered once,
+ * and an event older than the cursor that was never stored is not listed.
+ */
+START_TEST(test_backfill_pages_down_to_the_cursor)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char url[128], keyenv[128], resp[65536];
+
+        wipe(c);
+        seed_pages(0, 3, 0);
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=50", "EASYPOST_SYNC_BACKFILL_INTERVAL=1", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_pg002'", 1, 30000), 1);
+        /* an event older than the cursor that was never stored: below it, not listed again */
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects",
+                                      "{\"id\":\"evt_pgold\",\"object\":\"Event\",\"mode\":\"test\","
+                                      "\"description\":\"batch.created\",\"created_at\":\"2025-07-01T10:00:00Z\","
+                                      "\"result\":{\"id\":\"batch_pgold\",\"object\":\"Batch\"}}", NULL, 0), 201);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/reset", "{}", NULL, 0), 200);
+        seed_pages(3, 153, 10);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_pg152'", 1, 60000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_pg%'", NULL),
+                         153);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_pgold'", NULL), 0);
+        ck_assert_int_eq(stat_long("by_path", "/v2/events/evt_pgold/payloads"), 0);
+        for (int i = 0; i < 3; i++) {
+                char path[64];
+                snprintf(path, sizeof(path), "/v2/events/evt_pg%03d/payloads", i);
+                ck_assert_int_eq(stat_long("by_path", path), 0);
+        }
+        ck_assert_int_eq(fake_control(&fk, "GET", "/_control/stats", NULL, resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "/v2/events?page_size=100&before_id=evt_pg053"));
+        ck_assert_ptr_null(strstr(resp, "after_id"));
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 sync_suite(void)
 {
@@ -991,6 +1057,7 @@ sync_suite(void)
         tcase_add_test(tc, test_backfill_sets_aside_an_event_that_keeps_failing);
         tcase_add_test(tc, test_sync_lease_covers_the_wait_in_the_pacer_queue);
         tcase_add_test(tc, test_projector_fails_a_poison_row_and_goes_on);
+        tcase_add_test(tc, test_backfill_pages_down_to_the_cursor);
         suite_add_tcase(s, tc);
         return s;
 }
