@@ -1,8 +1,10 @@
 /*
- * backfill.h - recovers events that webhooks missed: lists /events after a
- * saved cursor through the pacer, fetches the missing ones' delivered bodies
- * and ingests them through the webhook path. One run at a time, every
- * backfill_interval, on a database connection of its own.
+ * backfill.h - recovers events that webhooks missed: lists /events from the
+ * newest down to a saved cursor through the pacer, fetches the missing ones'
+ * delivered bodies and ingests them through the webhook path. One run at a
+ * time across replicas (a lease it renews), every backfill_interval, on a
+ * database connection of its own; an event that fails max_attempts runs is
+ * set aside as a dead letter.
  */
 #ifndef EPS_BACKFILL_H
 #define EPS_BACKFILL_H
@@ -19,17 +21,18 @@ struct uuid7_gen;
 /* A run's steps; every change goes through one transition function. */
 enum backfill_state {
         BACKFILL_IDLE,   /* between runs */
-        BACKFILL_CURSOR, /* reading the saved cursor */
-        BACKFILL_LIST,   /* listing /events pages */
+        BACKFILL_CURSOR, /* elected, the lease taken, the saved cursor read */
+        BACKFILL_LIST,   /* listing /events pages, newest first, down to the cursor */
         BACKFILL_CHECK,  /* asking which listed ids are not stored */
         BACKFILL_FETCH,  /* fetching payloads and ingesting them */
-        BACKFILL_SAVE,   /* saving the newest listed id as the cursor */
+        BACKFILL_SAVE,   /* saving where the next run starts */
 };
 
 /* What backfill needs of the configuration. */
 struct backfill_settings {
         long interval;    /* seconds between runs, <= 0: off */
         long concurrency; /* payload fetches at once */
+        long max_attempts; /* failed runs after which an event is set aside */
 };
 
 /* Counters for /metrics. */
@@ -39,6 +42,9 @@ struct backfill_stats {
         uint64_t events;             /* events handed to ingest */
         uint64_t recovered;          /* of those, newly stored */
         uint64_t unusable;           /* bodies that did not parse or named another event */
+        uint64_t unrecovered;        /* of the stored, from the list item alone (no payload) */
+        uint64_t last_run_unrecovered; /* the same, in the last run that ended */
+        uint64_t set_aside;          /* stored as dead letters after max_attempts failed runs */
         uint64_t last_success_unix;  /* wall-clock second of the last completed run, 0 = never */
         enum backfill_state state;
 };

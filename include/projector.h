@@ -16,6 +16,7 @@ struct strbuf;
 /* Counters for /metrics. */
 struct projector_stats {
         uint64_t projected; /* events projected by this process */
+        uint64_t failed;    /* events it took whose projection failed (stored 'failed') */
 };
 
 /* A projector on its own connection to conninfo; a batch unanswered for db_timeout_ms drops it. */

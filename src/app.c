@@ -253,7 +253,8 @@ static struct backfill_settings
 backfill_settings(const struct cfg *c)
 {
         return (struct backfill_settings){ .interval = c->backfill_interval,
-                                           .concurrency = c->api_concurrency };
+                                           .concurrency = c->api_concurrency,
+                                           .max_attempts = c->sync_max_attempts };
 }
 
 static struct reconcile_settings

@@ -1,25 +1,40 @@
 /*
  * backfill.c - recovers events that webhooks missed.
  *
- *   IDLE --tick--> CURSOR (eps_backfill_elect: one replica per slot gets
- *   the cursor, the others go back to IDLE) --> LIST /events after it (follow
- *   has_more) --> CHECK which ids are not stored --> FETCH for each its
- *   delivery attempts (/events/{id}/payloads hold the full body EasyPost
- *   signed) and ingest it through the webhook path with source 'backfill'
- *   --> SAVE the newest listed id as the cursor --> IDLE (the outcome
- *   recorded in sync_state by eps_backfill_record)
+ *   IDLE --tick--> CURSOR (eps_backfill_elect: one replica per slot, and only
+ *   while no run holds the lease, gets a token, the cursor and any unfinished
+ *   sweep; the others go back to IDLE) --> LIST /events from the newest down
+ *   with before_id to the cursor (or on from where a sweep stopped) -->
+ *   CHECK which ids are not stored --> FETCH for each its delivery attempts
+ *   (/events/{id}/payloads hold the full body EasyPost signed) and ingest it
+ *   through the webhook path with source 'backfill' --> SAVE where the next
+ *   run starts --> IDLE (the outcome recorded in sync_state, the lease
+ *   released, by eps_backfill_end)
  *
  * Ticks fall on multiples of backfill_interval on the wall clock, so every
  * replica names the same slot and the database elects one of them; a run
- * asked for by backfill_now is not elected, it runs here.
+ * asked for by backfill_now is not elected per slot, but takes the lease too.
+ * The lease is renewed every third of its length while the run runs; once a
+ * renewal fails (lapsed, or another run holds it) the run issues nothing
+ * more, writes nothing (every write names its token and is refused) and ends.
+ *
+ * The cursor is the oldest listed event not known to be settled (stored, or
+ * set aside); a run lists down to it, it included. Events fail one by one:
+ * one that fails (its payloads not fetched, its body not usable) has the
+ * failure counted in backfill_failures and keeps the cursor at it, while
+ * the events after it are stored as usual; after max_attempts failed runs it
+ * is set aside: stored from its list item as a dead letter ('failed', with
+ * the error, partial) so the cursor moves past it. A request not sent after
+ * a 401/403, or a commit that did not happen, is not the event's fault and is
+ * not counted (after a 401/403 the run ends without saving: the next one,
+ * with a new key, starts from the same cursor). A run stopped at its page cap saves a sweep (where the
+ * listing goes on, what the cursor becomes at its end) and the next run
+ * continues it. The list omits `result`; an event with no recorded payload
+ * is stored as listed, marked partial (counted in `unrecovered`), and the real
+ * delivery replaces it when it comes.
  *
  * Every change of state goes through enter(); a run ends only by entering
- * IDLE, completed (why == NULL) or failed (why says what). A failed run
- * keeps its cursor, so the next run tries the same events again; that
- * includes an unusable body, a commit that did not happen, a request
- * dropped after a 401/403 (the run after the key changes starts over).
- * The list omits `result`; an event with no recorded payload is stored as
- * listed, marked partial, and the real delivery replaces it when it comes.
+ * IDLE, completed (why == NULL) or failed (why says what).
  */
 #include "backfill.h"
 
@@ -39,11 +54,14 @@
 
 #define BACKFILL_PAGE 100
 #define BACKFILL_MAX_PAGES 50
+#define BACKFILL_MAX_ATTEMPTS 10 /* when the settings name none */
 
 struct bf_item {
         struct backfill *b;
         char id[EPEVENT_ID_MAX + 1];
-        char *listed; /* the list item's JSON, used when no payload exists */
+        char *listed;  /* the list item's JSON, used when no payload exists */
+        char *error;   /* the last failure of this run */
+        bool settled;  /* stored (recovered, duplicate or set aside) */
 };
 
 struct backfill {
@@ -51,24 +69,30 @@ struct backfill {
         struct pacer *pacer;
         struct ingest *ingest;
         struct uuid7_gen *uuid;
-        struct event *timer;
-        long interval, concurrency;
+        struct event *timer, *renew_timer;
+        long interval, concurrency, max_attempts;
+        char holder[37]; /* names this process's runs in backfill_lease */
         bool stopped;
         bool again; /* backfill_now: a run as soon as the one in progress ends */
         struct backfill_stats stats;
         /* the run in progress */
         enum backfill_state state;
-        bool forced;  /* asked for by backfill_now: not elected */
-        bool started; /* elected and the cursor read: the run counts */
-        bool failed;  /* some event could not be fetched, used or committed */
-        char *cursor, *newest;
+        bool forced;   /* asked for by backfill_now: not elected per slot */
+        bool started;  /* elected and the cursor read: the run counts */
+        bool lost;     /* the lease lapsed or another run holds it: write nothing more */
+        bool sweeping; /* continues a sweep an earlier run left */
+        bool bottom;   /* the listing reached the cursor or the oldest event */
+        long lease_s;
+        char token[24];
+        char *cursor;  /* list down to this id, it included; NULL: as far as the cap */
+        char *top;     /* what the cursor becomes once every listed event is settled */
+        char *next;    /* a sweep's before_id, then the oldest id listed */
         int pages;
-        uint64_t recovered; /* by this run */
-        uint64_t partial;   /* of those, stored as listed: no payload */
+        uint64_t recovered, unrecovered; /* by this run */
         backfill_partial_fn on_partial;
         void *on_partial_arg;
         struct bf_item *items;
-        size_t n, cap, next, pending;
+        size_t n, cap, next_item, pending;
 };
 
 static void enter(struct backfill *b, enum backfill_state to, const char *why);
@@ -85,6 +109,15 @@ can_run(const struct backfill *b)
 {
         return !b->stopped && (b->interval > 0 || b->again) && pacer_enabled(b->pacer) &&
                !pacer_auth_failed(b->pacer);
+}
+
+/* Long enough to outlast a renewal's round trip many times over, short
+ * enough that a replica that died mid-run holds back the next for little. */
+static long
+lease_for(long interval)
+{
+        long s = 2 * interval;
+        return s < 10 ? 10 : s > 60 ? 60 : s;
 }
 
 /* A run asked for by backfill_now starts at once (or a second later while the
@@ -111,38 +144,42 @@ arm(struct backfill *b, long first_s)
 static void
 reset(struct backfill *b)
 {
-        for (size_t i = 0; i < b->n; i++)
+        for (size_t i = 0; i < b->n; i++) {
                 free(b->items[i].listed);
+                free(b->items[i].error);
+        }
         free(b->items);
         free(b->cursor);
-        free(b->newest);
+        free(b->top);
+        free(b->next);
         b->items = NULL;
-        b->cursor = b->newest = NULL;
-        b->n = b->cap = b->next = b->pending = 0;
+        b->cursor = b->top = b->next = NULL;
+        b->n = b->cap = b->next_item = b->pending = 0;
         b->pages = 0;
-        b->recovered = 0;
-        b->partial = 0;
-        b->failed = b->started = b->forced = false;
+        b->recovered = b->unrecovered = 0;
+        b->token[0] = '\0';
+        b->started = b->forced = b->lost = b->sweeping = b->bottom = false;
 }
 
 static void
-recorded_cb(PGresult *res, void *arg)
+ended_cb(PGresult *res, void *arg)
 {
         (void)arg;
         if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
                 log_warn("sync", "recording the backfill run failed: %s", PQresultErrorMessage(res));
 }
 
-/* The run's end in sync_state, for --status; why == NULL: completed. */
+/* The run's end in sync_state, for --status, and the lease released;
+ * why == NULL: completed. */
 static void
 record(struct backfill *b, const char *why)
 {
         char n[24];
 
         snprintf(n, sizeof(n), "%llu", (unsigned long long)b->recovered);
-        const char *vals[3] = { why ? "failed" : "completed", n, why };
-        if (db_conn_query(b->conn, "SELECT eps_backfill_record($1, $2::int8, $3)", 3, vals, recorded_cb,
-                          NULL) != 0)
+        const char *vals[4] = { b->token, why ? "failed" : "completed", n, why };
+        if (db_conn_query(b->conn, "SELECT eps_backfill_end($1::int8, $2, $3::int8, $4)", 4, vals,
+                          ended_cb, NULL) != 0)
                 log_debug("sync", "backfill run not recorded: database unavailable");
 }
 
@@ -150,24 +187,74 @@ record(struct backfill *b, const char *why)
 static void
 run_end(struct backfill *b, const char *why)
 {
+        evtimer_del(b->renew_timer);
         if (why == NULL) {
-                log_info("sync", "backfill done: %zu events listed, %llu recovered", b->n,
-                         (unsigned long long)b->recovered);
+                log_info("sync", "backfill done: %zu events missing, %llu recovered (%llu from the list "
+                                 "item alone)", b->n, (unsigned long long)b->recovered,
+                         (unsigned long long)b->unrecovered);
                 b->stats.runs_completed++;
                 b->stats.last_success_unix = clock_real_ms() / 1000u;
         } else if (b->started) {
-                log_warn("sync", "backfill stopped: %s (cursor kept)", why);
+                log_warn("sync", "backfill stopped: %s", why);
                 b->stats.runs_failed++;
         }
-        if (b->started && !b->stopped)
-                record(b, why);
-        if (b->partial > 0 && b->on_partial && !b->stopped)
+        if (b->started) {
+                b->stats.last_run_unrecovered = b->unrecovered;
+                if (!b->stopped && !b->lost)
+                        record(b, why);
+        }
+        if (b->unrecovered > 0 && b->on_partial && !b->stopped)
                 b->on_partial(b->on_partial_arg);
         reset(b);
         arm(b, 0);
 }
 
+/* ---- the lease ---- */
+
+static void
+renew_cb(PGresult *res, void *arg)
+{
+        struct backfill *b = arg;
+
+        /* an answer for a run that ended comes before the next election's */
+        if (b->stopped || b->state == BACKFILL_IDLE || b->state == BACKFILL_CURSOR)
+                return;
+        if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+            strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+                struct timeval tv = { b->lease_s / 3, 0 };
+                evtimer_add(b->renew_timer, &tv);
+                return;
+        }
+        if (!b->lost)
+                log_warn("sync", "backfill: the run's lease lapsed or another run holds it: "
+                                 "stopping, nothing more written");
+        b->lost = true;
+}
+
+static void
+renew_tick(evutil_socket_t fd, short what, void *arg)
+{
+        struct backfill *b = arg;
+        char lease[24];
+
+        (void)fd;
+        (void)what;
+        if (b->state == BACKFILL_IDLE || b->state == BACKFILL_CURSOR || b->lost)
+                return;
+        snprintf(lease, sizeof(lease), "%ld", b->lease_s);
+        const char *vals[2] = { b->token, lease };
+        if (db_conn_query(b->conn, "SELECT eps_backfill_renew($1::int8, $2::int)", 2, vals, renew_cb,
+                          b) != 0)
+                renew_cb(NULL, b);
+}
+
 /* ---- CURSOR ---- */
+
+static char *
+dup_or_null(const PGresult *res, int col)
+{
+        return PQgetisnull(res, 0, col) ? NULL : xstrdup(PQgetvalue(res, 0, col));
+}
 
 static void
 cursor_cb(PGresult *res, void *arg)
@@ -178,32 +265,47 @@ cursor_cb(PGresult *res, void *arg)
                 return;
         if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
             strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-                enter(b, BACKFILL_IDLE, ""); /* or another replica has this slot */
+                if (b->forced && res && PQresultStatus(res) == PGRES_TUPLES_OK)
+                        log_info("sync", "backfill asked for: a run holds the lease, it covers this");
+                enter(b, BACKFILL_IDLE, ""); /* or another replica has this slot, or a run the lease */
                 return;
         }
-        if (!PQgetisnull(res, 0, 1))
-                b->cursor = xstrdup(PQgetvalue(res, 0, 1));
+        snprintf(b->token, sizeof(b->token), "%s", PQgetvalue(res, 0, 1));
+        b->cursor = dup_or_null(res, 2);
+        b->top = dup_or_null(res, 3);
+        b->next = dup_or_null(res, 4);
+        b->sweeping = b->top != NULL && b->next != NULL;
+        if (!b->sweeping) {
+                free(b->top);
+                free(b->next);
+                b->top = b->next = NULL;
+        }
         b->started = true;
         b->stats.runs++;
+        struct timeval tv = { b->lease_s / 3, 0 };
+        evtimer_add(b->renew_timer, &tv);
         enter(b, BACKFILL_LIST, NULL);
 }
 
 static void
 send_cursor(struct backfill *b)
 {
-        char slot[24];
+        char slot[24], lease[24];
         uint64_t iv = b->interval > 0 ? (uint64_t)b->interval : 1;
 
+        b->lease_s = lease_for(b->interval);
         snprintf(slot, sizeof(slot), "%llu", (unsigned long long)(clock_real_ms() / 1000 / iv * iv));
-        const char *vals[1] = { b->forced ? NULL : slot };
-        if (db_conn_query(b->conn, "SELECT elected, cursor FROM eps_backfill_elect($1::bigint)", 1, vals,
-                          cursor_cb, b) != 0)
+        snprintf(lease, sizeof(lease), "%ld", b->lease_s);
+        const char *vals[3] = { b->forced ? NULL : slot, b->holder, lease };
+        if (db_conn_query(b->conn, "SELECT elected, token, cursor, sweep_top, sweep_next"
+                                   " FROM eps_backfill_elect($1::bigint, $2, $3::int)",
+                          3, vals, cursor_cb, b) != 0)
                 enter(b, BACKFILL_IDLE, ""); /* database down: next tick */
 }
 
 /* ---- LIST ---- */
 
-static void send_list(struct backfill *b, const char *after, const char *before);
+static void send_list(struct backfill *b, const char *before);
 
 static void
 add_listed(struct backfill *b, json_t *ev, const char *id)
@@ -213,13 +315,16 @@ add_listed(struct backfill *b, json_t *ev, const char *id)
                 b->items = xrealloc(b->items, b->cap * sizeof(*b->items));
         }
         struct bf_item *it = &b->items[b->n++];
+        memset(it, 0, sizeof(*it));
         it->b = b;
         snprintf(it->id, sizeof(it->id), "%s", id);
         it->listed = json_dumps(ev, JSON_COMPACT);
 }
 
-/* Takes the page's events; *first and *last name its newest and oldest (borrowed from o). */
-static void
+/* Takes the page's events (newest first) down to the cursor, it included;
+ * returns whether the cursor was reached. *first and *last name the newest
+ * and oldest taken (borrowed from o). */
+static bool
 take_page(struct backfill *b, json_t *o, const char **first, const char **last)
 {
         json_t *ev;
@@ -234,7 +339,10 @@ take_page(struct backfill *b, json_t *o, const char **first, const char **last)
                         *first = id;
                 *last = id;
                 add_listed(b, ev, id);
+                if (b->cursor && strcmp(id, b->cursor) == 0)
+                        return true;
         }
+        return false;
 }
 
 static void
@@ -245,6 +353,10 @@ list_done(const struct httpc_resp *r, void *arg)
 
         if (b->stopped)
                 return;
+        if (b->lost) {
+                enter(b, BACKFILL_IDLE, "the lease lapsed");
+                return;
+        }
         if (r->rc != CURLE_OK || r->status != 200) {
                 char why[200];
                 snprintf(why, sizeof(why), "listing events: %s",
@@ -253,33 +365,33 @@ list_done(const struct httpc_resp *r, void *arg)
                 return;
         }
         json_t *o = json_loadb(r->body, r->len, 0, NULL);
-        take_page(b, o, &first, &last);
-        bool more = json_is_true(json_object_get(o, "has_more")) && first != NULL &&
-                    ++b->pages < BACKFILL_MAX_PAGES;
-        /* after a cursor, newer pages follow the newest id of this one; without
-         * one, older pages come before the oldest */
-        const char *follow = b->cursor ? first : last;
-        if ((b->cursor && first) || (b->newest == NULL && first)) {
-                free(b->newest);
-                b->newest = xstrdup(first);
+        bool reached = take_page(b, o, &first, &last);
+        if (b->top == NULL && first)
+                b->top = xstrdup(first); /* the newest: the cursor once all is settled */
+        if (last) {
+                free(b->next);
+                b->next = xstrdup(last);
         }
-        char *next = follow ? xstrdup(follow) : NULL;
+        bool more = !reached && first != NULL && json_is_true(json_object_get(o, "has_more"));
         json_decref(o);
-        if (more)
-                send_list(b, b->cursor ? next : NULL, b->cursor ? NULL : next);
-        else
-                enter(b, BACKFILL_CHECK, NULL);
-        free(next);
+        if (more && ++b->pages < BACKFILL_MAX_PAGES) {
+                send_list(b, b->next);
+                return;
+        }
+        /* stopped at the cap above the cursor: a sweep the next run goes on
+         * with; without a cursor (the first run) the cap is as far back as
+         * the backfill goes */
+        b->bottom = !more || (b->cursor == NULL && !b->sweeping);
+        enter(b, BACKFILL_CHECK, NULL);
 }
 
 static void
-send_list(struct backfill *b, const char *after, const char *before)
+send_list(struct backfill *b, const char *before)
 {
         char fmt[128];
 
-        snprintf(fmt, sizeof(fmt), "/events?page_size=%d%s", BACKFILL_PAGE,
-                 after ? "&after_id=%s%s" : before ? "%s&before_id=%s" : "%s%s");
-        pacer_get(b->pacer, pacer_url(b->pacer, fmt, after ? after : "", before), list_done, b);
+        snprintf(fmt, sizeof(fmt), "/events?page_size=%d%s", BACKFILL_PAGE, before ? "%s&before_id=%s" : "%s%s");
+        pacer_get(b->pacer, pacer_url(b->pacer, fmt, "", before), list_done, b);
 }
 
 /* ---- CHECK ---- */
@@ -293,6 +405,10 @@ check_cb(PGresult *res, void *arg)
                 return;
         if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
                 enter(b, BACKFILL_IDLE, "database unavailable");
+                return;
+        }
+        if (b->lost) {
+                enter(b, BACKFILL_IDLE, "the lease lapsed");
                 return;
         }
         /* keep only the ids the database does not have, oldest first */
@@ -335,54 +451,62 @@ send_check(struct backfill *b)
 /* ---- FETCH ---- */
 
 static void fetch_more(struct backfill *b);
+static void count_failure(struct bf_item *it, const char *err);
 
 static void
-item_done(struct ingest_item *it, enum ingest_result r)
+item_done(struct ingest_item *ii, enum ingest_result r)
 {
-        struct backfill *b = it->arg;
-        bool partial = it->partial;
+        struct bf_item *it = ii->arg; /* the items stay put until the run ends, after this */
+        struct backfill *b = it->b;
+        bool partial = ii->partial, dead = ii->dead_error != NULL;
 
-        ingest_item_fini(it);
-        free(it);
+        ingest_item_fini(ii);
+        free(ii);
         if (b->stopped)
                 return;
-        if (r == INGEST_UNAVAILABLE)
-                b->failed = true;
-        else if (r == INGEST_STORED) {
+        if (r == INGEST_STORED) {
                 b->stats.recovered++;
                 b->recovered++;
-                if (partial)
-                        b->partial++;
+                if (partial) {
+                        b->stats.unrecovered++;
+                        b->unrecovered++;
+                }
+                if (dead)
+                        b->stats.set_aside++;
         }
+        it->settled = r != INGEST_UNAVAILABLE; /* a commit that did not happen: next run */
         b->pending--;
         fetch_more(b);
 }
 
-/* Ingests body (taken over) for event id through the webhook path; partial:
- * the list item, which the real delivery may replace later. */
+/* Ingests body (taken over) for item it through the webhook path; partial:
+ * the list item, which the real delivery may replace later; dead: the error
+ * it is set aside with (stored as a dead letter), or NULL. */
 static void
-ingest_body(struct backfill *b, char *body, const char *id, bool partial)
+ingest_body(struct bf_item *bi, char *body, bool partial, const char *dead)
 {
+        struct backfill *b = bi->b;
         struct ingest_item *it = xcalloc(1, sizeof(*it));
         size_t len = strlen(body);
         struct err e;
 
         e.msg[0] = '\0';
-        if (epevent_parse(body, len, &it->ev, &e) != 0 || strcmp(it->ev.id, id) != 0) {
-                /* the cursor stays before it: the next run tries again */
-                log_warn("sync", "backfill: event %s is not usable (%s); the cursor stays before it",
-                         id, e.msg[0] ? e.msg : "its body names another event");
+        if (epevent_parse(body, len, &it->ev, &e) != 0 || strcmp(it->ev.id, bi->id) != 0) {
+                char why[400];
+                snprintf(why, sizeof(why), "body not usable: %s",
+                         e.msg[0] ? e.msg : "it names another event");
+                log_warn("sync", "backfill: event %s: %s", bi->id, why);
                 b->stats.unusable++;
-                b->failed = true;
-        } else if (!ingest_has_room(b->ingest)) {
-                b->failed = true;
-        } else {
+                if (dead == NULL)
+                        count_failure(bi, why);
+        } else if (ingest_has_room(b->ingest)) {
                 it->owned_body = body;
                 it->body = body;
                 it->len = len;
-                it->arg = b;
+                it->arg = bi;
                 it->source = INGEST_BACKFILL;
                 it->partial = partial;
+                it->dead_error = dead ? xstrdup(dead) : NULL;
                 it->done = item_done;
                 uuid7_next_str(b->uuid, it->uuid);
                 b->pending++;
@@ -393,6 +517,50 @@ ingest_body(struct backfill *b, char *body, const char *id, bool partial)
         epevent_fini(&it->ev);
         free(body);
         free(it);
+}
+
+/* Counted: after max_attempts the event is stored from its list item as a
+ * dead letter with the error, so it no longer holds the cursor. */
+static void
+failed_cb(PGresult *res, void *arg)
+{
+        struct bf_item *it = arg;
+        struct backfill *b = it->b;
+
+        if (b->stopped)
+                return;
+        b->pending--;
+        if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+            !PQgetisnull(res, 0, 0) && !b->lost) {
+                long n = atol(PQgetvalue(res, 0, 0));
+                if (n >= b->max_attempts) {
+                        char dead[512];
+                        snprintf(dead, sizeof(dead), "set aside by backfill after %ld failed attempts: %s",
+                                 n, it->error);
+                        log_warn("sync", "backfill: event %s %s", it->id, dead);
+                        if (it->listed)
+                                ingest_body(it, xstrdup(it->listed), true, dead);
+                } else {
+                        log_info("sync", "backfill: event %s failed (%ld of %ld attempts): %s", it->id, n,
+                                 b->max_attempts, it->error);
+                }
+        } else if (res && PQresultStatus(res) != PGRES_TUPLES_OK) {
+                log_warn("sync", "backfill: counting a failure failed: %s", PQresultErrorMessage(res));
+        }
+        fetch_more(b);
+}
+
+static void
+count_failure(struct bf_item *it, const char *err)
+{
+        struct backfill *b = it->b;
+
+        free(it->error);
+        it->error = xstrdup(err);
+        const char *vals[3] = { b->token, it->id, err };
+        if (db_conn_query(b->conn, "SELECT eps_backfill_failed($1::int8, $2, $3)", 3, vals, failed_cb,
+                          it) == 0)
+                b->pending++;
 }
 
 /* The newest delivery attempt whose body is this event, or NULL. */
@@ -417,76 +585,117 @@ chosen_payload(const struct httpc_resp *r, const char *id)
 static void
 payloads_done(const struct httpc_resp *r, void *arg)
 {
-        struct bf_item *it = arg; /* the items stay put until the run ends, after this */
+        struct bf_item *it = arg;
         struct backfill *b = it->b;
-        char *body = NULL;
-        bool partial = false;
 
         if (b->stopped)
                 return;
         b->pending--;
-        if (r->rc == CURLE_OK && (r->status == 200 || r->status == 404)) {
-                body = r->status == 200 ? chosen_payload(r, it->id) : NULL;
-                if (body == NULL && it->listed) {
-                        body = it->listed;
-                        it->listed = NULL;
-                        partial = true;
-                }
+        if (b->lost) {
+                /* nothing more written */
+        } else if (r->rc == CURLE_OK && (r->status == 200 || r->status == 404)) {
+                char *body = r->status == 200 ? chosen_payload(r, it->id) : NULL;
+                if (body)
+                        ingest_body(it, body, false, NULL);
+                else if (it->listed)
+                        ingest_body(it, xstrdup(it->listed), true, NULL);
+        } else if (r->rc == CURLE_ABORTED_BY_CALLBACK ||
+                   (r->rc == CURLE_OK && (r->status == 401 || r->status == 403))) {
+                /* not sent, or the key: not the event's fault, tried again next run */
         } else {
-                b->failed = true; /* an error, 401/403, or dropped unsent: try again next run */
+                char err[300];
+                if (r->rc != CURLE_OK)
+                        snprintf(err, sizeof(err), "fetching its payloads: transport: %s", r->error);
+                else
+                        snprintf(err, sizeof(err), "fetching its payloads: HTTP %ld (request %s)", r->status,
+                                 r->request_id);
+                count_failure(it, err);
         }
-        if (body && !b->failed)
-                ingest_body(b, body, it->id, partial);
-        else
-                free(body);
         fetch_more(b);
 }
 
 static void
 fetch_more(struct backfill *b)
 {
-        while (b->next < b->n && !pacer_auth_failed(b->pacer) && b->pending < (size_t)b->concurrency) {
-                struct bf_item *it = &b->items[b->next++];
+        while (!b->lost && b->next_item < b->n && !pacer_auth_failed(b->pacer) &&
+               b->pending < (size_t)b->concurrency) {
+                struct bf_item *it = &b->items[b->next_item++];
                 b->pending++;
                 pacer_get(b->pacer, pacer_url(b->pacer, "/events/%s/payloads%s", it->id, NULL),
                           payloads_done, it);
         }
         if (b->pending > 0)
                 return;
-        if (b->failed || b->next < b->n)
-                enter(b, BACKFILL_IDLE, "some events could not be fetched or committed");
+        if (b->lost)
+                enter(b, BACKFILL_IDLE, "the lease lapsed");
+        else if (pacer_auth_failed(b->pacer))
+                enter(b, BACKFILL_IDLE, "the API rejected the key (cursor kept)");
         else
                 enter(b, BACKFILL_SAVE, NULL);
 }
 
 /* ---- SAVE ---- */
 
+/* The oldest event of the run not settled, or NULL. */
+static const char *
+oldest_unsettled(const struct backfill *b, size_t *count)
+{
+        const char *u = NULL;
+
+        *count = 0;
+        for (size_t i = 0; i < b->n; i++) { /* oldest first */
+                if (b->items[i].settled)
+                        continue;
+                if (u == NULL)
+                        u = b->items[i].id;
+                (*count)++;
+        }
+        return u;
+}
+
 static void
 saved_cb(PGresult *res, void *arg)
 {
         struct backfill *b = arg;
+        size_t left;
+        char why[200];
 
         if (b->stopped)
                 return;
-        if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
+        const char *u = oldest_unsettled(b, &left);
+        if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
                 enter(b, BACKFILL_IDLE, "cursor not saved");
-        else
+        } else if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+                b->lost = true;
+                enter(b, BACKFILL_IDLE, "the lease lapsed: cursor not saved");
+        } else if (u) {
+                snprintf(why, sizeof(why), "%zu events not recovered yet: the cursor stays at %s", left, u);
+                enter(b, BACKFILL_IDLE, why);
+        } else {
                 enter(b, BACKFILL_IDLE, NULL);
+        }
 }
 
+/* At the bottom the cursor becomes the oldest event not settled (or the
+ * newest listed); above it, the sweep remembers that for its end and where
+ * the listing goes on. */
 static void
 send_save(struct backfill *b)
 {
-        const char *vals[1] = { b->newest };
+        size_t left;
+        const char *u = oldest_unsettled(b, &left);
+        const char *vals[4] = { b->token, NULL, NULL, NULL };
 
-        if (b->newest == NULL) {
-                enter(b, BACKFILL_IDLE, NULL);
-                return;
+        if (b->bottom) {
+                vals[1] = u ? u : b->top;
+        } else {
+                vals[2] = u ? u : b->top;
+                vals[3] = b->next;
+                log_info("sync", "backfill: %d pages listed, more before %s: the next run goes on",
+                         BACKFILL_MAX_PAGES, b->next);
         }
-        if (db_conn_query(b->conn,
-                          "INSERT INTO sync_state (key, value) VALUES ('backfill_cursor', $1)"
-                          " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-                          1, vals, saved_cb, b) != 0)
+        if (db_conn_query(b->conn, "SELECT eps_backfill_save($1::int8, $2, $3, $4)", 4, vals, saved_cb,
+                          b) != 0)
                 enter(b, BACKFILL_IDLE, "database unavailable");
 }
 
@@ -502,7 +711,7 @@ enter(struct backfill *b, enum backfill_state to, const char *why)
         switch (to) {
         case BACKFILL_IDLE: run_end(b, why); break;
         case BACKFILL_CURSOR: send_cursor(b); break;
-        case BACKFILL_LIST: send_list(b, b->cursor, NULL); break;
+        case BACKFILL_LIST: send_list(b, b->sweeping ? b->next : NULL); break;
         case BACKFILL_CHECK: send_check(b); break;
         case BACKFILL_FETCH: fetch_more(b); break;
         case BACKFILL_SAVE: send_save(b); break;
@@ -542,8 +751,11 @@ backfill_new(struct event_base *base, const char *conninfo, struct pacer *pacer,
         b->uuid = uuid;
         b->conn = db_conn_new(base, conninfo, "backfill", &no_hooks, NULL);
         b->timer = evtimer_new(base, tick, b);
+        b->renew_timer = evtimer_new(base, renew_tick, b);
+        uuid7_next_str(uuid, b->holder);
         b->interval = st->interval;
         b->concurrency = st->concurrency > 0 ? st->concurrency : 1;
+        b->max_attempts = st->max_attempts > 0 ? st->max_attempts : BACKFILL_MAX_ATTEMPTS;
         return b;
 }
 
@@ -561,6 +773,7 @@ backfill_reload(struct backfill *b, const struct backfill_settings *st)
 {
         b->interval = st->interval;
         b->concurrency = st->concurrency > 0 ? st->concurrency : 1;
+        b->max_attempts = st->max_attempts > 0 ? st->max_attempts : BACKFILL_MAX_ATTEMPTS;
         if (b->stopped || b->state != BACKFILL_IDLE)
                 return;
         if (can_run(b) && db_conn_state(b->conn) == DB_DOWN)
@@ -583,8 +796,18 @@ backfill_now(struct backfill *b)
 void
 backfill_stop(struct backfill *b)
 {
+        /* a run cut short hands its lease back rather than holding the next
+         * slots until it runs out (a request left unsent on the way out costs
+         * only that wait) */
+        if (b->started && !b->lost && !b->stopped) {
+                const char *vals[1] = { b->token };
+                if (db_conn_query(b->conn, "SELECT eps_backfill_release($1::int8)", 1, vals, ended_cb,
+                                  NULL) != 0)
+                        log_debug("sync", "backfill lease not released: database unavailable");
+        }
         b->stopped = true;
         evtimer_del(b->timer);
+        evtimer_del(b->renew_timer);
 }
 
 void
@@ -597,6 +820,7 @@ backfill_free(struct backfill *b)
         if (b->state != BACKFILL_IDLE)
                 enter(b, BACKFILL_IDLE, "shutting down");
         event_free(b->timer);
+        event_free(b->renew_timer);
         free(b);
 }
 
@@ -620,8 +844,17 @@ backfill_render_metrics(const struct backfill *b, struct strbuf *sb)
                           "# HELP easypost_sync_backfill_unusable_total Recovered bodies that did not parse or "
                           "named another event (tried again next run).\n"
                           "# TYPE easypost_sync_backfill_unusable_total counter\n"
-                          "easypost_sync_backfill_unusable_total %llu\n",
-                      (unsigned long long)bs.recovered, (unsigned long long)bs.unusable);
+                          "easypost_sync_backfill_unusable_total %llu\n"
+                          "# HELP easypost_sync_backfill_unrecovered_total Events backfill stored from the list "
+                          "item alone (no payload: no result), set-aside ones included.\n"
+                          "# TYPE easypost_sync_backfill_unrecovered_total counter\n"
+                          "easypost_sync_backfill_unrecovered_total %llu\n"
+                          "# HELP easypost_sync_backfill_set_aside_total Events backfill set aside as dead "
+                          "letters after failing sync_max_attempts runs.\n"
+                          "# TYPE easypost_sync_backfill_set_aside_total counter\n"
+                          "easypost_sync_backfill_set_aside_total %llu\n",
+                      (unsigned long long)bs.recovered, (unsigned long long)bs.unusable,
+                      (unsigned long long)bs.unrecovered, (unsigned long long)bs.set_aside);
         strbuf_printf(sb, "# HELP easypost_sync_backfill_runs_total Backfill runs that ended, by outcome.\n"
                           "# TYPE easypost_sync_backfill_runs_total counter\n"
                           "easypost_sync_backfill_runs_total{outcome=\"completed\"} %llu\n"

@@ -4,6 +4,11 @@
  *
  *   kicked by ingest after a commit that left events pending, and every
  *   second; runs batches back to back until one comes back short
+ *
+ * Every event a batch takes leaves 'pending', projected or failed (a dead
+ * letter with its error): none is taken twice, so a poison event neither
+ * blocks the ones behind it nor keeps the projector busy. The projected
+ * counter counts what was projected, not what was taken.
  */
 #include "projector.h"
 
@@ -37,8 +42,11 @@ done(PGresult *res, void *arg)
 
         p->projecting = false;
         if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+                /* taken, and of those projected; the rest failed (dead letters) */
                 n = atoi(PQgetvalue(res, 0, 0));
-                p->stats.projected += (uint64_t)n;
+                int projected = atoi(PQgetvalue(res, 0, 1));
+                p->stats.projected += (uint64_t)projected;
+                p->stats.failed += (uint64_t)(n - projected);
         } else if (res) {
                 log_warn("projector", "projecting pending events failed: %s", PQresultErrorMessage(res));
         }
@@ -60,7 +68,7 @@ run(struct projector *p)
         p->again = false;
         if (p->projecting || p->stopped)
                 return;
-        if (db_conn_query(p->conn, "SELECT eps_project_pending($1::int)", 1, vals, done, p) == 0)
+        if (db_conn_query(p->conn, "SELECT taken, projected FROM eps_project_pending($1::int)", 1, vals, done, p) == 0)
                 p->projecting = true;
 }
 
@@ -151,4 +159,9 @@ projector_render_metrics(const struct projector *p, struct strbuf *b)
                          "# TYPE easypost_sync_projected_deferred_total counter\n"
                          "easypost_sync_projected_deferred_total %llu\n",
                       (unsigned long long)ps.projected);
+        strbuf_printf(b, "# HELP easypost_sync_projection_failed_deferred_total Events whose deferred "
+                         "projection failed: stored 'failed' (dead letters), never taken again.\n"
+                         "# TYPE easypost_sync_projection_failed_deferred_total counter\n"
+                         "easypost_sync_projection_failed_deferred_total %llu\n",
+                      (unsigned long long)ps.failed);
 }

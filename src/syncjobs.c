@@ -9,7 +9,10 @@
  *                   changes (no retry storm); /readyz reports it
  *     404, 4xx   -> eps_sync_fail (not retried)
  *   A daemon killed mid-job leaves the job running with a lease; when the
- *   lease runs out any replica claims it again. Every transition names the
+ *   lease runs out any replica claims it again. While a job is held here
+ *   (queued in the pacer, e.g. behind a 429 pause, or in flight) its lease is
+ *   renewed every third of its length, so a live worker keeps what it
+ *   claimed however long the pacer makes it wait. Every transition names the
  *   claim (instance, attempt), so a late answer cannot touch a job that
  *   another claim holds.
  */
@@ -31,6 +34,7 @@
 #define SYNC_RETRY_CAP_MS 300000u
 
 struct sjob {
+        struct sjob *prev, *next; /* the jobs held, for the lease renewal */
         struct syncjobs *w;
         char id[37];
         char kind[16];
@@ -41,15 +45,86 @@ struct sjob {
 struct syncjobs {
         struct db_conn *conn;
         struct pacer *pacer;
-        struct event *claim_timer;
+        struct event *claim_timer, *renew_timer;
+        struct sjob *jobs; /* held: claimed and not answered yet */
         unsigned held;
-        bool stopped, claiming, counting;
+        bool stopped, claiming, counting, renewing;
         char *instance_id;
         long interval, concurrency, lease_s, max_attempts;
         struct syncjobs_stats stats;
 };
 
 static void arm_claim(struct syncjobs *w, bool soon);
+
+static void
+hold(struct syncjobs *w, struct sjob *j)
+{
+        j->next = w->jobs;
+        if (w->jobs)
+                w->jobs->prev = j;
+        w->jobs = j;
+        w->held++;
+        if (!evtimer_pending(w->renew_timer, NULL)) {
+                struct timeval tv = { w->lease_s / 3 > 0 ? w->lease_s / 3 : 1, 0 };
+                evtimer_add(w->renew_timer, &tv);
+        }
+}
+
+static void
+unhold(struct syncjobs *w, struct sjob *j)
+{
+        if (j->prev)
+                j->prev->next = j->next;
+        else
+                w->jobs = j->next;
+        if (j->next)
+                j->next->prev = j->prev;
+        w->held--;
+}
+
+static void
+renewed_cb(PGresult *res, void *arg)
+{
+        struct syncjobs *w = arg;
+
+        w->renewing = false;
+        if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
+                log_warn("sync", "renewing the jobs' leases failed: %s", PQresultErrorMessage(res));
+}
+
+/* Every third of the lease while jobs are held: extends what is still this
+ * worker's claim (instance, attempt). */
+static void
+renew_tick(evutil_socket_t fd, short what, void *arg)
+{
+        struct syncjobs *w = arg;
+        struct strbuf ids = { 0 }, att = { 0 };
+        char lease[24];
+
+        (void)fd;
+        (void)what;
+        if (w->jobs == NULL || w->stopped)
+                return;
+        struct timeval tv = { w->lease_s / 3 > 0 ? w->lease_s / 3 : 1, 0 };
+        evtimer_add(w->renew_timer, &tv);
+        if (w->renewing || !db_conn_ready(w->conn))
+                return;
+        strbuf_printf(&ids, "{");
+        strbuf_printf(&att, "{");
+        for (const struct sjob *j = w->jobs; j; j = j->next) {
+                strbuf_printf(&ids, "%s%s", j == w->jobs ? "" : ",", j->id);
+                strbuf_printf(&att, "%s%d", j == w->jobs ? "" : ",", j->attempts);
+        }
+        strbuf_printf(&ids, "}");
+        strbuf_printf(&att, "}");
+        snprintf(lease, sizeof(lease), "%ld", w->lease_s);
+        const char *v[4] = { ids.data, att.data, w->instance_id, lease };
+        if (db_conn_query(w->conn, "SELECT eps_sync_renew($1::uuid[], $2::int[], $3, $4::int)", 4, v,
+                          renewed_cb, w) == 0)
+                w->renewing = true;
+        strbuf_free(&ids);
+        strbuf_free(&att);
+}
 
 static bool
 idle(const struct syncjobs *w)
@@ -144,7 +219,7 @@ job_http_done(const struct httpc_resp *r, void *arg)
         struct syncjobs *w = j->w;
         char err[300], status[16], attempt[16], max[16], delay[32];
 
-        w->held--;
+        unhold(w, j);
         snprintf(status, sizeof(status), "%ld", r->status);
         snprintf(attempt, sizeof(attempt), "%d", j->attempts);
         snprintf(max, sizeof(max), "%ld", w->max_attempts);
@@ -198,7 +273,7 @@ claim_cb(PGresult *res, void *arg)
                         snprintf(j->kind, sizeof(j->kind), "%s", PQgetvalue(res, i, 1));
                         snprintf(j->object_id, sizeof(j->object_id), "%s", PQgetvalue(res, i, 2));
                         j->attempts = atoi(PQgetvalue(res, i, 3));
-                        w->held++;
+                        hold(w, j);
                         pacer_get(w->pacer,
                                   pacer_url(w->pacer, strcmp(j->kind, "tracker") == 0 ? "/trackers/%s%s"
                                                                                       : "/shipments/%s%s",
@@ -277,6 +352,7 @@ syncjobs_new(struct event_base *base, const char *conninfo, struct pacer *pacer,
         w->pacer = pacer;
         w->conn = db_conn_new(base, conninfo, "sync", &hooks, w);
         w->claim_timer = evtimer_new(base, claim_tick, w);
+        w->renew_timer = evtimer_new(base, renew_tick, w);
         set(w, st);
         return w;
 }
@@ -305,6 +381,7 @@ syncjobs_stop(struct syncjobs *w)
 {
         w->stopped = true;
         evtimer_del(w->claim_timer);
+        evtimer_del(w->renew_timer);
 }
 
 void
@@ -315,6 +392,7 @@ syncjobs_free(struct syncjobs *w)
         w->stopped = true;
         db_conn_free(w->conn); /* in-flight callbacks run now, as lost */
         event_free(w->claim_timer);
+        event_free(w->renew_timer);
         free(w->instance_id);
         free(w);
 }

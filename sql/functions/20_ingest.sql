@@ -309,8 +309,12 @@ $$;
 -- Projects up to p_limit pending events, oldest first; replicas share the
 -- work through SKIP LOCKED. Parsed and projected set-based; if that fails,
 -- each on its own in a subtransaction, so one that fails is recorded
--- 'failed' with its error and the others go on. Returns how many it took.
-CREATE OR REPLACE FUNCTION eps_project_pending(p_limit integer) RETURNS integer
+-- 'failed' with its error and the others go on. Every row taken leaves
+-- 'pending' (projected or failed: a dead letter, replayed with --replay), so
+-- none is taken again and a poison row cannot spin the projector. Returns
+-- how many it took and how many of those it projected.
+DROP FUNCTION IF EXISTS eps_project_pending(integer);
+CREATE OR REPLACE FUNCTION eps_project_pending(p_limit integer, OUT taken integer, OUT projected integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id      uuid[];
@@ -322,9 +326,9 @@ DECLARE
     v_one     jsonb;
     v_problem text;
     v_berr    text;
-    v_wait    boolean;
-    v_con     text;
 BEGIN
+    taken := 0;
+    projected := 0;
     SELECT array_agg(p.id ORDER BY p.received_at), array_agg(p.raw ORDER BY p.received_at)
     INTO v_id, v_raw
     FROM (SELECT w.id, w.raw, w.received_at FROM webhook_events w
@@ -333,8 +337,9 @@ BEGIN
           LIMIT least(p_limit, 500)
           FOR UPDATE SKIP LOCKED) p;
     IF v_id IS NULL THEN
-        RETURN 0;
+        RETURN;
     END IF;
+    taken := cardinality(v_id);
     BEGIN
         WITH q AS MATERIALIZED (SELECT u.id, u.raw::jsonb AS body FROM unnest(v_id, v_raw) AS u(id, raw)),
              c AS (SELECT q.*, eps_tracker_problem(q.body) AS problem FROM q)
@@ -357,11 +362,12 @@ BEGIN
         WHERE w.id = ANY (v_bad) AND w.object_id LIKE 'trk\_%'
         ORDER BY 2
         ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING;
+        projected := coalesce(cardinality(v_ok), 0);
     EXCEPTION WHEN others THEN
+        projected := 0;
         FOR i IN 1 .. cardinality(v_id) LOOP
             v_problem := NULL;
             v_berr := NULL;
-            v_wait := false;
             BEGIN
                 v_one := v_raw[i]::jsonb;
             EXCEPTION WHEN others THEN
@@ -374,21 +380,17 @@ BEGIN
                     PERFORM eps_project_trackers(ARRAY[v_id[i]], ARRAY[v_one]);
                 EXCEPTION WHEN others THEN
                     v_problem := SQLSTATE || ': ' || SQLERRM;
-                    -- a tracking detail whose month has no partition yet (a
-                    -- check_violation naming no constraint): not the event's
-                    -- fault; it stays pending until the partition is made
-                    GET STACKED DIAGNOSTICS v_con = CONSTRAINT_NAME;
-                    v_wait := SQLSTATE = '23514' AND v_con = '';
                 END;
             END IF;
             UPDATE webhook_events
-            SET status = CASE WHEN v_problem IS NULL THEN 'projected' WHEN v_wait THEN 'pending'
-                              ELSE 'failed' END,
+            SET status = CASE WHEN v_problem IS NULL THEN 'projected' ELSE 'failed' END,
                 error = v_problem, body_error = coalesce(v_berr, body_error), processed_at = now()
             WHERE id = v_id[i];
+            IF v_problem IS NULL THEN
+                projected := projected + 1;
+            END IF;
         END LOOP;
     END;
-    RETURN cardinality(v_id);
 END
 $$;
 

@@ -64,6 +64,21 @@ RETURNS text LANGUAGE sql AS $$
     RETURNING status
 $$;
 
+-- Extends the leases of the jobs a worker still holds (p_ids with the
+-- attempts it claimed them at): a job waiting in the worker's pacer queue,
+-- behind a 429 pause, stays its own. A claim that is no longer this
+-- worker's is left alone. Returns how many were extended.
+CREATE OR REPLACE FUNCTION eps_sync_renew(p_ids uuid[], p_attempts integer[], p_instance text,
+                                          p_lease_s integer)
+RETURNS integer LANGUAGE sql AS $$
+    WITH u AS (UPDATE sync_jobs j SET locked_until = now() + make_interval(secs => p_lease_s)
+               FROM unnest(p_ids, p_attempts) AS h(id, attempts)
+               WHERE j.id = h.id AND j.attempts = h.attempts AND j.status = 'running'
+                 AND j.instance_id = p_instance
+               RETURNING 1)
+    SELECT count(*)::integer FROM u
+$$;
+
 -- 401/403: not the job's fault; give the attempt back.
 CREATE OR REPLACE FUNCTION eps_sync_release(p_id uuid, p_error text, p_status integer,
                                             p_instance text, p_attempt integer)

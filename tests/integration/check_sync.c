@@ -1,8 +1,10 @@
 /*
  * check_sync.c - the sync worker and backfill against the fake EasyPost API
  * over real HTTP: shipments filled in, 429 + Retry-After, 401 without a
- * storm, the rate limit, a kill mid-queue, and events recovered by backfill,
- * one replica per slot.
+ * storm, the rate limit, a kill mid-queue, leases renewed while a job waits
+ * in the pacer's queue, events recovered by backfill (paged down to the
+ * cursor, one run at a time across replicas, an event that keeps failing set
+ * aside), and a poison row failed by the deferred projector.
  */
 #include <curl/curl.h>
 #include <jansson.h>
@@ -14,6 +16,7 @@
 #include <unistd.h>
 
 #include "itest.h"
+#include "metrics.h"
 #include "util.h"
 
 #define API_KEY "EZTKtestkey0123456789"
@@ -55,7 +58,8 @@ static void
 wipe(PGconn *c)
 {
         db_exec(c, "TRUNCATE shipment_events, trackers, shipments, addresses, parcels, customs_infos, "
-                   "webhook_events, sync_jobs, sync_state CASCADE");
+                   "webhook_events, sync_jobs, sync_state, backfill_failures CASCADE");
+        db_exec(c, "UPDATE backfill_lease SET locked_until = NULL");
         ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/objects", NULL, NULL, 0), 200);
         ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
         ck_assert_int_eq(fake_control(&fk, "POST", "/_control/reset", "{}", NULL, 0), 200);
@@ -111,6 +115,15 @@ post_tracker(unsigned port, const char *evid, const char *shp)
         char *b = tracker_event(evid, shp, "2025-05-02T08:00:00Z");
         ck_assert_int_eq(post_event(port, b, strlen(b), NULL, 0), 200);
         free(b);
+}
+
+/* One text value of a query with one parameter; "<none>" without a row. */
+static void
+q1s(PGconn *c, const char *sql, const char *p, char *out, size_t cap)
+{
+        char *s = db_text(c, sql, p);
+        snprintf(out, cap, "%s", s);
+        free(s);
 }
 
 static long
@@ -407,6 +420,10 @@ START_TEST(test_backfill_recovers_missed_events_once)
                                          " AND value = 'evt_bf06'", 1, 10000), 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM (SELECT event_id FROM webhook_events "
                                     "GROUP BY 1 HAVING count(*) > 1) d", NULL), 0);
+        /* the list is paged from the newest down (before_id), never with after_id */
+        char resp[65536];
+        ck_assert_int_eq(fake_control(&fk, "GET", "/_control/stats", NULL, resp, sizeof(resp)), 200);
+        ck_assert_ptr_null(strstr(resp, "after_id"));
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
 }
@@ -456,9 +473,9 @@ START_TEST(test_listed_copy_replaced_by_the_delivery)
 END_TEST
 
 /*
- * A recovered body backfill cannot use (it does not parse) is counted, and
- * the cursor stays before its event; the next run, once the body is right,
- * recovers it and moves the cursor.
+ * A recovered body backfill cannot use (it does not parse) is counted, as a
+ * failed attempt too, and the cursor stays at its event; the next run, once
+ * the body is right, recovers it and moves the cursor.
  */
 START_TEST(test_backfill_cursor_stays_before_an_unusable_event)
 {
@@ -473,17 +490,19 @@ START_TEST(test_backfill_cursor_stays_before_an_unusable_event)
                                       "\"{\\\"id\\\":\\\"evt_bf30\\\", truncated\"}]},\"count\":-1}",
                                       NULL, 0), 201);
         start_syncd(&d, API_KEY, "20", "1");
-        for (int i = 0; i < 300 && daemon_metric(d.port, "easypost_sync_backfill_unusable_total") < 2; i++)
-                usleep(100 * 1000);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM backfill_failures WHERE event_id = 'evt_bf30' "
+                                         "AND attempts >= 2 AND last_error LIKE 'body not usable: %'", 1, 30000), 1);
         ck_assert_int_ge(daemon_metric(d.port, "easypost_sync_backfill_unusable_total"), 2);
+        /* the cursor stays at it (listed again, it included) */
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor' "
-                                    "AND value = 'evt_bf30'", NULL), 0);
+                                    "AND value <> 'evt_bf30'", NULL), 0);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf30'", NULL), 0);
         ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor' "
-                                         "AND value = 'evt_bf30'", 1, 20000), 1);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf30' "
-                                    "AND status = 'projected'", NULL), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf30' "
+                                         "AND status = 'projected'", 1, 20000), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM backfill_failures", 0, 20000), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor' "
+                                    "AND value = 'evt_bf30'", NULL), 1);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
 }
@@ -532,9 +551,10 @@ START_TEST(test_backfill_401_mid_run_resumes_after_sighup)
 }
 END_TEST
 
-/* The arrival times (ms) of the event list requests the fake answered, oldest first. */
+/* The arrival times (ms) of the requests the fake answered whose URI starts
+ * with prefix, oldest first. */
 static size_t
-list_times(long long *t, size_t cap)
+arrivals(const char *prefix, long long *t, size_t cap)
 {
         static char resp[262144];
         json_t *r;
@@ -545,7 +565,7 @@ list_times(long long *t, size_t cap)
         ck_assert_ptr_nonnull(o);
         json_array_foreach(json_object_get(o, "recent"), i, r) {
                 const char *uri = json_string_value(json_object_get(r, "uri"));
-                if (uri && strncmp(uri, "/v2/events?", 11) == 0 && n < cap)
+                if (uri && strncmp(uri, prefix, strlen(prefix)) == 0 && n < cap)
                         t[n++] = (long long)json_integer_value(json_object_get(r, "t_ms"));
         }
         json_decref(o);
@@ -570,18 +590,29 @@ recovered_by(const struct daemon *a, const struct daemon *b)
                daemon_metric(b->port, "easypost_sync_backfill_events_total");
 }
 
+static long
+payload_fetches(int i)
+{
+        char path[64];
+        snprintf(path, sizeof(path), "/v2/events/evt_bf%02d/payloads", i);
+        return stat_long("by_path", path);
+}
+
 /*
- * Two replicas with the same key and a short backfill_interval: one of them
- * lists the events per slot (each run is one page here, so list requests
- * are runs) and each missed event is recovered once. A replica killed with
- * -9 in the middle of its run blocks no later slot: a new one runs the next.
+ * Two replicas with the same key and a short backfill_interval: one run at a
+ * time across them, however long a run takes. One payload is answered only
+ * after four slots, so the run waiting for it outlasts them: no list request
+ * (a run starting) arrives while it waits, every payload is fetched once and
+ * each missed event is recovered once. A replica killed with -9 in the middle
+ * of its run blocks no later slot for longer than its lease: a new one runs.
  */
 START_TEST(test_backfill_elected_once_per_slot_across_replicas)
 {
+        enum { SLOW_MS = 4 * BF_SLOT_MS };
         PGconn *c = db_open();
         struct daemon a, b, n;
-        long long t[256];
-        size_t k = 0;
+        long long slow[4], lists[256];
+        char rule[160];
 
         wipe(c);
         for (int i = 50; i < 53; i++) {
@@ -589,25 +620,29 @@ START_TEST(test_backfill_elected_once_per_slot_across_replicas)
                 snprintf(created, sizeof(created), "2025-06-05T10:0%d:00Z", i - 50);
                 seed_event(i, created);
         }
+        snprintf(rule, sizeof(rule), "{\"path_prefix\":\"/v2/events/evt_bf51/payloads\",\"delay_ms\":%d,"
+                                     "\"count\":1}", SLOW_MS);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults", rule, NULL, 0), 201);
         start_replica(&a, "replica-a");
         start_replica(&b, "replica-b");
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE source = 'backfill'", 3,
-                                      30000), 3);
+                                      60000), 3);
         seed_event(53, "2025-06-05T11:00:00Z");
         seed_event(54, "2025-06-05T11:01:00Z");
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE source = 'backfill'", 5,
-                                      30000), 5);
-        for (int i = 0; i < 600 && (k = list_times(t, 256)) < 6; i++)
-                usleep(100 * 1000);
-        ck_assert_int_ge(k, 6);
-        /* at most one run per slot: k runs of k distinct slots span at least
-         * k - 2 whole slots, however late each started within its slot (two
-         * unelected replicas would make about two per slot) */
-        long long span = t[k - 1] - t[0];
-        ck_assert_msg((long long)k <= span / BF_SLOT_MS + 2, "%zu list requests in %lld ms: more than one per %d ms slot",
-                      k, span, BF_SLOT_MS);
+                                      60000), 5);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
-                                         " AND value = 'evt_bf54'", 1, 10000), 1);
+                                         " AND value = 'evt_bf54'", 1, 30000), 1);
+        /* the run that waited for the slow payload ran alone all along */
+        ck_assert_int_eq(arrivals("/v2/events/evt_bf51/payloads", slow, 4), 1);
+        size_t k = arrivals("/v2/events?", lists, 256);
+        for (size_t i = 0; i < k; i++)
+                ck_assert_msg(lists[i] <= slow[0] || lists[i] >= slow[0] + SLOW_MS,
+                              "a run started %lld ms into another run's wait of %d ms", lists[i] - slow[0],
+                              SLOW_MS);
+        for (int i = 50; i < 55; i++)
+                ck_assert_msg(payload_fetches(i) == 1, "evt_bf%02d: payloads fetched %ld times", i,
+                              payload_fetches(i));
         ck_assert_double_eq(recovered_by(&a, &b), 5);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_bf5%'", NULL), 5);
 
@@ -624,9 +659,105 @@ START_TEST(test_backfill_elected_once_per_slot_across_replicas)
         seed_event(55, "2025-06-05T12:00:00Z");
         start_replica(&n, "replica-n");
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf55'"
-                                         " AND source = 'backfill'", 1, 30000), 1);
+                                         " AND source = 'backfill'", 1, 60000), 1);
         ck_assert_int_gt(stat_long("by_path", "/v2/events"), listed);
         ck_assert_int_eq(daemon_stop(&n, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/*
+ * An event whose payloads the API answers 500 for ever does not hold back
+ * the events listed after it (stored in the first run), and after
+ * sync_max_attempts runs it is set aside: stored from its list item as a
+ * dead letter with the error, and the cursor moves past it. It is fetched
+ * no more, and the failures counted for it are gone.
+ */
+START_TEST(test_backfill_sets_aside_an_event_that_keeps_failing)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char url[128], keyenv[128], v[512];
+
+        wipe(c);
+        seed_event(60, "2025-06-06T10:00:00Z");
+        seed_event(61, "2025-06-06T10:01:00Z");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/events/evt_bf60/payloads\",\"status\":500,"
+                                      "\"count\":-1}", NULL, 0), 201);
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        /* one fetch at a time: the failing event's answer comes before the next one's */
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=20", "EASYPOST_SYNC_API_CONCURRENCY=1",
+                              "EASYPOST_SYNC_BACKFILL_INTERVAL=1", "EASYPOST_SYNC_SYNC_MAX_ATTEMPTS=3",
+                              "EASYPOST_SYNC_SYNC_INTERVAL=1", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf61' "
+                                         "AND source = 'backfill' AND status = 'projected'", 1, 30000), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf60' "
+                                         "AND status = 'failed' AND partial", 1, 60000), 1);
+        q1s(c, "SELECT error FROM webhook_events WHERE event_id = $1", "evt_bf60", v, sizeof(v));
+        ck_assert_msg(strncmp(v, "set aside by backfill after 3 failed attempts: fetching its payloads: HTTP 500",
+                              78) == 0, "%s", v);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_bf61'", 1, 20000), 1);
+        ck_assert_int_eq(payload_fetches(60), 3);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM backfill_failures", NULL), 0);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_backfill_set_aside_total"), 1);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_backfill_unrecovered_total"), 1);
+        /* later runs go on past it */
+        seed_event(62, "2025-06-06T10:02:00Z");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_bf62'", 1, 20000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf62' "
+                                    "AND status = 'projected'", NULL), 1);
+        ck_assert_int_eq(payload_fetches(60), 3);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/*
+ * A job that waits in the pacer's queue behind a 429 pause longer than its
+ * lease stays its worker's (the lease is renewed while it waits): another
+ * replica does not claim it, it is fetched once, in one attempt.
+ */
+START_TEST(test_sync_lease_covers_the_wait_in_the_pacer_queue)
+{
+        PGconn *c = db_open();
+        struct daemon a, b;
+        char url[128], keyenv[128];
+
+        wipe(c);
+        seed_shipment("shp_q1");
+        seed_shipment("shp_q2");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/shipments/shp_q1\",\"status\":429,"
+                                      "\"retry_after\":15,\"count\":1}", NULL, 0), 201);
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        /* a lease of api_timeout + 5 = 7 s, shorter than the pause */
+        const char *env_a[] = { url, keyenv, "EASYPOST_SYNC_API_TIMEOUT=2", "EASYPOST_SYNC_BACKFILL_INTERVAL=0",
+                                "EASYPOST_SYNC_SYNC_INTERVAL=1", "EASYPOST_SYNC_INSTANCE_ID=replica-a", NULL };
+        const char *env_b[] = { url, keyenv, "EASYPOST_SYNC_API_TIMEOUT=2", "EASYPOST_SYNC_BACKFILL_INTERVAL=0",
+                                "EASYPOST_SYNC_SYNC_INTERVAL=1", "EASYPOST_SYNC_INSTANCE_ID=replica-b", NULL };
+        ck_assert_int_eq(daemon_start(&a, env_a), 0);
+        post_tracker(a.port, "evt_q1", "shp_q1");
+        for (int i = 0; i < 300 && stat_long("by_path", "/v2/shipments/shp_q1") < 1; i++)
+                usleep(50 * 1000);
+        ck_assert_int_eq(stat_long("by_path", "/v2/shipments/shp_q1"), 1);
+        /* claimed while the pacer is paused: it waits in the queue */
+        post_tracker(a.port, "evt_q2", "shp_q2");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id = 'shp_q2' "
+                                         "AND status = 'running' AND instance_id = 'replica-a'", 1, 20000), 1);
+        ck_assert_int_eq(daemon_start(&b, env_b), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id = 'shp_q2' "
+                                         "AND status = 'done'", 1, 60000), 1);
+        ck_assert_int_eq(stat_long("by_path", "/v2/shipments/shp_q2"), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id = 'shp_q2' "
+                                    "AND attempts = 1 AND instance_id = 'replica-a'", NULL), 1);
+        ck_assert_int_eq(daemon_stop(&b, SIGTERM), 0);
+        ck_assert_int_eq(daemon_stop(&a, SIGTERM), 0);
         PQfinish(c);
 }
 END_TEST
@@ -715,15 +846,6 @@ START_TEST(test_sigterm_with_stalled_commit_poller_and_backfill_in_flight)
 }
 END_TEST
 
-/* One text value of a query with one parameter; "<none>" without a row. */
-static void
-q1s(PGconn *c, const char *sql, const char *p, char *out, size_t cap)
-{
-        char *s = db_text(c, sql, p);
-        snprintf(out, cap, "%s", s);
-        free(s);
-}
-
 /*
  * A claim is (instance, attempt): once a worker's lease has run out and
  * another worker holds the job, the first one's late answer changes nothing.
@@ -801,6 +923,115 @@ START_TEST(test_apply_error_counts_and_attempts_are_capped)
 }
 END_TEST
 
+/*
+ * A pending event whose projection fails (here a trigger refuses its tracker
+ * the way a missing partition did: a check_violation naming no constraint)
+ * is stored 'failed' with its error and never taken again: the events
+ * behind it are projected, and the projected counter counts only those.
+ */
+START_TEST(test_projector_fails_a_poison_row_and_goes_on)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char v[512];
+
+        wipe(c);
+        db_exec(c, "CREATE OR REPLACE FUNCTION test_poison_tracker() RETURNS trigger LANGUAGE plpgsql AS $$"
+                   " BEGIN IF NEW.easypost_id = 'trk_poison1' THEN RAISE EXCEPTION USING"
+                   " ERRCODE = 'check_violation', MESSAGE = 'no partition of relation found for row'; END IF;"
+                   " RETURN NEW; END $$");
+        db_exec(c, "DROP TRIGGER IF EXISTS test_poison ON trackers");
+        db_exec(c, "CREATE TRIGGER test_poison BEFORE INSERT OR UPDATE ON trackers FOR EACH ROW"
+                   " EXECUTE FUNCTION test_poison_tracker()");
+        const char *env[] = { "EASYPOST_SYNC_PROJECTION=deferred", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        post_tracker(d.port, "evt_poison1", "shp_poison1");
+        post_tracker(d.port, "evt_good1", "shp_good1");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_good1' "
+                                         "AND status = 'projected'", 1, 20000), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_poison1' "
+                                         "AND status = 'failed'", 1, 20000), 1);
+        q1s(c, "SELECT error FROM webhook_events WHERE event_id = $1", "evt_poison1", v, sizeof(v));
+        ck_assert_msg(strncmp(v, "23514: no partition", 19) == 0, "%s", v);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_projected_deferred_total"), 1);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_projection_failed_deferred_total"), 1);
+        /* a later event: projected, and the poison was not taken again meanwhile */
+        post_tracker(d.port, "evt_good2", "shp_good2");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_good2' "
+                                         "AND status = 'projected'", 1, 20000), 1);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_projected_deferred_total"), 2);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_projection_failed_deferred_total"), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'pending'", NULL), 0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        db_exec(c, "DROP TRIGGER test_poison ON trackers");
+        db_exec(c, "DROP FUNCTION test_poison_tracker()");
+        PQfinish(c);
+}
+END_TEST
+
+/* Seeds events evt_pg<from>..<to-1> (batch.created: no sync job), one a
+ * second from base_min:00 on 2025-08-01, in one control request. */
+static void
+seed_pages(int from, int to, int base_min)
+{
+        struct strbuf b = { 0 };
+
+        strbuf_printf(&b, "[");
+        for (int i = from; i < to; i++)
+                strbuf_printf(&b, "%s{\"id\":\"evt_pg%03d\",\"object\":\"Event\",\"mode\":\"test\","
+                                  "\"description\":\"batch.created\",\"created_at\":\"2025-08-01T10:%02d:%02dZ\","
+                                  "\"result\":{\"id\":\"batch_pg%03d\",\"object\":\"Batch\"}}",
+                              i > from ? "," : "", i, base_min + (i - from) / 60, (i - from) % 60, i);
+        strbuf_printf(&b, "]");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", b.data, NULL, 0), 201);
+        strbuf_free(&b);
+}
+
+/*
+ * The backfill pages /events from the newest down with before_id and stops
+ * at the cursor: 150 newer events over two pages are all recovered once,
+ * and an event older than the cursor that was never stored is not listed.
+ */
+START_TEST(test_backfill_pages_down_to_the_cursor)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char url[128], keyenv[128], resp[65536];
+
+        wipe(c);
+        seed_pages(0, 3, 0);
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=50", "EASYPOST_SYNC_BACKFILL_INTERVAL=1", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_pg002'", 1, 30000), 1);
+        /* an event older than the cursor that was never stored: below it, not listed again */
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects",
+                                      "{\"id\":\"evt_pgold\",\"object\":\"Event\",\"mode\":\"test\","
+                                      "\"description\":\"batch.created\",\"created_at\":\"2025-07-01T10:00:00Z\","
+                                      "\"result\":{\"id\":\"batch_pgold\",\"object\":\"Batch\"}}", NULL, 0), 201);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/reset", "{}", NULL, 0), 200);
+        seed_pages(3, 153, 10);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_pg152'", 1, 60000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_pg%'", NULL),
+                         153);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_pgold'", NULL), 0);
+        ck_assert_int_eq(stat_long("by_path", "/v2/events/evt_pgold/payloads"), 0);
+        for (int i = 0; i < 3; i++) {
+                char path[64];
+                snprintf(path, sizeof(path), "/v2/events/evt_pg%03d/payloads", i);
+                ck_assert_int_eq(stat_long("by_path", path), 0);
+        }
+        ck_assert_int_eq(fake_control(&fk, "GET", "/_control/stats", NULL, resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "/v2/events?page_size=100&before_id=evt_pg053"));
+        ck_assert_ptr_null(strstr(resp, "after_id"));
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 sync_suite(void)
 {
@@ -823,6 +1054,10 @@ sync_suite(void)
         tcase_add_test(tc, test_backfill_elected_once_per_slot_across_replicas);
         tcase_add_test(tc, test_sigterm_with_stalled_commit_poller_and_backfill_in_flight);
         tcase_add_test(tc, test_apply_error_counts_and_attempts_are_capped);
+        tcase_add_test(tc, test_backfill_sets_aside_an_event_that_keeps_failing);
+        tcase_add_test(tc, test_sync_lease_covers_the_wait_in_the_pacer_queue);
+        tcase_add_test(tc, test_projector_fails_a_poison_row_and_goes_on);
+        tcase_add_test(tc, test_backfill_pages_down_to_the_cursor);
         suite_add_tcase(s, tc);
         return s;
 }
