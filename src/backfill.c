@@ -166,7 +166,7 @@ ended_cb(PGresult *res, void *arg)
 {
         (void)arg;
         if (res && PQresultStatus(res) != PGRES_TUPLES_OK)
-                log_warn("sync", "recording the backfill run failed: %s", PQresultErrorMessage(res));
+                log_warn("backfill", "recording the backfill run failed: %s", PQresultErrorMessage(res));
 }
 
 /* The run's end in sync_state, for --status, and the lease released;
@@ -180,7 +180,7 @@ record(struct backfill *b, const char *why)
         const char *vals[4] = { b->token, why ? "failed" : "completed", n, why };
         if (db_conn_query(b->conn, "SELECT eps_backfill_end($1::int8, $2, $3::int8, $4)", 4, vals,
                           ended_cb, NULL) != 0)
-                log_debug("sync", "backfill run not recorded: database unavailable");
+                log_debug("backfill", "backfill run not recorded: database unavailable");
 }
 
 /* IDLE: the run is over. why == NULL: completed; "" : did not start (quiet). */
@@ -189,13 +189,13 @@ run_end(struct backfill *b, const char *why)
 {
         evtimer_del(b->renew_timer);
         if (why == NULL) {
-                log_info("sync", "backfill done: %zu events missing, %llu recovered (%llu from the list "
+                log_info("backfill", "backfill done: %zu events missing, %llu recovered (%llu from the list "
                                  "item alone)", b->n, (unsigned long long)b->recovered,
                          (unsigned long long)b->unrecovered);
                 b->stats.runs_completed++;
                 b->stats.last_success_unix = clock_real_ms() / 1000u;
         } else if (b->started) {
-                log_warn("sync", "backfill stopped: %s", why);
+                log_warn("backfill", "backfill stopped: %s", why);
                 b->stats.runs_failed++;
         }
         if (b->started) {
@@ -226,7 +226,7 @@ renew_cb(PGresult *res, void *arg)
                 return;
         }
         if (!b->lost)
-                log_warn("sync", "backfill: the run's lease lapsed or another run holds it: "
+                log_warn("backfill", "backfill: the run's lease lapsed or another run holds it: "
                                  "stopping, nothing more written");
         b->lost = true;
 }
@@ -266,7 +266,7 @@ cursor_cb(PGresult *res, void *arg)
         if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
             strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
                 if (b->forced && res && PQresultStatus(res) == PGRES_TUPLES_OK)
-                        log_info("sync", "backfill asked for: a run holds the lease, it covers this");
+                        log_info("backfill", "backfill asked for: a run holds the lease, it covers this");
                 enter(b, BACKFILL_IDLE, ""); /* or another replica has this slot, or a run the lease */
                 return;
         }
@@ -428,7 +428,7 @@ check_cb(PGresult *res, void *arg)
         b->cap = b->n ? b->n : 1;
         b->n = k;
         if (k > 0)
-                log_info("sync", "backfill: %zu events missing from the database", k);
+                log_info("backfill", "backfill: %zu events missing from the database", k);
         enter(b, BACKFILL_FETCH, NULL);
 }
 
@@ -495,7 +495,7 @@ ingest_body(struct bf_item *bi, char *body, bool partial, const char *dead)
                 char why[400];
                 snprintf(why, sizeof(why), "body not usable: %s",
                          e.msg[0] ? e.msg : "it names another event");
-                log_warn("sync", "backfill: event %s: %s", bi->id, why);
+                log_warn("backfill", "backfill: event %s: %s", bi->id, why);
                 b->stats.unusable++;
                 if (dead == NULL)
                         count_failure(bi, why);
@@ -537,15 +537,15 @@ failed_cb(PGresult *res, void *arg)
                         char dead[512];
                         snprintf(dead, sizeof(dead), "set aside by backfill after %ld failed attempts: %s",
                                  n, it->error);
-                        log_warn("sync", "backfill: event %s %s", it->id, dead);
+                        log_warn("backfill", "backfill: event %s %s", it->id, dead);
                         if (it->listed)
                                 ingest_body(it, xstrdup(it->listed), true, dead);
                 } else {
-                        log_info("sync", "backfill: event %s failed (%ld of %ld attempts): %s", it->id, n,
+                        log_info("backfill", "backfill: event %s failed (%ld of %ld attempts): %s", it->id, n,
                                  b->max_attempts, it->error);
                 }
         } else if (res && PQresultStatus(res) != PGRES_TUPLES_OK) {
-                log_warn("sync", "backfill: counting a failure failed: %s", PQresultErrorMessage(res));
+                log_warn("backfill", "backfill: counting a failure failed: %s", PQresultErrorMessage(res));
         }
         fetch_more(b);
 }
@@ -691,7 +691,7 @@ send_save(struct backfill *b)
         } else {
                 vals[2] = u ? u : b->top;
                 vals[3] = b->next;
-                log_info("sync", "backfill: %d pages listed, more before %s: the next run goes on",
+                log_info("backfill", "backfill: %d pages listed, more before %s: the next run goes on",
                          BACKFILL_MAX_PAGES, b->next);
         }
         if (db_conn_query(b->conn, "SELECT eps_backfill_save($1::int8, $2, $3, $4)", 4, vals, saved_cb,
@@ -704,7 +704,7 @@ send_save(struct backfill *b)
 static void
 enter(struct backfill *b, enum backfill_state to, const char *why)
 {
-        log_debug("sync", "backfill: %s -> %s", backfill_state_name(b->state),
+        log_debug("backfill", "backfill: %s -> %s", backfill_state_name(b->state),
                   backfill_state_name(to));
         b->state = to;
         b->stats.state = to;
@@ -803,7 +803,7 @@ backfill_stop(struct backfill *b)
                 const char *vals[1] = { b->token };
                 if (db_conn_query(b->conn, "SELECT eps_backfill_release($1::int8)", 1, vals, ended_cb,
                                   NULL) != 0)
-                        log_debug("sync", "backfill lease not released: database unavailable");
+                        log_debug("backfill", "backfill lease not released: database unavailable");
         }
         b->stopped = true;
         evtimer_del(b->timer);
