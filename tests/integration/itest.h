@@ -94,5 +94,6 @@ Suite *dbconn_suite(void);
 Suite *status_suite(void);
 Suite *webhook_health_suite(void);
 Suite *partitions_suite(void);
+Suite *converge_suite(void);
 
 #endif
