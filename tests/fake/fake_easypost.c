@@ -1699,6 +1699,8 @@ sim_attempt_done(struct sim *s, struct sim_delivery *d, int code, const char *re
         struct timeval tv;
 
         sim_hex(pid + 8, 16);
+        fprintf(stderr, "fake_easypost sim: event=%s attempt=%u status=%d ms=%" PRIu64 "\n", ev->id,
+                d->tries, code, ms);
         json_array_append_new(ev->payloads, jcheck(json_pack("{s:s,s:s,s:o,s:o,s:s,s:s,s:i,s:s,s:I}",
                 "id", pid, "object", "Payload",
                 "created_at", sim_time(clock_real_ms(), false),
