@@ -89,7 +89,7 @@ sim_start(const struct daemon *d, const char *settings)
 
         snprintf(b, sizeof(b),
                  "{\"url\":\"http://127.0.0.1:%u/webhooks/easypost\",\"secret\":\"" SIM_SECRET "\","
-                 "\"webhook_url\":\"" PUBLIC_URL "\",\"interval_ms\":0,%s}",
+                 "\"webhook_url\":\"" PUBLIC_URL "\",%s}",
                  d->port, settings);
         ck_assert_msg(fake_control(&fk, "POST", "/_control/sim", b, resp, sizeof(resp)) == 201, "%s", resp);
 }
@@ -327,8 +327,9 @@ START_TEST(test_simulated_deliveries_retried_disabled_reenabled)
         wipe(c);
         PQfinish(c);
         start_daemon(&d);
+        /* paused: the test steps it; automatic ticks (20 ms) for the last step only */
         sim_start(&d, "\"trackers\":4,\"step\":4,\"max_failures\":6,\"backoff_ms\":20,"
-                      "\"backoff_max_ms\":200");
+                      "\"backoff_max_ms\":200,\"interval_ms\":20,\"paused\":true");
         sim_step(1);
         ck_assert(sim_wait_all_acked(30000));
         pg_ctl("stop-immediate");
@@ -360,8 +361,8 @@ START_TEST(test_simulated_deliveries_retried_disabled_reenabled)
         pg_ctl("start");
         ck_assert_int_eq(sim_wait("disabled", 0, 60000), 0);
         ck_assert_int_ge(daemon_metric(d.port, REENABLED), 1);
-        sim_step(1);
-        ck_assert_int_eq(sim_wait("pending", 0, 30000), 0);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/sim/resume", "{}", NULL, 0), 200);
+        ck_assert_int_eq(sim_wait("done", 1, 30000), 1);
         st = sim_state();
         ck_assert_int_eq(num(st, "disabled_count"), 1);
         ck_assert_int_eq(num(st, "trackers_delivered"), 4);
@@ -397,7 +398,7 @@ START_TEST(test_converges_after_outage_with_disabled_webhook)
         PQfinish(c);
         start_daemon(&d);
         sim_start(&d, "\"trackers\":48,\"step\":12,\"max_failures\":25,\"backoff_ms\":20,"
-                      "\"backoff_max_ms\":200");
+                      "\"backoff_max_ms\":200,\"interval_ms\":0");
         sim_step(8);
         ck_assert(sim_wait_all_acked(60000));
         ck_assert_int_eq(sim_num("events_created"), 96);
