@@ -9,6 +9,10 @@
  * a test check what the client sent and how fast. Delays are timers, never sleeps, so a
  * slow answer on one connection never holds up another.
  *
+ * A delivery simulator (POST /_control/sim) plays EasyPost's side of an account: trackers
+ * that advance, the events they make, and signed webhook deliveries with retries and
+ * disabling, as the section "delivery simulator" below describes.
+ *
  * Deliberately not a full API: no writes under /v2 but the webhook update, no
  * pagination except for events and trackers,
  * and one API key (no test/production distinction). Control requests need no auth and
@@ -37,6 +41,8 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #ifndef EPS_SRCDIR
 #define EPS_SRCDIR "."
@@ -142,7 +148,13 @@ struct fake {
         struct call_list pending;
         struct stats st;
         unsigned long seq;              /* x-ep-request-uuid */
+        struct sim *sim;                /* the delivery simulator, NULL when none runs */
 };
+
+/* The delivery simulator (its own section below, hooked into the router). */
+static bool sim_payloads(struct call *c, const char *id);
+static void sim_control(struct call *c);
+static void sim_free(struct sim *s);
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
@@ -1175,6 +1187,8 @@ api_event_payloads(struct call *c, const char *id)
                 call_reply_error(c, 404, "NOT_FOUND", "The requested resource could not be found.");
                 return;
         }
+        if (sim_payloads(c, id))
+                return;
         list = jcheck(json_array());
         if (json_object_get(obj, "result") != NULL) {
                 char *body = json_dumps(obj, JSON_COMPACT);
@@ -1551,6 +1565,829 @@ control_trackers_post(struct call *c)
         json_decref(body);
 }
 
+/* ---- delivery simulator --------------------------------------------------------------- */
+
+/*
+ * EasyPost's side of an account, for end-to-end tests. The simulator owns N trackers and
+ * each tick advances `step` of them (round robin, delivered ones skipped) one status
+ * further: pre_transit -> in_transit -> out_for_delivery -> delivered. Every change adds
+ * a tracking detail, bumps updated_at (whole seconds, strictly increasing per tracker),
+ * replaces the tracker in the store and creates an Event (tracker.created/updated,
+ * result = the tracker) in the store. Each event is then delivered:
+ *
+ *   created --webhook enabled--> QUEUED --a slot free--> IN FLIGHT --2xx--> acked
+ *      |                           ^                        | non-2xx, no connection,
+ *      | webhook disabled          +-------- WAIT <---------+ timeout (backoff doubling,
+ *      v                            (timer; dropped when the      capped)
+ *   never attempted: no payload      webhook gets disabled)
+ *
+ * Every attempt is recorded and served by GET /v2/events/{id}/payloads. max_failures
+ * failed attempts in a row set disabled_at on the webhook (a hook_ object in the store,
+ * which PATCH /v2/webhooks/{id} re-enables); the webhook's state is always read from the
+ * store, so a re-enabled webhook gets the events created from then on. A connection
+ * is freed after its request's callback has returned (libevent still uses it inside),
+ * by a reaper event; the simulator frees the ones still in flight when it is stopped.
+ */
+
+#define SIM_TRACKERS_MAX        10000
+#define SIM_STATES              4
+#define SIM_RESP_MAX            512     /* response body kept per attempt */
+
+static const char *const sim_status[SIM_STATES] = {
+        "pre_transit", "in_transit", "out_for_delivery", "delivered",
+};
+static const char *const sim_detail[SIM_STATES] = {
+        "status_update", "arrived_at_facility", "out_for_delivery", "arrived_at_destination",
+};
+static const char *const sim_message[SIM_STATES] = {
+        "Shipping Label Created", "Arrived at USPS Regional Facility", "Out for Delivery",
+        "Delivered, In/At Mailbox",
+};
+
+enum sim_dstate {
+        SIM_QUEUED,     /* waiting for an in-flight slot */
+        SIM_WAIT,       /* failed; its retry timer runs */
+        SIM_FLIGHT,     /* request sent, no answer yet */
+};
+
+struct sim_delivery {
+        TAILQ_ENTRY(sim_delivery) link; /* on the list of its state */
+        struct sim *s;
+        size_t ev;                      /* index into s->events */
+        unsigned tries;                 /* attempts made */
+        enum sim_dstate state;
+        struct evhttp_connection *conn; /* SIM_FLIGHT */
+        struct event *timer;            /* SIM_WAIT */
+        uint64_t sent_ms;               /* monotonic, SIM_FLIGHT */
+};
+TAILQ_HEAD(sim_dlist, sim_delivery);
+
+struct sim_tracker {
+        json_t *obj;                    /* own: the tracker as EasyPost holds it; NULL before */
+        int state;                      /* index into sim_status; -1: not created yet */
+        int64_t updated_s;
+        size_t last_event;              /* index into s->events of its latest change */
+};
+
+struct sim_event {
+        char id[40];                    /* evt_ + 32 hex */
+        size_t tracker;
+        char *body;                     /* own: the compact JSON that is sent */
+        json_t *payloads;               /* own: the attempts, oldest first */
+        bool acked, while_disabled;
+};
+
+struct sim {
+        struct fake *f;
+        char *url, *host, *path, *hook_id, *carrier;
+        unsigned char *secret;
+        size_t secret_len;
+        int port;
+        size_t ntrackers, step, cursor;
+        long interval_ms, backoff_ms, backoff_max_ms, timeout_ms;
+        long max_failures, max_in_flight, max_attempts;
+        struct sim_tracker *trk;
+        struct sim_event *events;
+        size_t nevents, cap_events;
+        struct event *tick;             /* EV_PERSIST; NULL when interval_ms is 0 */
+        struct event *reaper;           /* frees the connections in reap */
+        struct evhttp_connection **reap;
+        size_t nreap, cap_reap;
+        bool paused, ticking, we_disabled;
+        struct sim_dlist queued, waiting, flight;
+        size_t nqueued, nwaiting, nflight;
+        unsigned long ticks, created, delivered, ok, failed, dropped, fail_run;
+        unsigned long disabled_count, created_while_disabled;
+        unsigned long long seq;         /* tracking codes */
+};
+
+static void sim_pump(struct sim *s);
+
+static void
+sim_hex(char *out, size_t nbytes)
+{
+        unsigned char r[32];
+
+        if (nbytes > sizeof(r) || RAND_bytes(r, (int)nbytes) != 1)
+                abort();
+        for (size_t i = 0; i < nbytes; i++)
+                snprintf(out + 2 * i, 3, "%02x", r[i]);
+}
+
+/* RFC 3339 UTC; with_ms for event timestamps (object timestamps have whole seconds). */
+static json_t *
+sim_time(uint64_t ms, bool with_ms)
+{
+        time_t t = (time_t)(ms / 1000);
+        struct tm tm;
+        char buf[96];
+
+        gmtime_r(&t, &tm);
+        if (with_ms)
+                snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                         (unsigned)(ms % 1000));
+        else
+                snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        return jcheck(json_string(buf));
+}
+
+/* The webhook as the store holds it now: a missing one counts as disabled. */
+static bool
+sim_hook_enabled(struct sim *s)
+{
+        json_t *h = json_object_get(s->f->objects, s->hook_id);
+        bool on = h != NULL && !json_is_string(json_object_get(h, "disabled_at"));
+
+        if (on && s->we_disabled) {     /* re-enabled (PATCH): a new run of failures */
+                s->we_disabled = false;
+                s->fail_run = 0;
+        }
+        return on;
+}
+
+static void
+sim_delivery_free(struct sim_delivery *d)
+{
+        if (d->timer)
+                event_free(d->timer);
+        free(d);
+}
+
+static void
+sim_dlist_remove(struct sim *s, struct sim_delivery *d)
+{
+        switch (d->state) {
+        case SIM_QUEUED: TAILQ_REMOVE(&s->queued, d, link); s->nqueued--; break;
+        case SIM_WAIT: TAILQ_REMOVE(&s->waiting, d, link); s->nwaiting--; break;
+        case SIM_FLIGHT: TAILQ_REMOVE(&s->flight, d, link); s->nflight--; break;
+        }
+}
+
+static void
+sim_enqueue(struct sim *s, struct sim_delivery *d)
+{
+        d->state = SIM_QUEUED;
+        TAILQ_INSERT_TAIL(&s->queued, d, link);
+        s->nqueued++;
+}
+
+/* Pending retries and queued deliveries go; in-flight ones end, but are not retried. */
+static void
+sim_drop_pending(struct sim *s)
+{
+        struct sim_delivery *d;
+
+        while ((d = TAILQ_FIRST(&s->queued)) != NULL || (d = TAILQ_FIRST(&s->waiting)) != NULL) {
+                sim_dlist_remove(s, d);
+                s->dropped++;
+                sim_delivery_free(d);
+        }
+}
+
+/* What EasyPost does after too many failures: disabled_at set, retries dropped. */
+static void
+sim_disable(struct sim *s)
+{
+        json_t *h = json_object_get(s->f->objects, s->hook_id), *copy;
+
+        if (h != NULL) {
+                copy = jcheck(json_deep_copy(h));
+                json_object_set_new(copy, "disabled_at", sim_time(clock_real_ms(), false));
+                store_put(s->f, copy);
+                json_decref(copy);
+        }
+        s->we_disabled = true;
+        s->disabled_count++;
+        sim_drop_pending(s);
+        fprintf(stderr, "fake_easypost sim: webhook %s disabled after %lu failed deliveries in a row\n",
+                s->hook_id, s->fail_run);
+}
+
+static void
+sim_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct sim_delivery *d = arg;
+        struct sim *s = d->s;
+
+        (void)fd;
+        (void)what;
+        sim_dlist_remove(s, d);
+        event_free(d->timer);
+        d->timer = NULL;
+        sim_enqueue(s, d);
+        sim_pump(s);
+}
+
+/* Records one attempt (code 0: no HTTP answer) and decides what comes next for d. */
+static void
+sim_attempt_done(struct sim *s, struct sim_delivery *d, int code, const char *resp, uint64_t ms)
+{
+        struct sim_event *ev = &s->events[d->ev];
+        char pid[48] = "payload_";
+        long delay;
+        struct timeval tv;
+
+        sim_hex(pid + 8, 16);
+        fprintf(stderr, "fake_easypost sim: event=%s attempt=%u status=%d ms=%" PRIu64 "\n", ev->id,
+                d->tries, code, ms);
+        json_array_append_new(ev->payloads, jcheck(json_pack("{s:s,s:s,s:o,s:o,s:s,s:s,s:i,s:s,s:I}",
+                "id", pid, "object", "Payload",
+                "created_at", sim_time(clock_real_ms(), false),
+                "updated_at", sim_time(clock_real_ms(), false),
+                "request_url", s->url, "request_body", ev->body, "response_code", code,
+                "response_body", resp, "total_time", (json_int_t)ms)));
+        if (code >= 200 && code < 300) {
+                ev->acked = true;
+                s->ok++;
+                s->fail_run = 0;
+                sim_delivery_free(d);
+                return;
+        }
+        s->failed++;
+        s->fail_run++;
+        if (sim_hook_enabled(s) && s->fail_run >= (unsigned long)s->max_failures)
+                sim_disable(s);
+        if (!sim_hook_enabled(s) || d->tries >= (unsigned)s->max_attempts) {
+                s->dropped++;
+                sim_delivery_free(d);
+                return;
+        }
+        delay = s->backoff_ms;
+        for (unsigned i = 1; i < d->tries && delay < s->backoff_max_ms; i++)
+                delay *= 2;
+        if (delay > s->backoff_max_ms)
+                delay = s->backoff_max_ms;
+        d->timer = evtimer_new(s->f->base, sim_retry_cb, d);
+        if (d->timer == NULL)
+                abort();
+        d->state = SIM_WAIT;
+        TAILQ_INSERT_TAIL(&s->waiting, d, link);
+        s->nwaiting++;
+        tv.tv_sec = delay / 1000;
+        tv.tv_usec = (delay % 1000) * 1000;
+        evtimer_add(d->timer, &tv);
+}
+
+/* The answer to one delivery (req NULL: connection refused, reset or timed out). */
+static void
+sim_delivery_cb(struct evhttp_request *req, void *arg)
+{
+        struct sim_delivery *d = arg;
+        struct sim *s = d->s;
+        int code = req ? evhttp_request_get_response_code(req) : 0;
+        char resp[SIM_RESP_MAX + 1] = "";
+
+        if (req && code > 0) {
+                struct evbuffer *in = evhttp_request_get_input_buffer(req);
+                ev_ssize_t n = evbuffer_copyout(in, resp, SIM_RESP_MAX);
+                resp[n > 0 ? n : 0] = '\0';
+                for (ev_ssize_t i = 0; i < n; i++)
+                        if ((unsigned char)resp[i] < 0x20 || (unsigned char)resp[i] >= 0x7f)
+                                resp[i] = '?';
+        }
+        sim_dlist_remove(s, d);
+        if (s->nreap == s->cap_reap) {
+                s->cap_reap = s->cap_reap ? 2 * s->cap_reap : 16;
+                s->reap = xrealloc(s->reap, s->cap_reap * sizeof(*s->reap));
+        }
+        s->reap[s->nreap++] = d->conn;  /* libevent still uses it until we return */
+        d->conn = NULL;
+        event_active(s->reaper, EV_TIMEOUT, 1);
+        sim_attempt_done(s, d, code, resp, clock_mono_ms() - d->sent_ms);
+        sim_pump(s);
+}
+
+/* Sends d: the body signed as EasyPost signs it, from a new connection. */
+static void
+sim_send(struct sim *s, struct sim_delivery *d)
+{
+        struct sim_event *ev = &s->events[d->ev];
+        size_t len = strlen(ev->body);
+        unsigned char mac[EVP_MAX_MD_SIZE];
+        unsigned maclen = 0;
+        char sig[16 + 2 * EVP_MAX_MD_SIZE + 1] = "hmac-sha256-hex=", host[300];
+        struct evhttp_request *req;
+        struct evkeyvalq *h;
+        struct timeval tv = { s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000 };
+
+        if (HMAC(EVP_sha256(), s->secret, (int)s->secret_len, (const unsigned char *)ev->body, len,
+                 mac, &maclen) == NULL)
+                abort();
+        for (unsigned i = 0; i < maclen; i++)
+                snprintf(sig + 16 + 2 * i, 3, "%02x", mac[i]);
+        snprintf(host, sizeof(host), "%s:%d", s->host, s->port);
+        d->tries++;
+        d->sent_ms = clock_mono_ms();
+        d->conn = evhttp_connection_base_new(s->f->base, NULL, s->host, (unsigned short)s->port);
+        req = d->conn ? evhttp_request_new(sim_delivery_cb, d) : NULL;
+        if (req == NULL)
+                abort();
+        evhttp_connection_set_timeout_tv(d->conn, &tv);
+        h = evhttp_request_get_output_headers(req);
+        evhttp_add_header(h, "Host", host);
+        evhttp_add_header(h, "Content-Type", "application/json");
+        evhttp_add_header(h, "User-Agent", "EasyPost WebHook Agent 1.0 (fake_easypost)");
+        evhttp_add_header(h, "X-Hmac-Signature", sig);
+        evbuffer_add(evhttp_request_get_output_buffer(req), ev->body, len);
+        d->state = SIM_FLIGHT;
+        TAILQ_INSERT_TAIL(&s->flight, d, link);
+        s->nflight++;
+        if (evhttp_make_request(d->conn, req, EVHTTP_REQ_POST, s->path) != 0) {
+                /* no socket: libevent kept neither the request nor a callback for it */
+                sim_dlist_remove(s, d);
+                evhttp_request_free(req);
+                evhttp_connection_free(d->conn);
+                d->conn = NULL;
+                sim_attempt_done(s, d, 0, "", 0);
+        }
+}
+
+/* Starts queued deliveries while slots are free; drops them if the webhook is disabled. */
+static void
+sim_pump(struct sim *s)
+{
+        struct sim_delivery *d;
+
+        if (!sim_hook_enabled(s)) {
+                sim_drop_pending(s);
+                return;
+        }
+        while (s->nflight < (size_t)s->max_in_flight && (d = TAILQ_FIRST(&s->queued)) != NULL) {
+                sim_dlist_remove(s, d);
+                sim_send(s, d);
+        }
+}
+
+/* A change of tracker i: its Event is stored and, unless the webhook is disabled, queued. */
+static void
+sim_event_new(struct sim *s, size_t i, const char *prev_status)
+{
+        struct sim_tracker *t = &s->trk[i];
+        struct sim_event *ev;
+        uint64_t now = clock_real_ms();
+        json_t *obj;
+
+        if (s->nevents == s->cap_events) {
+                s->cap_events = s->cap_events ? 2 * s->cap_events : 256;
+                s->events = xrealloc(s->events, s->cap_events * sizeof(*s->events));
+        }
+        ev = &s->events[s->nevents];
+        memset(ev, 0, sizeof(*ev));
+        memcpy(ev->id, "evt_", 4);
+        sim_hex(ev->id + 4, 16);
+        ev->tracker = i;
+        obj = jcheck(json_pack("{s:s,s:s,s:s,s:s,s:o,s:o,s:s,s:[],s:[],s:s,s:o,s:o}",
+                "id", ev->id, "object", "Event", "mode", "test",
+                "description", prev_status ? "tracker.updated" : "tracker.created",
+                "previous_attributes", prev_status ? jcheck(json_pack("{s:s}", "status", prev_status))
+                                                   : jcheck(json_object()),
+                "result", jcheck(json_deep_copy(t->obj)), "status", "pending", "pending_urls", "completed_urls",
+                "user_id", "user_fakesim", "created_at", sim_time(now, true),
+                "updated_at", sim_time(now, true)));
+        ev->body = json_dumps(obj, JSON_COMPACT);
+        if (ev->body == NULL)
+                abort();
+        store_put(s->f, obj);
+        json_decref(obj);
+        ev->payloads = jcheck(json_array());
+        t->last_event = s->nevents++;
+        if (sim_hook_enabled(s)) {
+                struct sim_delivery *d = xcalloc(1, sizeof(*d));
+                d->s = s;
+                d->ev = t->last_event;
+                sim_enqueue(s, d);
+        } else {
+                ev->while_disabled = true;
+                s->created_while_disabled++;
+        }
+}
+
+/* Tracker i one status further: a new detail, updated_at bumped, the store updated. */
+static void
+sim_advance(struct sim *s, size_t i)
+{
+        struct sim_tracker *t = &s->trk[i];
+        uint64_t now = clock_real_ms();
+        int64_t sec = (int64_t)(now / 1000);
+        const char *prev = t->state >= 0 ? sim_status[t->state] : NULL;
+        json_t *copy;
+        int st;
+
+        if (t->state < 0) {
+                char id[40] = "trk_", code[40], url[100];
+                sim_hex(id + 4, 16);
+                snprintf(code, sizeof(code), "EZ%014llu", ++s->seq);
+                snprintf(url, sizeof(url), "https://track.easypost.com/fake/%s", id);
+                t->obj = jcheck(json_pack("{s:s,s:s,s:s,s:s,s:s,s:o,s:n,s:n,s:n,s:n,s:s,s:[],s:[],s:n,s:s}",
+                        "id", id, "object", "Tracker", "mode", "test", "tracking_code", code,
+                        "carrier", s->carrier, "created_at", sim_time(now, false),
+                        "signed_by", "weight", "est_delivery_date", "shipment_id",
+                        "status", "unknown", "tracking_details", "fees", "carrier_detail",
+                        "public_url", url));
+                t->updated_s = sec - 1;
+                s->created++;
+        }
+        st = ++t->state;
+        if (sec <= t->updated_s)        /* strictly newer than the last change */
+                sec = t->updated_s + 1;
+        t->updated_s = sec;
+        json_array_append_new(json_object_get(t->obj, "tracking_details"), jcheck(json_pack(
+                "{s:s,s:s,s:s,s:s,s:s,s:o,s:s,s:s,s:{s:s,s:n,s:n,s:n,s:n}}",
+                "object", "TrackingDetail", "message", sim_message[st], "description", "",
+                "status", sim_status[st], "status_detail", sim_detail[st],
+                "datetime", sim_time((uint64_t)sec * 1000, false), "source", s->carrier,
+                "carrier_code", "", "tracking_location", "object", "TrackingLocation",
+                "city", "state", "country", "zip")));
+        json_object_set_new(t->obj, "status", jcheck(json_string(sim_status[st])));
+        json_object_set_new(t->obj, "status_detail", jcheck(json_string(sim_detail[st])));
+        json_object_set_new(t->obj, "updated_at", sim_time((uint64_t)sec * 1000, false));
+        if (st == SIM_STATES - 1) {
+                json_object_set_new(t->obj, "signed_by", jcheck(json_string("J DOE")));
+                s->delivered++;
+        }
+        copy = jcheck(json_deep_copy(t->obj));
+        store_put(s->f, copy);
+        json_decref(copy);
+        sim_event_new(s, i, prev);
+}
+
+/* One tick: the next `step` trackers not yet delivered move on. */
+static void
+sim_tick(struct sim *s)
+{
+        size_t moved = 0;
+
+        if (s->delivered == s->ntrackers)
+                return;
+        s->ticks++;
+        for (size_t seen = 0; seen < s->ntrackers && moved < s->step; seen++) {
+                size_t i = s->cursor;
+                s->cursor = (s->cursor + 1) % s->ntrackers;
+                if (s->trk[i].state < SIM_STATES - 1) {
+                        sim_advance(s, i);
+                        moved++;
+                }
+        }
+        sim_pump(s);
+}
+
+static void
+sim_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct sim *s = arg;
+
+        (void)fd;
+        (void)what;
+        sim_tick(s);
+        if (s->delivered == s->ntrackers && s->ticking) {
+                event_del(s->tick);
+                s->ticking = false;
+        }
+}
+
+static void
+sim_tick_arm(struct sim *s, bool on)
+{
+        struct timeval tv = { s->interval_ms / 1000, (s->interval_ms % 1000) * 1000 };
+
+        if (s->tick == NULL || on == s->ticking)
+                return;
+        if (on && s->delivered < s->ntrackers)
+                evtimer_add(s->tick, &tv);
+        else if (!on)
+                event_del(s->tick);
+        s->ticking = on && s->delivered < s->ntrackers;
+}
+
+static void
+sim_reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct sim *s = arg;
+
+        (void)fd;
+        (void)what;
+        for (size_t i = 0; i < s->nreap; i++)
+                evhttp_connection_free(s->reap[i]);
+        s->nreap = 0;
+}
+
+static void
+sim_free(struct sim *s)
+{
+        struct sim_delivery *d;
+
+        if (s == NULL)
+                return;
+        if (s->reaper) {
+                sim_reap_cb(-1, 0, s);
+                event_free(s->reaper);
+        }
+        free(s->reap);
+        while ((d = TAILQ_FIRST(&s->flight)) != NULL) {
+                sim_dlist_remove(s, d);
+                evhttp_connection_free(d->conn);        /* frees its request, no callback */
+                sim_delivery_free(d);
+        }
+        sim_drop_pending(s);
+        if (s->tick)
+                event_free(s->tick);
+        for (size_t i = 0; i < s->ntrackers; i++)
+                json_decref(s->trk[i].obj);
+        for (size_t i = 0; i < s->nevents; i++) {
+                free(s->events[i].body);
+                json_decref(s->events[i].payloads);
+        }
+        free(s->trk);
+        free(s->events);
+        free(s->url);
+        free(s->host);
+        free(s->path);
+        free(s->hook_id);
+        free(s->carrier);
+        if (s->secret)
+                OPENSSL_cleanse(s->secret, s->secret_len);
+        free(s->secret);
+        free(s);
+}
+
+static ssize_t
+sim_event_find(const struct sim *s, const char *id)
+{
+        for (size_t i = 0; i < s->nevents; i++)
+                if (strcmp(s->events[i].id, id) == 0)
+                        return (ssize_t)i;
+        return -1;
+}
+
+/* GET /v2/events/{id}/payloads for a simulated event: its attempts, none if never sent. */
+static bool
+sim_payloads(struct call *c, const char *id)
+{
+        struct sim *s = c->f->sim;
+        ssize_t k = s ? sim_event_find(s, id) : -1;
+
+        if (k < 0)
+                return false;
+        call_reply_json(c, 200, jcheck(json_pack("{s:O}", "payloads", s->events[k].payloads)));
+        return true;
+}
+
+/* One integer setting of POST /_control/sim: absent keeps def; false on a bad value. */
+static bool
+sim_opt(json_t *body, const char *key, long min, long max, long def, long *out)
+{
+        json_t *v = json_object_get(body, key);
+
+        *out = def;
+        return v == NULL || json_int_in(v, min, max, out);
+}
+
+/* POST /_control/sim: a new simulation (replacing a running one); NULL with msg if bad. */
+static struct sim *
+sim_new(struct fake *f, json_t *body, char *msg, size_t msglen)
+{
+        static const char *const keys[] = {
+                "url", "secret", "webhook_id", "webhook_url", "carrier", "trackers", "step",
+                "interval_ms", "max_failures", "backoff_ms", "backoff_max_ms", "timeout_ms",
+                "max_in_flight", "max_attempts", "paused", NULL,
+        };
+        struct sim *s = xcalloc(1, sizeof(*s));
+        const char *url, *secret, *str, *key;
+        struct evhttp_uri *u = NULL;
+        long n, step;
+        json_t *v, *hook;
+        char hook_id[40] = "hook_";
+
+        TAILQ_INIT(&s->queued);
+        TAILQ_INIT(&s->waiting);
+        TAILQ_INIT(&s->flight);
+        s->f = f;
+        if (!json_is_object(body)) {
+                snprintf(msg, msglen, "the body must be a JSON object");
+                goto fail;
+        }
+        json_object_foreach(body, key, v) {
+                size_t k;
+                for (k = 0; keys[k] && strcmp(keys[k], key) != 0; k++)
+                        ;
+                if (keys[k] == NULL) {
+                        snprintf(msg, msglen, "unknown simulation setting \"%.64s\"", key);
+                        goto fail;
+                }
+        }
+        url = json_string_value(json_object_get(body, "url"));
+        secret = json_string_value(json_object_get(body, "secret"));
+        u = url ? evhttp_uri_parse(url) : NULL;
+        if (u == NULL || evhttp_uri_get_scheme(u) == NULL ||
+            strcmp(evhttp_uri_get_scheme(u), "http") != 0 || evhttp_uri_get_host(u) == NULL ||
+            strlen(evhttp_uri_get_host(u)) > 255) {
+                snprintf(msg, msglen, "\"url\" must be an http:// URL");
+                goto fail;
+        }
+        if (secret == NULL || secret[0] == '\0') {
+                snprintf(msg, msglen, "\"secret\" must be a non-empty string");
+                goto fail;
+        }
+        if (!sim_opt(body, "trackers", 1, SIM_TRACKERS_MAX, 40, &n) ||
+            !sim_opt(body, "step", 1, SIM_TRACKERS_MAX, 40, &step) ||
+            !sim_opt(body, "interval_ms", 0, 600000, 50, &s->interval_ms) ||
+            !sim_opt(body, "max_failures", 1, 1000000, 25, &s->max_failures) ||
+            !sim_opt(body, "backoff_ms", 1, 600000, 50, &s->backoff_ms) ||
+            !sim_opt(body, "backoff_max_ms", 1, 3600000, 2000, &s->backoff_max_ms) ||
+            !sim_opt(body, "timeout_ms", 100, 600000, 10000, &s->timeout_ms) ||
+            !sim_opt(body, "max_in_flight", 1, 256, 8, &s->max_in_flight) ||
+            !sim_opt(body, "max_attempts", 1, 1000000, 1000, &s->max_attempts) ||
+            s->backoff_max_ms < s->backoff_ms) {
+                snprintf(msg, msglen, "a numeric setting is out of range");
+                goto fail;
+        }
+        if ((v = json_object_get(body, "paused")) != NULL && !json_is_boolean(v)) {
+                snprintf(msg, msglen, "\"paused\" must be true or false");
+                goto fail;
+        }
+        s->paused = json_is_true(v);
+        str = json_string_value(json_object_get(body, "webhook_id"));
+        if (json_object_get(body, "webhook_id") && (str == NULL || !has_prefix(str, "hook_") ||
+                                                    strchr(str, '/') || strlen(str) > 64)) {
+                snprintf(msg, msglen, "\"webhook_id\" must be a hook_ id");
+                goto fail;
+        }
+        if (str == NULL) {
+                sim_hex(hook_id + 5, 16);
+                str = hook_id;
+        }
+        s->hook_id = xstrdup(str);
+        if (json_object_get(body, "webhook_url") &&
+            !json_is_string(json_object_get(body, "webhook_url"))) {
+                snprintf(msg, msglen, "\"webhook_url\" must be a string");
+                goto fail;
+        }
+        str = json_string_value(json_object_get(body, "carrier"));
+        s->carrier = xstrdup(str ? str : "USPS");
+        s->url = xstrdup(url);
+        s->host = xstrdup(evhttp_uri_get_host(u));
+        s->port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 80;
+        str = evhttp_uri_get_path(u);
+        if (str == NULL || str[0] == '\0')
+                str = "/";
+        if (evhttp_uri_get_query(u)) {
+                size_t m = strlen(str) + strlen(evhttp_uri_get_query(u)) + 2;
+                s->path = xrealloc(NULL, m);
+                snprintf(s->path, m, "%s?%s", str, evhttp_uri_get_query(u));
+        } else {
+                s->path = xstrdup(str);
+        }
+        s->secret_len = strlen(secret);
+        s->secret = (unsigned char *)xstrdup(secret);
+        s->ntrackers = (size_t)n;
+        s->step = (size_t)step;
+        s->trk = xcalloc(s->ntrackers, sizeof(*s->trk));
+        for (size_t i = 0; i < s->ntrackers; i++)
+                s->trk[i].state = -1;
+        if (s->interval_ms > 0 && (s->tick = event_new(f->base, -1, EV_PERSIST, sim_tick_cb, s)) == NULL)
+                abort();
+        if ((s->reaper = event_new(f->base, -1, 0, sim_reap_cb, s)) == NULL)
+                abort();
+        /* the webhook EasyPost delivers through, enabled */
+        str = json_string_value(json_object_get(body, "webhook_url"));
+        hook = jcheck(json_pack("{s:s,s:s,s:s,s:s,s:o,s:n,s:[]}", "id", s->hook_id,
+                "object", "Webhook", "mode", "test", "url", str ? str : url,
+                "created_at", sim_time(clock_real_ms(), false), "disabled_at", "custom_headers"));
+        store_put(f, hook);
+        json_decref(hook);
+        evhttp_uri_free(u);
+        return s;
+fail:
+        if (u)
+                evhttp_uri_free(u);
+        sim_free(s);
+        return NULL;
+}
+
+/* GET /_control/sim: the counters, then each tracker and each event. */
+static json_t *
+sim_state(struct sim *s)
+{
+        json_t *trk = jcheck(json_array()), *evs = jcheck(json_array());
+        unsigned long acked = 0;
+
+        for (size_t i = 0; i < s->ntrackers; i++) {
+                const struct sim_tracker *t = &s->trk[i];
+                if (t->obj == NULL)
+                        continue;
+                json_array_append_new(trk, jcheck(json_pack("{s:O,s:s,s:i,s:s,s:b}",
+                        "id", json_object_get(t->obj, "id"), "status", sim_status[t->state],
+                        "details", (int)json_array_size(json_object_get(t->obj, "tracking_details")),
+                        "last_event", s->events[t->last_event].id,
+                        "last_change_while_disabled", s->events[t->last_event].while_disabled)));
+        }
+        for (size_t i = 0; i < s->nevents; i++) {
+                const struct sim_event *ev = &s->events[i];
+                acked += ev->acked;
+                json_array_append_new(evs, jcheck(json_pack("{s:s,s:O,s:i,s:b,s:b}",
+                        "id", ev->id, "tracker", json_object_get(s->trk[ev->tracker].obj, "id"),
+                        "attempts", (int)json_array_size(ev->payloads), "acked", ev->acked,
+                        "while_disabled", ev->while_disabled)));
+        }
+        return jcheck(json_pack("{s:s,s:s,s:b,s:b,s:I,s:I,s:I,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,"
+                                "s:I,s:b,s:I,s:I,s:o,s:o}",
+                "webhook_id", s->hook_id, "url", s->url,
+                "paused", s->paused, "ticking", s->ticking,
+                "ticks", (json_int_t)s->ticks,
+                "trackers", (json_int_t)s->ntrackers,
+                "trackers_delivered", (json_int_t)s->delivered,
+                "done", s->delivered == s->ntrackers && s->nqueued + s->nwaiting + s->nflight == 0,
+                "events_created", (json_int_t)s->nevents,
+                "events_created_while_disabled", (json_int_t)s->created_while_disabled,
+                "events_acked", (json_int_t)acked,
+                "deliveries_ok", (json_int_t)s->ok,
+                "deliveries_failed", (json_int_t)s->failed,
+                "deliveries_dropped", (json_int_t)s->dropped,
+                "pending", (json_int_t)(s->nqueued + s->nwaiting + s->nflight),
+                "in_flight", (json_int_t)s->nflight,
+                "failures_in_a_row", (json_int_t)s->fail_run,
+                "disabled", !sim_hook_enabled(s),
+                "disabled_count", (json_int_t)s->disabled_count,
+                "max_failures", (json_int_t)s->max_failures,
+                "tracker_list", trk, "event_list", evs));
+}
+
+/* /_control/sim and /_control/sim/{step,pause,resume}. */
+static void
+sim_control(struct call *c)
+{
+        struct fake *f = c->f;
+        const char *p = c->path + strlen("/_control/sim");
+        enum evhttp_cmd_type m = c->cmd;
+        char msg[200];
+
+        if (*p == '\0' && m == EVHTTP_REQ_POST) {
+                json_t *body = control_body(c);
+                struct sim *s;
+                if (body == NULL)
+                        return;
+                s = sim_new(f, body, msg, sizeof(msg));
+                json_decref(body);
+                if (s == NULL) {
+                        call_reply_error(c, 422, "PARAMETER.INVALID", msg);
+                        return;
+                }
+                sim_free(f->sim);
+                f->sim = s;
+                sim_tick_arm(s, !s->paused);
+                call_reply_json(c, 201, jcheck(json_pack("{s:s,s:i}", "webhook_id", s->hook_id,
+                                                         "trackers", (int)s->ntrackers)));
+                return;
+        }
+        if (*p != '\0' && *p != '/') {
+                call_reply_error(c, 404, "NOT_FOUND", "Unknown control path.");
+                return;
+        }
+        if (f->sim == NULL) {
+                call_reply_error(c, 404, "NOT_FOUND", "No simulation: POST /_control/sim first.");
+                return;
+        }
+        if (*p == '\0' && m == EVHTTP_REQ_GET) {
+                call_reply_json(c, 200, sim_state(f->sim));
+        } else if (*p == '\0' && m == EVHTTP_REQ_DELETE) {
+                sim_free(f->sim);
+                f->sim = NULL;
+                call_reply_json(c, 200, jcheck(json_pack("{s:b}", "stopped", 1)));
+        } else if (strcmp(p, "/step") == 0 && m == EVHTTP_REQ_POST) {
+                struct evbuffer *in = evhttp_request_get_input_buffer(c->req);
+                long steps = 1;
+                if (evbuffer_get_length(in) > 0) {
+                        json_t *body = control_body(c);
+                        if (body == NULL)
+                                return;
+                        bool ok = json_is_object(body) && sim_opt(body, "steps", 1, 100000, 1, &steps);
+                        json_decref(body);
+                        if (!ok) {
+                                call_reply_error(c, 422, "PARAMETER.INVALID",
+                                                 "\"steps\" must be an integer 1..100000");
+                                return;
+                        }
+                }
+                for (long i = 0; i < steps; i++)
+                        sim_tick(f->sim);
+                call_reply_json(c, 200, jcheck(json_pack("{s:I,s:I,s:I}",
+                        "ticks", (json_int_t)f->sim->ticks,
+                        "events_created", (json_int_t)f->sim->nevents,
+                        "trackers_delivered", (json_int_t)f->sim->delivered)));
+        } else if ((strcmp(p, "/pause") == 0 || strcmp(p, "/resume") == 0) && m == EVHTTP_REQ_POST) {
+                f->sim->paused = p[1] == 'p';
+                sim_tick_arm(f->sim, !f->sim->paused);
+                call_reply_json(c, 200, jcheck(json_pack("{s:b}", "paused", f->sim->paused)));
+        } else if (strcmp(p, "/step") == 0 || strcmp(p, "/pause") == 0 || strcmp(p, "/resume") == 0 ||
+                   *p == '\0') {
+                call_reply_error(c, 405, "METHOD.NOT_ALLOWED", "Method not allowed here.");
+        } else {
+                call_reply_error(c, 404, "NOT_FOUND", "Unknown control path.");
+        }
+}
+
 static void
 control_handle(struct fake *f, struct evhttp_request *req)
 {
@@ -1582,6 +2419,8 @@ control_handle(struct fake *f, struct evhttp_request *req)
                 call_reply_json(c, 200, stats_to_json(f));
         } else if (strcmp(p, "/_control/trackers") == 0 && m == EVHTTP_REQ_POST) {
                 control_trackers_post(c);
+        } else if (strcmp(p, "/_control/sim") == 0 || has_prefix(p, "/_control/sim/")) {
+                sim_control(c);
         } else if (strcmp(p, "/_control/reset") == 0) {
                 if (m != EVHTTP_REQ_POST)
                         goto method;
@@ -1728,6 +2567,8 @@ static void
 fake_fini(struct fake *f)
 {
         pending_flush(f);               /* calls delayed during the grace period */
+        sim_free(f->sim);               /* before the loop: it owns connections and timers */
+        f->sim = NULL;
         if (f->http)
                 evhttp_free(f->http);
         if (f->sigterm)

@@ -42,6 +42,7 @@ ${TEST_RUNNER_WRAPPER:-} "$top_builddir/tests/integration/check_integration" || 
 # (the test secret, the API keys the sync and webhook_health suites use, and
 # the Basic auth password in the latter's public_url)
 if grep -l -F -e "sécret" -e "EZTKtestkey0123456789" -e "EZTKwrongkey" -e "EZTKhealthkey0123456789" \
+        -e "EZTKconvergekey0123456789" \
         -e "hookpass0123" "$TEST_TMPDIR"/*.log 2>/dev/null; then
         echo "integration.sh: a secret or API key appears in a log" >&2
         status=1

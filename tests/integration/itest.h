@@ -96,5 +96,6 @@ Suite *webhook_health_suite(void);
 Suite *partitions_suite(void);
 Suite *reconcile_suite(void);
 Suite *migrate_suite(void);
+Suite *converge_suite(void);
 
 #endif
