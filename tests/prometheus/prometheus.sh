@@ -195,8 +195,8 @@ must "target scraped and up" until_true is 1 query 'up{job="easypost-sync"}'
 # The rules have run on scraped series once a recording rule has a value.
 check "rules evaluated on the daemon's series" \
         until_true is 0 query 'instance:easypost_sync_queue_usage:ratio{job="easypost-sync"}'
-check "16 rules loaded, every one evaluating without error" until_true \
-        is "16 16" api /api/v1/rules '[.data.groups[].rules[]] | "\(length) \([.[] | select(.health == "ok")] | length)"'
+check "17 rules loaded, every one evaluating without error" until_true \
+        is "17 17" api /api/v1/rules '[.data.groups[].rules[]] | "\(length) \([.[] | select(.health == "ok")] | length)"'
 
 alert_state() { # alert_state NAME: pending, firing or nothing
         api /api/v1/alerts "[.data.alerts[] | select(.labels.alertname == \"$1\") | .state] | join(\" \")"
