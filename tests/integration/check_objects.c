@@ -198,7 +198,8 @@ START_TEST(test_documented_payloads)
              "\"initially_paid_amount\":\"6.07\",\"final_invoice_amount\":\"8.45\","
              "\"created_at\":\"2024-02-10T00:00:00Z\",\"updated_at\":\"2024-02-10T00:00:00Z\"}");
         post("evt_doc_inv2", "shipment.invoice.updated",
-             "{\"id\":\"shpinv_d1\",\"shipment_id\":\"shp_d1\",\"status\":\"disputed\",\"quoted_amount\":\"6.07\","
+             "{\"id\":\"shpinv_d1\",\"shipment_id\":\"shp_d1\",\"carrier\":\"USPS\",\"tracking_code\":\"EZ1\","
+             "\"status\":\"disputed\",\"quoted_currency\":\"USD\",\"quoted_amount\":\"6.07\","
              "\"initially_paid_amount\":\"6.07\",\"final_invoice_amount\":\"7.00\","
              "\"updated_at\":\"2024-02-11T00:00:00Z\"}");
         /* the claim events in both spellings EasyPost documents */
