@@ -22,11 +22,12 @@ struct latency_hist {
         uint64_t max_us;
 };
 
-/* Event outcomes by description; unknown descriptions share "other" so a
- * client cannot grow the label set. */
+/* Event outcomes by description: the types this version knows (those
+ * sql/functions/25_objects.sql projects, and trackers); an unknown one is
+ * counted as "other", so a client cannot grow the label set. */
 enum metrics_outcome { OUT_STORED, OUT_DUPLICATE, OUT_FAILED, OUT_UNAVAILABLE, OUT_COUNT };
 #define METRICS_OUT_COUNT 4
-#define METRICS_NDESC 20
+#define METRICS_NDESC 29
 
 /* Bucket bounds in ms (LAT_BUCKETS of them). */
 const double *metrics_lat_bounds_ms(void);

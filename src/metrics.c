@@ -25,7 +25,9 @@ static const char *const desc_names[METRICS_NDESC] = {
         "scan_form.created", "scan_form.updated", "insurance.purchased", "insurance.cancelled",
         "payment.created", "payment.completed", "payment.failed", "refund.successful",
         "report.new", "report.available", "report.failed", "shipment.invoice.created",
-        "shipment.invoice.updated", "claim.submitted", "claim.updated", "other",
+        "shipment.invoice.updated", "claim.submitted", "claim.updated", "claim.cancelled",
+        "claim.rejected", "claim.approved", "claims.submitted", "claims.updated", "claims.cancelled",
+        "claims.rejected", "claims.approved", "report.empty", "other",
 };
 
 const char *

@@ -4,7 +4,10 @@
 -- Lock order, the same in every transaction that writes these tables, so
 -- that connections never deadlock: webhook_events by event_id, tracker
 -- fetches (sync_jobs), shipments by easypost_id, shipment fetches
--- (sync_jobs), trackers by easypost_id, shipment_events by (tracker, time).
+-- (sync_jobs), trackers by easypost_id, shipment_events by (tracker, time);
+-- then, for a batch holding events of other objects, eps_project_objects
+-- (25_objects.sql) in the same order: tracker fetches, shipments, shipment
+-- fetches, then its own tables, each by EasyPost id.
 -- Rows are sent to each INSERT sorted on those keys.
 
 DROP FUNCTION IF EXISTS eps_ingest(uuid, text, text, text, text, text, text, timestamptz, jsonb, text);
@@ -165,8 +168,11 @@ $$;
 -- PostgreSQL refuses breaks the statement and the daemon isolates it. A
 -- tracker event stored 'failed' (its body cannot be projected, or it is a
 -- dead letter) queues a fetch of its tracker, so the tracker row still comes
--- to be. Returns each event's position and outcome: projected, pending,
--- stored, failed or duplicate.
+-- to be. An event of another object this version knows (eps_object_of) is
+-- projected by eps_project_objects in the same transaction, whether or not
+-- p_defer (they are few, and small); one of a type it does not know is
+-- stored raw, 'stored'. Returns each event's position and outcome:
+-- projected, pending, stored, failed or duplicate.
 CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_description text[],
                                             p_mode text[], p_object_id text[], p_raw text[],
                                             p_source text[], p_created_at text[], p_clean text[],
@@ -178,6 +184,9 @@ DECLARE
     v_status  text[];
     v_event   uuid[];
     v_body    jsonb[];
+    -- events of other objects to project (none in a batch of tracker events)
+    v_oevent  uuid[];
+    v_obody   jsonb[];
     -- full copies answered duplicate: what their row would be
     v_dup     integer[];
     v_dstatus text[];
@@ -190,6 +199,8 @@ DECLARE
     v_rstatus text[];
     v_revent  uuid[];
     v_rbody   jsonb[];
+    v_roevent uuid[];
+    v_robody  jsonb[];
 BEGIN
     WITH e AS MATERIALIZED (
         SELECT u.*,
@@ -209,6 +220,8 @@ BEGIN
         SELECT e.*, e.partial_ IS NOT NULL AS partial,
                CASE WHEN e.tracker AND e.dead IS NULL AND NOT (p_defer AND e.clean IS NULL)
                     THEN eps_tracker_problem(e.body) END AS problem,
+               -- what eps_project_objects will make of it (NULL: stored raw only)
+               CASE WHEN NOT e.tracker AND e.dead IS NULL THEN eps_object_of(e.description, e.body) END AS kind,
                row_number() OVER (PARTITION BY e.event_id, e.partial_ IS NOT NULL ORDER BY e.ord) AS nth
         FROM e
     ), r AS (
@@ -217,7 +230,7 @@ BEGIN
                CASE WHEN c.dead IS NOT NULL THEN 'not parsed: dead letter'
                     WHEN c.clean IS NOT NULL THEN 'contains \u0000, which jsonb cannot hold' END AS body_error,
                CASE WHEN c.dead IS NOT NULL OR c.problem IS NOT NULL THEN 'failed'
-                    WHEN NOT c.tracker THEN 'stored'
+                    WHEN NOT c.tracker THEN CASE WHEN c.kind IS NOT NULL THEN 'projected' ELSE 'stored' END
                     -- a body only the cleaned copy can project is projected now: it is not stored
                     WHEN p_defer AND c.clean IS NULL THEN 'pending'
                     ELSE 'projected' END AS status,
@@ -252,13 +265,15 @@ BEGIN
            array_agg(coalesce(ins.status, 'duplicate') ORDER BY r.ord),
            array_agg(ins.id) FILTER (WHERE ins.status = 'projected' AND r.tracker),
            array_agg(r.body) FILTER (WHERE ins.status = 'projected' AND r.tracker),
+           array_agg(ins.id) FILTER (WHERE ins.status = 'projected' AND NOT r.tracker),
+           array_agg(r.body) FILTER (WHERE ins.status = 'projected' AND NOT r.tracker),
            array_agg(r.ord::integer) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.status) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.error) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.body_error) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.created) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.body) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1)
-    INTO v_ord, v_status, v_event, v_body, v_dup, v_dstatus, v_derror, v_dberr, v_dcreate, v_dbody
+    INTO v_ord, v_status, v_event, v_body, v_oevent, v_obody, v_dup, v_dstatus, v_derror, v_dberr, v_dcreate, v_dbody
     FROM r LEFT JOIN ins ON ins.id = r.id;
 
     IF v_dup IS NOT NULL THEN
@@ -289,18 +304,26 @@ BEGIN
         )
         SELECT array_agg(repl.ord), array_agg(repl.status),
                array_agg(repl.id) FILTER (WHERE repl.status = 'projected' AND repl.tracker),
-               array_agg(repl.body) FILTER (WHERE repl.status = 'projected' AND repl.tracker)
-        INTO v_rord, v_rstatus, v_revent, v_rbody
+               array_agg(repl.body) FILTER (WHERE repl.status = 'projected' AND repl.tracker),
+               array_agg(repl.id) FILTER (WHERE repl.status = 'projected' AND NOT repl.tracker),
+               array_agg(repl.body) FILTER (WHERE repl.status = 'projected' AND NOT repl.tracker)
+        INTO v_rord, v_rstatus, v_revent, v_rbody, v_roevent, v_robody
         FROM repl;
         FOR i IN 1 .. coalesce(cardinality(v_rord), 0) LOOP
             v_status[v_rord[i]] := v_rstatus[i];
         END LOOP;
         v_event := v_event || v_revent;
         v_body := v_body || v_rbody;
+        v_oevent := v_oevent || v_roevent;
+        v_obody := v_obody || v_robody;
     END IF;
 
     IF v_event IS NOT NULL THEN
         PERFORM eps_project_trackers(v_event, v_body);
+    END IF;
+    -- only a batch with events of other objects pays for this call
+    IF v_oevent IS NOT NULL THEN
+        PERFORM eps_project_objects(v_oevent, v_obody);
     END IF;
     RETURN QUERY SELECT * FROM unnest(v_ord, v_status);
 END
@@ -404,6 +427,7 @@ DECLARE
     v_body    jsonb;
     v_berr    text;
     v_problem text;
+    v_status  text;
 BEGIN
     SELECT * INTO e FROM webhook_events WHERE id = p_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -429,15 +453,19 @@ BEGIN
                 v_problem := SQLSTATE || ': ' || SQLERRM;
             END;
         END IF;
+        v_status := 'projected';
+    ELSIF v_problem IS NULL AND eps_object_of(e.description, v_body) IS NOT NULL THEN
+        BEGIN
+            PERFORM eps_project_objects(ARRAY[p_id], ARRAY[v_body]);
+        EXCEPTION WHEN others THEN
+            v_problem := SQLSTATE || ': ' || SQLERRM;
+        END;
+        v_status := 'projected';
     END IF;
+    v_status := CASE WHEN v_problem IS NOT NULL THEN 'failed' ELSE coalesce(v_status, 'stored') END;
     UPDATE webhook_events
-    SET status = CASE WHEN v_problem IS NOT NULL THEN 'failed'
-                      WHEN description IN ('tracker.created', 'tracker.updated') THEN 'projected'
-                      ELSE 'stored' END,
-        error = v_problem, body_error = v_berr, processed_at = now()
+    SET status = v_status, error = v_problem, body_error = v_berr, processed_at = now()
     WHERE id = p_id;
-    RETURN CASE WHEN v_problem IS NOT NULL THEN 'failed'
-                WHEN e.description IN ('tracker.created', 'tracker.updated') THEN 'projected'
-                ELSE 'stored' END;
+    RETURN v_status;
 END
 $$;

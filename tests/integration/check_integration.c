@@ -28,6 +28,7 @@ main(void)
         srunner_add_suite(sr, reconcile_suite());
         srunner_add_suite(sr, migrate_suite());
         srunner_add_suite(sr, converge_suite());
+        srunner_add_suite(sr, objects_suite());
 
         curl_global_init(CURL_GLOBAL_DEFAULT);
         srunner_run_all(sr, CK_NORMAL);

@@ -97,5 +97,6 @@ Suite *partitions_suite(void);
 Suite *reconcile_suite(void);
 Suite *migrate_suite(void);
 Suite *converge_suite(void);
+Suite *objects_suite(void);
 
 #endif
