@@ -442,15 +442,15 @@ START_TEST(test_converges_after_outage_with_disabled_webhook)
                 ck_abort_msg("%ld trackers whose last change was delivered differ: %s", n, which);
         }
 
-        /* CONVERGENCE (issue 20): the trackers whose last change fell while the
-         * webhook was disabled can only be read back from the API (the
-         * reconciler); without it exactly those stay behind and this fails */
+        /* convergence: the trackers whose last change fell while the webhook
+         * was disabled can only be read back from the API: the reconciler,
+         * started by the re-enable, brings them to EasyPost's status */
         n = wait_trackers_equal(c, every, 30000);
         char *which = n != 0 ? trackers_differing_text(c, every) : NULL;
         long only_unseen = n != 0 ? trackers_differing(c, unseen) : 0;
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0); /* a clean exit either way */
         ck_assert_msg(n == 0,
-                      "CONVERGENCE: %ld of 48 trackers differ from EasyPost (db/EasyPost); %ld of them are "
+                      "%ld of 48 trackers differ from EasyPost (db/EasyPost); %ld of them are "
                       "the %ld whose last change fell while the webhook was disabled, which only a "
                       "reconciler reading GET /v2/trackers recovers: %s",
                       n, only_unseen, nunseen, which ? which : "");
