@@ -52,6 +52,7 @@ static char fresh_name[64];
 static void
 reset(PGconn *c)
 {
+        db_exec(c, "DROP TRIGGER IF EXISTS eps_test_refuse ON trackers");
         db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, sync_jobs, sync_state"
                    " CASCADE");
 }
@@ -415,6 +416,48 @@ START_TEST(test_resume_after_kill_and_webhooks_answered)
 }
 END_TEST
 
+/* A tracker the projection refuses now: the others of its batch are rebuilt,
+ * it keeps its rows as they were, the run ends, counts it and exits 1. */
+START_TEST(test_refused_tracker_is_isolated)
+{
+        SKIP_WITHOUT_FIXTURES();
+        PGconn *c = db_open();
+        struct evset s;
+        struct daemon d;
+        char *err = NULL;
+
+        reset(c);
+        evset_make(&s, 8, "c");
+        ck_assert_int_eq(daemon_start(&d, NULL), 0);
+        post_all(d.port, &s);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        db_exec(c, "UPDATE trackers SET status = 'unknown' WHERE easypost_id IN ('trk_c0002', 'trk_c0004')");
+        db_exec(c, "CREATE OR REPLACE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$"
+                   " BEGIN IF NEW.easypost_id = 'trk_c0004' AND NEW.status IS NULL THEN"
+                   " RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$");
+        db_exec(c, "CREATE TRIGGER eps_test_refuse BEFORE UPDATE ON trackers FOR EACH ROW"
+                   " EXECUTE FUNCTION pg_temp.refuse()");
+
+        const char *args[] = { "--reproject", "--batch", "8", NULL };
+        int rc = run_syncd(getenv("TEST_PG_CONNINFO"), args, true, &err);
+        ck_assert_msg(rc == 1, "exit %d: %s", rc, err);
+        ck_assert_msg(strstr(err, "tracker trk_c0004 not rebuilt") != NULL, "%s", err);
+        ck_assert_msg(strstr(err, "7 tracker(s) rebuilt") != NULL, "%s", err);
+        ck_assert_msg(strstr(err, "1 failed") != NULL, "%s", err);
+        char *st2 = db_text(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_c0002'", NULL);
+        char *st4 = db_text(c, "SELECT status FROM trackers WHERE easypost_id = 'trk_c0004'", NULL);
+        ck_assert_str_eq(st2, "delivered");
+        ck_assert_str_eq(st4, "unknown");
+        db_exec(c, "DROP TRIGGER eps_test_refuse ON trackers");
+
+        free(st2);
+        free(st4);
+        free(err);
+        evset_free(&s);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 reproject_suite(void)
 {
@@ -424,6 +467,7 @@ reproject_suite(void)
         tcase_set_timeout(tc, 300);
         tcase_add_test(tc, test_rebuild_matches_fresh);
         tcase_add_test(tc, test_resume_after_kill_and_webhooks_answered);
+        tcase_add_test(tc, test_refused_tracker_is_isolated);
         suite_add_tcase(s, tc);
         return s;
 }
