@@ -122,13 +122,14 @@ reproject_run(const char *conninfo, int batch, FILE *progress, struct reproject_
                 if (st == NULL)
                         goto out;
                 const char *p = json_string_value(json_object_get(st, "phase"));
+                bool done = p == NULL || strcmp(p, "done") == 0; /* the caller prints the totals */
                 bool changed = p && strcmp(p, phase) != 0;
-                if (changed || clock_mono_us() - last >= 1000000u) {
+                if (!done && (changed || clock_mono_us() - last >= 1000000u)) {
                         progress_line(progress, st, total);
                         last = clock_mono_us();
                         snprintf(phase, sizeof(phase), "%s", p ? p : "");
                 }
-                if (p == NULL || strcmp(p, "done") == 0)
+                if (done)
                         break;
         }
         totals_from(st, t);

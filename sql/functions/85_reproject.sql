@@ -42,6 +42,16 @@ EXCEPTION WHEN others THEN
 END
 $$;
 
+-- The first tracker after p_after named by a stored event the rebuild
+-- projects, or NULL: an ordered probe of webhook_events' object_id index.
+CREATE OR REPLACE FUNCTION eps_reproject_next_tracker(p_after text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT min(w.object_id) FROM webhook_events w
+    WHERE w.object_id > p_after AND w.object_id LIKE 'trk\_%'
+      AND w.description IN ('tracker.created', 'tracker.updated')
+      AND w.status IN ('projected', 'pending') AND NOT w.partial
+$$;
+
 -- Rebuilds the trackers p_trk (sorted) from their stored events. Returns
 -- what it did; raises on data the schema refuses (the caller isolates).
 CREATE OR REPLACE FUNCTION eps_reproject_trackers(p_trk text[], OUT trackers integer,
@@ -142,9 +152,8 @@ BEGIN
         PERFORM eps_project_trackers(v_re, v_rb);
     END LOOP;
 
-    SELECT count(*) INTO history_inserted
-    FROM trackers t JOIN shipment_events e ON e.tracker_id = t.id
-    WHERE t.easypost_id = ANY (v_trk);
+    v_ids := ARRAY(SELECT t.id FROM trackers t WHERE t.easypost_id = ANY (v_trk));
+    SELECT count(*) INTO history_inserted FROM shipment_events e WHERE e.tracker_id = ANY (v_ids);
 END
 $$;
 
@@ -196,12 +205,14 @@ BEGIN
     p_batch := greatest(p_batch, 1);
 
     IF v_phase = 'trackers' THEN
-        SELECT array_agg(o ORDER BY o) INTO v_trk
-        FROM (SELECT DISTINCT w.object_id AS o FROM webhook_events w
-              WHERE w.object_id > coalesce(v_cur, '') AND w.object_id LIKE 'trk\_%'
-                AND w.description IN ('tracker.created', 'tracker.updated')
-                AND w.status IN ('projected', 'pending') AND NOT w.partial
-              ORDER BY 1 LIMIT p_batch) x;
+        -- the next trackers after the cursor, one index probe each (a
+        -- DISTINCT over the rest of the table would sort it at every step)
+        WITH RECURSIVE nx(o, i) AS (
+            SELECT eps_reproject_next_tracker(coalesce(v_cur, '')), 1
+            UNION ALL
+            SELECT eps_reproject_next_tracker(nx.o), nx.i + 1 FROM nx WHERE nx.o IS NOT NULL AND nx.i < p_batch
+        )
+        SELECT array_agg(nx.o ORDER BY nx.o) INTO v_trk FROM nx WHERE nx.o IS NOT NULL;
         IF v_trk IS NULL THEN
             st := st || '{"phase": "orphans", "cursor": null}';
         ELSE
@@ -234,10 +245,16 @@ BEGIN
         END IF;
 
     ELSIF v_phase = 'orphans' THEN
-        SELECT array_agg(x.tracker_id ORDER BY x.tracker_id) INTO v_ids
-        FROM (SELECT DISTINCT e.tracker_id FROM shipment_events e
-              WHERE e.tracker_id > coalesce(v_cur::uuid, '00000000-0000-0000-0000-000000000000')
-              ORDER BY 1 LIMIT p_batch * 10) x;
+        WITH RECURSIVE nx(t, i) AS (
+            SELECT (SELECT e.tracker_id FROM shipment_events e
+                    WHERE e.tracker_id > coalesce(v_cur::uuid, '00000000-0000-0000-0000-000000000000')
+                    ORDER BY e.tracker_id LIMIT 1), 1
+            UNION ALL
+            SELECT (SELECT e.tracker_id FROM shipment_events e WHERE e.tracker_id > nx.t
+                    ORDER BY e.tracker_id LIMIT 1), nx.i + 1
+            FROM nx WHERE nx.t IS NOT NULL AND nx.i < p_batch * 10
+        )
+        SELECT array_agg(nx.t ORDER BY nx.t) INTO v_ids FROM nx WHERE nx.t IS NOT NULL;
         IF v_ids IS NULL THEN
             st := st || '{"phase": "objects", "cursor": null}';
         ELSE
