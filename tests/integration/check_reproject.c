@@ -5,7 +5,8 @@
  * then every projected row compared (natural columns, no surrogate keys or
  * write times) with a fresh database of the same cluster that ingested the
  * same events; a run killed with SIGKILL in the middle resumes where it
- * stopped, and webhooks are answered 200 while it runs.
+ * stopped, and webhooks are answered 200 while it runs; a tracker the
+ * projection refuses is isolated; the other events reach eps_project_objects.
  */
 #include <check.h>
 #include <fcntl.h>
@@ -458,6 +459,65 @@ START_TEST(test_refused_tracker_is_isolated)
 }
 END_TEST
 
+/* The other stored events are offered, oldest first, to eps_project_objects
+ * (the typed tables' projection); where this schema has none yet, a stand-in
+ * records what it is given. Tracker events are not offered there. */
+START_TEST(test_other_events_offered)
+{
+        SKIP_WITHOUT_FIXTURES();
+        PGconn *c = db_open();
+        const char *files[] = { "event_batch_created_docs.json", "hmac_body_batch_created.json" };
+        struct daemon d;
+        char *err = NULL, *trk = tracker_event("evt_d0000_1", 0, 1, "d");
+
+        reset(c);
+        ck_assert_int_eq(daemon_start(&d, NULL), 0);
+        for (size_t i = 0; i < ARRAY_LEN(files); i++) {
+                size_t len;
+                char *b = fixture_read(files[i], &len);
+                ck_assert_int_eq(post_event(d.port, b, len, NULL, 0), 200);
+                free(b);
+        }
+        ck_assert_int_eq(post_event(d.port, trk, strlen(trk), NULL, 0), 200);
+        char *rf = make_event("evt_d_refund", "refund.successful", "{\"id\":\"rfnd_d1\",\"object\":\"Refund\"}");
+        ck_assert_int_eq(post_event(d.port, rf, strlen(rf), NULL, 0), 200);
+        free(rf);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        bool stand_in = db_long(c, "SELECT count(*) FROM pg_proc"
+                                   " WHERE oid = to_regprocedure('eps_project_objects(uuid[],jsonb[])')",
+                                NULL) == 0;
+        if (stand_in) {
+                db_exec(c, "CREATE TABLE reproject_test_seen (n serial, id uuid, description text)");
+                db_exec(c, "CREATE FUNCTION eps_project_objects(p_event uuid[], p_body jsonb[]) RETURNS void"
+                           " LANGUAGE sql AS $$ INSERT INTO reproject_test_seen (id, description)"
+                           " SELECT e, b ->> 'description' FROM unnest(p_event, p_body) AS u(e, b) $$");
+        }
+
+        const char *args[] = { "--reproject", "--batch", "2", NULL };
+        int rc = run_syncd(getenv("TEST_PG_CONNINFO"), args, true, &err);
+        if (stand_in) {
+                long seen = db_long(c, "SELECT count(*) FROM reproject_test_seen", NULL);
+                long in_order = db_long(c, "SELECT count(*) FROM reproject_test_seen s"
+                                           " JOIN webhook_events w ON w.id = s.id"
+                                           " WHERE s.description = w.description"
+                                           " AND s.n = (SELECT count(*) FROM webhook_events v"
+                                           "  WHERE v.id <= w.id AND v.description NOT LIKE 'tracker.%')",
+                                        NULL);
+                db_exec(c, "DROP FUNCTION eps_project_objects(uuid[], jsonb[])");
+                db_exec(c, "DROP TABLE reproject_test_seen");
+                ck_assert_int_eq(seen, 3);
+                ck_assert_int_eq(in_order, 3);
+        }
+        ck_assert_msg(rc == 0, "exit %d: %s", rc, err);
+        ck_assert_msg(strstr(err, "1 tracker(s) rebuilt from 1 event(s)") != NULL, "%s", err);
+        ck_assert_msg(strstr(err, "3 other event(s) projected") != NULL, "%s", err);
+
+        free(err);
+        free(trk);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 reproject_suite(void)
 {
@@ -468,6 +528,7 @@ reproject_suite(void)
         tcase_add_test(tc, test_rebuild_matches_fresh);
         tcase_add_test(tc, test_resume_after_kill_and_webhooks_answered);
         tcase_add_test(tc, test_refused_tracker_is_isolated);
+        tcase_add_test(tc, test_other_events_offered);
         suite_add_tcase(s, tc);
         return s;
 }
