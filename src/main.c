@@ -1,6 +1,7 @@
 /*
  * main.c - command line: options, then one of --migrate, --status,
- * --reconcile, --check-config, --replay, --send-test-event, --version, --help, or the
+ * --reconcile, --check-config, --replay, --reproject, --send-test-event, --version,
+ * --help, or the
  * daemon (app_init / app_run / app_fini).
  */
 #include <curl/curl.h>
@@ -14,6 +15,7 @@
 #include "log.h"
 #include "reconcile.h"
 #include "replay.h"
+#include "reproject.h"
 #include "status.h"
 #include "testevent.h"
 
@@ -26,7 +28,8 @@ usage(FILE *f)
                 "usage: easypost-syncd [-c FILE] [--KEY=VALUE ...]\n"
                 "                      [--migrate | --status [--json] | --reconcile [--since DATE] |\n"
                 "                       --check-config |\n"
-                "                       --replay failed|ID | --send-test-event [URL] | --version | --help]\n"
+                "                       --replay failed|ID | --reproject [--batch N] |\n"
+                "                       --send-test-event [URL] | --version | --help]\n"
                 "\n"
                 "Receives EasyPost webhooks and keeps PostgreSQL in sync. Runs in the foreground.\n"
                 "\n"
@@ -40,6 +43,10 @@ usage(FILE *f)
                 "                      to change, 1 trackers changed or created, 2 error\n"
                 "  --check-config      validate the configuration and exit\n"
                 "  --replay failed|ID  re-run the projection of failed events (or one event) and exit\n"
+                "  --reproject [--batch N]  rebuild trackers, history and the other tables from the\n"
+                "                      stored events, online, N trackers or events per transaction\n"
+                "                      (default 100); progress on stderr; a stopped run resumes:\n"
+                "                      0 done, 1 some could not be projected, 2 error\n"
                 "  --send-test-event [URL]  post one signed sample event to a running daemon\n"
                 "  --KEY=VALUE         set any non-secret key (e.g. --listen=127.0.0.1:9000)\n"
                 "  --version           print the version and exit\n"
@@ -73,7 +80,8 @@ main(int argc, char **argv)
         const char *cfg_path = NULL;
         bool migrate = false, check = false, status = false, json = false;
         const char *replay = NULL, *send_url = NULL, *since = NULL;
-        bool reconcile = false;
+        bool reconcile = false, reproject = false;
+        long batch = 0;
         char **overrides = calloc((size_t)argc, sizeof(char *));
         size_t nover = 0;
         struct err e = { 0 };
@@ -83,8 +91,8 @@ main(int argc, char **argv)
         if (overrides == NULL)
                 return EXIT_FAILURE;
         for (int i = 1; i < argc; i++)
-                if (strcmp(argv[i], "--reconcile") == 0)
-                        rc = RECONCILE_EXIT_ERROR; /* 1 means "changed" there */
+                if (strcmp(argv[i], "--reconcile") == 0 || strcmp(argv[i], "--reproject") == 0)
+                        rc = RECONCILE_EXIT_ERROR; /* 1 means "changed" there, "some failed" here */
         for (int i = 1; i < argc; i++) {
                 const char *a = argv[i];
                 if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
@@ -108,6 +116,16 @@ main(int argc, char **argv)
                                 goto out;
                         }
                         since = argv[i];
+                } else if (strcmp(a, "--reproject") == 0) {
+                        reproject = true;
+                } else if (strcmp(a, "--batch") == 0) {
+                        char *end = NULL;
+                        if (++i < argc)
+                                batch = strtol(argv[i], &end, 10);
+                        if (end == NULL || *end != '\0' || batch < 1 || batch > 100000) {
+                                fprintf(stderr, "easypost-syncd: --batch needs a number from 1 to 100000\n");
+                                goto out;
+                        }
                 } else if (strcmp(a, "--json") == 0) {
                         json = true;
                 } else if (strcmp(a, "--replay") == 0) {
@@ -146,13 +164,17 @@ main(int argc, char **argv)
                 fprintf(stderr, "easypost-syncd: --since goes with --reconcile\n");
                 goto out;
         }
+        if (batch && !reproject) {
+                fprintf(stderr, "easypost-syncd: --batch goes with --reproject\n");
+                goto out;
+        }
         if (status)
                 rc = STATUS_ERROR;
         if (reconcile)
                 rc = RECONCILE_EXIT_ERROR;
         cfg = cfg_load(cfg_path, environ, overrides, nover, &e);
         if (cfg == NULL ||
-            cfg_validate(cfg, migrate || replay || status || reconcile ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
+            cfg_validate(cfg, migrate || replay || status || reconcile || reproject ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
                 fprintf(stderr, "easypost-syncd: configuration: %s\n", e.msg);
                 cfg_free(cfg);
                 goto out;
@@ -183,6 +205,23 @@ main(int argc, char **argv)
                 curl_global_init(CURL_GLOBAL_DEFAULT);
                 rc = reconcile_cli(cfg, since);
                 curl_global_cleanup();
+                cfg_free(cfg);
+                goto out;
+        }
+        if (reproject) {
+                struct reproject_totals t;
+                if (reproject_run(cfg->database_url, batch ? (int)batch : REPROJECT_BATCH_DEFAULT,
+                                  stderr, &t, &e) != 0) {
+                        log_err("reproject", "stopped (run --reproject again to resume): %s", e.msg);
+                } else {
+                        fprintf(stderr, "reproject: done: %lld tracker(s) rebuilt from %lld event(s), "
+                                        "history %lld row(s) before and %lld after, %lld orphan row(s) "
+                                        "removed, %lld tracker fetch(es) queued, %lld other event(s) "
+                                        "projected, %lld failed, %lld tracker(s) without events kept\n",
+                                t.trackers, t.events, t.history_deleted, t.history_inserted, t.orphans,
+                                t.refetch, t.objects, t.failed, t.kept);
+                        rc = t.failed > 0 ? 1 : EXIT_SUCCESS;
+                }
                 cfg_free(cfg);
                 goto out;
         }

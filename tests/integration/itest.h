@@ -98,5 +98,6 @@ Suite *reconcile_suite(void);
 Suite *migrate_suite(void);
 Suite *converge_suite(void);
 Suite *objects_suite(void);
+Suite *reproject_suite(void);
 
 #endif
