@@ -26,6 +26,7 @@ main(void)
         srunner_add_suite(sr, status_suite());
         srunner_add_suite(sr, partitions_suite());
         srunner_add_suite(sr, reconcile_suite());
+        srunner_add_suite(sr, search_suite());
 
         curl_global_init(CURL_GLOBAL_DEFAULT);
         srunner_run_all(sr, CK_NORMAL);

@@ -95,5 +95,6 @@ Suite *status_suite(void);
 Suite *webhook_health_suite(void);
 Suite *partitions_suite(void);
 Suite *reconcile_suite(void);
+Suite *search_suite(void);
 
 #endif
