@@ -97,18 +97,18 @@ LANGUAGE sql STABLE AS $$
            nullif(concat_ws(', ', nullif(a.name, ''), nullif(a.company, ''),
                             nullif(concat_ws(' ', nullif(a.street1, ''), nullif(a.street2, '')), ''),
                             nullif(a.city, '')), ''),
-           coalesce(s.status, h.tracker_status), h.matched
+           coalesce(s.status, h.tracker_status),
+           CASE WHEN h.tracker IS NULL OR 'tracking_code' = ANY (coalesce(m.fields, '{}')) THEN m.fields
+                ELSE array_prepend('tracking_code', coalesce(m.fields, '{}')) END
     FROM (
+        -- which fields matched is worked out below, for the rows returned
+        -- only: a common word matches tens of thousands
         SELECT coalesce(d.shipment_id, k.shipment_id) AS id, k.easypost_id AS tracker,
-               k.tracking_code AS code, k.status AS tracker_status,
-               CASE WHEN k.id IS NULL THEN d.matched
-                    WHEN 'tracking_code' = ANY (coalesce(d.matched, '{}')) THEN d.matched
-                    ELSE array_prepend('tracking_code', coalesce(d.matched, '{}')) END AS matched,
+               k.tracking_code AS code, k.status AS tracker_status, d.doc,
                coalesce(d.exact, false) OR k.id IS NOT NULL AS exact,
                coalesce(d.created_at, k.created_at) AS created_at,
                coalesce(d.shipment_id, k.shipment_id, k.id) AS k
-        FROM (SELECT x.shipment_id, x.created_at,
-                     eps_search_matched(x.doc, eps_search_pattern(p_text)) AS matched,
+        FROM (SELECT x.shipment_id, x.created_at, x.doc,
                      split_part(x.doc, E'\n', 1) = eps_search_norm(p_text) AS exact
               FROM shipment_search x
               WHERE x.doc LIKE eps_search_pattern(p_text)) d
@@ -122,6 +122,7 @@ LANGUAGE sql STABLE AS $$
         ORDER BY 6 DESC, 7 DESC, 8
         LIMIT p_limit
     ) h
+    CROSS JOIN LATERAL (SELECT eps_search_matched(h.doc, eps_search_pattern(p_text)) AS fields) m
     LEFT JOIN shipments s ON s.id = h.id
     LEFT JOIN addresses a ON a.id = s.to_address_id
     LEFT JOIN LATERAL (SELECT t2.easypost_id FROM trackers t2 WHERE t2.shipment_id = h.id
