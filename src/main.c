@@ -1,8 +1,7 @@
 /*
  * main.c - command line: options, then one of --migrate, --status,
- * --reconcile, --check-config, --replay, --reproject, --send-test-event, --version,
- * --help, or the
- * daemon (app_init / app_run / app_fini).
+ * --reconcile, --find, --check-config, --replay, --reproject, --send-test-event,
+ * --version, --help, or the daemon (app_init / app_run / app_fini).
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -12,6 +11,7 @@
 #include "app.h"
 #include "cfg.h"
 #include "db_migrate.h"
+#include "find.h"
 #include "log.h"
 #include "reconcile.h"
 #include "replay.h"
@@ -27,7 +27,7 @@ usage(FILE *f)
         fprintf(f,
                 "usage: easypost-syncd [-c FILE] [--KEY=VALUE ...]\n"
                 "                      [--migrate | --status [--json] | --reconcile [--since DATE] |\n"
-                "                       --check-config |\n"
+                "                       --find TEXT | --check-config |\n"
                 "                       --replay failed|ID | --reproject [--batch N] |\n"
                 "                       --send-test-event [URL] | --version | --help]\n"
                 "\n"
@@ -41,6 +41,12 @@ usage(FILE *f)
                 "                      reconcile_window_days ago) and bring the database up to them,\n"
                 "                      progress on stderr (a stopped run resumes first): 0 nothing\n"
                 "                      to change, 1 trackers changed or created, 2 error\n"
+                "  --find TEXT         print the shipments whose tracking code, reference, or\n"
+                "                      recipient's name, company, street or city contains TEXT\n"
+                "                      (3 characters or more; case and accents ignored), one per\n"
+                "                      line: shipment, tracker, tracking code, reference, status,\n"
+                "                      recipient, matched fields (tab-separated; at most 50):\n"
+                "                      0 found, 1 none, 2 error\n"
                 "  --check-config      validate the configuration and exit\n"
                 "  --replay failed|ID  re-run the projection of failed events (or one event) and exit\n"
                 "  --reproject [--batch N]  rebuild trackers, history and the other tables from the\n"
@@ -79,7 +85,7 @@ main(int argc, char **argv)
 {
         const char *cfg_path = NULL;
         bool migrate = false, check = false, status = false, json = false;
-        const char *replay = NULL, *send_url = NULL, *since = NULL;
+        const char *replay = NULL, *send_url = NULL, *since = NULL, *find = NULL;
         bool reconcile = false, reproject = false;
         long batch = 0;
         char **overrides = calloc((size_t)argc, sizeof(char *));
@@ -93,6 +99,8 @@ main(int argc, char **argv)
         for (int i = 1; i < argc; i++)
                 if (strcmp(argv[i], "--reconcile") == 0 || strcmp(argv[i], "--reproject") == 0)
                         rc = RECONCILE_EXIT_ERROR; /* 1 means "changed" there, "some failed" here */
+                else if (strcmp(argv[i], "--find") == 0)
+                        rc = FIND_ERROR; /* 1 means "nothing found" there */
         for (int i = 1; i < argc; i++) {
                 const char *a = argv[i];
                 if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
@@ -126,6 +134,12 @@ main(int argc, char **argv)
                                 fprintf(stderr, "easypost-syncd: --batch needs a number from 1 to 100000\n");
                                 goto out;
                         }
+                } else if (strcmp(a, "--find") == 0) {
+                        if (++i == argc) {
+                                fprintf(stderr, "easypost-syncd: --find needs the text to search\n");
+                                goto out;
+                        }
+                        find = argv[i];
                 } else if (strcmp(a, "--json") == 0) {
                         json = true;
                 } else if (strcmp(a, "--replay") == 0) {
@@ -172,9 +186,13 @@ main(int argc, char **argv)
                 rc = STATUS_ERROR;
         if (reconcile)
                 rc = RECONCILE_EXIT_ERROR;
+        if (find)
+                rc = FIND_ERROR; /* 1 means "nothing found" there */
         cfg = cfg_load(cfg_path, environ, overrides, nover, &e);
         if (cfg == NULL ||
-            cfg_validate(cfg, migrate || replay || status || reconcile || reproject ? CFG_FOR_MIGRATE : CFG_FOR_DAEMON, &e) != 0) {
+            cfg_validate(cfg, migrate || replay || status || reconcile || reproject || find ? CFG_FOR_MIGRATE
+                                                                                        : CFG_FOR_DAEMON,
+                         &e) != 0) {
                 fprintf(stderr, "easypost-syncd: configuration: %s\n", e.msg);
                 cfg_free(cfg);
                 goto out;
@@ -198,6 +216,13 @@ main(int argc, char **argv)
                 rc = (int)status_run(cfg, json, stdout, &e);
                 if (rc == STATUS_ERROR)
                         fprintf(stderr, "easypost-syncd: status: %s\n", e.msg);
+                cfg_free(cfg);
+                goto out;
+        }
+        if (find) {
+                rc = (int)find_run(cfg->database_url, find, stdout, stderr, &e);
+                if (rc == FIND_ERROR)
+                        fprintf(stderr, "easypost-syncd: find: %s\n", e.msg);
                 cfg_free(cfg);
                 goto out;
         }

@@ -197,6 +197,8 @@ BEGIN
     FROM shipments sh
     WHERE sh.easypost_id = s ->> 'id' AND tr.shipment_easypost_id = sh.easypost_id
       AND tr.shipment_id IS NULL;
+    -- its search row (90_search.sql): written here, never on the webhook path
+    PERFORM eps_search_refresh(s ->> 'id');
 END
 $$;
 

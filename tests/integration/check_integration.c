@@ -30,6 +30,7 @@ main(void)
         srunner_add_suite(sr, converge_suite());
         srunner_add_suite(sr, objects_suite());
         srunner_add_suite(sr, reproject_suite());
+        srunner_add_suite(sr, search_suite());
 
         curl_global_init(CURL_GLOBAL_DEFAULT);
         srunner_run_all(sr, CK_NORMAL);

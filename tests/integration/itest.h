@@ -99,5 +99,6 @@ Suite *migrate_suite(void);
 Suite *converge_suite(void);
 Suite *objects_suite(void);
 Suite *reproject_suite(void);
+Suite *search_suite(void);
 
 #endif
