@@ -20,7 +20,7 @@
 struct timers;
 struct strbuf;
 
-#define TIMERS_NVIEWS 3
+#define TIMERS_NVIEWS 4
 
 /* What the timers need of the configuration; strings are copied. */
 struct timers_settings {

@@ -32,6 +32,7 @@
 
 static const char *const view_names[TIMERS_NVIEWS] = {
         "analytics_daily_volume", "analytics_carrier_performance", "analytics_status_funnel",
+        "analytics_refunds",
 };
 
 /* system_metrics: a short INSERT (and DELETE of old rows) */
@@ -313,7 +314,8 @@ read_last_refresh(struct timers *t)
                                     " FROM analytics_refreshes r WHERE r.view_name = v"
                                     " AND r.outcome = 'ok' ORDER BY started_at DESC LIMIT 1)"
                                     " FROM unnest(ARRAY['analytics_daily_volume',"
-                                    " 'analytics_carrier_performance', 'analytics_status_funnel']) v",
+                                    " 'analytics_carrier_performance', 'analytics_status_funnel',"
+                                    " 'analytics_refunds']) v",
                           0, NULL, last_refresh_cb, t) != 0)
                 enter(t, &t->analytics, TIMERS_IDLE);
 }

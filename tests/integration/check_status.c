@@ -266,8 +266,8 @@ START_TEST(test_healthy)
         ck_assert(json_is_false(jget(j.json, "backfill", "enabled")));
         /* every view, with the refresh inserted */
         json_t *views = jget(j.json, "analytics", "views");
-        ck_assert_int_eq(json_array_size(views), 3);
-        for (size_t i = 0; i < 3; i++) {
+        ck_assert_int_eq(json_array_size(views), 4);
+        for (size_t i = 0; i < 4; i++) {
                 json_t *v = json_array_get(views, i);
                 ck_assert_str_eq(json_string_value(json_object_get(v, "outcome")), "ok");
                 ck_assert_int_eq(jnum(v, "rows"), 41 + (long long)i);
@@ -469,13 +469,13 @@ START_TEST(test_stale_timers)
         ck_assert_str_eq(json_string_value(jget(j.json, "backfill", "cursor")), "evt_cursor");
         long long behind = jnum(jget(j.json, "backfill", "first_event_after_cursor"), "age_s");
         ck_assert(behind >= 3600 && behind < 3600 + 300);
-        /* two stale views (one failing since, one never refreshed), one fresh */
+        /* three stale views (one failing since, two never refreshed), one fresh */
         size_t i, stale = 0;
         json_t *r;
         json_array_foreach(json_object_get(j.json, "reasons"), i, r)
                 stale += strcmp(json_string_value(json_object_get(r, "check")), "analytics_stale") == 0;
-        ck_assert_int_eq(stale, 2);
-        ck_assert_int_eq(json_array_size(json_object_get(j.json, "reasons")), 4);
+        ck_assert_int_eq(stale, 3);
+        ck_assert_int_eq(json_array_size(json_object_get(j.json, "reasons")), 5);
         run_free(&j);
 
         struct run t = run_syncd(url, (const char *const[]){ "EASYPOST_API_KEY=EZTKtestkey0123456789", NULL },
@@ -638,8 +638,8 @@ START_TEST(test_new_install_healthy)
         ck_assert_msg(j.code == 0, "exit %d: %s%s", j.code, j.out, j.err);
         ck_assert_str_eq(json_string_value(json_object_get(j.json, "status")), "healthy");
         json_t *views = jget(j.json, "analytics", "views");
-        ck_assert_int_eq(json_array_size(views), 3);
-        for (size_t i = 0; i < 3; i++)
+        ck_assert_int_eq(json_array_size(views), 4);
+        for (size_t i = 0; i < 4; i++)
                 ck_assert(json_is_false(json_object_get(json_array_get(views, i), "due")));
         run_free(&j);
         struct run t = run_syncd(url, NULL, TEXT_ARGS);
@@ -650,7 +650,7 @@ START_TEST(test_new_install_healthy)
         db_exec(c, "UPDATE schema_migrations SET applied_at = now() - interval '1 hour'");
         struct run o = run_syncd(url, NULL, JSON_ARGS);
         ck_assert_msg(o.code == 1, "exit %d: %s%s", o.code, o.out, o.err);
-        ck_assert_int_eq(reasons_of(o.json, "analytics_stale"), 3);
+        ck_assert_int_eq(reasons_of(o.json, "analytics_stale"), 4);
         ck_assert_int_eq(reasons_of(o.json, "system_metrics_stale"), 1);
         run_free(&o);
         schema_drop(c, "eps_status_new");

@@ -17,7 +17,7 @@ static void
 wipe(PGconn *c)
 {
         db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, sync_jobs, "
-                   "system_metrics, analytics_refreshes CASCADE");
+                   "system_metrics, analytics_refreshes, refunds CASCADE");
 }
 
 static double
@@ -111,12 +111,33 @@ START_TEST(test_views_reflect_events_before_refresh)
                 ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
                 free(b);
         }
+        /* two refunds of a shipment with its postage, one of a shipment not fetched */
+        db_exec(c, "INSERT INTO shipments (easypost_id, carrier, rate, currency)"
+                   " VALUES ('shp_view_refunded', 'USPS', 7.25, 'USD')");
+        for (int i = 0; i < 3; i++) {
+                char id[32], res[300];
+                snprintf(id, sizeof(id), "evt_view_rfnd_%d", i);
+                snprintf(res, sizeof(res),
+                         "{\"id\":\"rfnd_view_%d\",\"object\":\"Refund\",\"status\":\"refunded\","
+                         "\"carrier\":\"USPS\",\"shipment_id\":\"%s\",\"tracking_code\":\"R%d\","
+                         "\"created_at\":\"2025-07-02T10:00:00Z\",\"updated_at\":\"2025-07-02T10:00:00Z\"}",
+                         i, i < 2 ? "shp_view_refunded" : "shp_view_unfetched", i);
+                char *b = make_event(id, "refund.successful", res);
+                ck_assert_int_eq(post_event(d.port, b, strlen(b), NULL, 0), 200);
+                free(b);
+        }
         db_exec(c, "CREATE TEMP TABLE sent AS SELECT clock_timestamp() AS at");
         /* every view refreshed at least once since (refreshes go on every
          * second: a count of refreshes would be overtaken) */
         ck_assert_int_eq(db_wait_long(c, "SELECT count(DISTINCT view_name) FROM analytics_refreshes "
                                          "WHERE outcome = 'ok' AND started_at > (SELECT at FROM sent)",
-                                      3, 30000), 3);
+                                      4, 30000), 4);
+        ck_assert_int_eq(db_long(c, "SELECT refunds FROM analytics_refunds WHERE day = '2025-07-02' "
+                                    "AND carrier = 'USPS' AND status = 'refunded'", NULL), 3);
+        ck_assert_int_eq(db_long(c, "SELECT (postage * 100)::bigint FROM analytics_refunds "
+                                    "WHERE day = '2025-07-02' AND carrier = 'USPS'", NULL), 1450);
+        ck_assert_int_eq(db_long(c, "SELECT without_postage FROM analytics_refunds "
+                                    "WHERE day = '2025-07-02' AND carrier = 'USPS'", NULL), 1);
         ck_assert_int_eq(db_long(c, "SELECT sum(trackers) FROM analytics_status_funnel", NULL), N);
         ck_assert_int_eq(db_long(c, "SELECT trackers FROM analytics_status_funnel WHERE carrier = 'USPS' "
                                     "AND status = 'delivered'", NULL), 4);
@@ -142,10 +163,10 @@ START_TEST(test_two_daemons_one_refresh_per_view_and_slot)
                                       5, 30000), 5);
         /* each replica reports every view's last refresh, whichever replica did it */
         const char *views[] = { "analytics_daily_volume", "analytics_carrier_performance",
-                                "analytics_status_funnel" };
+                                "analytics_status_funnel", "analytics_refunds" };
         unsigned ports[] = { d1.port, d2.port };
         for (int i = 0; i < 2; i++)
-                for (int v = 0; v < 3; v++) {
+                for (int v = 0; v < 4; v++) {
                         char name[160];
                         snprintf(name, sizeof(name),
                                  "easypost_sync_analytics_last_refresh_timestamp_seconds{view=\"%s\"}", views[v]);
@@ -154,7 +175,7 @@ START_TEST(test_two_daemons_one_refresh_per_view_and_slot)
                                       "%s on replica %d: %.0f, started %.0f", name, i, ts, t0);
                 }
         /* and the duration of its own last refresh of it: one replica at least refreshed each view */
-        for (int v = 0; v < 3; v++) {
+        for (int v = 0; v < 4; v++) {
                 char name[160];
                 snprintf(name, sizeof(name),
                          "easypost_sync_analytics_last_refresh_duration_seconds{view=\"%s\"}", views[v]);
@@ -182,14 +203,15 @@ START_TEST(test_two_daemons_one_refresh_per_view_and_slot)
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM (SELECT DISTINCT tick FROM analytics_refreshes "
                                     "WHERE tick < (SELECT max(tick) FROM analytics_refreshes)) s "
                                     "CROSS JOIN unnest(ARRAY['analytics_daily_volume', "
-                                    "'analytics_carrier_performance', 'analytics_status_funnel']) v(name) "
+                                    "'analytics_carrier_performance', 'analytics_status_funnel', "
+                                    "'analytics_refunds']) v(name) "
                                     "WHERE NOT EXISTS (SELECT 1 FROM analytics_refreshes r "
                                     "WHERE r.tick = s.tick AND r.view_name = v.name) "
                                     "AND NOT EXISTS (SELECT 1 FROM analytics_refreshes p "
                                     "WHERE p.view_name = v.name AND p.tick < s.tick "
                                     "AND p.started_at + p.duration_ms * interval '1 millisecond' "
                                     "> to_timestamp(s.tick) + interval '3 s')", NULL), 0);
-        ck_assert_int_eq(db_long(c, "SELECT count(DISTINCT view_name) FROM analytics_refreshes", NULL), 3);
+        ck_assert_int_eq(db_long(c, "SELECT count(DISTINCT view_name) FROM analytics_refreshes", NULL), 4);
         PQfinish(c);
 }
 END_TEST
