@@ -8,6 +8,7 @@
 #include "epevent.h"
 
 #include <jansson.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -134,6 +135,9 @@ epevent_valid_time(const char *s)
 
 enum field { F_NONE, F_ID, F_OBJECT, F_DESC, F_MODE, F_CREATED, F_RESULT_ID };
 
+/* Which object the scanner is in: only these three have fields it keeps. */
+enum ctx { CTX_OTHER, CTX_TOP, CTX_RESULT, CTX_DETAIL };
+
 struct scan {
         const unsigned char *start, *p, *end;
         struct epevent *ev;
@@ -141,6 +145,10 @@ struct scan {
         bool has_nul;
         bool object_is_event;
         int seen;                 /* bitmask of F_* captured */
+        struct eptracker *t;      /* the typed snapshot being filled */
+        bool result_object;       /* "result" is an object */
+        bool untyped;             /* something the typed snapshot cannot say exactly */
+        size_t detail;            /* the detail object being scanned: its index in t->d */
         uint64_t *keys;           /* key hashes of the open objects, a stack */
         size_t nkeys, capkeys;
 };
@@ -417,12 +425,13 @@ sort_u64(uint64_t *a, size_t n)
 }
 
 static int scan_value(struct scan *s, int depth, enum field f);
+static int scan_object(struct scan *s, int depth, enum ctx ctx);
 
 /* Where a key's value goes: only the top object and its "result" matter. */
 static enum field
-field_for(int depth, bool in_result, const char *key, size_t len)
+field_for(enum ctx ctx, const char *key, size_t len)
 {
-        if (depth == 1 && !in_result) {
+        if (ctx == CTX_TOP) {
                 if (len == 2 && memcmp(key, "id", 2) == 0)
                         return F_ID;
                 if (len == 6 && memcmp(key, "object", 6) == 0)
@@ -435,17 +444,200 @@ field_for(int depth, bool in_result, const char *key, size_t len)
                         return F_CREATED;
                 if (len == 6 && memcmp(key, "result", 6) == 0)
                         return F_RESULT_ID; /* the object itself; its "id" below */
-        } else if (depth == 2 && in_result && len == 2 && memcmp(key, "id", 2) == 0) {
+        } else if (ctx == CTX_RESULT && len == 2 && memcmp(key, "id", 2) == 0) {
                 return F_RESULT_ID;
         }
         return F_NONE;
 }
 
+/* A string value for the typed snapshot: decoded into the arena; null
+ * leaves dst absent; any other value makes the snapshot untyped. */
 static int
-scan_object(struct scan *s, int depth, bool is_result)
+tcap(struct scan *s, int depth, struct epstr *dst)
+{
+        struct eptracker *t = s->t;
+
+        if (s->p < s->end && *s->p == '"') {
+                size_t len;
+                char *out = t->arena + t->used;
+                size_t cap = t->cap - t->used;
+                if (scan_string(s, out, cap, &len, NULL) != 0)
+                        return -1;
+                if (len >= cap) { /* cannot be: decoded text is shorter than the body */
+                        s->untyped = true;
+                        return 0;
+                }
+                dst->p = out;
+                dst->n = len;
+                t->used += len;
+                return 0;
+        }
+        if (s->p < s->end && *s->p == 'n')
+                return scan_literal(s, "null", 4);
+        s->untyped = true;
+        return scan_value(s, depth, F_NONE);
+}
+
+/* A value kept as its JSON text (PostgreSQL casts it to jsonb). */
+static int
+tspan(struct scan *s, int depth, struct epstr *dst)
+{
+        struct eptracker *t = s->t;
+        const unsigned char *from = s->p;
+
+        if (scan_value(s, depth, F_NONE) != 0)
+                return -1;
+        size_t n = (size_t)(s->p - from);
+        if (n >= t->cap - t->used) {
+                s->untyped = true;
+                return 0;
+        }
+        memcpy(t->arena + t->used, from, n);
+        dst->p = t->arena + t->used;
+        dst->n = n;
+        t->used += n;
+        return 0;
+}
+
+static bool
+key_is(const char *key, size_t len, const char *name)
+{
+        return strlen(name) == len && memcmp(key, name, len) == 0;
+}
+
+/* tracking_details: an array of objects, each typed (anything else: untyped). */
+static int
+scan_details(struct scan *s, int depth)
+{
+        struct eptracker *t = s->t;
+
+        s->p++; /* [ */
+        skip_ws(s);
+        if (s->p < s->end && *s->p == ']') {
+                s->p++;
+                return 0;
+        }
+        for (;;) {
+                skip_ws(s);
+                if (depth + 1 > EPEVENT_MAX_DEPTH)
+                        return fail(s, "nested too deep");
+                t->ndetails++;
+                if (s->p < s->end && *s->p == '{') {
+                        if (t->nd == t->capd) {
+                                t->capd = t->capd ? t->capd * 2 : 16;
+                                t->d = xrealloc(t->d, t->capd * sizeof(*t->d));
+                        }
+                        memset(&t->d[t->nd], 0, sizeof(t->d[0]));
+                        t->d[t->nd].pos = t->ndetails;
+                        s->detail = t->nd++;
+                        if (scan_object(s, depth + 1, CTX_DETAIL) != 0)
+                                return -1;
+                } else {
+                        s->untyped = true;
+                        if (scan_value(s, depth + 1, F_NONE) != 0)
+                                return -1;
+                }
+                skip_ws(s);
+                if (s->p < s->end && *s->p == ',') {
+                        s->p++;
+                        continue;
+                }
+                if (s->p < s->end && *s->p == ']') {
+                        s->p++;
+                        return 0;
+                }
+                return fail(s, "expected ',' or ']'");
+        }
+}
+
+/* The value of key in an object of the typed snapshot; 1 when it is none of its fields. */
+static int
+scan_typed(struct scan *s, int depth, enum ctx ctx, const char *key, size_t klen)
+{
+        struct eptracker *t = s->t;
+
+        if (ctx == CTX_TOP) {
+                if (key_is(key, klen, "updated_at"))
+                        return tcap(s, depth, &t->ev_updated);
+                if (key_is(key, klen, "created_at")) {
+                        /* also the event's own created_at, as capture() keeps it */
+                        struct epstr v = { NULL, 0 };
+                        if (tcap(s, depth, &v) != 0)
+                                return -1;
+                        t->ev_created = v;
+                        if (v.p && v.n < sizeof(s->ev->created_at) && memchr(v.p, '\0', v.n) == NULL) {
+                                memcpy(s->ev->created_at, v.p, v.n);
+                                s->ev->created_at[v.n] = '\0';
+                                s->seen |= 1 << F_CREATED;
+                        }
+                        return 0;
+                }
+                return 1;
+        }
+        if (ctx == CTX_RESULT) {
+                static const struct {
+                        const char *name;
+                        size_t off;
+                } f[] = {
+                        { "shipment_id", offsetof(struct eptracker, shp) },
+                        { "mode", offsetof(struct eptracker, mode) },
+                        { "tracking_code", offsetof(struct eptracker, code) },
+                        { "carrier", offsetof(struct eptracker, carrier) },
+                        { "status", offsetof(struct eptracker, status) },
+                        { "status_detail", offsetof(struct eptracker, status_detail) },
+                        { "est_delivery_date", offsetof(struct eptracker, est) },
+                        { "signed_by", offsetof(struct eptracker, signed_by) },
+                        { "public_url", offsetof(struct eptracker, url) },
+                        { "created_at", offsetof(struct eptracker, created) },
+                        { "updated_at", offsetof(struct eptracker, updated) },
+                };
+                for (size_t i = 0; i < ARRAY_LEN(f); i++)
+                        if (key_is(key, klen, f[i].name))
+                                return tcap(s, depth, (struct epstr *)((char *)t + f[i].off));
+                if (key_is(key, klen, "carrier_detail"))
+                        return tspan(s, depth, &t->cdetail);
+                if (key_is(key, klen, "tracking_details")) {
+                        if (s->p < s->end && *s->p == '[')
+                                return scan_details(s, depth);
+                        if (s->p < s->end && *s->p == 'n')
+                                return scan_literal(s, "null", 4);
+                        s->untyped = true;
+                        return scan_value(s, depth, F_NONE);
+                }
+                return 1;
+        }
+        if (ctx == CTX_DETAIL) {
+                static const struct {
+                        const char *name;
+                        size_t off;
+                } f[] = {
+                        { "status", offsetof(struct epdetail, status) },
+                        { "status_detail", offsetof(struct epdetail, status_detail) },
+                        { "message", offsetof(struct epdetail, message) },
+                        { "description", offsetof(struct epdetail, description) },
+                        { "carrier_code", offsetof(struct epdetail, carrier_code) },
+                        { "source", offsetof(struct epdetail, source) },
+                        { "datetime", offsetof(struct epdetail, datetime) },
+                };
+                struct epdetail *d = &t->d[s->detail];
+                for (size_t i = 0; i < ARRAY_LEN(f); i++)
+                        if (key_is(key, klen, f[i].name))
+                                return tcap(s, depth, (struct epstr *)((char *)d + f[i].off));
+                if (key_is(key, klen, "tracking_location")) {
+                        if (s->p < s->end && *s->p == '{')
+                                return tspan(s, depth, &t->d[s->detail].location);
+                        return scan_value(s, depth, F_NONE); /* not an object: NULL */
+                }
+                return 1;
+        }
+        return 1;
+}
+
+static int
+scan_object(struct scan *s, int depth, enum ctx ctx)
 {
         size_t base = s->nkeys;
-        char key[16];
+        char key[32];
 
         s->p++; /* { */
         skip_ws(s);
@@ -471,20 +663,28 @@ scan_object(struct scan *s, int depth, bool is_result)
                         return fail(s, "expected ':'");
                 s->p++;
                 skip_ws(s);
-                enum field f = klen < sizeof(key) ? field_for(depth, is_result, key, klen) : F_NONE;
-                if (depth == 1 && f == F_RESULT_ID) {
+                enum field f = klen < sizeof(key) ? field_for(ctx, key, klen) : F_NONE;
+                int rc = 1;
+                if (ctx == CTX_TOP && f == F_RESULT_ID) {
                         /* "result": an object whose id we want, or anything else */
                         if (s->p < s->end && *s->p == '{') {
                                 if (depth + 1 > EPEVENT_MAX_DEPTH)
                                         return fail(s, "nested too deep");
-                                if (scan_object(s, depth + 1, true) != 0)
-                                        return -1;
-                        } else if (scan_value(s, depth + 1, F_NONE) != 0) {
-                                return -1;
+                                s->result_object = true;
+                                rc = scan_object(s, depth + 1, CTX_RESULT);
+                        } else {
+                                rc = scan_value(s, depth + 1, F_NONE);
                         }
-                } else if (scan_value(s, depth + 1, f) != 0) {
-                        return -1;
+                } else if (s->t && ctx != CTX_OTHER && klen < sizeof(key) &&
+                           (f == F_NONE || f == F_CREATED)) {
+                        if (depth + 1 > EPEVENT_MAX_DEPTH)
+                                return fail(s, "nested too deep");
+                        rc = scan_typed(s, depth + 1, ctx, key, klen);
                 }
+                if (rc == 1)
+                        rc = scan_value(s, depth + 1, f);
+                if (rc != 0)
+                        return -1;
                 skip_ws(s);
                 if (s->p < s->end && *s->p == ',') {
                         s->p++;
@@ -551,7 +751,7 @@ scan_value(struct scan *s, int depth, enum field f)
                 return fail(s, "nested too deep");
         switch (*s->p) {
         case '{':
-                return scan_object(s, depth, false);
+                return scan_object(s, depth, CTX_OTHER);
         case '[':
                 s->p++;
                 skip_ws(s);
@@ -593,6 +793,16 @@ scan_value(struct scan *s, int depth, enum field f)
         }
 }
 
+static void
+tracker_free(struct eptracker *t)
+{
+        if (t == NULL)
+                return;
+        free(t->d);
+        free(t->arena);
+        free(t);
+}
+
 /* Rare path: a body with U+0000 gets a cleaned copy for the projection. */
 static int
 make_clean(const void *body, size_t len, struct epevent *ev, struct err *e)
@@ -632,7 +842,10 @@ epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
                 err_set(e, 400, "body is not a JSON object");
                 goto out;
         }
-        if (scan_object(&s, 1, false) != 0)
+        s.t = xcalloc(1, sizeof(*s.t));
+        s.t->cap = len + 1;
+        s.t->arena = xmalloc(s.t->cap);
+        if (scan_object(&s, 1, CTX_TOP) != 0)
                 goto out;
         skip_ws(&s);
         if (s.p != s.end) {
@@ -657,9 +870,16 @@ epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
                 ev->created_at[0] = '\0';
         if (s.has_nul && make_clean(body, len, ev, e) != 0)
                 goto out;
+        if (s.result_object && !s.untyped && !s.has_nul && strncmp(ev->object_id, "trk_", 4) == 0 &&
+            (strcmp(ev->description, "tracker.created") == 0 ||
+             strcmp(ev->description, "tracker.updated") == 0)) {
+                ev->trk = s.t;
+                s.t = NULL;
+        }
         rc = 0;
 out:
         free(s.keys);
+        tracker_free(s.t);
         if (rc != 0)
                 ev->id[0] = '\0';
         return rc;
@@ -670,4 +890,6 @@ epevent_fini(struct epevent *ev)
 {
         free(ev->clean);
         ev->clean = NULL;
+        tracker_free(ev->trk);
+        ev->trk = NULL;
 }
