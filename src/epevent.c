@@ -254,12 +254,22 @@ scan_string(struct scan *s, char *out, size_t cap, size_t *len, uint64_t *hash)
 
         s->p++; /* opening quote */
         while (s->p < s->end) {
-                if (out == NULL && hash == NULL) {
-                        /* a value nobody keeps: plain ASCII runs need no decoding */
+                {
+                        /* plain ASCII runs need no decoding: copied (and hashed) whole */
                         const unsigned char *q = s->p;
-                        while (q < s->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
-                                q++;
-                        n += (size_t)(q - s->p);
+                        if (hash) {
+                                while (q < s->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\') {
+                                        h = (h ^ *q) * 0x100000001b3ULL;
+                                        q++;
+                                }
+                        } else {
+                                while (q < s->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
+                                        q++;
+                        }
+                        size_t run = (size_t)(q - s->p);
+                        if (out && n < cap)
+                                memcpy(out + n, s->p, run < cap - n ? run : cap - n);
+                        n += run;
                         s->p = q;
                         if (s->p >= s->end)
                                 break;
@@ -505,6 +515,23 @@ key_is(const char *key, size_t len, const char *name)
         return strlen(name) == len && memcmp(key, name, len) == 0;
 }
 
+/* A field of the typed snapshot: its key and where it goes. */
+struct tfield {
+        const char *name;
+        size_t len;
+        size_t off;
+};
+#define TFIELD(name, type, member) { name, sizeof(name) - 1, offsetof(type, member) }
+
+static const struct tfield *
+tfield_find(const struct tfield *f, size_t n, const char *key, size_t klen)
+{
+        for (size_t i = 0; i < n; i++)
+                if (f[i].len == klen && memcmp(f[i].name, key, klen) == 0)
+                        return &f[i];
+        return NULL;
+}
+
 /* tracking_details: an array of objects, each typed (anything else: untyped). */
 static int
 scan_details(struct scan *s, int depth)
@@ -575,25 +602,22 @@ scan_typed(struct scan *s, int depth, enum ctx ctx, const char *key, size_t klen
                 return 1;
         }
         if (ctx == CTX_RESULT) {
-                static const struct {
-                        const char *name;
-                        size_t off;
-                } f[] = {
-                        { "shipment_id", offsetof(struct eptracker, shp) },
-                        { "mode", offsetof(struct eptracker, mode) },
-                        { "tracking_code", offsetof(struct eptracker, code) },
-                        { "carrier", offsetof(struct eptracker, carrier) },
-                        { "status", offsetof(struct eptracker, status) },
-                        { "status_detail", offsetof(struct eptracker, status_detail) },
-                        { "est_delivery_date", offsetof(struct eptracker, est) },
-                        { "signed_by", offsetof(struct eptracker, signed_by) },
-                        { "public_url", offsetof(struct eptracker, url) },
-                        { "created_at", offsetof(struct eptracker, created) },
-                        { "updated_at", offsetof(struct eptracker, updated) },
+                static const struct tfield f[] = {
+                        TFIELD("shipment_id", struct eptracker, shp),
+                        TFIELD("mode", struct eptracker, mode),
+                        TFIELD("tracking_code", struct eptracker, code),
+                        TFIELD("carrier", struct eptracker, carrier),
+                        TFIELD("status", struct eptracker, status),
+                        TFIELD("status_detail", struct eptracker, status_detail),
+                        TFIELD("est_delivery_date", struct eptracker, est),
+                        TFIELD("signed_by", struct eptracker, signed_by),
+                        TFIELD("public_url", struct eptracker, url),
+                        TFIELD("created_at", struct eptracker, created),
+                        TFIELD("updated_at", struct eptracker, updated),
                 };
-                for (size_t i = 0; i < ARRAY_LEN(f); i++)
-                        if (key_is(key, klen, f[i].name))
-                                return tcap(s, depth, (struct epstr *)((char *)t + f[i].off));
+                const struct tfield *tf = tfield_find(f, ARRAY_LEN(f), key, klen);
+                if (tf)
+                        return tcap(s, depth, (struct epstr *)((char *)t + tf->off));
                 if (key_is(key, klen, "carrier_detail"))
                         return tspan(s, depth, &t->cdetail);
                 if (key_is(key, klen, "tracking_details")) {
@@ -607,22 +631,18 @@ scan_typed(struct scan *s, int depth, enum ctx ctx, const char *key, size_t klen
                 return 1;
         }
         if (ctx == CTX_DETAIL) {
-                static const struct {
-                        const char *name;
-                        size_t off;
-                } f[] = {
-                        { "status", offsetof(struct epdetail, status) },
-                        { "status_detail", offsetof(struct epdetail, status_detail) },
-                        { "message", offsetof(struct epdetail, message) },
-                        { "description", offsetof(struct epdetail, description) },
-                        { "carrier_code", offsetof(struct epdetail, carrier_code) },
-                        { "source", offsetof(struct epdetail, source) },
-                        { "datetime", offsetof(struct epdetail, datetime) },
+                static const struct tfield f[] = {
+                        TFIELD("status", struct epdetail, status),
+                        TFIELD("status_detail", struct epdetail, status_detail),
+                        TFIELD("message", struct epdetail, message),
+                        TFIELD("description", struct epdetail, description),
+                        TFIELD("carrier_code", struct epdetail, carrier_code),
+                        TFIELD("source", struct epdetail, source),
+                        TFIELD("datetime", struct epdetail, datetime),
                 };
-                struct epdetail *d = &t->d[s->detail];
-                for (size_t i = 0; i < ARRAY_LEN(f); i++)
-                        if (key_is(key, klen, f[i].name))
-                                return tcap(s, depth, (struct epstr *)((char *)d + f[i].off));
+                const struct tfield *tf = tfield_find(f, ARRAY_LEN(f), key, klen);
+                if (tf)
+                        return tcap(s, depth, (struct epstr *)((char *)&t->d[s->detail] + tf->off));
                 if (key_is(key, klen, "tracking_location")) {
                         if (s->p < s->end && *s->p == '{')
                                 return tspan(s, depth, &t->d[s->detail].location);

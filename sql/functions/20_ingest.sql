@@ -219,19 +219,27 @@ BEGIN
     -- floor (read once for the statement) when retention has dropped its
     -- month: its partition exists whatever date the carrier sent, and all of
     -- a tracker's rows carry one tracker_at, so the unique key stays exact.
+    -- (each tracker looked up once per snapshot, not once per detail)
+    WITH x AS MATERIALIZED (
+        SELECT x.k, x.event, x.upd, x.known, t.id, t.shipment_id,
+               greatest(t.created_at, (SELECT f.history FROM partition_floor f)) AS tracker_at
+        FROM unnest(s_key, s_event, s_trk, s_upd, s_details, s_known)
+             AS x(k, event, trk, upd, details, known)
+        CROSS JOIN LATERAL (SELECT k.id, k.shipment_id, k.created_at FROM trackers k
+                            WHERE k.easypost_id = x.trk LIMIT 1) t
+        WHERE x.details > x.known
+    )
     INSERT INTO shipment_events (tracker_id, tracker_at, shipment_id, webhook_event_id, status,
                                  status_detail, message, description, carrier_code, source,
                                  event_datetime, tracking_location)
-    SELECT t.id, greatest(t.created_at, (SELECT f.history FROM partition_floor f)), t.shipment_id,
-           x.event, coalesce(d.status, ''), d.sdetail, coalesce(d.message, ''), d.description,
-           d.carrier_code, d.source, coalesce(eps_ts(d.dt), x.upd, now()), d.loc
-    FROM unnest(s_key, s_event, s_trk, s_upd, s_details, s_known) AS x(k, event, trk, upd, details, known)
+    SELECT x.id, x.tracker_at, x.shipment_id, x.event, coalesce(d.status, ''), d.sdetail,
+           coalesce(d.message, ''), d.description, d.carrier_code, d.source,
+           coalesce(eps_ts(d.dt), x.upd, now()), d.loc
+    FROM x
     JOIN unnest(d_key, d_pos, d_status, d_status_detail, d_message, d_description, d_carrier_code,
                 d_source, d_datetime, d_location)
          AS d(k, pos, status, sdetail, message, description, carrier_code, source, dt, loc)
       ON d.k = x.k AND d.pos > x.known
-    CROSS JOIN LATERAL (SELECT k.id, k.shipment_id, k.created_at FROM trackers k
-                        WHERE k.easypost_id = x.trk LIMIT 1) t
     ORDER BY x.k, d.pos
     ON CONFLICT ON CONSTRAINT shipment_events_once DO NOTHING;
 END
