@@ -484,15 +484,20 @@ $$;
 -- 'pending' (projected or failed: a dead letter, replayed with --replay), so
 -- none is taken again and a poison row cannot spin the projector. Returns
 -- how many it took and how many of those it projected.
+-- Rows are written back one by one by their whole key (id, received_at): a
+-- probe of one partition's primary key, whatever the planner knows of the
+-- table (a join by id read a month's partition whole for every batch while
+-- PostgreSQL thought it small, a cost that grew with the month).
 DROP FUNCTION IF EXISTS eps_project_pending(integer);
 CREATE OR REPLACE FUNCTION eps_project_pending(p_limit integer, OUT taken integer, OUT projected integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id      uuid[];
+    v_at      timestamptz[];
+    v_obj     text[];
     v_raw     text[];
     v_ok      uuid[];
     v_body    jsonb[];
-    v_bad     uuid[];
     v_why     text[];
     v_one     jsonb;
     v_problem text;
@@ -500,9 +505,10 @@ DECLARE
 BEGIN
     taken := 0;
     projected := 0;
-    SELECT array_agg(p.id ORDER BY p.received_at), array_agg(p.raw ORDER BY p.received_at)
-    INTO v_id, v_raw
-    FROM (SELECT w.id, w.raw, w.received_at FROM webhook_events w
+    SELECT array_agg(p.id ORDER BY p.received_at), array_agg(p.received_at ORDER BY p.received_at),
+           array_agg(p.object_id ORDER BY p.received_at), array_agg(p.raw ORDER BY p.received_at)
+    INTO v_id, v_at, v_obj, v_raw
+    FROM (SELECT w.id, w.raw, w.received_at, w.object_id FROM webhook_events w
           WHERE w.status = 'pending'
           ORDER BY w.received_at
           LIMIT least(p_limit, 500)
@@ -512,25 +518,29 @@ BEGIN
     END IF;
     taken := cardinality(v_id);
     BEGIN
-        WITH q AS MATERIALIZED (SELECT u.id, u.raw::jsonb AS body FROM unnest(v_id, v_raw) AS u(id, raw)),
+        WITH q AS MATERIALIZED (SELECT u.id, u.raw::jsonb AS body, u.i
+                                FROM unnest(v_id, v_raw) WITH ORDINALITY AS u(id, raw, i)),
              c AS (SELECT q.*, eps_tracker_problem(q.body) AS problem FROM q)
-        SELECT array_agg(id) FILTER (WHERE problem IS NULL), array_agg(body) FILTER (WHERE problem IS NULL),
-               array_agg(id) FILTER (WHERE problem IS NOT NULL), array_agg(problem) FILTER (WHERE problem IS NOT NULL)
-        INTO v_ok, v_body, v_bad, v_why
+        SELECT array_agg(id ORDER BY i) FILTER (WHERE problem IS NULL),
+               array_agg(body ORDER BY i) FILTER (WHERE problem IS NULL),
+               array_agg(problem ORDER BY i)
+        INTO v_ok, v_body, v_why
         FROM c;
         IF v_ok IS NOT NULL THEN
             PERFORM eps_project_trackers(v_ok, v_body);
         END IF;
-        UPDATE webhook_events w
-        SET status = CASE WHEN x.why IS NULL THEN 'projected' ELSE 'failed' END, error = x.why,
-            processed_at = now()
-        FROM (SELECT unnest(v_ok) AS id, NULL::text AS why
-              UNION ALL SELECT * FROM unnest(v_bad, v_why)) x
-        WHERE w.id = x.id;
+        -- one row at a time by its whole key: a join lets the planner read a
+        -- partition whole when it thinks it small
+        FOR i IN 1 .. taken LOOP
+            UPDATE webhook_events
+            SET status = CASE WHEN v_why[i] IS NULL THEN 'projected' ELSE 'failed' END, error = v_why[i],
+                processed_at = now()
+            WHERE id = v_id[i] AND received_at = v_at[i];
+        END LOOP;
         -- as at ingest: a tracker whose event cannot be projected is fetched
         INSERT INTO sync_jobs (kind, object_id)
-        SELECT DISTINCT 'tracker', w.object_id FROM webhook_events w
-        WHERE w.id = ANY (v_bad) AND w.object_id LIKE 'trk\_%'
+        SELECT DISTINCT 'tracker', x.obj FROM unnest(v_obj, v_why) AS x(obj, why)
+        WHERE x.why IS NOT NULL AND x.obj LIKE 'trk\_%'
         ORDER BY 2
         ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING;
         projected := coalesce(cardinality(v_ok), 0);
@@ -556,7 +566,7 @@ BEGIN
             UPDATE webhook_events
             SET status = CASE WHEN v_problem IS NULL THEN 'projected' ELSE 'failed' END,
                 error = v_problem, body_error = coalesce(v_berr, body_error), processed_at = now()
-            WHERE id = v_id[i];
+            WHERE id = v_id[i] AND received_at = v_at[i];
             IF v_problem IS NULL THEN
                 projected := projected + 1;
             END IF;

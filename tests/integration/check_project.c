@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "itest.h"
+#include "metrics.h"
 #include "util.h"
 
 static struct daemon dm;
@@ -438,6 +439,67 @@ START_TEST(test_typed_snapshot_equals_jsonb)
 }
 END_TEST
 
+static void
+notice_to_buf(void *arg, const char *msg)
+{
+        strbuf_printf(arg, "%s", msg);
+}
+
+/* The projector writes each row it took back by its whole key: a probe of
+ * the partition's primary key, even in a month's partition PostgreSQL has
+ * not analyzed yet (by id alone that partition was read whole for every
+ * batch, slower the fuller the month). Every plan of eps_project_pending is
+ * shown (auto_explain) and none reads the filled partition whole. */
+START_TEST(test_pending_rows_written_back_by_key)
+{
+        PGconn *c = db_open();
+        struct strbuf plans = { 0 };
+
+        wipe(c);
+        /* next month's partition: nothing has written there, nothing analyzed it */
+        char *part = db_text(c, "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                                " WHERE i.inhparent = 'webhook_events'::regclass"
+                                " AND c.relname = 'webhook_events_' || to_char(now() + interval '1 month', 'YYYY_MM')",
+                             NULL);
+        ck_assert_ptr_nonnull(part);
+        db_exec(c, "INSERT INTO webhook_events (id, event_id, description, object_id, raw, status, received_at)"
+                   " SELECT eps_uuid7(), 'evt_pk_' || g, 'tracker.updated', 'trk_pk_' || g, '{}', 'projected',"
+                   " date_trunc('month', now() + interval '1 month') + g * interval '1 ms'"
+                   " FROM generate_series(1, 20000) g");
+        /* a projector's batch of pending tracker events after them */
+        db_exec(c, "INSERT INTO webhook_events (id, event_id, description, object_id, raw, status, received_at)"
+                   " SELECT eps_uuid7(), 'evt_pkp_' || g, 'tracker.updated', 'trk_pkp_' || g,"
+                   " format('{\"id\":\"evt_pkp_%s\",\"object\":\"Event\",\"description\":\"tracker.updated\","
+                   "\"result\":{\"id\":\"trk_pkp_%s\",\"status\":\"in_transit\",\"tracking_details\":[]}}', g, g),"
+                   " 'pending', date_trunc('month', now() + interval '1 month') + interval '1 hour' + g * interval '1 ms'"
+                   " FROM generate_series(1, 200) g");
+        PQsetNoticeProcessor(c, notice_to_buf, &plans);
+        db_exec(c, "LOAD 'auto_explain'");
+        db_exec(c, "SET auto_explain.log_min_duration = 0");
+        db_exec(c, "SET auto_explain.log_nested_statements = on");
+        db_exec(c, "SET auto_explain.log_level = notice");
+        db_exec(c, "SET client_min_messages = notice");
+        char *out = db_text(c, "SELECT taken || '/' || projected FROM eps_project_pending(200)", NULL);
+        ck_assert_str_eq(out, "200/200");
+        free(out);
+        db_exec(c, "SET client_min_messages = warning");
+        PQsetNoticeProcessor(c, NULL, NULL);
+        const char *upd = strstr(plans.data, "UPDATE webhook_events");
+        ck_assert_msg(upd != NULL, "no plan of the write-back shown: %.800s", plans.data);
+        char seq[160];
+        snprintf(seq, sizeof(seq), "Seq Scan on %s ", part);
+        const char *at = strstr(plans.data, seq);
+        ck_assert_msg(at == NULL, "%s read whole: %.800s", part,
+                      at && at - plans.data > 600 ? at - 600 : plans.data);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events WHERE status = 'pending'", NULL), 0);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers WHERE easypost_id LIKE 'trk\\_pkp\\_%'", NULL), 200);
+        wipe(c);
+        free(part);
+        free(plans.data);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 project_suite(void)
 {
@@ -453,6 +515,7 @@ project_suite(void)
         tcase_add_test(tc, test_dead_letter_then_replay);
         tcase_add_test(tc, test_deferred_projection);
         tcase_add_test(tc, test_typed_snapshot_equals_jsonb);
+        tcase_add_test(tc, test_pending_rows_written_back_by_key);
         suite_add_tcase(s, tc);
         return s;
 }
