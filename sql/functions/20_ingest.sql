@@ -266,8 +266,10 @@ $$;
 -- nothing parsed; p_partial marks a copy that holds less than the delivery
 -- (backfill's list item, which has no result): a later full copy replaces
 -- it instead of being a duplicate. Every other body is parsed here once (a deferred tracker
--- event by the projector), so body_error NULL means raw::jsonb works; a body
--- PostgreSQL refuses breaks the statement and the daemon isolates it. A
+-- event by the projector; a typed one, below, never: the daemon's scanner
+-- accepts only JSON that jsonb holds), so body_error NULL means raw::jsonb
+-- works; a body PostgreSQL refuses breaks the statement and the daemon
+-- isolates it. A
 -- tracker event stored 'failed' (its body cannot be projected, or it is a
 -- dead letter) queues a fetch of its tracker, so the tracker row still comes
 -- to be. An event of another object this version knows (eps_object_of) is
