@@ -43,7 +43,7 @@ struct eptracker {
         unsigned ndetails;                   /* elements of tracking_details */
         struct epdetail *d;                  /* all of them, in order */
         size_t nd, capd;
-        char *arena; /* the strings above point here; as large as the body */
+        char *arena; /* the strings above point here, nothing else */
         size_t used, cap;
 };
 

@@ -813,6 +813,33 @@ scan_value(struct scan *s, int depth, enum field f)
         }
 }
 
+/* Moves the strings into an arena of just their size: the snapshot lives
+ * as long as its event is queued, the body-sized arena only while scanning. */
+static void
+tracker_shrink(struct eptracker *t)
+{
+        char *a = xmalloc(t->used ? t->used : 1);
+        struct epstr *f[] = { &t->shp, &t->mode, &t->code, &t->carrier, &t->status,
+                              &t->status_detail, &t->est, &t->signed_by, &t->url, &t->cdetail,
+                              &t->created, &t->updated, &t->ev_updated, &t->ev_created };
+
+        memcpy(a, t->arena, t->used);
+        for (size_t i = 0; i < ARRAY_LEN(f); i++)
+                if (f[i]->p)
+                        f[i]->p = a + (f[i]->p - t->arena);
+        for (size_t j = 0; j < t->nd; j++) {
+                struct epdetail *d = &t->d[j];
+                struct epstr *g[] = { &d->status, &d->status_detail, &d->message, &d->description,
+                                      &d->carrier_code, &d->source, &d->datetime, &d->location };
+                for (size_t i = 0; i < ARRAY_LEN(g); i++)
+                        if (g[i]->p)
+                                g[i]->p = a + (g[i]->p - t->arena);
+        }
+        free(t->arena);
+        t->arena = a;
+        t->cap = t->used;
+}
+
 static void
 tracker_free(struct eptracker *t)
 {
@@ -893,6 +920,7 @@ epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
         if (s.result_object && !s.untyped && !s.has_nul && strncmp(ev->object_id, "trk_", 4) == 0 &&
             (strcmp(ev->description, "tracker.created") == 0 ||
              strcmp(ev->description, "tracker.updated") == 0)) {
+                tracker_shrink(s.t);
                 ev->trk = s.t;
                 s.t = NULL;
         }
