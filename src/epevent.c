@@ -8,6 +8,7 @@
 #include "epevent.h"
 
 #include <jansson.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -134,6 +135,9 @@ epevent_valid_time(const char *s)
 
 enum field { F_NONE, F_ID, F_OBJECT, F_DESC, F_MODE, F_CREATED, F_RESULT_ID };
 
+/* Which object the scanner is in: only these three have fields it keeps. */
+enum ctx { CTX_OTHER, CTX_TOP, CTX_RESULT, CTX_DETAIL };
+
 struct scan {
         const unsigned char *start, *p, *end;
         struct epevent *ev;
@@ -141,6 +145,10 @@ struct scan {
         bool has_nul;
         bool object_is_event;
         int seen;                 /* bitmask of F_* captured */
+        struct eptracker *t;      /* the typed snapshot being filled */
+        bool result_object;       /* "result" is an object */
+        bool untyped;             /* something the typed snapshot cannot say exactly */
+        size_t detail;            /* the detail object being scanned: its index in t->d */
         uint64_t *keys;           /* key hashes of the open objects, a stack */
         size_t nkeys, capkeys;
 };
@@ -246,12 +254,22 @@ scan_string(struct scan *s, char *out, size_t cap, size_t *len, uint64_t *hash)
 
         s->p++; /* opening quote */
         while (s->p < s->end) {
-                if (out == NULL && hash == NULL) {
-                        /* a value nobody keeps: plain ASCII runs need no decoding */
+                {
+                        /* plain ASCII runs need no decoding: copied (and hashed) whole */
                         const unsigned char *q = s->p;
-                        while (q < s->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
-                                q++;
-                        n += (size_t)(q - s->p);
+                        if (hash) {
+                                while (q < s->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\') {
+                                        h = (h ^ *q) * 0x100000001b3ULL;
+                                        q++;
+                                }
+                        } else {
+                                while (q < s->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
+                                        q++;
+                        }
+                        size_t run = (size_t)(q - s->p);
+                        if (out && n < cap)
+                                memcpy(out + n, s->p, run < cap - n ? run : cap - n);
+                        n += run;
                         s->p = q;
                         if (s->p >= s->end)
                                 break;
@@ -417,12 +435,13 @@ sort_u64(uint64_t *a, size_t n)
 }
 
 static int scan_value(struct scan *s, int depth, enum field f);
+static int scan_object(struct scan *s, int depth, enum ctx ctx);
 
 /* Where a key's value goes: only the top object and its "result" matter. */
 static enum field
-field_for(int depth, bool in_result, const char *key, size_t len)
+field_for(enum ctx ctx, const char *key, size_t len)
 {
-        if (depth == 1 && !in_result) {
+        if (ctx == CTX_TOP) {
                 if (len == 2 && memcmp(key, "id", 2) == 0)
                         return F_ID;
                 if (len == 6 && memcmp(key, "object", 6) == 0)
@@ -435,17 +454,210 @@ field_for(int depth, bool in_result, const char *key, size_t len)
                         return F_CREATED;
                 if (len == 6 && memcmp(key, "result", 6) == 0)
                         return F_RESULT_ID; /* the object itself; its "id" below */
-        } else if (depth == 2 && in_result && len == 2 && memcmp(key, "id", 2) == 0) {
+        } else if (ctx == CTX_RESULT && len == 2 && memcmp(key, "id", 2) == 0) {
                 return F_RESULT_ID;
         }
         return F_NONE;
 }
 
+/* A string value for the typed snapshot: decoded into the arena; null
+ * leaves dst absent; any other value makes the snapshot untyped. */
 static int
-scan_object(struct scan *s, int depth, bool is_result)
+tcap(struct scan *s, int depth, struct epstr *dst)
+{
+        struct eptracker *t = s->t;
+
+        if (s->p < s->end && *s->p == '"') {
+                size_t len;
+                char *out = t->arena + t->used;
+                size_t cap = t->cap - t->used;
+                if (scan_string(s, out, cap, &len, NULL) != 0)
+                        return -1;
+                if (len >= cap) { /* cannot be: decoded text is shorter than the body */
+                        s->untyped = true;
+                        return 0;
+                }
+                dst->p = out;
+                dst->n = len;
+                t->used += len;
+                return 0;
+        }
+        if (s->p < s->end && *s->p == 'n')
+                return scan_literal(s, "null", 4);
+        s->untyped = true;
+        return scan_value(s, depth, F_NONE);
+}
+
+/* A value kept as its JSON text (PostgreSQL casts it to jsonb). */
+static int
+tspan(struct scan *s, int depth, struct epstr *dst)
+{
+        struct eptracker *t = s->t;
+        const unsigned char *from = s->p;
+
+        if (scan_value(s, depth, F_NONE) != 0)
+                return -1;
+        size_t n = (size_t)(s->p - from);
+        if (n >= t->cap - t->used) {
+                s->untyped = true;
+                return 0;
+        }
+        memcpy(t->arena + t->used, from, n);
+        dst->p = t->arena + t->used;
+        dst->n = n;
+        t->used += n;
+        return 0;
+}
+
+static bool
+key_is(const char *key, size_t len, const char *name)
+{
+        return strlen(name) == len && memcmp(key, name, len) == 0;
+}
+
+/* A field of the typed snapshot: its key and where it goes. */
+struct tfield {
+        const char *name;
+        size_t len;
+        size_t off;
+};
+#define TFIELD(name, type, member) { name, sizeof(name) - 1, offsetof(type, member) }
+
+static const struct tfield *
+tfield_find(const struct tfield *f, size_t n, const char *key, size_t klen)
+{
+        for (size_t i = 0; i < n; i++)
+                if (f[i].len == klen && memcmp(f[i].name, key, klen) == 0)
+                        return &f[i];
+        return NULL;
+}
+
+/* tracking_details: an array of objects, each typed (anything else: untyped). */
+static int
+scan_details(struct scan *s, int depth)
+{
+        struct eptracker *t = s->t;
+
+        s->p++; /* [ */
+        skip_ws(s);
+        if (s->p < s->end && *s->p == ']') {
+                s->p++;
+                return 0;
+        }
+        for (;;) {
+                skip_ws(s);
+                if (depth + 1 > EPEVENT_MAX_DEPTH)
+                        return fail(s, "nested too deep");
+                t->ndetails++;
+                if (s->p < s->end && *s->p == '{') {
+                        if (t->nd == t->capd) {
+                                t->capd = t->capd ? t->capd * 2 : 16;
+                                t->d = xrealloc(t->d, t->capd * sizeof(*t->d));
+                        }
+                        memset(&t->d[t->nd], 0, sizeof(t->d[0]));
+                        t->d[t->nd].pos = t->ndetails;
+                        s->detail = t->nd++;
+                        if (scan_object(s, depth + 1, CTX_DETAIL) != 0)
+                                return -1;
+                } else {
+                        s->untyped = true;
+                        if (scan_value(s, depth + 1, F_NONE) != 0)
+                                return -1;
+                }
+                skip_ws(s);
+                if (s->p < s->end && *s->p == ',') {
+                        s->p++;
+                        continue;
+                }
+                if (s->p < s->end && *s->p == ']') {
+                        s->p++;
+                        return 0;
+                }
+                return fail(s, "expected ',' or ']'");
+        }
+}
+
+/* The value of key in an object of the typed snapshot; 1 when it is none of its fields. */
+static int
+scan_typed(struct scan *s, int depth, enum ctx ctx, const char *key, size_t klen)
+{
+        struct eptracker *t = s->t;
+
+        if (ctx == CTX_TOP) {
+                if (key_is(key, klen, "updated_at"))
+                        return tcap(s, depth, &t->ev_updated);
+                if (key_is(key, klen, "created_at")) {
+                        /* also the event's own created_at, as capture() keeps it */
+                        struct epstr v = { NULL, 0 };
+                        if (tcap(s, depth, &v) != 0)
+                                return -1;
+                        t->ev_created = v;
+                        if (v.p && v.n < sizeof(s->ev->created_at) && memchr(v.p, '\0', v.n) == NULL) {
+                                memcpy(s->ev->created_at, v.p, v.n);
+                                s->ev->created_at[v.n] = '\0';
+                                s->seen |= 1 << F_CREATED;
+                        }
+                        return 0;
+                }
+                return 1;
+        }
+        if (ctx == CTX_RESULT) {
+                static const struct tfield f[] = {
+                        TFIELD("shipment_id", struct eptracker, shp),
+                        TFIELD("mode", struct eptracker, mode),
+                        TFIELD("tracking_code", struct eptracker, code),
+                        TFIELD("carrier", struct eptracker, carrier),
+                        TFIELD("status", struct eptracker, status),
+                        TFIELD("status_detail", struct eptracker, status_detail),
+                        TFIELD("est_delivery_date", struct eptracker, est),
+                        TFIELD("signed_by", struct eptracker, signed_by),
+                        TFIELD("public_url", struct eptracker, url),
+                        TFIELD("created_at", struct eptracker, created),
+                        TFIELD("updated_at", struct eptracker, updated),
+                };
+                const struct tfield *tf = tfield_find(f, ARRAY_LEN(f), key, klen);
+                if (tf)
+                        return tcap(s, depth, (struct epstr *)((char *)t + tf->off));
+                if (key_is(key, klen, "carrier_detail"))
+                        return tspan(s, depth, &t->cdetail);
+                if (key_is(key, klen, "tracking_details")) {
+                        if (s->p < s->end && *s->p == '[')
+                                return scan_details(s, depth);
+                        if (s->p < s->end && *s->p == 'n')
+                                return scan_literal(s, "null", 4);
+                        s->untyped = true;
+                        return scan_value(s, depth, F_NONE);
+                }
+                return 1;
+        }
+        if (ctx == CTX_DETAIL) {
+                static const struct tfield f[] = {
+                        TFIELD("status", struct epdetail, status),
+                        TFIELD("status_detail", struct epdetail, status_detail),
+                        TFIELD("message", struct epdetail, message),
+                        TFIELD("description", struct epdetail, description),
+                        TFIELD("carrier_code", struct epdetail, carrier_code),
+                        TFIELD("source", struct epdetail, source),
+                        TFIELD("datetime", struct epdetail, datetime),
+                };
+                const struct tfield *tf = tfield_find(f, ARRAY_LEN(f), key, klen);
+                if (tf)
+                        return tcap(s, depth, (struct epstr *)((char *)&t->d[s->detail] + tf->off));
+                if (key_is(key, klen, "tracking_location")) {
+                        if (s->p < s->end && *s->p == '{')
+                                return tspan(s, depth, &t->d[s->detail].location);
+                        return scan_value(s, depth, F_NONE); /* not an object: NULL */
+                }
+                return 1;
+        }
+        return 1;
+}
+
+static int
+scan_object(struct scan *s, int depth, enum ctx ctx)
 {
         size_t base = s->nkeys;
-        char key[16];
+        char key[32];
 
         s->p++; /* { */
         skip_ws(s);
@@ -471,20 +683,28 @@ scan_object(struct scan *s, int depth, bool is_result)
                         return fail(s, "expected ':'");
                 s->p++;
                 skip_ws(s);
-                enum field f = klen < sizeof(key) ? field_for(depth, is_result, key, klen) : F_NONE;
-                if (depth == 1 && f == F_RESULT_ID) {
+                enum field f = klen < sizeof(key) ? field_for(ctx, key, klen) : F_NONE;
+                int rc = 1;
+                if (ctx == CTX_TOP && f == F_RESULT_ID) {
                         /* "result": an object whose id we want, or anything else */
                         if (s->p < s->end && *s->p == '{') {
                                 if (depth + 1 > EPEVENT_MAX_DEPTH)
                                         return fail(s, "nested too deep");
-                                if (scan_object(s, depth + 1, true) != 0)
-                                        return -1;
-                        } else if (scan_value(s, depth + 1, F_NONE) != 0) {
-                                return -1;
+                                s->result_object = true;
+                                rc = scan_object(s, depth + 1, CTX_RESULT);
+                        } else {
+                                rc = scan_value(s, depth + 1, F_NONE);
                         }
-                } else if (scan_value(s, depth + 1, f) != 0) {
-                        return -1;
+                } else if (s->t && ctx != CTX_OTHER && klen < sizeof(key) &&
+                           (f == F_NONE || f == F_CREATED)) {
+                        if (depth + 1 > EPEVENT_MAX_DEPTH)
+                                return fail(s, "nested too deep");
+                        rc = scan_typed(s, depth + 1, ctx, key, klen);
                 }
+                if (rc == 1)
+                        rc = scan_value(s, depth + 1, f);
+                if (rc != 0)
+                        return -1;
                 skip_ws(s);
                 if (s->p < s->end && *s->p == ',') {
                         s->p++;
@@ -551,7 +771,7 @@ scan_value(struct scan *s, int depth, enum field f)
                 return fail(s, "nested too deep");
         switch (*s->p) {
         case '{':
-                return scan_object(s, depth, false);
+                return scan_object(s, depth, CTX_OTHER);
         case '[':
                 s->p++;
                 skip_ws(s);
@@ -593,6 +813,43 @@ scan_value(struct scan *s, int depth, enum field f)
         }
 }
 
+/* Moves the strings into an arena of just their size: the snapshot lives
+ * as long as its event is queued, the body-sized arena only while scanning. */
+static void
+tracker_shrink(struct eptracker *t)
+{
+        char *a = xmalloc(t->used ? t->used : 1);
+        struct epstr *f[] = { &t->shp, &t->mode, &t->code, &t->carrier, &t->status,
+                              &t->status_detail, &t->est, &t->signed_by, &t->url, &t->cdetail,
+                              &t->created, &t->updated, &t->ev_updated, &t->ev_created };
+
+        memcpy(a, t->arena, t->used);
+        for (size_t i = 0; i < ARRAY_LEN(f); i++)
+                if (f[i]->p)
+                        f[i]->p = a + (f[i]->p - t->arena);
+        for (size_t j = 0; j < t->nd; j++) {
+                struct epdetail *d = &t->d[j];
+                struct epstr *g[] = { &d->status, &d->status_detail, &d->message, &d->description,
+                                      &d->carrier_code, &d->source, &d->datetime, &d->location };
+                for (size_t i = 0; i < ARRAY_LEN(g); i++)
+                        if (g[i]->p)
+                                g[i]->p = a + (g[i]->p - t->arena);
+        }
+        free(t->arena);
+        t->arena = a;
+        t->cap = t->used;
+}
+
+static void
+tracker_free(struct eptracker *t)
+{
+        if (t == NULL)
+                return;
+        free(t->d);
+        free(t->arena);
+        free(t);
+}
+
 /* Rare path: a body with U+0000 gets a cleaned copy for the projection. */
 static int
 make_clean(const void *body, size_t len, struct epevent *ev, struct err *e)
@@ -632,7 +889,10 @@ epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
                 err_set(e, 400, "body is not a JSON object");
                 goto out;
         }
-        if (scan_object(&s, 1, false) != 0)
+        s.t = xcalloc(1, sizeof(*s.t));
+        s.t->cap = len + 1;
+        s.t->arena = xmalloc(s.t->cap);
+        if (scan_object(&s, 1, CTX_TOP) != 0)
                 goto out;
         skip_ws(&s);
         if (s.p != s.end) {
@@ -657,9 +917,17 @@ epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
                 ev->created_at[0] = '\0';
         if (s.has_nul && make_clean(body, len, ev, e) != 0)
                 goto out;
+        if (s.result_object && !s.untyped && !s.has_nul && strncmp(ev->object_id, "trk_", 4) == 0 &&
+            (strcmp(ev->description, "tracker.created") == 0 ||
+             strcmp(ev->description, "tracker.updated") == 0)) {
+                tracker_shrink(s.t);
+                ev->trk = s.t;
+                s.t = NULL;
+        }
         rc = 0;
 out:
         free(s.keys);
+        tracker_free(s.t);
         if (rc != 0)
                 ev->id[0] = '\0';
         return rc;
@@ -670,4 +938,6 @@ epevent_fini(struct epevent *ev)
 {
         free(ev->clean);
         ev->clean = NULL;
+        tracker_free(ev->trk);
+        ev->trk = NULL;
 }

@@ -38,13 +38,25 @@
 #include <uuid/uuid.h>
 
 static const char SQL_BATCH[] =
-        "SELECT ord, status FROM eps_ingest_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::bool)";
-#define BATCH_NPARAMS 12
-#define BATCH_ARRAYS 11
+        "SELECT ord, status FROM eps_ingest_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::bool, "
+        "$13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, "
+        "$28, $29, $30, $31, $32, $33, $34, $35, $36, $37)";
+/* the event arrays, the flag, then the typed tracker snapshots: per event
+ * (NULL where not typed), then per tracking detail */
+#define BATCH_EVENT_ARRAYS 11
+#define BATCH_TRK_ARRAYS 15
+#define BATCH_DETAIL_ARRAYS 10
+#define BATCH_ARRAYS (BATCH_EVENT_ARRAYS + BATCH_TRK_ARRAYS + BATCH_DETAIL_ARRAYS)
+#define BATCH_NPARAMS (BATCH_ARRAYS + 1)
+#define BATCH_FLAG BATCH_EVENT_ARRAYS /* the parameter p_defer */
 #define UUIDARRAYOID 2951
 #define UUIDOID 2950
 #define TEXTARRAYOID 1009
 #define TEXTOID 25
+#define INT4ARRAYOID 1007
+#define INT4OID 23
+#define JSONBARRAYOID 3807
+#define JSONBOID 3802
 #define RETRY_MAX 3 /* deadlock or serialization failure: sent again at most this often */
 /* While a batch is in flight, another connection waits for LINGER_FILL events
  * or LINGER_US, whichever comes first: under load more events share a commit
@@ -537,12 +549,79 @@ arr_str(struct pgarr *a, const char *s)
         arr_add(a, s, s ? strlen(s) : 0);
 }
 
+static void
+arr_epstr(struct pgarr *a, struct epstr v)
+{
+        arr_add(a, v.p, v.n);
+}
+
+/* jsonb in binary: a version byte (1), then the JSON text */
+static void
+arr_jsonb(struct pgarr *a, struct epstr v)
+{
+        if (v.p == NULL) {
+                arr_u32(a, UINT32_MAX);
+                return;
+        }
+        arr_u32(a, (uint32_t)v.n + 1);
+        arr_put(a, "\1", 1);
+        arr_put(a, v.p, v.n);
+}
+
+static void
+arr_int(struct pgarr *a, uint32_t v)
+{
+        arr_u32(a, 4);
+        arr_u32(a, v);
+}
+
+/* The typed snapshot the item sends, or NULL: its body is parsed by PostgreSQL. */
+static const struct eptracker *
+item_tracker(const struct ingest_item *it)
+{
+        return it->dead_error || it->ev.clean ? NULL : it->ev.trk;
+}
+
+/* The element types of the batch's arrays, in parameter order (flag skipped). */
+static Oid
+arr_elem(int k)
+{
+        static const Oid trk[BATCH_TRK_ARRAYS] = { TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+                                                   TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID,
+                                                   TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID };
+        static const Oid det[BATCH_DETAIL_ARRAYS] = { INT4OID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
+                                                      TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID };
+        if (k < BATCH_EVENT_ARRAYS)
+                return k == 0 ? UUIDOID : TEXTOID;
+        if (k < BATCH_EVENT_ARRAYS + BATCH_TRK_ARRAYS)
+                return trk[k - BATCH_EVENT_ARRAYS];
+        return det[k - BATCH_EVENT_ARRAYS - BATCH_TRK_ARRAYS];
+}
+
+static Oid
+arr_type(Oid elem)
+{
+        switch (elem) {
+        case UUIDOID: return UUIDARRAYOID;
+        case INT4OID: return INT4ARRAYOID;
+        case JSONBOID: return JSONBARRAYOID;
+        default: return TEXTARRAYOID;
+        }
+}
+
 /* Builds the batch's parameters from its items: arrays in binary, then the flag. */
 static void
 batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
 {
+        unsigned ndetails = 0;
+
+        for (unsigned i = 0; i < b->n; i++) {
+                const struct eptracker *t = item_tracker(b->items[i]);
+                ndetails += t ? (unsigned)t->nd : 0;
+        }
         for (int k = 0; k < BATCH_ARRAYS; k++)
-                arr_begin(&arr[k], k == 0 ? UUIDOID : TEXTOID, b->n);
+                arr_begin(&arr[k], arr_elem(k),
+                          k < BATCH_EVENT_ARRAYS + BATCH_TRK_ARRAYS ? b->n : ndetails);
         for (unsigned i = 0; i < b->n; i++) {
                 const struct ingest_item *it = b->items[i];
                 unsigned char u[16];
@@ -560,6 +639,43 @@ batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
                 arr_str(&arr[8], it->dead_error ? NULL : it->ev.clean);
                 arr_str(&arr[9], it->dead_error);
                 arr_str(&arr[10], it->partial ? "t" : NULL);
+
+                struct pgarr *ta = &arr[BATCH_EVENT_ARRAYS];
+                const struct eptracker *t = item_tracker(it);
+                if (t == NULL) {
+                        for (int k = 0; k < BATCH_TRK_ARRAYS; k++)
+                                arr_add(&ta[k], NULL, 0);
+                        continue;
+                }
+                arr_epstr(&ta[0], t->shp);
+                arr_epstr(&ta[1], t->mode);
+                arr_epstr(&ta[2], t->code);
+                arr_epstr(&ta[3], t->carrier);
+                arr_epstr(&ta[4], t->status);
+                arr_epstr(&ta[5], t->status_detail);
+                arr_epstr(&ta[6], t->est);
+                arr_epstr(&ta[7], t->signed_by);
+                arr_epstr(&ta[8], t->url);
+                arr_jsonb(&ta[9], t->cdetail);
+                arr_epstr(&ta[10], t->created);
+                arr_epstr(&ta[11], t->updated);
+                arr_epstr(&ta[12], t->ev_updated);
+                arr_epstr(&ta[13], t->ev_created);
+                arr_int(&ta[14], t->ndetails);
+                struct pgarr *da = &arr[BATCH_EVENT_ARRAYS + BATCH_TRK_ARRAYS];
+                for (size_t j = 0; j < t->nd; j++) {
+                        const struct epdetail *d = &t->d[j];
+                        arr_int(&da[0], i + 1); /* the event's position: its snapshot's key */
+                        arr_int(&da[1], d->pos);
+                        arr_epstr(&da[2], d->status);
+                        arr_epstr(&da[3], d->status_detail);
+                        arr_epstr(&da[4], d->message);
+                        arr_epstr(&da[5], d->description);
+                        arr_epstr(&da[6], d->carrier_code);
+                        arr_epstr(&da[7], d->source);
+                        arr_epstr(&da[8], d->datetime);
+                        arr_jsonb(&da[9], d->location);
+                }
         }
 }
 
@@ -568,8 +684,11 @@ batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
 static size_t
 item_bytes(const struct ingest_item *it)
 {
+        const struct eptracker *t = item_tracker(it);
+
         return it->len + (it->ev.clean ? strlen(it->ev.clean) : 0) +
-               (it->dead_error ? strlen(it->dead_error) : 0) + 512;
+               (it->dead_error ? strlen(it->dead_error) : 0) + 512 +
+               (t ? t->used + t->nd * 80 : 0);
 }
 
 /* Sends one batch on c. Returns false if the connection failed meanwhile. */
@@ -579,11 +698,8 @@ send_batch(struct ingest *g, struct db_conn *c)
         unsigned n = 0;
         struct batch *b = xcalloc(1, sizeof(*b));
         PGconn *pq = db_conn_pq(c);
-        static const Oid types[BATCH_NPARAMS] = { UUIDARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-                                                  TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-                                                  TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-                                                  TEXTARRAYOID, TEXTARRAYOID, 0 };
-        static const int formats[BATCH_NPARAMS] = { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0 };
+        Oid types[BATCH_NPARAMS];
+        int formats[BATCH_NPARAMS];
 
         /* an item under suspicion goes alone; the others as many as allowed,
          * by count and by bytes (the first always goes, however large) */
@@ -629,10 +745,15 @@ send_batch(struct ingest *g, struct db_conn *c)
         const char *v[BATCH_NPARAMS];
         int lens[BATCH_NPARAMS] = { 0 };
         for (int k = 0; k < BATCH_ARRAYS; k++) {
-                v[k] = arr[k].buf;
-                lens[k] = (int)arr[k].len;
+                int p = k < BATCH_FLAG ? k : k + 1;
+                v[p] = arr[k].buf;
+                lens[p] = (int)arr[k].len;
+                types[p] = arr_type(arr_elem(k));
+                formats[p] = 1;
         }
-        v[BATCH_ARRAYS] = g->defer ? "t" : "f";
+        v[BATCH_FLAG] = g->defer ? "t" : "f";
+        types[BATCH_FLAG] = 0;
+        formats[BATCH_FLAG] = 0;
         /* unnamed statement: nothing outlives the batch (PgBouncer-safe) */
         int ok = PQsendQueryParams(pq, SQL_BATCH, BATCH_NPARAMS, types, v, lens, formats, 0);
         for (int k = 0; k < BATCH_ARRAYS; k++)

@@ -15,6 +15,8 @@ DROP FUNCTION IF EXISTS eps_ingest(uuid, text, text, text, text, text, text, tim
 DROP FUNCTION IF EXISTS eps_project_tracker(uuid, jsonb);
 DROP FUNCTION IF EXISTS eps_ingest_batch(uuid[], text[], text[], text[], text[], text[], text[], text[],
                                          text[], text[], boolean);
+DROP FUNCTION IF EXISTS eps_ingest_batch(uuid[], text[], text[], text[], text[], text[], text[], text[],
+                                         text[], text[], text[], boolean);
 
 -- Why a tracker event cannot be projected, or NULL when it can.
 CREATE OR REPLACE FUNCTION eps_tracker_problem(p_body jsonb) RETURNS text
@@ -28,58 +30,136 @@ LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
--- Projects tracker snapshots (Event bodies, or {"result": Tracker} for a
--- fetched tracker with a NULL event) into shipments, sync_jobs, trackers and
--- shipment_events. Each body must have passed eps_tracker_problem. Raises on
--- data the schema refuses; callers isolate the event that did it.
+-- Projects tracker snapshots into shipments, sync_jobs, trackers and
+-- shipment_events: the one projection body. Snapshots come typed, as
+-- parallel arrays (the daemon's scanner extracts them from the raw body, so
+-- PostgreSQL parses no JSON for them), or as jsonb (Event bodies, or
+-- {"result": Tracker} for a fetched tracker with a NULL event), which are
+-- typed here first the same way. Every snapshot must have passed
+-- eps_tracker_problem. Raises on data the schema refuses; callers isolate
+-- the event that did it.
+--
+--   p_take      the keys (positions in the t_ arrays) of the typed snapshots to project
+--   t_*         per typed snapshot: the event, result.id, result's fields as text (->>),
+--               carrier_detail as jsonb, the event's updated_at and created_at, and the
+--               number of elements of tracking_details (all objects)
+--   d_*         per tracking detail that is an object: its snapshot's key, its position
+--               (1-based) in tracking_details, its fields as text, tracking_location
+--               (NULL unless an object)
+--   j_key, j_event, j_body  snapshots as jsonb, with their keys (distinct from p_take's)
+--
+-- The key orders snapshots (arrival order): it breaks full ties below and
+-- names the event that first carried a detail.
 --
 -- Newer wins by the snapshot, never by arrival: (updated_at, newest detail
 -- time, number of details), NULL lowest; only a full tie keeps what is
 -- stored. Several snapshots of one tracker in a batch reduce to the newest
 -- for the tracker row, and their details are merged.
-CREATE OR REPLACE FUNCTION eps_project_trackers(p_event uuid[], p_body jsonb[])
+CREATE OR REPLACE FUNCTION eps_project_trackers(
+    p_take integer[], t_event uuid[], t_trk text[], t_shp text[], t_mode text[], t_code text[],
+    t_carrier text[], t_status text[], t_status_detail text[], t_est text[], t_signed text[],
+    t_url text[], t_cdetail jsonb[], t_created text[], t_updated text[], t_ev_updated text[],
+    t_ev_created text[], t_details integer[],
+    d_key integer[], d_pos integer[], d_status text[], d_status_detail text[], d_message text[],
+    d_description text[], d_carrier_code text[], d_source text[], d_datetime text[],
+    d_location jsonb[],
+    j_key integer[], j_event uuid[], j_body jsonb[])
 RETURNS void LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    s eps_snapshot[];
+    -- the snapshots, one element each
+    s_key     integer[];
+    s_event   uuid[];
+    s_trk     text[];
+    s_shp     text[];
+    s_upd     timestamptz[];
+    s_newest  timestamptz[];
+    s_details integer[];
+    s_known   integer[];
+    s_mode    text[];
+    s_code    text[];
+    s_carrier text[];
+    s_status  text[];
+    s_sdetail text[];
+    s_est     timestamptz[];
+    s_signed  text[];
+    s_url     text[];
+    s_cdetail jsonb[];
+    s_created timestamptz[];
 BEGIN
-    -- each snapshot read once, with what the stored tracker row shows of it.
+    IF j_body IS NOT NULL THEN
+        -- the jsonb snapshots' details, typed as the scanner types them
+        SELECT d_key || array_agg(b.k), d_pos || array_agg(e.pos::integer),
+               d_status || array_agg(e.d ->> 'status'), d_status_detail || array_agg(e.d ->> 'status_detail'),
+               d_message || array_agg(e.d ->> 'message'), d_description || array_agg(e.d ->> 'description'),
+               d_carrier_code || array_agg(e.d ->> 'carrier_code'), d_source || array_agg(e.d ->> 'source'),
+               d_datetime || array_agg(e.d ->> 'datetime'),
+               d_location || array_agg(CASE WHEN jsonb_typeof(e.d -> 'tracking_location') = 'object'
+                                            THEN e.d -> 'tracking_location' END)
+        INTO d_key, d_pos, d_status, d_status_detail, d_message, d_description, d_carrier_code,
+             d_source, d_datetime, d_location
+        FROM unnest(j_key, j_body) AS b(k, body)
+        CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(b.body -> 'result' -> 'tracking_details') = 'array'
+                                                     THEN b.body -> 'result' -> 'tracking_details' ELSE '[]' END)
+                           WITH ORDINALITY AS e(d, pos)
+        WHERE jsonb_typeof(e.d) = 'object';
+    END IF;
+
+    -- each snapshot once, with what the stored tracker row shows of it.
     -- The newest detail is the greatest datetime text: EasyPost writes them
     -- all as UTC ISO 8601 (…Z), whose text order is time order.
     -- (read without a lock: a stale row only means re-offering known details,
     -- which the unique key then skips)
-    SELECT array_agg(ROW(x.ord, x.event, x.trk, x.shp, x.updated_at, x.newest_at, x.details,
-                         CASE WHEN t.details_count > 0 AND x.details >= t.details_count
-                                   AND eps_ts(x.r -> 'tracking_details' -> (t.details_count - 1) ->> 'datetime')
-                                       = t.newest_detail_at
-                              THEN t.details_count ELSE 0 END,
-                         x.r)::eps_snapshot ORDER BY x.ord)
-    INTO s
-    FROM (SELECT b.ord::integer AS ord, b.event, b.body -> 'result' ->> 'id' AS trk,
-                 nullif(b.body -> 'result' ->> 'shipment_id', '') AS shp,
-                 coalesce(eps_ts(b.body -> 'result' ->> 'updated_at'), eps_ts(b.body ->> 'updated_at'),
-                          eps_ts(b.body ->> 'created_at')) AS updated_at,
-                 d.newest_at, d.details, b.body -> 'result' AS r
-          FROM unnest(p_event, p_body) WITH ORDINALITY AS b(event, body, ord)
-          CROSS JOIN LATERAL (
-              SELECT eps_ts(max(e ->> 'datetime')) AS newest_at, count(*)::integer AS details
-              FROM jsonb_array_elements(CASE WHEN jsonb_typeof(b.body -> 'result' -> 'tracking_details') = 'array'
-                                             THEN b.body -> 'result' -> 'tracking_details' ELSE '[]' END) AS e
-          ) d) x
+    SELECT array_agg(x.k), array_agg(x.event), array_agg(x.trk), array_agg(x.shp), array_agg(x.upd),
+           array_agg(n.newest_at), array_agg(x.details),
+           array_agg(CASE WHEN t.details_count > 0 AND x.details >= t.details_count
+                               AND eps_ts(kd.dt) = t.newest_detail_at
+                          THEN t.details_count ELSE 0 END),
+           array_agg(x.mode), array_agg(x.code), array_agg(x.carrier), array_agg(x.status),
+           array_agg(x.sdetail), array_agg(x.est), array_agg(x.signed), array_agg(x.url),
+           array_agg(x.cdetail), array_agg(x.created)
+    INTO s_key, s_event, s_trk, s_shp, s_upd, s_newest, s_details, s_known, s_mode, s_code,
+         s_carrier, s_status, s_sdetail, s_est, s_signed, s_url, s_cdetail, s_created
+    FROM (SELECT u.i::integer AS k, u.event, u.trk, nullif(u.shp, '') AS shp,
+                 coalesce(eps_ts(u.upd), eps_ts(u.evupd), eps_ts(u.evcre)) AS upd, u.details,
+                 u.mode, u.code, u.carrier, u.status, u.sdetail, eps_ts(u.est) AS est, u.signed,
+                 u.url, u.cdetail, eps_ts(u.created) AS created
+          FROM unnest(t_event, t_trk, t_shp, t_mode, t_code, t_carrier, t_status, t_status_detail,
+                      t_est, t_signed, t_url, t_cdetail, t_created, t_updated, t_ev_updated,
+                      t_ev_created, t_details)
+               WITH ORDINALITY AS u(event, trk, shp, mode, code, carrier, status, sdetail, est,
+                                    signed, url, cdetail, created, upd, evupd, evcre, details, i)
+          WHERE u.i = ANY (p_take)
+          UNION ALL
+          SELECT j.k, j.event, j.r ->> 'id', nullif(j.r ->> 'shipment_id', ''),
+                 coalesce(eps_ts(j.r ->> 'updated_at'), eps_ts(j.body ->> 'updated_at'),
+                          eps_ts(j.body ->> 'created_at')),
+                 CASE WHEN jsonb_typeof(j.r -> 'tracking_details') = 'array'
+                      THEN jsonb_array_length(j.r -> 'tracking_details') ELSE 0 END,
+                 j.r ->> 'mode', j.r ->> 'tracking_code', j.r ->> 'carrier', j.r ->> 'status',
+                 j.r ->> 'status_detail', eps_ts(j.r ->> 'est_delivery_date'), j.r ->> 'signed_by',
+                 j.r ->> 'public_url', j.r -> 'carrier_detail', eps_ts(j.r ->> 'created_at')
+          FROM (SELECT b.k, b.event, b.body, b.body -> 'result' AS r
+                FROM unnest(j_key, j_event, j_body) AS b(k, event, body)) j) x
+    LEFT JOIN (SELECT dn.k, eps_ts(max(dn.dt)) AS newest_at FROM unnest(d_key, d_datetime) AS dn(k, dt)
+               GROUP BY dn.k) n ON n.k = x.k
     -- LIMIT 1 keeps these lookups index probes even in a plan cached while the table was empty
     LEFT JOIN LATERAL (SELECT k.details_count, k.newest_detail_at FROM trackers k
-                       WHERE k.easypost_id = x.trk LIMIT 1) t ON true;
+                       WHERE k.easypost_id = x.trk LIMIT 1) t ON true
+    LEFT JOIN unnest(d_key, d_pos, d_datetime) AS kd(k, pos, dt) ON kd.k = x.k AND kd.pos = t.details_count;
 
     -- shipments: a stub for a shipment not seen yet (and its sync job), the
     -- newest snapshot's status for the others
     WITH w AS (
-        SELECT DISTINCT ON (shp) * FROM unnest(s) WHERE shp IS NOT NULL
-        ORDER BY shp, updated_at DESC NULLS LAST, newest_at DESC NULLS LAST, details DESC, ord
+        SELECT DISTINCT ON (u.shp) *
+        FROM unnest(s_key, s_shp, s_upd, s_newest, s_details, s_mode, s_code, s_carrier, s_status)
+             AS u(k, shp, upd, newest_at, details, mode, code, carrier, status)
+        WHERE u.shp IS NOT NULL
+        ORDER BY u.shp, u.upd DESC NULLS LAST, u.newest_at DESC NULLS LAST, u.details DESC, u.k
     ), up AS (
         INSERT INTO shipments AS t (easypost_id, mode, tracking_code, carrier, status, status_at,
                                     status_detail_at, status_details)
-        SELECT shp, r ->> 'mode', r ->> 'tracking_code', r ->> 'carrier', r ->> 'status', updated_at,
-               newest_at, details
-        FROM w ORDER BY shp
+        SELECT w.shp, w.mode, w.code, w.carrier, w.status, w.upd, w.newest_at, w.details
+        FROM w ORDER BY w.shp
         ON CONFLICT (easypost_id) DO UPDATE SET
             status = EXCLUDED.status, status_at = EXCLUDED.status_at,
             status_detail_at = EXCLUDED.status_detail_at, status_details = EXCLUDED.status_details,
@@ -100,13 +180,15 @@ BEGIN
                                est_delivery_date, signed_by, public_url, shipment_easypost_id,
                                shipment_id, carrier_detail, ep_created_at, ep_updated_at,
                                newest_detail_at, details_count, last_webhook_event_id)
-    SELECT w.trk, w.r ->> 'tracking_code', w.r ->> 'carrier', w.r ->> 'mode', w.r ->> 'status',
-           w.r ->> 'status_detail', eps_ts(w.r ->> 'est_delivery_date'), w.r ->> 'signed_by',
-           w.r ->> 'public_url', w.shp, (SELECT sh.id FROM shipments sh WHERE sh.easypost_id = w.shp LIMIT 1),
-           w.r -> 'carrier_detail', eps_ts(w.r ->> 'created_at'), w.updated_at, w.newest_at, w.details,
-           w.event
-    FROM (SELECT DISTINCT ON (trk) * FROM unnest(s)
-          ORDER BY trk, updated_at DESC NULLS LAST, newest_at DESC NULLS LAST, details DESC, ord) w
+    SELECT w.trk, w.code, w.carrier, w.mode, w.status, w.sdetail, w.est, w.signed, w.url, w.shp,
+           (SELECT sh.id FROM shipments sh WHERE sh.easypost_id = w.shp LIMIT 1),
+           w.cdetail, w.created, w.upd, w.newest_at, w.details, w.event
+    FROM (SELECT DISTINCT ON (u.trk) *
+          FROM unnest(s_key, s_event, s_trk, s_shp, s_upd, s_newest, s_details, s_mode, s_code,
+                      s_carrier, s_status, s_sdetail, s_est, s_signed, s_url, s_cdetail, s_created)
+               AS u(k, event, trk, shp, upd, newest_at, details, mode, code, carrier, status,
+                    sdetail, est, signed, url, cdetail, created)
+          ORDER BY u.trk, u.upd DESC NULLS LAST, u.newest_at DESC NULLS LAST, u.details DESC, u.k) w
     ORDER BY w.trk
     ON CONFLICT (easypost_id) DO UPDATE SET
         tracking_code = EXCLUDED.tracking_code, carrier = EXCLUDED.carrier, mode = EXCLUDED.mode,
@@ -128,32 +210,52 @@ BEGIN
 
     -- shipment_events: each detail once; EasyPost repeats the whole history
     -- in every update, so only the details after the known ones are offered.
-    -- Unsorted: two transactions can only meet here on the same tracker,
-    -- whose row the upsert above has locked (ON CONFLICT DO UPDATE locks the
-    -- row even when its WHERE keeps the stored one), so they wait there first.
+    -- Two transactions can only meet here on the same tracker, whose row the
+    -- upsert above has locked (ON CONFLICT DO UPDATE locks the row even when
+    -- its WHERE keeps the stored one), so they wait there first.
     -- The first event that carried a detail names it: rows are offered in
-    -- batch order and the later copies do nothing.
+    -- snapshot order and the later copies do nothing.
     -- The partition key is the tracker's first write, raised to the history
     -- floor (read once for the statement) when retention has dropped its
     -- month: its partition exists whatever date the carrier sent, and all of
     -- a tracker's rows carry one tracker_at, so the unique key stays exact.
+    -- (each tracker looked up once per snapshot, not once per detail)
+    WITH x AS MATERIALIZED (
+        SELECT x.k, x.event, x.upd, x.known, t.id, t.shipment_id,
+               greatest(t.created_at, (SELECT f.history FROM partition_floor f)) AS tracker_at
+        FROM unnest(s_key, s_event, s_trk, s_upd, s_details, s_known)
+             AS x(k, event, trk, upd, details, known)
+        CROSS JOIN LATERAL (SELECT k.id, k.shipment_id, k.created_at FROM trackers k
+                            WHERE k.easypost_id = x.trk LIMIT 1) t
+        WHERE x.details > x.known
+    )
     INSERT INTO shipment_events (tracker_id, tracker_at, shipment_id, webhook_event_id, status,
                                  status_detail, message, description, carrier_code, source,
                                  event_datetime, tracking_location)
-    SELECT t.id, greatest(t.created_at, (SELECT f.history FROM partition_floor f)), t.shipment_id,
-           x.event, coalesce(d ->> 'status', ''), d ->> 'status_detail',
-           coalesce(d ->> 'message', ''), d ->> 'description', d ->> 'carrier_code', d ->> 'source',
-           coalesce(eps_ts(d ->> 'datetime'), x.updated_at, now()),
-           CASE WHEN jsonb_typeof(d -> 'tracking_location') = 'object' THEN d -> 'tracking_location' END
-    FROM unnest(s) x
-    CROSS JOIN LATERAL (SELECT k.id, k.shipment_id, k.created_at FROM trackers k
-                        WHERE k.easypost_id = x.trk LIMIT 1) t
-    CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN x.details > x.known
-                                                 THEN x.r -> 'tracking_details' ELSE '[]' END)
-                       WITH ORDINALITY AS e(d, pos)
-    WHERE e.pos > x.known AND jsonb_typeof(d) = 'object'
+    SELECT x.id, x.tracker_at, x.shipment_id, x.event, coalesce(d.status, ''), d.sdetail,
+           coalesce(d.message, ''), d.description, d.carrier_code, d.source,
+           coalesce(eps_ts(d.dt), x.upd, now()), d.loc
+    FROM x
+    JOIN unnest(d_key, d_pos, d_status, d_status_detail, d_message, d_description, d_carrier_code,
+                d_source, d_datetime, d_location)
+         AS d(k, pos, status, sdetail, message, description, carrier_code, source, dt, loc)
+      ON d.k = x.k AND d.pos > x.known
+    ORDER BY x.k, d.pos
     ON CONFLICT ON CONSTRAINT shipment_events_once DO NOTHING;
 END
+$$;
+
+-- The jsonb entry point (the projector, --replay, the sync worker, the
+-- reconciler, --reproject): Event bodies, or {"result": Tracker} with a NULL
+-- event, in arrival order.
+CREATE OR REPLACE FUNCTION eps_project_trackers(p_event uuid[], p_body jsonb[])
+RETURNS void LANGUAGE sql AS $$
+    SELECT eps_project_trackers(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                    (SELECT array_agg(i::integer ORDER BY i)
+                                     FROM generate_subscripts(p_body, 1) AS i),
+                                    p_event, p_body)
 $$;
 
 -- Stores a batch of verified events in one statement and projects its new
@@ -164,8 +266,10 @@ $$;
 -- nothing parsed; p_partial marks a copy that holds less than the delivery
 -- (backfill's list item, which has no result): a later full copy replaces
 -- it instead of being a duplicate. Every other body is parsed here once (a deferred tracker
--- event by the projector), so body_error NULL means raw::jsonb works; a body
--- PostgreSQL refuses breaks the statement and the daemon isolates it. A
+-- event by the projector; a typed one, below, never: the daemon's scanner
+-- accepts only JSON that jsonb holds), so body_error NULL means raw::jsonb
+-- works; a body PostgreSQL refuses breaks the statement and the daemon
+-- isolates it. A
 -- tracker event stored 'failed' (its body cannot be projected, or it is a
 -- dead letter) queues a fetch of its tracker, so the tracker row still comes
 -- to be. An event of another object this version knows (eps_object_of) is
@@ -173,15 +277,41 @@ $$;
 -- p_defer (they are few, and small); one of a type it does not know is
 -- stored raw, 'stored'. Returns each event's position and outcome:
 -- projected, pending, stored, failed or duplicate.
+--
+-- A tracker event the daemon's scanner typed comes with its snapshot in the
+-- t_ and d_ arrays (see eps_project_trackers; t_details[i] NULL: not
+-- typed, p_object_id[i] is its result.id): its body is not parsed here at
+-- all. The scanner types only what passes eps_tracker_problem.
 CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_description text[],
                                             p_mode text[], p_object_id text[], p_raw text[],
                                             p_source text[], p_created_at text[], p_clean text[],
-                                            p_dead text[], p_partial text[], p_defer boolean)
+                                            p_dead text[], p_partial text[], p_defer boolean,
+                                            t_shp text[] DEFAULT NULL, t_mode text[] DEFAULT NULL,
+                                            t_code text[] DEFAULT NULL, t_carrier text[] DEFAULT NULL,
+                                            t_status text[] DEFAULT NULL,
+                                            t_status_detail text[] DEFAULT NULL,
+                                            t_est text[] DEFAULT NULL, t_signed text[] DEFAULT NULL,
+                                            t_url text[] DEFAULT NULL, t_cdetail jsonb[] DEFAULT NULL,
+                                            t_created text[] DEFAULT NULL, t_updated text[] DEFAULT NULL,
+                                            t_ev_updated text[] DEFAULT NULL,
+                                            t_ev_created text[] DEFAULT NULL,
+                                            t_details integer[] DEFAULT NULL,
+                                            d_key integer[] DEFAULT NULL, d_pos integer[] DEFAULT NULL,
+                                            d_status text[] DEFAULT NULL,
+                                            d_status_detail text[] DEFAULT NULL,
+                                            d_message text[] DEFAULT NULL,
+                                            d_description text[] DEFAULT NULL,
+                                            d_carrier_code text[] DEFAULT NULL,
+                                            d_source text[] DEFAULT NULL, d_datetime text[] DEFAULT NULL,
+                                            d_location jsonb[] DEFAULT NULL)
 RETURNS TABLE (ord integer, status text) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     v_ord     integer[];
     v_status  text[];
+    -- tracker events to project: typed (their positions), or as jsonb
+    v_take    integer[];
+    v_key     integer[];
     v_event   uuid[];
     v_body    jsonb[];
     -- events of other objects to project (none in a batch of tracker events)
@@ -197,28 +327,35 @@ DECLARE
     -- those that replaced a partial copy
     v_rord    integer[];
     v_rstatus text[];
+    v_rkey    integer[];
     v_revent  uuid[];
     v_rbody   jsonb[];
     v_roevent uuid[];
     v_robody  jsonb[];
 BEGIN
     WITH e AS MATERIALIZED (
-        SELECT u.*,
+        SELECT u.*, y.typed,
                CASE WHEN u.dead IS NOT NULL THEN NULL
                     -- deferred: the projector parses it, off the acknowledgement path
                     WHEN p_defer AND u.clean IS NULL
+                         AND u.description IN ('tracker.created', 'tracker.updated') THEN NULL
+                    -- typed by the daemon: nothing to parse
+                    WHEN y.typed AND u.clean IS NULL
                          AND u.description IN ('tracker.created', 'tracker.updated') THEN NULL
                     ELSE coalesce(u.clean, u.raw)::jsonb END AS body,
                u.description IN ('tracker.created', 'tracker.updated') AS tracker
         FROM unnest(p_id, p_event_id, p_description, p_mode, p_object_id, p_raw, p_source,
                     p_created_at, coalesce(p_clean, array_fill(NULL::text, ARRAY[cardinality(p_id)])),
                     coalesce(p_dead, array_fill(NULL::text, ARRAY[cardinality(p_id)])),
-                    coalesce(p_partial, array_fill(NULL::text, ARRAY[cardinality(p_id)])))
+                    coalesce(p_partial, array_fill(NULL::text, ARRAY[cardinality(p_id)])),
+                    coalesce(t_details, array_fill(NULL::integer, ARRAY[cardinality(p_id)])))
              WITH ORDINALITY AS u(id, event_id, description, mode, object_id, raw, source,
-                                  created_at, clean, dead, partial_, ord)
+                                  created_at, clean, dead, partial_, details, ord)
+             CROSS JOIN LATERAL (SELECT u.details IS NOT NULL AND u.object_id LIKE 'trk\_%' AS typed) y
     ), c AS (
         SELECT e.*, e.partial_ IS NOT NULL AS partial,
                CASE WHEN e.tracker AND e.dead IS NULL AND NOT (p_defer AND e.clean IS NULL)
+                         AND NOT (e.typed AND e.clean IS NULL)
                     THEN eps_tracker_problem(e.body) END AS problem,
                -- what eps_project_objects will make of it (NULL: stored raw only)
                CASE WHEN NOT e.tracker AND e.dead IS NULL THEN eps_object_of(e.description, e.body) END AS kind,
@@ -263,8 +400,10 @@ BEGIN
     )
     SELECT array_agg(r.ord::integer ORDER BY r.ord),
            array_agg(coalesce(ins.status, 'duplicate') ORDER BY r.ord),
-           array_agg(ins.id) FILTER (WHERE ins.status = 'projected' AND r.tracker),
-           array_agg(r.body) FILTER (WHERE ins.status = 'projected' AND r.tracker),
+           array_agg(r.ord::integer) FILTER (WHERE ins.status = 'projected' AND r.tracker AND r.body IS NULL),
+           array_agg(r.ord::integer) FILTER (WHERE ins.status = 'projected' AND r.tracker AND r.body IS NOT NULL),
+           array_agg(ins.id) FILTER (WHERE ins.status = 'projected' AND r.tracker AND r.body IS NOT NULL),
+           array_agg(r.body) FILTER (WHERE ins.status = 'projected' AND r.tracker AND r.body IS NOT NULL),
            array_agg(ins.id) FILTER (WHERE ins.status = 'projected' AND NOT r.tracker),
            array_agg(r.body) FILTER (WHERE ins.status = 'projected' AND NOT r.tracker),
            array_agg(r.ord::integer) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
@@ -273,7 +412,7 @@ BEGIN
            array_agg(r.body_error) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.created) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.body) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1)
-    INTO v_ord, v_status, v_event, v_body, v_oevent, v_obody, v_dup, v_dstatus, v_derror, v_dberr, v_dcreate, v_dbody
+    INTO v_ord, v_status, v_take, v_key, v_event, v_body, v_oevent, v_obody, v_dup, v_dstatus, v_derror, v_dberr, v_dcreate, v_dbody
     FROM r LEFT JOIN ins ON ins.id = r.id;
 
     IF v_dup IS NOT NULL THEN
@@ -294,7 +433,10 @@ BEGIN
             FROM d
             WHERE w.event_id = p_event_id[d.ord] AND w.partial
             RETURNING d.ord, w.id, w.status, w.object_id,
-                      w.description IN ('tracker.created', 'tracker.updated') AS tracker, d.body
+                      w.description IN ('tracker.created', 'tracker.updated') AS tracker,
+                      -- a typed tracker event was not parsed: its replacement is
+                      coalesce(d.body, CASE WHEN d.status = 'projected'
+                                            THEN coalesce(p_clean[d.ord], p_raw[d.ord])::jsonb END) AS body
         ), heal AS (
             INSERT INTO sync_jobs (kind, object_id)
             SELECT DISTINCT 'tracker', repl.object_id FROM repl
@@ -303,23 +445,31 @@ BEGIN
             ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING
         )
         SELECT array_agg(repl.ord), array_agg(repl.status),
+               -- after the batch's own, in arrival order
+               array_agg(repl.ord + cardinality(p_id)) FILTER (WHERE repl.status = 'projected' AND repl.tracker),
                array_agg(repl.id) FILTER (WHERE repl.status = 'projected' AND repl.tracker),
                array_agg(repl.body) FILTER (WHERE repl.status = 'projected' AND repl.tracker),
                array_agg(repl.id) FILTER (WHERE repl.status = 'projected' AND NOT repl.tracker),
                array_agg(repl.body) FILTER (WHERE repl.status = 'projected' AND NOT repl.tracker)
-        INTO v_rord, v_rstatus, v_revent, v_rbody, v_roevent, v_robody
+        INTO v_rord, v_rstatus, v_rkey, v_revent, v_rbody, v_roevent, v_robody
         FROM repl;
         FOR i IN 1 .. coalesce(cardinality(v_rord), 0) LOOP
             v_status[v_rord[i]] := v_rstatus[i];
         END LOOP;
+        v_key := v_key || v_rkey;
         v_event := v_event || v_revent;
         v_body := v_body || v_rbody;
         v_oevent := v_oevent || v_roevent;
         v_obody := v_obody || v_robody;
     END IF;
 
-    IF v_event IS NOT NULL THEN
-        PERFORM eps_project_trackers(v_event, v_body);
+    IF v_take IS NOT NULL OR v_event IS NOT NULL THEN
+        PERFORM eps_project_trackers(v_take, p_id, p_object_id, t_shp, t_mode, t_code, t_carrier,
+                                         t_status, t_status_detail, t_est, t_signed, t_url, t_cdetail,
+                                         t_created, t_updated, t_ev_updated, t_ev_created, t_details,
+                                         d_key, d_pos, d_status, d_status_detail, d_message,
+                                         d_description, d_carrier_code, d_source, d_datetime,
+                                         d_location, v_key, v_event, v_body);
     END IF;
     -- only a batch with events of other objects pays for this call
     IF v_oevent IS NOT NULL THEN
@@ -336,15 +486,20 @@ $$;
 -- 'pending' (projected or failed: a dead letter, replayed with --replay), so
 -- none is taken again and a poison row cannot spin the projector. Returns
 -- how many it took and how many of those it projected.
+-- Rows are written back one by one by their whole key (id, received_at): a
+-- probe of one partition's primary key, whatever the planner knows of the
+-- table (a join by id read a month's partition whole for every batch while
+-- PostgreSQL thought it small, a cost that grew with the month).
 DROP FUNCTION IF EXISTS eps_project_pending(integer);
 CREATE OR REPLACE FUNCTION eps_project_pending(p_limit integer, OUT taken integer, OUT projected integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id      uuid[];
+    v_at      timestamptz[];
+    v_obj     text[];
     v_raw     text[];
     v_ok      uuid[];
     v_body    jsonb[];
-    v_bad     uuid[];
     v_why     text[];
     v_one     jsonb;
     v_problem text;
@@ -352,9 +507,10 @@ DECLARE
 BEGIN
     taken := 0;
     projected := 0;
-    SELECT array_agg(p.id ORDER BY p.received_at), array_agg(p.raw ORDER BY p.received_at)
-    INTO v_id, v_raw
-    FROM (SELECT w.id, w.raw, w.received_at FROM webhook_events w
+    SELECT array_agg(p.id ORDER BY p.received_at), array_agg(p.received_at ORDER BY p.received_at),
+           array_agg(p.object_id ORDER BY p.received_at), array_agg(p.raw ORDER BY p.received_at)
+    INTO v_id, v_at, v_obj, v_raw
+    FROM (SELECT w.id, w.raw, w.received_at, w.object_id FROM webhook_events w
           WHERE w.status = 'pending'
           ORDER BY w.received_at
           LIMIT least(p_limit, 500)
@@ -364,25 +520,29 @@ BEGIN
     END IF;
     taken := cardinality(v_id);
     BEGIN
-        WITH q AS MATERIALIZED (SELECT u.id, u.raw::jsonb AS body FROM unnest(v_id, v_raw) AS u(id, raw)),
+        WITH q AS MATERIALIZED (SELECT u.id, u.raw::jsonb AS body, u.i
+                                FROM unnest(v_id, v_raw) WITH ORDINALITY AS u(id, raw, i)),
              c AS (SELECT q.*, eps_tracker_problem(q.body) AS problem FROM q)
-        SELECT array_agg(id) FILTER (WHERE problem IS NULL), array_agg(body) FILTER (WHERE problem IS NULL),
-               array_agg(id) FILTER (WHERE problem IS NOT NULL), array_agg(problem) FILTER (WHERE problem IS NOT NULL)
-        INTO v_ok, v_body, v_bad, v_why
+        SELECT array_agg(id ORDER BY i) FILTER (WHERE problem IS NULL),
+               array_agg(body ORDER BY i) FILTER (WHERE problem IS NULL),
+               array_agg(problem ORDER BY i)
+        INTO v_ok, v_body, v_why
         FROM c;
         IF v_ok IS NOT NULL THEN
             PERFORM eps_project_trackers(v_ok, v_body);
         END IF;
-        UPDATE webhook_events w
-        SET status = CASE WHEN x.why IS NULL THEN 'projected' ELSE 'failed' END, error = x.why,
-            processed_at = now()
-        FROM (SELECT unnest(v_ok) AS id, NULL::text AS why
-              UNION ALL SELECT * FROM unnest(v_bad, v_why)) x
-        WHERE w.id = x.id;
+        -- one row at a time by its whole key: a join lets the planner read a
+        -- partition whole when it thinks it small
+        FOR i IN 1 .. taken LOOP
+            UPDATE webhook_events
+            SET status = CASE WHEN v_why[i] IS NULL THEN 'projected' ELSE 'failed' END, error = v_why[i],
+                processed_at = now()
+            WHERE id = v_id[i] AND received_at = v_at[i];
+        END LOOP;
         -- as at ingest: a tracker whose event cannot be projected is fetched
         INSERT INTO sync_jobs (kind, object_id)
-        SELECT DISTINCT 'tracker', w.object_id FROM webhook_events w
-        WHERE w.id = ANY (v_bad) AND w.object_id LIKE 'trk\_%'
+        SELECT DISTINCT 'tracker', x.obj FROM unnest(v_obj, v_why) AS x(obj, why)
+        WHERE x.why IS NOT NULL AND x.obj LIKE 'trk\_%'
         ORDER BY 2
         ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING;
         projected := coalesce(cardinality(v_ok), 0);
@@ -408,7 +568,7 @@ BEGIN
             UPDATE webhook_events
             SET status = CASE WHEN v_problem IS NULL THEN 'projected' ELSE 'failed' END,
                 error = v_problem, body_error = coalesce(v_berr, body_error), processed_at = now()
-            WHERE id = v_id[i];
+            WHERE id = v_id[i] AND received_at = v_at[i];
             IF v_problem IS NULL THEN
                 projected := projected + 1;
             END IF;

@@ -575,6 +575,47 @@ START_TEST(test_batches_bounded_by_bytes)
 }
 END_TEST
 
+/* A tracker event the daemon typed is projected from its typed snapshot:
+ * PostgreSQL does not parse its body at all (here a body that is no JSON,
+ * which ::jsonb would refuse), and the raw text is stored as sent. */
+START_TEST(test_typed_tracker_event_is_not_parsed)
+{
+        PGconn *c = db_open();
+        char *out = db_text(c,
+                "SELECT string_agg(ord || ':' || status, ',') FROM eps_ingest_batch("
+                " ARRAY[eps_uuid7()], ARRAY['evt_typed_np'], ARRAY['tracker.updated'], ARRAY['test'],"
+                " ARRAY['trk_typed_np'], ARRAY[$1::text], ARRAY['webhook'], ARRAY['2025-01-02T03:04:05Z'],"
+                " NULL, NULL, NULL, false,"
+                " t_shp => ARRAY['shp_typed_np'], t_mode => ARRAY['test'], t_code => ARRAY['EZNP'],"
+                " t_carrier => ARRAY['USPS'], t_status => ARRAY['in_transit'], t_status_detail => ARRAY[NULL::text],"
+                " t_est => ARRAY[NULL::text], t_signed => ARRAY[NULL::text], t_url => ARRAY[NULL::text],"
+                " t_cdetail => ARRAY['{\"a\":1}'::jsonb], t_created => ARRAY['2025-01-01T00:00:00Z'],"
+                " t_updated => ARRAY['2025-01-02T00:00:00Z'], t_ev_updated => ARRAY[NULL::text],"
+                " t_ev_created => ARRAY['2025-01-02T03:04:05Z'], t_details => ARRAY[2],"
+                " d_key => ARRAY[1, 1], d_pos => ARRAY[1, 2], d_status => ARRAY['pre_transit', 'in_transit'],"
+                " d_status_detail => ARRAY[NULL, NULL]::text[], d_message => ARRAY['one', 'two'],"
+                " d_description => ARRAY[NULL, NULL]::text[], d_carrier_code => ARRAY[NULL, NULL]::text[],"
+                " d_source => ARRAY['USPS', 'USPS'], d_datetime => ARRAY['2025-01-01T01:00:00Z', '2025-01-01T02:00:00Z'],"
+                " d_location => ARRAY['{\"city\":\"X\"}'::jsonb, NULL])",
+                "this is not JSON");
+        ck_assert_str_eq(out, "1:projected");
+        free(out);
+        out = db_text(c, "SELECT concat_ws('|', status, tracking_code, shipment_easypost_id, details_count,"
+                         " carrier_detail, newest_detail_at AT TIME ZONE 'UTC') FROM trackers"
+                         " WHERE easypost_id = 'trk_typed_np'", NULL);
+        ck_assert_str_eq(out, "in_transit|EZNP|shp_typed_np|2|{\"a\": 1}|2025-01-01 02:00:00");
+        free(out);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id"
+                                    " WHERE t.easypost_id = 'trk_typed_np' AND (e.tracking_location IS NOT NULL)"
+                                    " = (e.message = 'one')", NULL), 2);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_typed_np'"
+                                    " AND raw = $1 AND status = 'projected'", "this is not JSON"), 1);
+        /* the daemon never stores such a body: the JSON view must stay readable */
+        db_exec(c, "DELETE FROM webhook_events WHERE event_id = 'evt_typed_np'");
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 ingest_suite(void)
 {
@@ -603,6 +644,7 @@ ingest_suite(void)
         tcase_add_test(race, test_dead_letter_tracker_event_fetches_the_tracker);
         tcase_add_test(race, test_basic_auth_exact_header_only);
         tcase_add_test(race, test_batches_bounded_by_bytes);
+        tcase_add_test(race, test_typed_tracker_event_is_not_parsed);
         suite_add_tcase(s, race);
         return s;
 }

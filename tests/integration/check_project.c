@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "itest.h"
+#include "metrics.h"
 #include "util.h"
 
 static struct daemon dm;
@@ -338,6 +339,167 @@ START_TEST(test_deferred_projection)
 }
 END_TEST
 
+/* What the projection made, as text: every column an event decides (no
+ * generated ids, no clock of ours), trackers, shipments, their history and
+ * the sync jobs, in a fixed order. */
+static const char PROJECTION_TEXT[] =
+        "SELECT concat_ws(E'\\n',"
+        " (SELECT string_agg(concat_ws('|', t.easypost_id, t.tracking_code, t.carrier, t.mode, t.status,"
+        "   t.status_detail, t.est_delivery_date, t.signed_by, t.public_url, t.shipment_easypost_id,"
+        "   (SELECT s.easypost_id FROM shipments s WHERE s.id = t.shipment_id), t.carrier_detail,"
+        "   t.ep_created_at, t.ep_updated_at, t.newest_detail_at, t.details_count,"
+        "   (SELECT w.event_id FROM webhook_events w WHERE w.id = t.last_webhook_event_id)),"
+        "   E'\\n' ORDER BY t.easypost_id) FROM trackers t),"
+        " (SELECT string_agg(concat_ws('|', s.easypost_id, s.mode, s.tracking_code, s.carrier, s.status,"
+        "   s.status_at, s.status_detail_at, s.status_details), E'\\n' ORDER BY s.easypost_id) FROM shipments s),"
+        " (SELECT string_agg(x, E'\\n' ORDER BY x) FROM (SELECT concat_ws('|', t.easypost_id,"
+        "   (SELECT s.easypost_id FROM shipments s WHERE s.id = e.shipment_id),"
+        "   (SELECT w.event_id FROM webhook_events w WHERE w.id = e.webhook_event_id), e.status,"
+        "   e.status_detail, e.message, e.description, e.carrier_code, e.source, e.event_datetime,"
+        "   e.tracking_location) AS x FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id) h),"
+        " (SELECT string_agg(kind || ':' || object_id, ',' ORDER BY kind, object_id) FROM sync_jobs))";
+
+/* The daemon hands the projection the tracker fields its scanner typed, so
+ * PostgreSQL parses no JSON for them; the same events projected from their
+ * stored raw bodies as jsonb (the path of the projector, --replay, the sync
+ * worker, --reproject) must give exactly the same rows. Bodies with every
+ * shape the scanner types, and some it leaves to jsonb. */
+START_TEST(test_typed_snapshot_equals_jsonb)
+{
+        static const char *const results[] = {
+                /* escapes, nulls, no shipment, carrier_detail null, locations of each kind */
+                "{\"id\":\"trk_ty1\",\"object\":\"Tracker\",\"mode\":\"test\",\"tracking_code\":\"EZ\\u00e9\\\"1\","
+                "\"carrier\":\"US\\/PS\",\"status\":\"in_transit\",\"status_detail\":null,\"signed_by\":null,"
+                "\"est_delivery_date\":\"2025-03-09T00:00:00Z\",\"public_url\":\"https://t.example/\\u2603\","
+                "\"carrier_detail\":null,\"created_at\":\"2025-03-01T00:00:00Z\",\"updated_at\":\"2025-03-02T00:00:00Z\","
+                "\"tracking_details\":[{\"object\":\"TrackingDetail\",\"message\":\"a\\nb \\ud83d\\ude00\","
+                "\"status\":\"pre_transit\",\"datetime\":\"2025-03-01T01:00:00Z\",\"source\":\"USPS\","
+                "\"tracking_location\":{\"city\":\"X\",\"zip\":null,\"n\":1.50}},"
+                "{\"message\":\"b\",\"status\":\"in_transit\",\"datetime\":\"2025-03-01T02:00:00Z\","
+                "\"tracking_location\":\"nowhere\",\"description\":\"d\",\"carrier_code\":\"C1\",\"status_detail\":\"x\"},"
+                "{\"message\":null,\"status\":null,\"datetime\":null,\"tracking_location\":null},"
+                "{\"message\":\"late\",\"datetime\":\"2025-03-01T03:00:00+02:00\"}]}",
+                /* the next snapshot of the same tracker: two details more, a shipment, carrier_detail */
+                "{\"id\":\"trk_ty1\",\"mode\":\"test\",\"tracking_code\":\"EZ\\u00e9\\\"1\",\"carrier\":\"USPS\","
+                "\"status\":\"out_for_delivery\",\"shipment_id\":\"shp_ty1\",\"updated_at\":\"2025-03-03T00:00:00Z\","
+                "\"carrier_detail\":{\"service\":\"First\",\"x\":[1,true,null]},"
+                "\"tracking_details\":[{\"object\":\"TrackingDetail\",\"message\":\"a\\nb \\ud83d\\ude00\","
+                "\"status\":\"pre_transit\",\"datetime\":\"2025-03-01T01:00:00Z\",\"source\":\"USPS\","
+                "\"tracking_location\":{\"city\":\"X\",\"zip\":null,\"n\":1.50}},"
+                "{\"message\":\"b\",\"status\":\"in_transit\",\"datetime\":\"2025-03-01T02:00:00Z\","
+                "\"tracking_location\":\"nowhere\",\"description\":\"d\",\"carrier_code\":\"C1\",\"status_detail\":\"x\"},"
+                "{\"message\":null,\"status\":null,\"datetime\":null,\"tracking_location\":null},"
+                "{\"message\":\"late\",\"datetime\":\"2025-03-01T03:00:00+02:00\"},"
+                "{\"message\":\"c\",\"status\":\"out_for_delivery\",\"datetime\":\"2025-03-02T09:00:00Z\"},"
+                "{\"message\":\"c2\",\"status\":\"out_for_delivery\",\"datetime\":\"not a time\"}]}",
+                /* an older snapshot after a newer one: kept out of the row, its details merged */
+                "{\"id\":\"trk_ty1\",\"status\":\"in_transit\",\"shipment_id\":\"shp_ty1\","
+                "\"updated_at\":\"2025-03-02T12:00:00Z\",\"tracking_details\":[{\"message\":\"other\","
+                "\"status\":\"in_transit\",\"datetime\":\"2025-03-01T05:00:00Z\"}]}",
+                /* no updated_at in the result (the event's), shipment_id empty, tracking_details null */
+                "{\"id\":\"trk_ty2\",\"status\":\"unknown\",\"shipment_id\":\"\",\"tracking_details\":null}",
+                /* no tracking_details at all */
+                "{\"id\":\"trk_ty3\",\"status\":\"unknown\",\"updated_at\":\"2025-03-04T00:00:00Z\"}",
+                /* shapes the scanner leaves to jsonb: a number where text is expected, an
+                 * element that is no object, an object where text is expected */
+                "{\"id\":\"trk_ty4\",\"status\":7,\"updated_at\":\"2025-03-04T00:00:00Z\","
+                "\"tracking_details\":[{\"message\":\"m\",\"datetime\":\"2025-03-04T00:00:00Z\"}]}",
+                "{\"id\":\"trk_ty5\",\"status\":\"in_transit\",\"tracking_details\":[1,{\"message\":\"m\","
+                "\"datetime\":\"2025-03-04T00:00:00Z\"},\"x\"]}",
+                "{\"id\":\"trk_ty6\",\"status\":\"in_transit\",\"tracking_details\":[{\"message\":{\"a\":1},"
+                "\"source\":[\"x\"],\"datetime\":\"2025-03-04T00:00:00Z\"}]}",
+        };
+        enum { N = sizeof(results) / sizeof(results[0]) };
+        PGconn *c = db_open();
+
+        wipe(c);
+        db_exec(c, "TRUNCATE sync_jobs");
+        for (int i = 0; i < N; i++) {
+                char evid[32];
+                snprintf(evid, sizeof(evid), "evt_typed_%d", i);
+                char *b = make_event(evid, i % 2 ? "tracker.updated" : "tracker.created", results[i]);
+                ck_assert_int_eq(post_event(dm.port, b, strlen(b), NULL, 0), 200);
+                free(b);
+        }
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events WHERE status = 'projected'", NULL), N);
+        /* the typed path did the work: the history is there */
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id"
+                               " WHERE t.easypost_id = 'trk_ty1'", NULL), 7);
+        char *typed = db_text(c, PROJECTION_TEXT, NULL);
+
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, sync_jobs");
+        db_exec(c, "DO $$ DECLARE r record; BEGIN FOR r IN SELECT id, raw FROM webhook_events"
+                   " ORDER BY received_at, id LOOP PERFORM eps_project_trackers(ARRAY[r.id], ARRAY[r.raw::jsonb]);"
+                   " END LOOP; END $$");
+        char *json = db_text(c, PROJECTION_TEXT, NULL);
+        ck_assert_str_eq(typed, json);
+        free(typed);
+        free(json);
+        PQfinish(c);
+}
+END_TEST
+
+static void
+notice_to_buf(void *arg, const char *msg)
+{
+        strbuf_printf(arg, "%s", msg);
+}
+
+/* The projector writes each row it took back by its whole key: a probe of
+ * the partition's primary key, even in a month's partition PostgreSQL has
+ * not analyzed yet (by id alone that partition was read whole for every
+ * batch, slower the fuller the month). Every plan of eps_project_pending is
+ * shown (auto_explain) and none reads the filled partition whole. */
+START_TEST(test_pending_rows_written_back_by_key)
+{
+        PGconn *c = db_open();
+        struct strbuf plans = { 0 };
+
+        wipe(c);
+        /* next month's partition: nothing has written there, nothing analyzed it */
+        char *part = db_text(c, "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                                " WHERE i.inhparent = 'webhook_events'::regclass"
+                                " AND c.relname = 'webhook_events_' || to_char(now() + interval '1 month', 'YYYY_MM')",
+                             NULL);
+        ck_assert_ptr_nonnull(part);
+        db_exec(c, "INSERT INTO webhook_events (id, event_id, description, object_id, raw, status, received_at)"
+                   " SELECT eps_uuid7(), 'evt_pk_' || g, 'tracker.updated', 'trk_pk_' || g, '{}', 'projected',"
+                   " date_trunc('month', now() + interval '1 month') + g * interval '1 ms'"
+                   " FROM generate_series(1, 20000) g");
+        /* a projector's batch of pending tracker events after them */
+        db_exec(c, "INSERT INTO webhook_events (id, event_id, description, object_id, raw, status, received_at)"
+                   " SELECT eps_uuid7(), 'evt_pkp_' || g, 'tracker.updated', 'trk_pkp_' || g,"
+                   " format('{\"id\":\"evt_pkp_%s\",\"object\":\"Event\",\"description\":\"tracker.updated\","
+                   "\"result\":{\"id\":\"trk_pkp_%s\",\"status\":\"in_transit\",\"tracking_details\":[]}}', g, g),"
+                   " 'pending', date_trunc('month', now() + interval '1 month') + interval '1 hour' + g * interval '1 ms'"
+                   " FROM generate_series(1, 200) g");
+        PQsetNoticeProcessor(c, notice_to_buf, &plans);
+        db_exec(c, "LOAD 'auto_explain'");
+        db_exec(c, "SET auto_explain.log_min_duration = 0");
+        db_exec(c, "SET auto_explain.log_nested_statements = on");
+        db_exec(c, "SET auto_explain.log_level = notice");
+        db_exec(c, "SET client_min_messages = notice");
+        char *out = db_text(c, "SELECT taken || '/' || projected FROM eps_project_pending(200)", NULL);
+        ck_assert_str_eq(out, "200/200");
+        free(out);
+        db_exec(c, "SET client_min_messages = warning");
+        PQsetNoticeProcessor(c, NULL, NULL);
+        const char *upd = strstr(plans.data, "UPDATE webhook_events");
+        ck_assert_msg(upd != NULL, "no plan of the write-back shown: %.800s", plans.data);
+        char seq[160];
+        snprintf(seq, sizeof(seq), "Seq Scan on %s ", part);
+        const char *at = strstr(plans.data, seq);
+        ck_assert_msg(at == NULL, "%s read whole: %.800s", part,
+                      at && at - plans.data > 600 ? at - 600 : plans.data);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events WHERE status = 'pending'", NULL), 0);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers WHERE easypost_id LIKE 'trk\\_pkp\\_%'", NULL), 200);
+        wipe(c);
+        free(part);
+        free(plans.data);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 project_suite(void)
 {
@@ -352,6 +514,8 @@ project_suite(void)
         tcase_add_test(tc, test_hostile_events_keep_neighbours);
         tcase_add_test(tc, test_dead_letter_then_replay);
         tcase_add_test(tc, test_deferred_projection);
+        tcase_add_test(tc, test_typed_snapshot_equals_jsonb);
+        tcase_add_test(tc, test_pending_rows_written_back_by_key);
         suite_add_tcase(s, tc);
         return s;
 }

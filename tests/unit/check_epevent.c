@@ -43,6 +43,9 @@ START_TEST(test_fixture_events)
                 if (cases[i].object)
                         ck_assert_str_eq(ev.object_id, cases[i].object);
                 ck_assert(!ev.has_nul);
+                /* EasyPost's tracker events are typed for the projection */
+                ck_assert_msg((ev.trk != NULL) == (strncmp(ev.description, "tracker.", 8) == 0), "%s",
+                              cases[i].file);
                 epevent_fini(&ev);
                 free(body);
         }
@@ -192,6 +195,77 @@ START_TEST(test_times)
 }
 END_TEST
 
+static bool
+str_is(struct epstr v, const char *want)
+{
+        if (want == NULL)
+                return v.p == NULL;
+        return v.p && v.n == strlen(want) && memcmp(v.p, want, v.n) == 0;
+}
+
+/* A tracker event's snapshot, typed by the scanner as PostgreSQL's ->> gives each field. */
+START_TEST(test_tracker_typed)
+{
+        struct epevent ev;
+        const char *doc =
+                "{\"object\":\"Event\",\"id\":\"evt_t\",\"description\":\"tracker.updated\","
+                "\"updated_at\":\"2025-01-03T00:00:00Z\",\"created_at\":\"2025-01-02T00:00:00Z\","
+                "\"result\":{\"id\":\"trk_t\",\"status\":\"in\\u00e9\\\"\\/x\",\"status_detail\":null,"
+                "\"shipment_id\":\"shp_t\",\"carrier_detail\":{\"a\": [1, \"\\u0041\"]},"
+                "\"tracking_details\":[{\"message\":\"m1\",\"datetime\":\"2025-01-01T00:00:00Z\","
+                "\"tracking_location\":{\"city\":\"C\"}},{\"message\":\"\\ud83d\\ude00\","
+                "\"tracking_location\":\"str\",\"source\":null}]}}";
+
+        ck_assert_int_eq(parse(doc, &ev), 0);
+        ck_assert_ptr_nonnull(ev.trk);
+        ck_assert(str_is(ev.trk->status, "in\xc3\xa9\"/x"));
+        ck_assert(str_is(ev.trk->status_detail, NULL));
+        ck_assert(str_is(ev.trk->mode, NULL));
+        ck_assert(str_is(ev.trk->shp, "shp_t"));
+        ck_assert(str_is(ev.trk->cdetail, "{\"a\": [1, \"\\u0041\"]}"));
+        ck_assert(str_is(ev.trk->ev_updated, "2025-01-03T00:00:00Z"));
+        ck_assert(str_is(ev.trk->ev_created, "2025-01-02T00:00:00Z"));
+        ck_assert_str_eq(ev.created_at, "2025-01-02T00:00:00Z");
+        ck_assert_uint_eq(ev.trk->ndetails, 2);
+        ck_assert_uint_eq(ev.trk->nd, 2);
+        ck_assert_uint_eq(ev.trk->d[1].pos, 2);
+        ck_assert(str_is(ev.trk->d[0].location, "{\"city\":\"C\"}"));
+        ck_assert(str_is(ev.trk->d[1].location, NULL));
+        ck_assert(str_is(ev.trk->d[1].message, "\xf0\x9f\x98\x80"));
+        ck_assert(str_is(ev.trk->d[1].source, NULL));
+        ck_assert(str_is(ev.trk->d[0].datetime, "2025-01-01T00:00:00Z"));
+        epevent_fini(&ev);
+        ck_assert_ptr_null(ev.trk);
+
+        /* shapes left to PostgreSQL's jsonb: never guessed */
+        static const char *const untyped[] = {
+                "\"description\":\"tracker.updated\",\"result\":{\"id\":\"trk_t\",\"status\":5}",
+                "\"description\":\"tracker.updated\",\"result\":{\"id\":\"trk_t\",\"tracking_details\":[1]}",
+                "\"description\":\"tracker.updated\",\"result\":{\"id\":\"trk_t\",\"tracking_details\":{}}",
+                "\"description\":\"tracker.updated\",\"result\":{\"id\":\"trk_t\",\"tracking_details\":[{\"message\":[]}]}",
+                "\"description\":\"tracker.updated\",\"result\":{\"id\":\"trk_t\",\"m\":\"a\\u0000\"}",
+                "\"description\":\"tracker.updated\",\"result\":{\"id\":\"shp_t\"}",
+                "\"description\":\"tracker.updated\",\"result\":{\"id\":5}",
+                "\"description\":\"tracker.updated\",\"result\":[]",
+                "\"description\":\"tracker.updated\",\"updated_at\":1,\"result\":{\"id\":\"trk_t\"}",
+                "\"description\":\"shipment.updated\",\"result\":{\"id\":\"trk_t\"}",
+        };
+        for (size_t i = 0; i < sizeof(untyped) / sizeof(untyped[0]); i++) {
+                char buf[512];
+                snprintf(buf, sizeof(buf), "{\"object\":\"Event\",\"id\":\"evt_u\",%s}", untyped[i]);
+                ck_assert_int_eq(parse(buf, &ev), 0);
+                ck_assert_msg(ev.trk == NULL, "typed: %s", buf);
+                epevent_fini(&ev);
+        }
+        /* the least a tracker event can be: typed, no details */
+        ck_assert_int_eq(parse("{\"object\":\"Event\",\"id\":\"e\",\"description\":\"tracker.created\","
+                               "\"result\":{\"id\":\"trk_1\",\"tracking_details\":null}}", &ev), 0);
+        ck_assert_ptr_nonnull(ev.trk);
+        ck_assert_uint_eq(ev.trk->ndetails, 0);
+        epevent_fini(&ev);
+}
+END_TEST
+
 Suite *
 epevent_suite(void)
 {
@@ -204,6 +278,7 @@ epevent_suite(void)
         tcase_add_test(tc, test_accepts);
         tcase_add_test(tc, test_nul_and_fields);
         tcase_add_test(tc, test_times);
+        tcase_add_test(tc, test_tracker_typed);
         suite_add_tcase(s, tc);
         return s;
 }
