@@ -304,7 +304,9 @@ PG_STARTED=1
 pass "PostgreSQL $(psql_host 'SHOW server_version') up"
 
 SECRET=$(openssl rand -hex 24)
-HTTP_PORT=$((20000 + $$ % 20000))
+# below the ephemeral range (32768-60999), which outgoing connections take
+# ports from between the check and the listen
+HTTP_PORT=$((20000 + $$ % 10000))
 until port_free "$HTTP_PORT"; do HTTP_PORT=$((HTTP_PORT + 1)); done
 DAEMON_ENV=()
 out=$(as_daemon easypost-syncd --check-config -c "$CONF" 2>&1)
