@@ -134,7 +134,7 @@ run_suite() { # SUITE WRAPVAR [CK_FORK]
 
 echo
 echo "== 2. integration suites with the daemon under valgrind"
-for s in ${VG_DAEMON_SUITES:-ingest project sync faults hostile webhook_health}; do
+for s in ${VG_DAEMON_SUITES:-ingest project sync faults hostile webhook_health reconcile}; do
         echo "-- $s"
         run_suite "$s" TEST_DAEMON_WRAPPER
 done
