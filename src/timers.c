@@ -257,8 +257,11 @@ refresh_done(PGresult *res, void *arg)
         struct timers_view_stats *vs = &t->views[t->view];
 
         if (res == NULL && t->stopped) {
-                /* the drain closed the connection: the next tick, on any replica, refreshes */
-                log_debug("timers", "refresh %s abandoned at shutdown", vs->name);
+                /* the drain closed the connection: the refresh may still have
+                 * committed (its Sync was sent); the next tick, on any replica,
+                 * refreshes anyway */
+                log_info("timers", "refresh %s slot %lld in flight at shutdown: not waited for",
+                         vs->name, t->slot);
         } else if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
                 vs->failed++;
                 log_warn("timers", "refresh %s: %s", vs->name,

@@ -262,8 +262,15 @@ check "each refresh a replica ran is logged once across the replicas and recorde
         test "$twice" = 0 -a "$killed_unrecorded" = 0
 check "the refreshes went on after the kill" \
         test "$(q "SELECT count(*) FROM analytics_refreshes WHERE started_at > to_timestamp($kill_time)")" -ge 3
-check "the survivors' refresh log lines match their analytics_refreshes rows" \
-        same_files "$RL_DIR/ref-log.txt" "$RL_DIR/ref-db.txt"
+# a refresh in flight when a survivor drains is not waited for: it may have
+# committed with no "refreshed" line, and says so in a line of its own
+sed -n 's/.*refresh \([a-z_]*\) slot \([0-9]*\) in flight at shutdown.*/\1 \2/p' \
+        "$RL_DIR/replica-1.log" "$RL_DIR/replica-3.log" | sort >"$RL_DIR/ref-inflight.txt"
+comm -23 "$RL_DIR/ref-db.txt" "$RL_DIR/ref-log.txt" >"$RL_DIR/ref-unlogged.txt"
+unexplained=$(comm -23 "$RL_DIR/ref-unlogged.txt" "$RL_DIR/ref-inflight.txt" | wc -l)
+unrecorded=$(comm -23 "$RL_DIR/ref-log.txt" "$RL_DIR/ref-db.txt" | wc -l)
+check "the survivors' refresh log lines match their analytics_refreshes rows ($(wc -l <"$RL_DIR/ref-unlogged.txt") recorded while in flight at shutdown)" \
+        test "$unexplained" = 0 -a "$unrecorded" = 0
 
 # --- sync: each job fetched once ---------------------------------------------
 curl -s -m 10 "http://127.0.0.1:$FAKE_PORT/_control/stats" >"$RL_DIR/stats.json" || die "fake API stats"
