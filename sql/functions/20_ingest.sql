@@ -324,14 +324,16 @@ DECLARE
     v_dberr   text[];
     v_dcreate timestamptz[];
     v_dbody   jsonb[];
-    -- those that replaced a partial copy
-    v_rord    integer[];
-    v_rstatus text[];
-    v_rkey    integer[];
-    v_revent  uuid[];
-    v_rbody   jsonb[];
-    v_roevent uuid[];
-    v_robody  jsonb[];
+    -- the partial copies they replace: positions in v_dup, row keys
+    v_pi      integer[];
+    v_pid     uuid[];
+    v_pat     timestamptz[];
+    v_heal    text[];
+    v_o       integer;
+    v_st      text;
+    v_obj     text;
+    v_trk     boolean;
+    v_b       jsonb;
 BEGIN
     WITH e AS MATERIALIZED (
         SELECT u.*, y.typed,
@@ -421,46 +423,50 @@ BEGIN
         -- statement) sees a partial copy whose transaction committed while
         -- the statement above waited on its dedup key. Only full copies that
         -- came back duplicate get here: a new event costs nothing more.
-        WITH d AS (
-            SELECT * FROM unnest(v_dup, v_dstatus, v_derror, v_dberr, v_dcreate, v_dbody)
-                          AS d(ord, status, error, body_error, created, body)
-        ), repl AS (
+        -- Each is found by one probe of the event_id index (LIMIT 1 keeps
+        -- it a probe in a plan cached while the table was small: a join
+        -- planned then scans the whole partition on every later call), and
+        -- replaced by its primary key, in event_id order.
+        SELECT array_agg(d.i ORDER BY p_event_id[d.ord]), array_agg(w.id ORDER BY p_event_id[d.ord]),
+               array_agg(w.received_at ORDER BY p_event_id[d.ord])
+        INTO v_pi, v_pid, v_pat
+        FROM unnest(v_dup) WITH ORDINALITY AS d(ord, i)
+        CROSS JOIN LATERAL (SELECT w.id, w.received_at FROM webhook_events w
+                            WHERE w.event_id = p_event_id[d.ord] AND w.partial LIMIT 1) w;
+        FOR j IN 1 .. coalesce(cardinality(v_pi), 0) LOOP
+            v_o := v_dup[v_pi[j]];
             UPDATE webhook_events w
-            SET description = p_description[d.ord], mode = p_mode[d.ord], object_id = p_object_id[d.ord],
-                raw = p_raw[d.ord], body_error = d.body_error, source = p_source[d.ord],
-                status = d.status, error = d.error, event_created_at = d.created, partial = false,
-                processed_at = now()
-            FROM d
-            WHERE w.event_id = p_event_id[d.ord] AND w.partial
-            RETURNING d.ord, w.id, w.status, w.object_id,
-                      w.description IN ('tracker.created', 'tracker.updated') AS tracker,
-                      -- a typed tracker event was not parsed: its replacement is
-                      coalesce(d.body, CASE WHEN d.status = 'projected'
-                                            THEN coalesce(p_clean[d.ord], p_raw[d.ord])::jsonb END) AS body
-        ), heal AS (
-            INSERT INTO sync_jobs (kind, object_id)
-            SELECT DISTINCT 'tracker', repl.object_id FROM repl
-            WHERE repl.tracker AND repl.status = 'failed' AND repl.object_id LIKE 'trk\_%'
-            ORDER BY 2
-            ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING
-        )
-        SELECT array_agg(repl.ord), array_agg(repl.status),
-               -- after the batch's own, in arrival order
-               array_agg(repl.ord + cardinality(p_id)) FILTER (WHERE repl.status = 'projected' AND repl.tracker),
-               array_agg(repl.id) FILTER (WHERE repl.status = 'projected' AND repl.tracker),
-               array_agg(repl.body) FILTER (WHERE repl.status = 'projected' AND repl.tracker),
-               array_agg(repl.id) FILTER (WHERE repl.status = 'projected' AND NOT repl.tracker),
-               array_agg(repl.body) FILTER (WHERE repl.status = 'projected' AND NOT repl.tracker)
-        INTO v_rord, v_rstatus, v_rkey, v_revent, v_rbody, v_roevent, v_robody
-        FROM repl;
-        FOR i IN 1 .. coalesce(cardinality(v_rord), 0) LOOP
-            v_status[v_rord[i]] := v_rstatus[i];
+            SET description = p_description[v_o], mode = p_mode[v_o], object_id = p_object_id[v_o],
+                raw = p_raw[v_o], body_error = v_dberr[v_pi[j]], source = p_source[v_o],
+                status = v_dstatus[v_pi[j]], error = v_derror[v_pi[j]],
+                event_created_at = v_dcreate[v_pi[j]], partial = false, processed_at = now()
+            WHERE w.id = v_pid[j] AND w.received_at = v_pat[j] AND w.partial
+            RETURNING w.status, w.object_id, w.description IN ('tracker.created', 'tracker.updated')
+            INTO v_st, v_obj, v_trk;
+            CONTINUE WHEN NOT FOUND;
+            v_status[v_o] := v_st;
+            IF v_trk AND v_st = 'failed' AND v_obj LIKE 'trk\_%' THEN
+                v_heal := v_heal || v_obj;
+            ELSIF v_st = 'projected' THEN
+                -- a typed tracker event was not parsed: its replacement is
+                v_b := coalesce(v_dbody[v_pi[j]], coalesce(p_clean[v_o], p_raw[v_o])::jsonb);
+                IF v_trk THEN
+                    -- after the batch's own, in arrival order
+                    v_key := v_key || (v_o + cardinality(p_id));
+                    v_event := v_event || v_pid[j];
+                    v_body := v_body || v_b;
+                ELSE
+                    v_oevent := v_oevent || v_pid[j];
+                    v_obody := v_obody || v_b;
+                END IF;
+            END IF;
         END LOOP;
-        v_key := v_key || v_rkey;
-        v_event := v_event || v_revent;
-        v_body := v_body || v_rbody;
-        v_oevent := v_oevent || v_roevent;
-        v_obody := v_obody || v_robody;
+        -- a replacement stored 'failed' heals its tracker from the API
+        IF v_heal IS NOT NULL THEN
+            INSERT INTO sync_jobs (kind, object_id)
+            SELECT DISTINCT 'tracker', h.oid FROM unnest(v_heal) AS h(oid) ORDER BY 2
+            ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING;
+        END IF;
     END IF;
 
     IF v_take IS NOT NULL OR v_event IS NOT NULL THEN
