@@ -372,6 +372,46 @@ START_TEST(test_delivery_racing_the_partial_copy_replaces_it)
 }
 END_TEST
 
+/*
+ * A full copy that comes back duplicate looks for a partial copy to replace.
+ * The plan of that lookup is cached for the connection's life, made at its
+ * first duplicate while the table was small: it must probe the event_id
+ * index, never scan the partitions (a scan costs more with every event
+ * stored; it doubled PostgreSQL's time per event over a long run). Counted
+ * by PostgreSQL for this transaction (pg_stat_xact_user_tables).
+ */
+START_TEST(test_duplicate_probes_the_index)
+{
+        PGconn *c = db_open();
+        const char *scans = "SELECT coalesce(sum(s.seq_scan), 0) FROM pg_stat_xact_user_tables s "
+                            "JOIN pg_inherits i ON i.inhrelid = s.relid "
+                            "WHERE i.inhparent = 'webhook_events'::regclass";
+        char *body = make_event("evt_probe_1", "tracker.updated", NULL);
+        char *st;
+        long before;
+
+        db_exec(c, "DELETE FROM webhook_event_ids WHERE event_id = 'evt_probe_1'");
+        db_exec(c, "DELETE FROM webhook_events WHERE event_id = 'evt_probe_1'");
+        db_exec(c, "BEGIN");
+        send_one(c, "evt_probe_1", NULL, body, "webhook", false);
+        st = one_outcome(c);
+        ck_assert_str_eq(st, "failed"); /* no result: stored, not projected */
+        free(st);
+        for (int i = 0; i < 3; i++) {
+                before = db_long(c, scans, NULL);
+                send_one(c, "evt_probe_1", NULL, body, "webhook", false);
+                st = one_outcome(c);
+                ck_assert_str_eq(st, "duplicate");
+                free(st);
+                ck_assert_msg(db_long(c, scans, NULL) == before,
+                              "duplicate %d scanned webhook_events' partitions", i + 1);
+        }
+        db_exec(c, "ROLLBACK");
+        free(body);
+        PQfinish(c);
+}
+END_TEST
+
 #define HEAL_API_KEY "EZTKtestkey0123456789" /* integration.sh checks that no log shows it */
 
 /*
@@ -641,6 +681,7 @@ ingest_suite(void)
 
         tcase_set_timeout(race, 120);
         tcase_add_test(race, test_delivery_racing_the_partial_copy_replaces_it);
+        tcase_add_test(race, test_duplicate_probes_the_index);
         tcase_add_test(race, test_dead_letter_tracker_event_fetches_the_tracker);
         tcase_add_test(race, test_basic_auth_exact_header_only);
         tcase_add_test(race, test_batches_bounded_by_bytes);
