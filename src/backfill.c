@@ -29,7 +29,9 @@
  * not counted (after a 401/403 the run ends without saving: the next one,
  * with a new key, starts from the same cursor). A run stopped at its page cap saves a sweep (where the
  * listing goes on, what the cursor becomes at its end) and the next run
- * continues it. The list omits `result`; an event with no recorded payload
+ * continues it; when EasyPost no longer lists the event a page starts below
+ * (404/422 for its before_id: it aged out), nothing older is left and the
+ * listing ends there. The list omits `result`; an event with no recorded payload
  * is stored as listed, marked partial (counted in `unrecovered`), and the real
  * delivery replaces it when it comes.
  *
@@ -355,6 +357,17 @@ list_done(const struct httpc_resp *r, void *arg)
                 return;
         if (b->lost) {
                 enter(b, BACKFILL_IDLE, "the lease lapsed");
+                return;
+        }
+        if (r->rc == CURLE_OK && (r->status == 404 || r->status == 422) && b->next != NULL) {
+                /* EasyPost no longer lists the event the page was to start
+                 * below (it keeps events for a limited time, oldest first):
+                 * nothing older is left to list, so the list ends here. A
+                 * sweep that went on from it would otherwise fail every run. */
+                log_warn("backfill", "backfill: EasyPost no longer lists %s (HTTP %ld): the listing ends there",
+                         b->next, r->status);
+                b->bottom = true;
+                enter(b, BACKFILL_CHECK, NULL);
                 return;
         }
         if (r->rc != CURLE_OK || r->status != 200) {

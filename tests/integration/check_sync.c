@@ -1032,6 +1032,41 @@ START_TEST(test_backfill_pages_down_to_the_cursor)
 }
 END_TEST
 
+/*
+ * A sweep left by a run stopped at its page cap goes on below the oldest
+ * event it listed. When EasyPost no longer lists that event (it keeps events
+ * for a limited time, and answers 422 for a cursor it does not know), the
+ * listing ends there: the sweep ends, its top becomes the cursor, and the
+ * next run recovers the newer events, instead of every run failing on it.
+ */
+START_TEST(test_backfill_sweep_ends_where_its_event_is_gone)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char url[128], keyenv[128], resp[65536];
+
+        wipe(c);
+        seed_pages(0, 5, 0);
+        db_exec(c, "INSERT INTO sync_state (key, value) VALUES ('backfill_sweep',"
+                   " '{\"top\": \"evt_pg002\", \"next\": \"evt_pggone\"}')");
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=50", "EASYPOST_SYNC_BACKFILL_INTERVAL=1", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_pg004'", 1, 60000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_sweep'", NULL), 0);
+        /* the sweep's top and what is newer, once; nothing below the top */
+        ck_assert_int_eq(db_long(c, "SELECT count(DISTINCT event_id) FROM webhook_events"
+                                    " WHERE event_id IN ('evt_pg002', 'evt_pg003', 'evt_pg004')", NULL), 3);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_pg%'", NULL), 3);
+        ck_assert_int_eq(fake_control(&fk, "GET", "/_control/stats", NULL, resp, sizeof(resp)), 200);
+        ck_assert_ptr_nonnull(strstr(resp, "before_id=evt_pggone"));
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 sync_suite(void)
 {
@@ -1058,6 +1093,7 @@ sync_suite(void)
         tcase_add_test(tc, test_sync_lease_covers_the_wait_in_the_pacer_queue);
         tcase_add_test(tc, test_projector_fails_a_poison_row_and_goes_on);
         tcase_add_test(tc, test_backfill_pages_down_to_the_cursor);
+        tcase_add_test(tc, test_backfill_sweep_ends_where_its_event_is_gone);
         suite_add_tcase(s, tc);
         return s;
 }
