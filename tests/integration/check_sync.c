@@ -987,6 +987,18 @@ seed_pages(int from, int to, int base_min)
         strbuf_free(&b);
 }
 
+/* A daemon whose backfill runs every second, at 50 API requests a second. */
+static void
+start_backfill(struct daemon *d)
+{
+        char url[128], keyenv[128];
+
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=50", "EASYPOST_SYNC_BACKFILL_INTERVAL=1", NULL };
+        ck_assert_int_eq(daemon_start(d, env), 0);
+}
+
 /*
  * The backfill pages /events from the newest down with before_id and stops
  * at the cursor: 150 newer events over two pages are all recovered once,
@@ -996,14 +1008,11 @@ START_TEST(test_backfill_pages_down_to_the_cursor)
 {
         PGconn *c = db_open();
         struct daemon d;
-        char url[128], keyenv[128], resp[65536];
+        char resp[65536];
 
         wipe(c);
         seed_pages(0, 3, 0);
-        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
-        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
-        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=50", "EASYPOST_SYNC_BACKFILL_INTERVAL=1", NULL };
-        ck_assert_int_eq(daemon_start(&d, env), 0);
+        start_backfill(&d);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
                                          " AND value = 'evt_pg002'", 1, 30000), 1);
         /* an event older than the cursor that was never stored: below it, not listed again */
@@ -1043,16 +1052,13 @@ START_TEST(test_backfill_sweep_ends_where_its_event_is_gone)
 {
         PGconn *c = db_open();
         struct daemon d;
-        char url[128], keyenv[128], resp[65536];
+        char resp[65536];
 
         wipe(c);
         seed_pages(0, 5, 0);
         db_exec(c, "INSERT INTO sync_state (key, value) VALUES ('backfill_sweep',"
                    " '{\"top\": \"evt_pg002\", \"next\": \"evt_pggone\"}')");
-        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
-        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
-        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=50", "EASYPOST_SYNC_BACKFILL_INTERVAL=1", NULL };
-        ck_assert_int_eq(daemon_start(&d, env), 0);
+        start_backfill(&d);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
                                          " AND value = 'evt_pg004'", 1, 60000), 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_sweep'", NULL), 0);
