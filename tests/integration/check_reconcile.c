@@ -137,56 +137,25 @@ fake_count(const char *group, const char *key)
         return n;
 }
 
-static char *
-slurp(const char *path)
-{
-        struct err e;
-        size_t len;
-        char *s = file_read_all(path, &len, &e);
-
-        ck_assert_msg(s != NULL, "%s: %s", path, e.msg);
-        return s;
-}
-
 /* easypost-syncd cmd [args]: exit status, stderr in *err, stdout in *out when
  * out is not NULL (caller frees). */
 static int
 run_syncd(const char *cmd, const char *const *args, char **err, char **out)
 {
-        static int seq;
-        const char *tmp = getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp";
-        char errp[512], outp[512], bin[512], url[128];
-        const char *argv[8] = { "easypost-syncd", cmd };
-        size_t na = 2;
-        int st = 0;
+        char url[128], outp[ITEST_PATH], errp[ITEST_PATH];
+        const char *env[] = { url, "EASYPOST_API_KEY=" API_KEY, NULL };
+        const char *argv[8] = { cmd };
+        size_t na = 1;
 
-        snprintf(errp, sizeof(errp), "%s/reconcile-%d-%d.log", tmp, (int)getpid(), ++seq);
-        snprintf(outp, sizeof(outp), "%s/reconcile-%d-%d.out", tmp, (int)getpid(), seq);
-        snprintf(bin, sizeof(bin), "%s/easypost-syncd", getenv("abs_top_builddir"));
         snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
         for (const char *const *a = args; a && *a && na < ARRAY_LEN(argv) - 1; a++)
                 argv[na++] = *a;
         argv[na] = NULL;
-        pid_t pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                if (e < 0 || o < 0)
-                        _exit(127);
-                dup2(o, 1);
-                dup2(e, 2);
-                setenv("DATABASE_URL", getenv("TEST_PG_CONNINFO"), 1);
-                setenv("EASYPOST_API_KEY", API_KEY, 1);
-                putenv(url);
-                execv(bin, (char *const *)argv);
-                _exit(127);
-        }
-        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-        *err = slurp(errp);
+        int rc = syncd_wait(syncd_spawn(getenv("TEST_PG_CONNINFO"), env, argv, outp, errp));
+        *err = itest_slurp(errp);
         if (out)
-                *out = slurp(outp);
-        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+                *out = itest_slurp(outp);
+        return rc;
 }
 
 static int

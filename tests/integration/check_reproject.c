@@ -145,40 +145,15 @@ post_all(unsigned port, const struct evset *s)
 static int
 run_syncd(const char *url, const char *const *args, bool wait, char **err)
 {
-        static int seq;
-        const char *tmp = getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp";
-        char errp[512], bin[512];
-        const char *argv[8] = { "easypost-syncd" };
-        size_t na = 1;
-        int st = 0;
+        char outp[ITEST_PATH];
+        pid_t pid = syncd_spawn(url, NULL, args, outp, NULL);
 
-        snprintf(errp, sizeof(errp), "%s/reproject-%d-%d.log", tmp, (int)getpid(), ++seq);
-        snprintf(bin, sizeof(bin), "%s/easypost-syncd", getenv("abs_top_builddir"));
-        for (const char *const *a = args; a && *a && na < ARRAY_LEN(argv) - 1; a++)
-                argv[na++] = *a;
-        argv[na] = NULL;
-        pid_t pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                if (e < 0)
-                        _exit(127);
-                dup2(e, 2);
-                dup2(e, 1);
-                setenv("DATABASE_URL", url, 1);
-                execv(bin, (char *const *)argv);
-                _exit(127);
-        }
         if (!wait)
                 return pid;
-        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-        if (err) {
-                struct err e;
-                size_t len;
-                *err = file_read_all(errp, &len, &e);
-                ck_assert_msg(*err != NULL, "%s: %s", errp, e.msg);
-        }
-        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        int rc = syncd_wait(pid);
+        if (err)
+                *err = itest_slurp(outp);
+        return rc;
 }
 
 /* A new empty database beside the test one, migrated. */

@@ -24,52 +24,16 @@ struct run {
         char *err; /* stderr */
 };
 
-static char *
-read_all(const char *path)
-{
-        struct err e;
-        size_t len;
-        char *s = file_read_all(path, &len, &e);
-
-        ck_assert_msg(s != NULL, "%s: %s", path, e.msg);
-        return s;
-}
-
 /* Runs easypost-syncd with DATABASE_URL=url and arguments; collects stdout and stderr. */
 static struct run
 run_syncd(const char *url, const char *const *args)
 {
-        static int seq;
-        const char *tmp = getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp";
-        char outp[512], errp[512], bin[512];
-        const char *argv[16] = { "easypost-syncd" };
+        char outp[ITEST_PATH], errp[ITEST_PATH];
         struct run r = { 0 };
-        size_t na = 1;
-        int st = 0;
 
-        snprintf(outp, sizeof(outp), "%s/search-%d-%d.out", tmp, (int)getpid(), ++seq);
-        snprintf(errp, sizeof(errp), "%s/search-%d-%d.log", tmp, (int)getpid(), seq);
-        snprintf(bin, sizeof(bin), "%s/easypost-syncd", getenv("abs_top_builddir"));
-        for (const char *const *a = args; *a && na < ARRAY_LEN(argv) - 1; a++)
-                argv[na++] = *a;
-        argv[na] = NULL;
-        pid_t pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                if (o < 0 || e < 0)
-                        _exit(127);
-                dup2(o, 1);
-                dup2(e, 2);
-                setenv("DATABASE_URL", url, 1);
-                execv(bin, (char *const *)argv);
-                _exit(127);
-        }
-        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-        r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        r.out = read_all(outp);
-        r.err = read_all(errp);
+        r.code = syncd_wait(syncd_spawn(url, NULL, args, outp, errp));
+        r.out = itest_slurp(outp);
+        r.err = itest_slurp(errp);
         unlink(outp);
         unlink(errp);
         return r;

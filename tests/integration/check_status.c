@@ -37,57 +37,19 @@ schema_url(const char *name, char *url, size_t n)
         snprintf(url, n, "%s options='-csearch_path=%s'", getenv("TEST_PG_CONNINFO"), name);
 }
 
-static char *
-read_file(const char *path)
-{
-        struct err e;
-        size_t len;
-        char *s = file_read_all(path, &len, &e);
-
-        ck_assert_msg(s != NULL, "%s: %s", path, e.msg);
-        return s;
-}
-
 /* Runs easypost-syncd with DATABASE_URL=url, extra "NAME=value" settings and
  * arguments; stdout and stderr are collected. */
 static struct run
 run_syncd(const char *url, const char *const *env, const char *const *args)
 {
-        static int seq;
-        const char *tmp = getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp";
-        char outp[512], errp[512], bin[512];
-        const char *argv[16] = { "easypost-syncd" };
+        char outp[ITEST_PATH], errp[ITEST_PATH];
         struct run r = { 0 };
-        size_t na = 1;
-        int st = 0;
 
-        snprintf(outp, sizeof(outp), "%s/status-%d-%d.out", tmp, (int)getpid(), ++seq);
-        snprintf(errp, sizeof(errp), "%s/status-%d-%d.log", tmp, (int)getpid(), seq);
-        snprintf(bin, sizeof(bin), "%s/easypost-syncd", getenv("abs_top_builddir"));
-        for (const char *const *a = args; *a && na < ARRAY_LEN(argv) - 1; a++)
-                argv[na++] = *a;
-        argv[na] = NULL;
-        pid_t pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                if (o < 0 || e < 0)
-                        _exit(127);
-                dup2(o, 1);
-                dup2(e, 2);
-                setenv("DATABASE_URL", url, 1);
-                for (const char *const *v = env; v && *v; v++)
-                        putenv((char *)*v);
-                execv(bin, (char *const *)argv);
-                _exit(127);
-        }
-        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-        r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        r.out = read_file(outp);
-        r.err = read_file(errp);
-        for (size_t i = 1; i < na; i++)
-                if (strcmp(argv[i], "--json") == 0) {
+        r.code = syncd_wait(syncd_spawn(url, env, args, outp, errp));
+        r.out = itest_slurp(outp);
+        r.err = itest_slurp(errp);
+        for (const char *const *a = args; *a; a++)
+                if (strcmp(*a, "--json") == 0) {
                         json_error_t je;
                         r.json = json_loads(r.out, 0, &je);
                         ck_assert_msg(r.json != NULL, "--json output is not JSON (%s): %s", je.text, r.out);
@@ -711,7 +673,7 @@ START_TEST(test_settings_stay_in_the_transaction_through_pgbouncer)
 
         struct run j = run_syncd(url, NULL, JSON_ARGS);
         char *after = db_text(b, "SELECT current_setting('statement_timeout')", NULL);
-        char *pid = read_file(pidf);
+        char *pid = itest_slurp(pidf);
         kill((pid_t)atoi(pid), SIGTERM); /* before any assertion: never left running */
         PQfinish(b);
         ck_assert_msg(j.code == 0 || j.code == 1, "exit %d: %s%s", j.code, j.out, j.err);

@@ -455,3 +455,57 @@ db_wait_long(PGconn *c, const char *sql, long want, int timeout_ms)
                 sleep_ms(50);
         }
 }
+
+char *
+itest_slurp(const char *path)
+{
+        struct err e;
+        size_t len;
+        char *s = file_read_all(path, &len, &e);
+
+        ck_assert_msg(s != NULL, "%s: %s", path, e.msg);
+        return s;
+}
+
+pid_t
+syncd_spawn(const char *url, const char *const *env, const char *const *args, char *out, char *err)
+{
+        static int seq;
+        const char *tmp = getenv("TEST_TMPDIR") ? getenv("TEST_TMPDIR") : "/tmp";
+        const char *argv[16] = { "easypost-syncd" };
+        char bin[512];
+        size_t na = 1;
+
+        snprintf(out, ITEST_PATH, "%s/syncd-%d-%d.out", tmp, (int)getpid(), ++seq);
+        if (err)
+                snprintf(err, ITEST_PATH, "%s/syncd-%d-%d.log", tmp, (int)getpid(), seq);
+        snprintf(bin, sizeof(bin), "%s/easypost-syncd", getenv("abs_top_builddir"));
+        for (const char *const *a = args; a && *a && na < ARRAY_LEN(argv) - 1; a++)
+                argv[na++] = *a;
+        argv[na] = NULL;
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+                int e = err ? open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644) : o;
+                if (o < 0 || e < 0)
+                        _exit(127);
+                dup2(o, 1);
+                dup2(e, 2);
+                setenv("DATABASE_URL", url, 1);
+                for (const char *const *v = env; v && *v; v++)
+                        putenv((char *)*v);
+                execv(bin, (char *const *)argv);
+                _exit(127);
+        }
+        return pid;
+}
+
+int
+syncd_wait(pid_t pid)
+{
+        int st = 0;
+
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

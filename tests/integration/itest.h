@@ -24,6 +24,19 @@ struct daemon {
 /* A port on 127.0.0.1 that was free a moment ago. */
 unsigned free_port(void);
 
+/* The whole file as text (caller frees); fails the test when it cannot be read. */
+char *itest_slurp(const char *path);
+
+#define ITEST_PATH 512
+/* Starts easypost-syncd as a child with DATABASE_URL=url, extra "NAME=value"
+ * settings (NULL-terminated, may be NULL) and arguments (NULL-terminated).
+ * Its stdout goes to a new file under TEST_TMPDIR whose path is put in out,
+ * its stderr to one put in err, or to the same file when err is NULL (each
+ * ITEST_PATH bytes). Returns its pid. */
+pid_t syncd_spawn(const char *url, const char *const *env, const char *const *args, char *out, char *err);
+/* Waits for a syncd_spawn child: its exit status, -1 when it did not exit. */
+int syncd_wait(pid_t pid);
+
 /* Starts easypost-syncd with DATABASE_URL, the test secret, a free port and
  * extra "NAME=value" settings (NULL-terminated, may be NULL); waits until
  * /healthz (and /readyz, see itest_wait_ready) answer 200. 0 on success. */
