@@ -15,15 +15,28 @@ uuid7_init(struct uuid7_gen *g)
 {
         memset(g, 0, sizeof(*g));
         g->clock_ms = clock_real_ms;
+        g->pool_used = sizeof(g->pool);
+}
+
+/* The next UUID7_RAND unused random bytes of the pool, refilled when spent. */
+static const unsigned char *
+pool_take(struct uuid7_gen *g)
+{
+        if (g->pool_used + UUID7_RAND > sizeof(g->pool)) {
+                random_fill(g->pool, sizeof(g->pool));
+                g->pool_used = 0;
+        }
+        const unsigned char *r = g->pool + g->pool_used;
+        g->pool_used += UUID7_RAND;
+        return r;
 }
 
 void
 uuid7_next(struct uuid7_gen *g, uuid_t out)
 {
         uint64_t ms = g->clock_ms();
-        unsigned char rnd[10];
+        const unsigned char *rnd = pool_take(g);
 
-        random_fill(rnd, sizeof(rnd));
         if (ms > g->last_ms) {
                 /* new millisecond: random start with headroom for the counter */
                 g->seq = (unsigned)((rnd[0] << 8) | rnd[1]) & 0x7ff;

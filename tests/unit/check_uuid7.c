@@ -1,4 +1,4 @@
-/* check_uuid7.c - version/variant bits, monotonic order, clock steps. */
+/* check_uuid7.c - version/variant bits, monotonic order, clock steps, the random pool. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +57,29 @@ START_TEST(test_monotonic_same_ms_and_backwards)
 }
 END_TEST
 
+/* Ids drawn across several refills of the random pool each get their own
+ * bytes: no two of them share their 62 random bits. */
+START_TEST(test_pool_never_repeats)
+{
+        enum { N = UUID7_POOL_IDS * 4 + 3 };
+        static uuid_t ids[N];
+        struct uuid7_gen g;
+
+        uuid7_init(&g);
+        g.clock_ms = fake_clock;
+        fake_now = 1700000000000ULL;
+        for (int i = 0; i < N; i++) {
+                if (i % 7 == 0)
+                        fake_now++; /* a new millisecond draws the counter's start too */
+                uuid7_next(&g, ids[i]);
+        }
+        for (int i = 0; i < N; i++)
+                for (int j = i + 1; j < N; j++)
+                        ck_assert_msg(memcmp(ids[i] + 8, ids[j] + 8, 8) != 0,
+                                      "ids %d and %d share their random bits", i, j);
+}
+END_TEST
+
 Suite *
 uuid7_suite(void)
 {
@@ -66,6 +89,7 @@ uuid7_suite(void)
         tcase_set_timeout(tc, 10);
         tcase_add_test(tc, test_layout);
         tcase_add_test(tc, test_monotonic_same_ms_and_backwards);
+        tcase_add_test(tc, test_pool_never_repeats);
         suite_add_tcase(s, tc);
         return s;
 }
