@@ -86,6 +86,15 @@ struct batch {
         char *errmsg;     /* the first error's message, NULL without one */
 };
 
+/* A parameter array being built (see arr_begin). */
+struct pgarr {
+        char *buf;
+        size_t len, cap;
+};
+/* A batch's arrays keep their buffers for the next batch (no growth by
+ * doubling for every batch), except one grown past this by a large batch. */
+#define ARR_KEEP_BYTES (1u << 20)
+
 struct ingest {
         struct event_base *base;
         struct db_conn **conns;
@@ -101,6 +110,7 @@ struct ingest {
         void *on_pending_arg;
         struct event *kick;
         struct event *linger;            /* a held batch's deadline */
+        struct pgarr arr[BATCH_ARRAYS];  /* the parameters of the batch being sent */
         struct ingest_stats stats;
 };
 
@@ -240,6 +250,8 @@ ingest_free(struct ingest *g)
         ingest_close(g);
         event_free(g->kick);
         event_free(g->linger);
+        for (int k = 0; k < BATCH_ARRAYS; k++)
+                free(g->arr[k].buf);
         free(g->conns);
         free(g);
 }
@@ -493,13 +505,8 @@ source_name(enum ingest_source s)
 /*
  * A one-dimensional array in PostgreSQL's binary format (array_recv):
  * ndim, has-nulls flag, element type, length and lower bound, then each
- * element as a 32-bit length (-1: NULL) and its bytes.
+ * element as a 32-bit length (-1: NULL) and its bytes (struct pgarr).
  */
-struct pgarr {
-        char *buf;
-        size_t len, cap;
-};
-
 static void
 arr_put(struct pgarr *a, const void *p, size_t n)
 {
@@ -739,8 +746,7 @@ send_batch(struct ingest *g, struct db_conn *c)
                 lim = lim < 4 ? lim * 2 : lim * 4;
         g->stats.batch_size_buckets[bucket]++;
 
-        struct pgarr arr[BATCH_ARRAYS];
-        memset(arr, 0, sizeof(arr));
+        struct pgarr *arr = g->arr;
         batch_params(b, arr);
         const char *v[BATCH_NPARAMS];
         int lens[BATCH_NPARAMS] = { 0 };
@@ -757,7 +763,10 @@ send_batch(struct ingest *g, struct db_conn *c)
         /* unnamed statement: nothing outlives the batch (PgBouncer-safe) */
         int ok = PQsendQueryParams(pq, SQL_BATCH, BATCH_NPARAMS, types, v, lens, formats, 0);
         for (int k = 0; k < BATCH_ARRAYS; k++)
-                free(arr[k].buf);
+                if (arr[k].cap > ARR_KEEP_BYTES) {
+                        free(arr[k].buf);
+                        arr[k] = (struct pgarr){ 0 };
+                }
         /* pushed either way: a failure hands every item back through batch_done(lost) */
         db_conn_push(c, &b->seg);
         if (!ok) {
