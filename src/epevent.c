@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* Removes U+0000 from every string in the tree; true if any was found. */
 static bool
@@ -241,6 +244,52 @@ utf8_len(const unsigned char *p, const unsigned char *end)
         return n;
 }
 
+/* Bytes from p that need no decoding: printable ASCII other than '"' and
+ * '\\'. Sixteen at a time where SSE2 is there (every x86-64): compared as
+ * signed bytes, anything at or above 0x80 is below 0x20 too. */
+static inline size_t
+plain_run(const unsigned char *p, const unsigned char *end)
+{
+        const unsigned char *q = p;
+#ifdef __SSE2__
+        const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+        const __m128i space = _mm_set1_epi8(0x20);
+        while (end - q >= 16) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(const void *)q);
+                __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                                         _mm_cmplt_epi8(v, space));
+                unsigned bits = (unsigned)_mm_movemask_epi8(m);
+                if (bits)
+                        return (size_t)(q - p) + (size_t)__builtin_ctz(bits);
+                q += 16;
+        }
+#endif
+        while (q < end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
+                q++;
+        return (size_t)(q - p);
+}
+
+/* The hash of a decoded key shorter than scan_object's buffer, a word at a
+ * time. Keys of one length always take the same hash (longer keys take the
+ * streaming one of scan_string), so equal keys hash equal; for keys of up to
+ * eight bytes the hash is a bijection of the word, and no two collide. */
+static inline uint64_t
+hash_short(const char *k, size_t n)
+{
+        uint64_t h = 0x9e3779b97f4a7c15ULL, w;
+        size_t i = 0;
+
+        for (; n - i > 8; i += 8) {
+                memcpy(&w, k + i, 8);
+                h = (h ^ w) * 0xff51afd7ed558ccdULL;
+                h ^= h >> 32;
+        }
+        w = 0;
+        memcpy(&w, k + i, n - i);
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+        return h ^ (h >> 29);
+}
+
 /*
  * A string at s->p (on the opening quote). Decoded bytes go to out (NUL-
  * terminated, truncated to cap; *len is the full decoded length) and into
@@ -263,8 +312,7 @@ scan_string(struct scan *s, char *out, size_t cap, size_t *len, uint64_t *hash)
                                         q++;
                                 }
                         } else {
-                                while (q < s->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
-                                        q++;
+                                q += plain_run(q, s->end);
                         }
                         size_t run = (size_t)(q - s->p);
                         if (out && n < cap)
@@ -671,8 +719,19 @@ scan_object(struct scan *s, int depth, enum ctx ctx)
                 skip_ws(s);
                 if (s->p >= s->end || *s->p != '"')
                         return fail(s, "expected a key");
-                if (scan_string(s, key, sizeof(key), &klen, &h) != 0)
+                const unsigned char *kstart = s->p;
+                if (scan_string(s, key, sizeof(key), &klen, NULL) != 0)
                         return -1;
+                if (klen < sizeof(key)) {
+                        h = hash_short(key, klen);
+                } else {
+                        /* a long key (rare): hashed whole, in a second pass */
+                        const unsigned char *after = s->p;
+                        s->p = kstart;
+                        if (scan_string(s, NULL, 0, &klen, &h) != 0)
+                                return -1;
+                        s->p = after;
+                }
                 if (s->nkeys == s->capkeys) {
                         s->capkeys = s->capkeys ? s->capkeys * 2 : 64;
                         s->keys = xrealloc(s->keys, s->capkeys * sizeof(*s->keys));
@@ -733,7 +792,6 @@ capture(struct scan *s, enum field f)
         char *dst = NULL;
         size_t cap = 0, len;
         char tmp[16];
-        uint64_t h;
 
         switch (f) {
         case F_ID: dst = s->ev->id; cap = sizeof(s->ev->id); break;
@@ -746,7 +804,7 @@ capture(struct scan *s, enum field f)
         }
         bool nul_before = s->has_nul;
         s->has_nul = false;
-        if (scan_string(s, dst, cap, &len, &h) != 0)
+        if (scan_string(s, dst, cap, &len, NULL) != 0)
                 return -1;
         bool bad = s->has_nul || len >= cap; /* a NUL inside, or too long to keep */
         s->has_nul |= nul_before;

@@ -72,6 +72,11 @@ START_TEST(test_rejects)
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"s\":\"\\udc00\"}",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"s\":\"a\tb\"}",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"r\":{\"k\":1,\"\\u006b\":2}}",
+                /* duplicates of every key length the scanner hashes differently: up to 8
+                 * bytes, a word and a tail, and 32 or more (hashed while scanned) */
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"r\":{\"tracking_code\":1,\"tracking_\\u0063ode\":2}}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"r\":{\"a_key_of_thirty_two_bytes_long_x\":1,\"b\":0,\"a_key_of_thirty_two_bytes_long_\\u0078\":2}}",
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"r\":{\"a key longer than the buffer of thirty-two\":1,\"a key longer than the buffer of thirty-two\":2}}",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\"} x",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",}",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"a\":[1,]}",
@@ -111,6 +116,11 @@ START_TEST(test_accepts)
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"s\":\"\\ud83d\\ude00 \xf0\x9f\x98\x80 \\\" \\/\"}",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"a\":{\"k\":{\"k\":1}},\"b\":{\"k\":2}}",
                 "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"result\":[1,{\"id\":\"not this\"}]}",
+                /* keys that differ in their last byte only, at every hashed length */
+                "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"r\":{\"abcdefgh\":1,\"abcdefgi\":2,"
+                "\"tracking_code1\":1,\"tracking_code2\":2,\"a_key_of_thirty_two_bytes_long_x\":1,"
+                "\"a_key_of_thirty_two_bytes_long_y\":2,\"a key longer than the buffer of thirty-two\":1,"
+                "\"a key longer than the buffer of thirty-twO\":2}}",
         };
         for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
                 ck_assert_msg(parse(good[i], &ev) == 0, "refused case %zu", i);
