@@ -15,6 +15,6 @@ bench_bare_server_SOURCES = bench/bare_server.c
 bench_bare_server_CFLAGS = $(AM_CFLAGS)
 bench_bare_server_LDADD = libcore.a $(CORE_LIBS)
 
-EXTRA_DIST += bench/run.sh bench/lib.sh bench/soak.sh bench/pgprofile.sh bench/partition_drop.sh bench/replicas.sh \
+EXTRA_DIST += bench/run.sh bench/ab.sh bench/lib.sh bench/soak.sh bench/pgprofile.sh bench/partition_drop.sh bench/replicas.sh \
 	bench/wal.sh bench/search.sh bench/README.md \
 	bench/peer/peer.js bench/peer/package.json bench/peer/package-lock.json bench/peer/.gitignore
