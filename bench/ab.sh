@@ -7,18 +7,21 @@
 # mean of the B/A ratios of the pairs. A ratio of pairs is the measure here:
 # this box's speed drifts by a third within minutes, the same for both.
 #
-#   bench/ab.sh [-p unique|progressive] [-n EVENTS] [-c CONNECTIONS] [-r ROUNDS] BIN_A BIN_B
+#   bench/ab.sh [-p unique|progressive] [-n EVENTS] [-c CONNECTIONS] [-r ROUNDS]
+#               [-a --DAEMON-ARG=VALUE ...] BIN_A BIN_B
 #
-# Defaults: unique, 30000 events, 32 connections, 3 rounds. Everything listens
+# Defaults: unique, 30000 events, 32 connections, 3 rounds; -a (repeatable)
+# passes an argument to both daemons, e.g. -a --projection=deferred. Everything listens
 # on 127.0.0.1 (PostgreSQL on a unix socket); the EXIT trap stops exactly what
 # this script started, by PID. Exit status 1 if a run lost an event or failed.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
-profile=unique n=30000 conns=32 rounds=3
-while getopts p:n:c:r: o; do
+profile=unique n=30000 conns=32 rounds=3 dargs=()
+while getopts p:n:c:r:a: o; do
         case $o in
+        a) dargs+=("$OPTARG") ;;
         p) profile=$OPTARG ;;
         n) n=$OPTARG ;;
         c) conns=$OPTARG ;;
@@ -27,7 +30,7 @@ while getopts p:n:c:r: o; do
         esac
 done
 shift $((OPTIND - 1))
-[ $# = 2 ] || { echo "usage: ${0##*/} [-p PROFILE] [-n N] [-c C] [-r ROUNDS] BIN_A BIN_B" >&2; exit 2; }
+[ $# = 2 ] || { echo "usage: ${0##*/} [-p PROFILE] [-n N] [-c C] [-r ROUNDS] [-a ARG ...] BIN_A BIN_B" >&2; exit 2; }
 bins=("$(realpath "$1")" "$(realpath "$2")")
 for b in "${bins[@]}"; do [ -x "$b" ] || { echo "${0##*/}: not executable: $b" >&2; exit 2; }; done
 
@@ -68,7 +71,7 @@ one_run() {
         DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret "$bin" --migrate >"$work/migrate.log" 2>&1 ||
                 { cat "$work/migrate.log" >&2; return 1; }
         DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret "$bin" --listen="127.0.0.1:$port" \
-                --log_level=warn >"$work/daemon.log" 2>&1 &
+                --log_level=warn "${dargs[@]}" >"$work/daemon.log" 2>&1 &
         daemon_pid=$!
         for _ in $(seq 300); do
                 curl -fs -m 1 -o /dev/null "http://127.0.0.1:$port/readyz" && break

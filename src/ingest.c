@@ -582,11 +582,14 @@ arr_int(struct pgarr *a, uint32_t v)
         arr_u32(a, v);
 }
 
-/* The typed snapshot the item sends, or NULL: its body is parsed by PostgreSQL. */
+/* The typed snapshot the item sends, or NULL: its body is parsed by
+ * PostgreSQL. Deferred, none is sent: the batch stores tracker events
+ * 'pending' and the projector parses their raw bodies, so the snapshot would
+ * only be received and dropped (25 arrays, most of the batch's elements). */
 static const struct eptracker *
-item_tracker(const struct ingest_item *it)
+item_tracker(const struct ingest *g, const struct ingest_item *it)
 {
-        return it->dead_error || it->ev.clean ? NULL : it->ev.trk;
+        return g->defer || it->dead_error || it->ev.clean ? NULL : it->ev.trk;
 }
 
 /* The element types of the batch's arrays, in parameter order (flag skipped). */
@@ -623,7 +626,7 @@ batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
         unsigned ndetails = 0;
 
         for (unsigned i = 0; i < b->n; i++) {
-                const struct eptracker *t = item_tracker(b->items[i]);
+                const struct eptracker *t = item_tracker(b->g, b->items[i]);
                 ndetails += t ? (unsigned)t->nd : 0;
         }
         for (int k = 0; k < BATCH_ARRAYS; k++)
@@ -648,7 +651,7 @@ batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
                 arr_str(&arr[10], it->partial ? "t" : NULL);
 
                 struct pgarr *ta = &arr[BATCH_EVENT_ARRAYS];
-                const struct eptracker *t = item_tracker(it);
+                const struct eptracker *t = item_tracker(b->g, it);
                 if (t == NULL) {
                         for (int k = 0; k < BATCH_TRK_ARRAYS; k++)
                                 arr_add(&ta[k], NULL, 0);
@@ -689,9 +692,9 @@ batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
 /* What an item adds to its batch's parameters: its body, its cleaned copy,
  * its dead-letter error, and the short fields (ids, names, times). */
 static size_t
-item_bytes(const struct ingest_item *it)
+item_bytes(const struct ingest *g, const struct ingest_item *it)
 {
-        const struct eptracker *t = item_tracker(it);
+        const struct eptracker *t = item_tracker(g, it);
 
         return it->len + (it->ev.clean ? strlen(it->ev.clean) : 0) +
                (it->dead_error ? strlen(it->dead_error) : 0) + 512 +
@@ -716,7 +719,7 @@ send_batch(struct ingest *g, struct db_conn *c)
                 size_t bytes = 0;
                 for (struct ingest_item *it = g->head; it && n < g->batch_max && !it->solo;
                      it = it->next) {
-                        size_t ib = item_bytes(it);
+                        size_t ib = item_bytes(g, it);
                         if (n > 0 && (bytes >= g->batch_bytes || ib > g->batch_bytes - bytes)) {
                                 g->stats.batch_byte_cuts++;
                                 break;
