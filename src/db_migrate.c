@@ -1,7 +1,8 @@
 /*
  * db_migrate.c - forward-only schema migrations.
  *
- * For each file, in one transaction: pg_advisory_xact_lock, then
+ * For each file, in one transaction: the advisory lock (tried until it is
+ * granted, so that a run waiting for it holds no snapshot), then
  * lock_timeout (SET LOCAL), create the bookkeeping table if needed, skip when
  * recorded with the same checksum, refuse when recorded with another, else
  * run the file and record it. A migration whose first line is
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MIGRATE_LOCK_KEY "7351936043"
@@ -604,6 +606,36 @@ out:
         return rc;
 }
 
+/*
+ * Takes the migration lock for the transaction begun on pq, waiting as long
+ * as another run holds it. It is tried, not waited for in
+ * pg_advisory_xact_lock: a statement that waits holds its snapshot the whole
+ * time, and the holder's CREATE INDEX CONCURRENTLY waits for every older
+ * snapshot. Replicas started together would deadlock on a no-transaction
+ * migration, the holder waiting for the waiters and they for its lock,
+ * through the client where PostgreSQL cannot see it. Between tries this
+ * transaction holds no snapshot.
+ */
+static int
+take_lock(PGconn *pq, struct err *e)
+{
+        struct timespec pause = { 0, 10 * 1000 * 1000 };
+
+        for (;;) {
+                PGresult *r = NULL;
+                if (exec_ok(pq, "SELECT pg_try_advisory_xact_lock(" MIGRATE_LOCK_KEY ")",
+                            PGRES_TUPLES_OK, &r, e, "lock") != 0)
+                        return -1;
+                bool got = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+                PQclear(r);
+                if (got)
+                        return 0;
+                nanosleep(&pause, NULL);
+                if (pause.tv_nsec < 320 * 1000 * 1000)
+                        pause.tv_nsec *= 2; /* 10 ms, doubling to 640 ms */
+        }
+}
+
 static int
 apply_one(struct migrator *m, enum sql_kind kind, const char *dir, const char *name, int *applied,
           struct err *e)
@@ -629,10 +661,7 @@ apply_one(struct migrator *m, enum sql_kind kind, const char *dir, const char *n
                 goto out;
         /* another --migrate may hold it for long: only what follows has a lock_timeout */
         snprintf(set, sizeof(set), "SET LOCAL lock_timeout = '%lds'", m->lock_timeout);
-        if (exec_ok(pq, "SET LOCAL lock_timeout = 0", PGRES_COMMAND_OK, NULL, e, "set") != 0 ||
-            exec_ok(pq, "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", PGRES_TUPLES_OK,
-                    NULL, e, "lock") != 0 ||
-            exec_ok(pq, set, PGRES_COMMAND_OK, NULL, e, "set") != 0 ||
+        if (take_lock(pq, e) != 0 || exec_ok(pq, set, PGRES_COMMAND_OK, NULL, e, "set") != 0 ||
             exec_ok(pq, "SET LOCAL client_min_messages = warning", PGRES_COMMAND_OK, NULL, e,
                     "set") != 0 ||
             exec_ok(pq, ddl[kind], PGRES_COMMAND_OK, NULL, e, "bookkeeping table") != 0)

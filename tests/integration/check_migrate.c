@@ -434,6 +434,55 @@ START_TEST(test_lock_timeout_gives_up_instead_of_queueing_inserts)
 }
 END_TEST
 
+/* Sessions other than this one whose last statement took or tried the
+ * migration lock (at most 3): runs waiting for it. */
+#define LOCK_TRIED                                                                                 \
+        "SELECT least(count(*), 3) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"           \
+        " AND query LIKE 'SELECT pg_%advisory_xact_lock(7351936043)'"
+
+/* Replicas started together each run --migrate. While one builds an index
+ * CONCURRENTLY, the others wait for the lock; a wait that held a snapshot
+ * would be waited for by the build, which waits for them, and none would
+ * end. Here three wait at once, from the first migration to the test's own
+ * no-transaction file. */
+START_TEST(test_concurrent_runs_with_an_index_built_concurrently)
+{
+        char url[1024], dir[1024];
+        PGconn *c = schema_new("mig_three", url, sizeof(url));
+
+        sql_dir_with("three", CIC_FILE, dir, sizeof(dir));
+        PGconn *h = PQconnectdb(url);
+        ck_assert_msg(PQstatus(h) == CONNECTION_OK, "%s", PQerrorMessage(h));
+        db_exec(h, "BEGIN");
+        db_exec(h, "SELECT pg_advisory_xact_lock(7351936043)");
+        struct run r[3];
+        for (int i = 0; i < 3; i++)
+                r[i] = migrate_start(url, dir, 5);
+        /* all three are waiting for the lock the test holds */
+        long w = db_wait_long(c, LOCK_TRIED, 3, 60000);
+        db_exec(h, "COMMIT");
+        PQfinish(h);
+        bool ended[3];
+        uint64_t end = clock_mono_us() + 120000000u; /* all three within 120 s */
+        for (int i = 0; i < 3; i++) {
+                uint64_t now = clock_mono_us();
+                ended[i] = migrate_wait(&r[i], now < end ? (int)((end - now) / 1000) : 0);
+        }
+        for (int i = 0; i < 3; i++)
+                if (!ended[i])
+                        migrate_kill(&r[i]);
+        ck_assert_int_eq(w, 3);
+        for (int i = 0; i < 3; i++) {
+                ck_assert_msg(ended[i], "--migrate %d did not end within 120 s of the others", i);
+                ck_assert_msg(r[i].code == 0, "--migrate %d: %s", i, r[i].err);
+                free(r[i].err);
+        }
+        ck_assert_int_eq(index_valid(c, "mig_big_v"), 1);
+        ck_assert_int_eq(recorded(c), 1);
+        PQfinish(c);
+}
+END_TEST
+
 START_TEST(test_concurrent_migrate_waits_past_lock_timeout)
 {
         char url[1024], dir[1024];
@@ -454,8 +503,7 @@ START_TEST(test_concurrent_migrate_waits_past_lock_timeout)
         db_exec(h, "BEGIN");
         db_exec(h, "SELECT pg_advisory_xact_lock(7351936043)");
         r = migrate_start(slow, dir, 1);
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                                         " AND NOT granted", 1, 60000), 1);
+        ck_assert_int_eq(db_wait_long(c, LOCK_TRIED, 1, 60000), 1);
         msleep(2500); /* past lock_timeout: still waiting, not failed */
         ck_assert_int_eq(waitpid(r.pid, NULL, WNOHANG), 0);
         db_exec(h, "COMMIT");
@@ -483,6 +531,7 @@ migrate_suite(void)
         tcase_add_test(tc, test_not_valid_then_validate);
         tcase_add_test(tc, test_lock_timeout_gives_up_instead_of_queueing_inserts);
         tcase_add_test(tc, test_concurrent_migrate_waits_past_lock_timeout);
+        tcase_add_test(tc, test_concurrent_runs_with_an_index_built_concurrently);
         suite_add_tcase(s, tc);
         return s;
 }
