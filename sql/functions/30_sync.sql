@@ -96,12 +96,16 @@ RETURNS void LANGUAGE sql AS $$
     WHERE id = p_id AND status = 'running' AND instance_id = p_instance AND attempts = p_attempt
 $$;
 
--- An EasyPost Address object -> addresses row; returns its id.
+-- An EasyPost Address object -> addresses row; returns its id. When the
+-- fields search reads (name, company, street, city) change, the search rows
+-- of the fetched shipments that send to it are written again: one address
+-- can be the recipient of many shipments, and each has its own row.
 CREATE OR REPLACE FUNCTION eps_upsert_address(a jsonb) RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     v_id uuid;
     v_country text := upper(nullif(a ->> 'country', ''));
+    v_old text[];
 BEGIN
     IF a IS NULL OR jsonb_typeof(a) <> 'object' OR (a ->> 'id') IS NULL THEN
         RETURN NULL;
@@ -109,6 +113,8 @@ BEGIN
     IF v_country !~ '^[A-Z]{2}$' THEN
         v_country := NULL;
     END IF;
+    SELECT ARRAY[t.name, t.company, t.street1, t.street2, t.city] INTO v_old
+    FROM addresses t WHERE t.easypost_id = a ->> 'id';
     INSERT INTO addresses AS t (easypost_id, name, company, street1, street2, city, state, zip,
                                 country, phone, email, residential)
     VALUES (a ->> 'id', a ->> 'name', a ->> 'company', a ->> 'street1', a ->> 'street2',
@@ -120,6 +126,12 @@ BEGIN
         zip = EXCLUDED.zip, country = EXCLUDED.country, phone = EXCLUDED.phone,
         email = EXCLUDED.email, residential = EXCLUDED.residential, updated_at = now()
     RETURNING id INTO v_id;
+    IF v_old IS DISTINCT FROM ARRAY[a ->> 'name', a ->> 'company', a ->> 'street1', a ->> 'street2',
+                                    a ->> 'city'] THEN
+        PERFORM eps_search_refresh(s.easypost_id)
+        FROM shipments s
+        WHERE s.to_address_id = v_id AND s.synced_at IS NOT NULL;
+    END IF;
     RETURN v_id;
 END
 $$;

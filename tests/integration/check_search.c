@@ -224,6 +224,44 @@ START_TEST(test_trackers_by_whole_tracking_code)
 }
 END_TEST
 
+/* Two fetched shipments that send to one address: a later fetch of either
+ * that changes the address rewrites both search rows, and a fetch that
+ * changes nothing searched rewrites neither. */
+START_TEST(test_shared_address_rewrites_every_row)
+{
+        char url[1024];
+        PGconn *c = schema_new("search_shared", url, sizeof(url));
+
+        db_exec(c, "CREATE FUNCTION t_ship_to(p_id text, p_updated text, p_name text, p_phone text)"
+                   " RETURNS void LANGUAGE sql AS $$"
+                   " SELECT eps_sync_shipment(jsonb_build_object('id', p_id, 'object', 'Shipment',"
+                   " 'tracking_code', 'EZ' || p_id, 'updated_at', p_updated,"
+                   " 'created_at', CASE p_id WHEN 'shp_1' THEN '2025-05-01T09:00:00Z' ELSE '2025-04-01T09:00:00Z' END,"
+                   " 'to_address', jsonb_build_object('id', 'adr_shared', 'name', p_name,"
+                   "   'phone', p_phone, 'city', 'Graz')))"
+                   " $$");
+        db_exec(c, "SELECT t_ship_to('shp_1', '2025-05-01T10:00:00Z', 'Hofer Lager', '1')");
+        db_exec(c, "SELECT t_ship_to('shp_2', '2025-05-01T11:00:00Z', 'Hofer Lager', '1')");
+        ck_found(c, "hofer", "shp_1:name;shp_2:name");
+
+        /* a field search does not read: no search row written */
+        char *before = db_text(c, "SELECT string_agg(xmin::text, ',' ORDER BY shipment_id) FROM shipment_search", NULL);
+        db_exec(c, "SELECT t_ship_to('shp_2', '2025-05-02T10:00:00Z', 'Hofer Lager', '2')");
+        char *after = db_text(c, "SELECT string_agg(xmin::text, ',' ORDER BY shipment_id) FROM shipment_search", NULL);
+        ck_assert_str_eq(before, after);
+        free(before);
+        free(after);
+
+        /* the name changes in shp_2's fetch: shp_1 is found by the new name too */
+        db_exec(c, "SELECT t_ship_to('shp_2', '2025-05-03T10:00:00Z', 'Lager Süd', '2')");
+        ck_found(c, "hofer", "");
+        ck_found(c, "lager sud", "shp_1:name;shp_2:name");
+        ck_text(c, "SELECT string_agg(recipient, '|' ORDER BY easypost_id) FROM eps_find_shipments($1)",
+                "graz", "Lager Süd, Graz|Lager Süd, Graz");
+        PQfinish(c);
+}
+END_TEST
+
 /* The plan the daemon's own query gets (eps_find_shipments with bound
  * parameters, as --find sends it) on a table large enough that a sequential
  * scan is the planner's alternative, with default settings: the trigram
@@ -378,6 +416,7 @@ search_suite(void)
         tcase_set_timeout(tc, 240);
         tcase_add_test(tc, test_each_field_ignores_case_and_accents);
         tcase_add_test(tc, test_trackers_by_whole_tracking_code);
+        tcase_add_test(tc, test_shared_address_rewrites_every_row);
         tcase_add_test(tc, test_plan_uses_the_trigram_index);
         tcase_add_test(tc, test_find_command);
         tcase_add_test(tc, test_migrate_without_superuser);
