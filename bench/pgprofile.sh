@@ -8,7 +8,12 @@
 #   bench/pgprofile.sh [unique|progressive] [EVENTS] [CONNECTIONS]
 #
 # Env: PROFILE_DAEMON_ARGS (extra --key=value for the daemon), PROFILE_PG_OPTS
-# (extra "-c key=value" for PostgreSQL), PROFILE_KEEP=1 keeps the work dir.
+# (extra "-c key=value" for PostgreSQL), PROFILE_KEEP=1 keeps the work dir,
+# PROFILE_RUNS=K sends K runs of EVENTS back to back to the same daemon and
+# database (default 1): one line per run but the last (events/s, CPU and the
+# biggest nested statements per event, with the rows stored before it), then
+# the whole report for the last run, counted from its own start. It shows
+# whether the cost per event grows with the tables.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -63,7 +68,6 @@ for _ in $(seq 300); do
         curl -fs -m 1 -o /dev/null "http://127.0.0.1:$hport/readyz" && break
         sleep 0.1
 done
-psql -c "SELECT pg_stat_statements_reset(), pg_stat_reset(), pg_stat_reset_shared('wal')" >/dev/null
 # PostgreSQL's CPU in clock ticks: the postmaster, its live children and the
 # ones it has reaped (cutime/cstime)
 pg_ticks() {
@@ -74,26 +78,42 @@ pg_ticks() {
         done
         echo "$t"
 }
-ticks0=$(pg_ticks)
+jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$work/run.json"; }
+rows() { psql -c "SELECT count(*) FROM webhook_events"; }
 
 prof_args=()
 [ "$profile" = unique ] || prof_args=(--profile "$profile")
-timeout --foreground -s INT -k 30 600 ./bench/loadgen --url "http://127.0.0.1:$hport/webhooks/easypost" \
-        --secret "$secret" -n "$n" -c "$conns" "${prof_args[@]}" --pid "$daemon_pid" --pg-pid "$pg_pid" \
-        --db "$conninfo" --json "$work/run.json" >"$work/loadgen.log" 2>&1 || {
-        cat "$work/loadgen.log" >&2
-        exit 1
-}
-# let a deferred projector finish before reading the counters
-for _ in $(seq 600); do
-        [ "$(psql -c "SELECT EXISTS (SELECT FROM webhook_events WHERE status = 'pending')")" = f ] && break
-        sleep 0.1
+runs=${PROFILE_RUNS:-1}
+for run in $(seq "$runs"); do
+        rows0=$(rows)
+        psql -c "SELECT pg_stat_statements_reset(), pg_stat_reset(), pg_stat_reset_shared('wal')" >/dev/null
+        ticks0=$(pg_ticks)
+        timeout --foreground -s INT -k 30 600 ./bench/loadgen --url "http://127.0.0.1:$hport/webhooks/easypost" \
+                --secret "$secret" -n "$n" -c "$conns" "${prof_args[@]}" --pid "$daemon_pid" --pg-pid "$pg_pid" \
+                --db "$conninfo" --json "$work/run.json" >"$work/loadgen.log" 2>&1 || {
+                cat "$work/loadgen.log" >&2
+                exit 1
+        }
+        # let a deferred projector finish before reading the counters
+        for _ in $(seq 600); do
+                [ "$(psql -c "SELECT EXISTS (SELECT FROM webhook_events WHERE status = 'pending')")" = f ] && break
+                sleep 0.1
+        done
+        ticks1=$(pg_ticks)
+        [ "$run" = "$runs" ] && break
+        ev=$(($(rows) - rows0))
+        printf 'run %d of %d, %d rows before it: %s\n' "$run" "$runs" "$rows0" "$(
+                awk -v tp="$(jget throughput)" -v s="$(jget duration_s)" -v pg="$(jget pg_cpu_pct)" \
+                        -v d="$(jget daemon_cpu_pct)" 'BEGIN { ok = tp * s
+                        printf "%.0f events/s, PostgreSQL %.0f µs, daemon %.0f µs per event;",
+                               tp, pg / 100 * s * 1e6 / ok, d / 100 * s * 1e6 / ok }')$(
+                psql -F' ' -c "SELECT ' ' || round((total_exec_time * 1000 / $ev)::numeric) || ' ' ||
+                                      left(regexp_replace(query, '\s+', ' ', 'g'), 22) || ','
+                               FROM pg_stat_statements WHERE NOT toplevel AND calls > 0
+                               ORDER BY total_exec_time DESC LIMIT 5" | tr -d '\n' | sed 's/,$//')"
 done
-
-ticks1=$(pg_ticks)
 sleep 2 # backends flush their statistics at most once a second
-jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$work/run.json"; }
-events=$(psql -c "SELECT count(*) FROM webhook_events")
+events=$(($(rows) - rows0))
 tp=$(jget throughput)
 secs=$(jget duration_s)
 pgcpu=$(jget pg_cpu_pct)
@@ -105,7 +125,7 @@ awk -v tp="$tp" -v s="$secs" -v pg="$pgcpu" -v d="$dcpu" -v ev="$events" -v t="$
         -v hz="$(getconf CLK_TCK)" 'BEGIN {
         ok = tp * s
         printf "%.0f events/s; PostgreSQL CPU %.0f µs per event during the run, %.0f µs per event " \
-               "until every event was projected; daemon CPU %.0f µs per event; %d rows in webhook_events\n",
+               "until every event was projected; daemon CPU %.0f µs per event; %d rows stored in webhook_events by the run\n",
                tp, pg / 100 * s * 1e6 / ok, t / hz * 1e6 / ev, d / 100 * s * 1e6 / ok, ev }'
 psql -c "SELECT 'WAL ' || round(wal_bytes / $events) || ' bytes, ' || round(wal_records::numeric / $events, 1) ||
                 ' records, ' || round(wal_fpi::numeric / $events, 2) || ' full-page images per event' FROM pg_stat_wal"
