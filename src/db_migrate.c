@@ -613,8 +613,10 @@ out:
  * time, and the holder's CREATE INDEX CONCURRENTLY waits for every older
  * snapshot. Replicas started together would deadlock on a no-transaction
  * migration, the holder waiting for the waiters and they for its lock,
- * through the client where PostgreSQL cannot see it. Between tries this
- * transaction holds no snapshot.
+ * through the client where PostgreSQL cannot see it. Between tries there is
+ * no transaction at all: behind PgBouncer a waiting run holds no server
+ * connection, so the holder's second one is not kept waiting for a pool
+ * slot the waiters fill.
  */
 static int
 take_lock(PGconn *pq, struct err *e)
@@ -630,9 +632,13 @@ take_lock(PGconn *pq, struct err *e)
                 PQclear(r);
                 if (got)
                         return 0;
+                if (exec_ok(pq, "ROLLBACK", PGRES_COMMAND_OK, NULL, e, "rollback") != 0)
+                        return -1;
                 nanosleep(&pause, NULL);
                 if (pause.tv_nsec < 320 * 1000 * 1000)
                         pause.tv_nsec *= 2; /* 10 ms, doubling to 640 ms */
+                if (exec_ok(pq, "BEGIN", PGRES_COMMAND_OK, NULL, e, "begin") != 0)
+                        return -1;
         }
 }
 

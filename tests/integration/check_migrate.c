@@ -434,11 +434,12 @@ START_TEST(test_lock_timeout_gives_up_instead_of_queueing_inserts)
 }
 END_TEST
 
-/* Sessions other than this one whose last statement took or tried the
- * migration lock (at most 3): runs waiting for it. */
+/* Sessions other than this one that are between two tries of the migration
+ * lock (at most 3): runs waiting for it. A run tries, rolls back, sleeps
+ * and begins again. */
 #define LOCK_TRIED                                                                                 \
         "SELECT least(count(*), 3) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"           \
-        " AND query LIKE 'SELECT pg_%advisory_xact_lock(7351936043)'"
+        " AND (query = 'ROLLBACK' OR query = 'SELECT pg_try_advisory_xact_lock(7351936043)')"
 
 /* Replicas started together each run --migrate. While one builds an index
  * CONCURRENTLY, the others wait for the lock; a wait that held a snapshot
