@@ -96,7 +96,7 @@ for run in $(seq "$runs"); do
         }
         # let a deferred projector finish before reading the counters
         for _ in $(seq 600); do
-                [ "$(psql -c "SELECT EXISTS (SELECT FROM webhook_events WHERE status = 'pending')")" = f ] && break
+                [ "$(psql -c "SELECT EXISTS (SELECT FROM projection_queue)")" = f ] && break
                 sleep 0.1
         done
         ticks1=$(pg_ticks)

@@ -186,7 +186,7 @@ declare -A idle_rss=() peak_rss=() daemon_stop=()
 sample_backlog=0 # 1 around a run: sample the pending backlog every second during it
 now() { date +%s.%N; }
 # the projection backlog: events stored but not yet projected (deferred mode; 0 inline)
-pending() { psql -c "SELECT count(*) FROM webhook_events WHERE status = 'pending'" 2>/dev/null || true; }
+pending() { psql -c "SELECT count(*) FROM projection_queue" 2>/dev/null || true; }
 
 # backlog_sampler FILE: appends "epoch-seconds pending" every second until SIGTERM,
 # which the script sends by PID right after loadgen (or the EXIT trap does)
@@ -237,7 +237,7 @@ run() {
         fi
         if [[ " $* " == *" --db "* ]]; then
                 # each run against the database starts from an empty table and a fresh checkpoint
-                psql -c "SET client_min_messages = warning" -c "TRUNCATE webhook_events CASCADE" \
+                psql -c "SET client_min_messages = warning" -c "TRUNCATE webhook_events, projection_queue CASCADE" \
                         -c "CHECKPOINT"
         fi
         if [ "$on_daemon" = 1 ]; then

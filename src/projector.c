@@ -1,11 +1,12 @@
 /*
- * projector.c - deferred projection: events stored 'pending' by ingest are
- * projected after their commit, in batches of eps_project_pending.
+ * projector.c - deferred projection: events ingest left pending (their keys
+ * in projection_queue) are projected after their commit, in batches of
+ * eps_project_pending.
  *
  *   kicked by ingest after a commit that left events pending, and every
  *   second; runs batches back to back until one comes back short
  *
- * Every event a batch takes leaves 'pending', projected or failed (a dead
+ * Every event a batch takes leaves the queue, projected or failed (a dead
  * letter with its error): none is taken twice, so a poison event neither
  * blocks the ones behind it nor keeps the projector busy. The projected
  * counter counts what was projected, not what was taken.

@@ -4,7 +4,8 @@
  * One blocking connection and a few read-only statements, each served by an
  * index whatever the tables hold: webhook_events through its primary key
  * (UUID v7 made when the event arrived, so time-ordered) bounded by
- * received_at, or through its partial indexes (failed, pending); sync_jobs
+ * received_at, or through its partial index (failed); the projection
+ * backlog through projection_queue's primary key; sync_jobs
  * through its partial indexes and its primary key (eps_uuid7 at creation);
  * analytics_refreshes through its unique (view_name, tick); system_metrics
  * through ts. Plain queries: they work on a partitioned webhook_events too.
@@ -67,7 +68,7 @@ static const char SQL_DEAD_NEWEST[] =
 
 static const char SQL_BACKLOG[] =
         "SELECT count(*) AS pending, " TS("min(received_at)") " AS oldest_received_at, "
-        AGE("min(received_at)") " AS oldest_age_s FROM webhook_events WHERE status = 'pending'";
+        AGE("min(received_at)") " AS oldest_age_s FROM projection_queue";
 
 /* Jobs that ended in the last day, among those made in the last week (the
  * primary key's range: a job gives up within its attempts' backoff, hours

@@ -259,8 +259,8 @@ RETURNS void LANGUAGE sql AS $$
 $$;
 
 -- Stores a batch of verified events in one statement and projects its new
--- tracker events (unless p_defer: then they stay 'pending' for the
--- projector). Parallel arrays, one element per event; p_clean is the body
+-- tracker events (unless p_defer: then their keys go to projection_queue
+-- for the projector, and their rows say 'projected' from the start). Parallel arrays, one element per event; p_clean is the body
 -- without U+0000 where the raw body has one (jsonb cannot hold it), p_dead
 -- the error of an event that broke an earlier attempt: stored raw, 'failed',
 -- nothing parsed; p_partial marks a copy that holds less than the delivery
@@ -329,6 +329,9 @@ DECLARE
     v_pid     uuid[];
     v_pat     timestamptz[];
     v_heal    text[];
+    -- deferred events stored: their keys for projection_queue
+    v_qat     timestamptz[];
+    v_qid     uuid[];
     v_o       integer;
     v_st      text;
     v_obj     text;
@@ -384,13 +387,16 @@ BEGIN
         RETURNING i.event_id
     ), ins AS (
         -- one row per new id: a full copy before a partial one, then arrival order
+        -- a deferred one is 'projected' from the start: its key in
+        -- projection_queue (below) says it is not yet
         INSERT INTO webhook_events AS w (id, event_id, description, mode, object_id, raw, body_error,
                                          source, status, error, event_created_at, partial)
         SELECT DISTINCT ON (r.event_id) r.id, r.event_id, r.description, r.mode, r.object_id, r.raw,
-               r.body_error, r.source, r.status, r.error, r.created, r.partial
+               r.body_error, r.source, CASE WHEN r.status = 'pending' THEN 'projected' ELSE r.status END,
+               r.error, r.created, r.partial
         FROM r JOIN k ON k.event_id = r.event_id
         ORDER BY r.event_id, r.partial, r.ord
-        RETURNING w.id, w.status
+        RETURNING w.id, w.received_at
     ), heal AS (
         -- a tracker event stored 'failed' (unprojectable or a dead letter):
         -- fetch the tracker itself, so the tracker row still comes to be
@@ -401,21 +407,29 @@ BEGIN
         ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING
     )
     SELECT array_agg(r.ord::integer ORDER BY r.ord),
-           array_agg(coalesce(ins.status, 'duplicate') ORDER BY r.ord),
-           array_agg(r.ord::integer) FILTER (WHERE ins.status = 'projected' AND r.tracker AND r.body IS NULL),
-           array_agg(r.ord::integer) FILTER (WHERE ins.status = 'projected' AND r.tracker AND r.body IS NOT NULL),
-           array_agg(ins.id) FILTER (WHERE ins.status = 'projected' AND r.tracker AND r.body IS NOT NULL),
-           array_agg(r.body) FILTER (WHERE ins.status = 'projected' AND r.tracker AND r.body IS NOT NULL),
-           array_agg(ins.id) FILTER (WHERE ins.status = 'projected' AND NOT r.tracker),
-           array_agg(r.body) FILTER (WHERE ins.status = 'projected' AND NOT r.tracker),
+           array_agg(CASE WHEN ins.id IS NULL THEN 'duplicate' ELSE r.status END ORDER BY r.ord),
+           array_agg(r.ord::integer) FILTER (WHERE ins.id IS NOT NULL AND r.status = 'projected' AND r.tracker AND r.body IS NULL),
+           array_agg(r.ord::integer) FILTER (WHERE ins.id IS NOT NULL AND r.status = 'projected' AND r.tracker AND r.body IS NOT NULL),
+           array_agg(ins.id) FILTER (WHERE ins.id IS NOT NULL AND r.status = 'projected' AND r.tracker AND r.body IS NOT NULL),
+           array_agg(r.body) FILTER (WHERE ins.id IS NOT NULL AND r.status = 'projected' AND r.tracker AND r.body IS NOT NULL),
+           array_agg(ins.id) FILTER (WHERE ins.id IS NOT NULL AND r.status = 'projected' AND NOT r.tracker),
+           array_agg(r.body) FILTER (WHERE ins.id IS NOT NULL AND r.status = 'projected' AND NOT r.tracker),
            array_agg(r.ord::integer) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.status) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.error) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.body_error) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
            array_agg(r.created) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
-           array_agg(r.body) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1)
-    INTO v_ord, v_status, v_take, v_key, v_event, v_body, v_oevent, v_obody, v_dup, v_dstatus, v_derror, v_dberr, v_dcreate, v_dbody
+           array_agg(r.body) FILTER (WHERE ins.id IS NULL AND NOT r.partial AND r.nth = 1),
+           array_agg(ins.received_at) FILTER (WHERE ins.id IS NOT NULL AND r.status = 'pending'),
+           array_agg(ins.id) FILTER (WHERE ins.id IS NOT NULL AND r.status = 'pending')
+    INTO v_ord, v_status, v_take, v_key, v_event, v_body, v_oevent, v_obody, v_dup, v_dstatus, v_derror, v_dberr,
+         v_dcreate, v_dbody, v_qat, v_qid
     FROM r LEFT JOIN ins ON ins.id = r.id;
+    -- A statement of its own, run only when deferred: the inline path never
+    -- names the queue.
+    IF v_qid IS NOT NULL THEN
+        INSERT INTO projection_queue (received_at, id) SELECT * FROM unnest(v_qat, v_qid);
+    END IF;
 
     IF v_dup IS NOT NULL THEN
         -- A full copy of an event stored from a partial one replaces it. A
@@ -435,14 +449,23 @@ BEGIN
                             WHERE w.event_id = p_event_id[d.ord] AND w.partial LIMIT 1) w;
         FOR j IN 1 .. coalesce(cardinality(v_pi), 0) LOOP
             v_o := v_dup[v_pi[j]];
+            v_st := v_dstatus[v_pi[j]];
+            -- deferred: queued before the row is touched, the order the
+            -- projector locks them in (key, then row), so the two cannot
+            -- deadlock; a projector holding the partial copy's key makes
+            -- this wait until it commits
+            IF v_st = 'pending' THEN
+                INSERT INTO projection_queue (received_at, id) VALUES (v_pat[j], v_pid[j])
+                ON CONFLICT DO NOTHING;
+            END IF;
             UPDATE webhook_events w
             SET description = p_description[v_o], mode = p_mode[v_o], object_id = p_object_id[v_o],
                 raw = p_raw[v_o], body_error = v_dberr[v_pi[j]], source = p_source[v_o],
-                status = v_dstatus[v_pi[j]], error = v_derror[v_pi[j]],
+                status = CASE WHEN v_st = 'pending' THEN 'projected' ELSE v_st END, error = v_derror[v_pi[j]],
                 event_created_at = v_dcreate[v_pi[j]], partial = false, processed_at = now()
             WHERE w.id = v_pid[j] AND w.received_at = v_pat[j] AND w.partial
-            RETURNING w.status, w.object_id, w.description IN ('tracker.created', 'tracker.updated')
-            INTO v_st, v_obj, v_trk;
+            RETURNING w.object_id, w.description IN ('tracker.created', 'tracker.updated')
+            INTO v_obj, v_trk;
             CONTINUE WHEN NOT FOUND;
             v_status[v_o] := v_st;
             IF v_trk AND v_st = 'failed' AND v_obj LIKE 'trk\_%' THEN
@@ -485,17 +508,21 @@ BEGIN
 END
 $$;
 
--- Projects up to p_limit pending events, oldest first; replicas share the
--- work through SKIP LOCKED. Parsed and projected set-based; if that fails,
--- each on its own in a subtransaction, so one that fails is recorded
--- 'failed' with its error and the others go on. Every row taken leaves
--- 'pending' (projected or failed: a dead letter, replayed with --replay), so
--- none is taken again and a poison row cannot spin the projector. Returns
--- how many it took and how many of those it projected.
--- Rows are written back one by one by their whole key (id, received_at): a
--- probe of one partition's primary key, whatever the planner knows of the
--- table (a join by id read a month's partition whole for every batch while
--- PostgreSQL thought it small, a cost that grew with the month).
+-- Projects up to p_limit queued events (projection_queue), oldest first;
+-- replicas share the work through SKIP LOCKED on the keys. Parsed and
+-- projected set-based; if that fails, each on its own in a subtransaction,
+-- so one that fails is recorded 'failed' with its error and the others go
+-- on. Every key taken is deleted (projected, or failed: a dead letter,
+-- replayed with --replay), so none is taken again and a poison row cannot
+-- spin the projector. Returns how many it took and how many of those it
+-- projected. A projected row is not written: it says 'projected' since its
+-- insert (one stored 'pending' before 0016 is marked now). Its key goes when
+-- the transaction commits, and with it the row's last trace of waiting.
+-- Rows are read, and a failure written, one by one by their whole key
+-- (received_at, id): a probe of one partition's primary key, whatever the
+-- planner knows of the table (a join by id read a month's partition whole
+-- for every batch while PostgreSQL thought it small, a cost that grew with
+-- the month). The keys are deleted by ctid, a TID scan, for the same reason.
 DROP FUNCTION IF EXISTS eps_project_pending(integer);
 CREATE OR REPLACE FUNCTION eps_project_pending(p_limit integer, OUT taken integer, OUT projected integer)
 LANGUAGE plpgsql AS $$
@@ -504,6 +531,7 @@ DECLARE
     v_at      timestamptz[];
     v_obj     text[];
     v_raw     text[];
+    v_was     text[];
     v_ok      uuid[];
     v_body    jsonb[];
     v_why     text[];
@@ -513,14 +541,20 @@ DECLARE
 BEGIN
     taken := 0;
     projected := 0;
-    SELECT array_agg(p.id ORDER BY p.received_at), array_agg(p.received_at ORDER BY p.received_at),
-           array_agg(p.object_id ORDER BY p.received_at), array_agg(p.raw ORDER BY p.received_at)
-    INTO v_id, v_at, v_obj, v_raw
-    FROM (SELECT w.id, w.raw, w.received_at, w.object_id FROM webhook_events w
-          WHERE w.status = 'pending'
-          ORDER BY w.received_at
-          LIMIT least(p_limit, 500)
-          FOR UPDATE SKIP LOCKED) p;
+    WITH q AS (DELETE FROM projection_queue x
+               WHERE x.ctid = ANY (ARRAY(SELECT y.ctid FROM projection_queue y
+                                         ORDER BY y.received_at, y.id
+                                         LIMIT least(p_limit, 500)
+                                         FOR UPDATE SKIP LOCKED))
+               RETURNING x.received_at, x.id)
+    SELECT array_agg(q.id ORDER BY q.received_at, q.id), array_agg(q.received_at ORDER BY q.received_at, q.id),
+           array_agg(w.object_id ORDER BY q.received_at, q.id), array_agg(w.raw ORDER BY q.received_at, q.id),
+           array_agg(w.status ORDER BY q.received_at, q.id)
+    INTO v_id, v_at, v_obj, v_raw, v_was
+    FROM q
+    -- LIMIT 1: a probe per key, never a join PostgreSQL may hash
+    CROSS JOIN LATERAL (SELECT w.object_id, w.raw, w.status FROM webhook_events w
+                        WHERE w.id = q.id AND w.received_at = q.received_at LIMIT 1) w;
     IF v_id IS NULL THEN
         RETURN;
     END IF;
@@ -537,9 +571,11 @@ BEGIN
         IF v_ok IS NOT NULL THEN
             PERFORM eps_project_trackers(v_ok, v_body);
         END IF;
-        -- one row at a time by its whole key: a join lets the planner read a
-        -- partition whole when it thinks it small
+        -- failures (and rows stored 'pending' before 0016) written one at a
+        -- time by the whole key: a join lets the planner read a partition
+        -- whole when it thinks it small
         FOR i IN 1 .. taken LOOP
+            CONTINUE WHEN v_why[i] IS NULL AND v_was[i] = 'projected';
             UPDATE webhook_events
             SET status = CASE WHEN v_why[i] IS NULL THEN 'projected' ELSE 'failed' END, error = v_why[i],
                 processed_at = now()
@@ -571,13 +607,14 @@ BEGIN
                     v_problem := SQLSTATE || ': ' || SQLERRM;
                 END;
             END IF;
+            IF v_problem IS NULL THEN
+                projected := projected + 1;
+                CONTINUE WHEN v_was[i] = 'projected';
+            END IF;
             UPDATE webhook_events
             SET status = CASE WHEN v_problem IS NULL THEN 'projected' ELSE 'failed' END,
                 error = v_problem, body_error = coalesce(v_berr, body_error), processed_at = now()
             WHERE id = v_id[i] AND received_at = v_at[i];
-            IF v_problem IS NULL THEN
-                projected := projected + 1;
-            END IF;
         END LOOP;
     END;
 END

@@ -81,7 +81,7 @@ $$;
 -- every ledger entry with what is left to do for it. Days <= 0 keep forever.
 --
 -- A raw events partition goes once all of it is older than p_event_days
--- and it holds no pending event; one holding a dead letter (failed) only
+-- and it holds no pending event (queued in projection_queue); one holding a dead letter (failed) only
 -- once all of it is older than p_event_days + p_dead_days (p_dead_days
 -- <= 0: not until the dead letters are replayed). A history partition goes
 -- once all of it is older than p_history_days; the history floor
@@ -124,11 +124,13 @@ BEGIN
         IF NOT r.detaching THEN
             IF r.parent = 'webhook_events' THEN
                 CONTINUE WHEN p_event_days <= 0 OR r.hi > now() - make_interval(days => p_event_days);
-                EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE status = ''pending'')'
+                -- queued for the projector (projection_queue's key leads with received_at)
+                EXECUTE format('SELECT EXISTS (SELECT 1 FROM projection_queue q'
+                               ' WHERE q.received_at >= $4 AND q.received_at < $2)'
                                ' OR EXISTS (SELECT 1 FROM %s WHERE status = ''failed'' AND ($1 <= 0'
                                ' OR $2 > now() - make_interval(days => $3 + $1)))',
-                               r.part, r.part)
-                INTO v_keep USING p_dead_days, r.hi, p_event_days;
+                               r.part)
+                INTO v_keep USING p_dead_days, r.hi, p_event_days, r.lo;
                 IF v_keep THEN
                     RAISE LOG 'easypost-sync: keeping % past its retention: it holds pending or dead-letter events',
                               r.part;

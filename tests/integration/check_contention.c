@@ -33,7 +33,7 @@ down(void)
 static void
 wipe(PGconn *c)
 {
-        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, sync_jobs CASCADE");
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, projection_queue, sync_jobs CASCADE");
 }
 
 /*

@@ -60,7 +60,7 @@ static void
 wipe(PGconn *c)
 {
         db_exec(c, "TRUNCATE shipment_events, trackers, shipments, addresses, parcels, customs_infos, "
-                   "webhook_events, sync_jobs, sync_state CASCADE");
+                   "webhook_events, projection_queue, sync_jobs, sync_state CASCADE");
         ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/objects", NULL, NULL, 0), 200);
         ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
         ck_assert_int_eq(fake_control(&fk, "POST", "/_control/reset", "{}", NULL, 0), 200);

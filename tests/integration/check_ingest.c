@@ -61,7 +61,7 @@ START_TEST(test_fixtures_stored_byte_exact)
                 snprintf(ev.id, sizeof(ev.id), "%s", json_string_value(json_object_get(doc, "id")));
                 json_decref(doc);
                 const char *pv[1] = { ev.id };
-                db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events CASCADE");
+                db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, projection_queue CASCADE");
                 int st = post_event(dm.port, body, len, resp, sizeof(resp));
                 ck_assert_msg(st == 200, "%s: %d %s", files[i], st, resp);
                 ck_assert_msg(strstr(resp, "\"stored\"") != NULL, "%s: %s", files[i], resp);
@@ -275,14 +275,26 @@ static const char SQL_ONE[] =
         "ARRAY['tracker.updated'], ARRAY['test'], ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::text], "
         "ARRAY['2025-01-02T03:04:05.678Z'], NULL, NULL, ARRAY[$5::text], false)";
 
+/* The same, deferred (projection = deferred). */
+static const char SQL_ONE_DEFERRED[] =
+        "SELECT ord, status FROM eps_ingest_batch(ARRAY[eps_uuid7()], ARRAY[$1::text], "
+        "ARRAY['tracker.updated'], ARRAY['test'], ARRAY[$2::text], ARRAY[$3::text], ARRAY[$4::text], "
+        "ARRAY['2025-01-02T03:04:05.678Z'], NULL, NULL, ARRAY[$5::text], true)";
+
 static void
-send_one(PGconn *c, const char *id, const char *object_id, const char *body, const char *source,
+send_sql(PGconn *c, const char *sql, const char *id, const char *object_id, const char *body, const char *source,
          bool partial)
 {
         const char *pv[5] = { id, object_id, body, source, partial ? "t" : NULL };
 
-        ck_assert_msg(PQsendQueryParams(c, SQL_ONE, 5, NULL, pv, NULL, NULL, 0) == 1, "send: %s",
-                      PQerrorMessage(c));
+        ck_assert_msg(PQsendQueryParams(c, sql, 5, NULL, pv, NULL, NULL, 0) == 1, "send: %s", PQerrorMessage(c));
+}
+
+static void
+send_one(PGconn *c, const char *id, const char *object_id, const char *body, const char *source,
+         bool partial)
+{
+        send_sql(c, SQL_ONE, id, object_id, body, source, partial);
 }
 
 /* The outcome of the call sent on c (caller frees). */
@@ -301,6 +313,64 @@ one_outcome(PGconn *c)
         return out;
 }
 
+/* A tracker event with its result: trk_ID's first detail (caller frees). */
+static char *
+full_event(const char *evt, const char *trk)
+{
+        char result[512];
+        snprintf(result, sizeof(result),
+                 "{\"id\":\"%s\",\"object\":\"Tracker\",\"mode\":\"test\",\"tracking_code\":\"EZ%s\","
+                 "\"carrier\":\"USPS\",\"status\":\"in_transit\",\"updated_at\":\"2025-01-02T03:04:05Z\","
+                 "\"tracking_details\":[{\"message\":\"Accepted\",\"status\":\"pre_transit\","
+                 "\"datetime\":\"2025-01-02T03:00:00Z\"}]}",
+                 trk, trk + 4);
+        return make_event(evt, "tracker.updated", result);
+}
+
+/* Forgets the event and its tracker, as if neither had been seen. */
+static void
+forget(PGconn *c, const char *evt, const char *trk)
+{
+        const char *e[1] = { evt }, *t[1] = { trk };
+        static const char *const by_event[] = { "DELETE FROM webhook_event_ids WHERE event_id = $1",
+                                                "DELETE FROM webhook_events WHERE event_id = $1" };
+        static const char *const by_tracker[] = { "DELETE FROM shipment_events WHERE tracker_id IN "
+                                                  "(SELECT id FROM trackers WHERE easypost_id = $1)",
+                                                  "DELETE FROM trackers WHERE easypost_id = $1" };
+
+        for (int i = 0; i < 4; i++) {
+                PGresult *r = PQexecParams(c, i < 2 ? by_event[i] : by_tracker[i - 2], 1, NULL, i < 2 ? e : t,
+                                           NULL, NULL, 0);
+                ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s", PQerrorMessage(c));
+                PQclear(r);
+        }
+}
+
+/* Waits until waiter's statement waits on a lock. */
+static void
+assert_waits(PGconn *c, PGconn *waiter, const char *what)
+{
+        char sql[160];
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE pid = %d "
+                                   "AND wait_event_type = 'Lock'", PQbackendPID(waiter));
+        ck_assert_msg(db_wait_long(c, sql, 1, 30000) == 1, "%s never waited", what);
+}
+
+/* The event's one row holds the full copy, 'projected' with no error. */
+static void
+assert_replaced(PGconn *c, const char *evt, const char *full)
+{
+        const char *pv[1] = { evt };
+        PGresult *r = PQexecParams(c, "SELECT raw, status, coalesce(error, ''), partial FROM webhook_events "
+                                      "WHERE event_id = $1", 1, NULL, pv, NULL, NULL, 0);
+        ck_assert_int_eq(PQntuples(r), 1);
+        ck_assert_str_eq(PQgetvalue(r, 0, 0), full);
+        ck_assert_str_eq(PQgetvalue(r, 0, 1), "projected");
+        ck_assert_str_eq(PQgetvalue(r, 0, 2), "");
+        ck_assert_str_eq(PQgetvalue(r, 0, 3), "f");
+        PQclear(r);
+}
+
 /*
  * The backfill's list-only copy of an event (partial, no result) is being
  * stored in a transaction still open when the real delivery of the same event
@@ -313,19 +383,10 @@ START_TEST(test_delivery_racing_the_partial_copy_replaces_it)
 {
         PGconn *a = db_open(), *b = db_open(), *c = db_open();
         char *listed = make_event("evt_race_1", "tracker.updated", NULL);
-        char *full = make_event("evt_race_1", "tracker.updated",
-                                "{\"id\":\"trk_race_1\",\"object\":\"Tracker\",\"mode\":\"test\","
-                                "\"tracking_code\":\"EZRACE1\",\"carrier\":\"USPS\",\"status\":\"in_transit\","
-                                "\"updated_at\":\"2025-01-02T03:04:05Z\",\"tracking_details\":["
-                                "{\"message\":\"Accepted\",\"status\":\"pre_transit\","
-                                "\"datetime\":\"2025-01-02T03:00:00Z\"}]}");
-        char sql[160], *st;
+        char *full = full_event("evt_race_1", "trk_race_1");
+        char *st;
 
-        db_exec(c, "DELETE FROM webhook_event_ids WHERE event_id = 'evt_race_1'");
-        db_exec(c, "DELETE FROM webhook_events WHERE event_id = 'evt_race_1'");
-        db_exec(c, "DELETE FROM shipment_events WHERE tracker_id IN "
-                   "(SELECT id FROM trackers WHERE easypost_id = 'trk_race_1')");
-        db_exec(c, "DELETE FROM trackers WHERE easypost_id = 'trk_race_1'");
+        forget(c, "evt_race_1", "trk_race_1");
 
         /* A: the backfill's partial copy, held open */
         db_exec(a, "BEGIN");
@@ -336,25 +397,15 @@ START_TEST(test_delivery_racing_the_partial_copy_replaces_it)
 
         /* B: the delivery, waiting on A's dedup key */
         send_one(b, "evt_race_1", "trk_race_1", full, "webhook", false);
-        snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE pid = %d "
-                                   "AND wait_event_type = 'Lock'", PQbackendPID(b));
-        ck_assert_msg(db_wait_long(c, sql, 1, 30000) == 1,
-                      "the delivery never waited on the backfill's key");
+        assert_waits(c, b, "the delivery");
         db_exec(a, "COMMIT");
 
         st = one_outcome(b);
         ck_assert_msg(strcmp(st, "projected") == 0, "the delivery was answered %s", st);
         free(st);
-        const char *pv[1] = { "evt_race_1" };
-        PGresult *r = PQexecParams(c, "SELECT raw, status, source, partial, object_id FROM webhook_events "
-                                      "WHERE event_id = $1", 1, NULL, pv, NULL, NULL, 0);
-        ck_assert_int_eq(PQntuples(r), 1);
-        ck_assert_str_eq(PQgetvalue(r, 0, 0), full);
-        ck_assert_str_eq(PQgetvalue(r, 0, 1), "projected");
-        ck_assert_str_eq(PQgetvalue(r, 0, 2), "webhook");
-        ck_assert_str_eq(PQgetvalue(r, 0, 3), "f");
-        ck_assert_str_eq(PQgetvalue(r, 0, 4), "trk_race_1");
-        PQclear(r);
+        assert_replaced(c, "evt_race_1", full);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_race_1'"
+                                    " AND source = 'webhook' AND object_id = 'trk_race_1'", NULL), 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_race_1' "
                                     "AND status = 'in_transit'", NULL), 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = "
@@ -364,6 +415,57 @@ START_TEST(test_delivery_racing_the_partial_copy_replaces_it)
         st = one_outcome(b);
         ck_assert_str_eq(st, "duplicate");
         free(st);
+        free(listed);
+        free(full);
+        PQfinish(a);
+        PQfinish(b);
+        PQfinish(c);
+}
+END_TEST
+
+/*
+ * Deferred: the backfill's partial copy is queued; a projector takes its key
+ * and fails it (no result) in a transaction still open when the full copy
+ * arrives. The full copy queues the event again before it touches the row,
+ * so it waits for that projector's commit instead of deadlocking with it,
+ * then replaces the row; the next projector run projects the full body.
+ */
+START_TEST(test_deferred_full_copy_requeues_after_a_projector_holding_its_key)
+{
+        PGconn *a = db_open(), *b = db_open(), *c = db_open();
+        char *listed = make_event("evt_dq_1", "tracker.updated", NULL);
+        char *full = full_event("evt_dq_1", "trk_dq_1");
+        char *st;
+
+        forget(c, "evt_dq_1", "trk_dq_1");
+        db_exec(c, "TRUNCATE projection_queue");
+
+        send_sql(c, SQL_ONE_DEFERRED, "evt_dq_1", NULL, listed, "backfill", true);
+        st = one_outcome(c);
+        ck_assert_str_eq(st, "pending");
+        free(st);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue q JOIN webhook_events w ON w.id = q.id"
+                                    " AND w.received_at = q.received_at WHERE w.event_id = 'evt_dq_1'"
+                                    " AND w.status = 'projected' AND w.partial", NULL), 1);
+
+        /* A: a projector takes the key and fails the partial copy, held open */
+        db_exec(a, "BEGIN");
+        ck_assert_int_eq(db_long(a, "SELECT taken * 10 + projected FROM eps_project_pending(10)", NULL), 10);
+        /* B: the full copy, waiting on the key A took */
+        send_sql(b, SQL_ONE_DEFERRED, "evt_dq_1", "trk_dq_1", full, "webhook", false);
+        assert_waits(c, b, "the full copy");
+        db_exec(a, "COMMIT");
+        st = one_outcome(b);
+        ck_assert_msg(strcmp(st, "pending") == 0, "the full copy was answered %s", st);
+        free(st);
+        assert_replaced(c, "evt_dq_1", full);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT taken * 10 + projected FROM eps_project_pending(10)", NULL), 11);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue", NULL), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_dq_1' "
+                                    "AND status = 'in_transit'", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_dq_1'"
+                                    " AND status = 'projected'", NULL), 1);
         free(listed);
         free(full);
         PQfinish(a);
@@ -681,6 +783,7 @@ ingest_suite(void)
 
         tcase_set_timeout(race, 120);
         tcase_add_test(race, test_delivery_racing_the_partial_copy_replaces_it);
+        tcase_add_test(race, test_deferred_full_copy_requeues_after_a_projector_holding_its_key);
         tcase_add_test(race, test_duplicate_probes_the_index);
         tcase_add_test(race, test_dead_letter_tracker_event_fetches_the_tracker);
         tcase_add_test(race, test_basic_auth_exact_header_only);

@@ -34,7 +34,7 @@ down(void)
 static void
 wipe(PGconn *c)
 {
-        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, sync_jobs, batches,"
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, projection_queue, sync_jobs, batches,"
                    " batch_shipments, scan_forms, insurances, refunds, reports, shipment_invoices, claims,"
                    " payments CASCADE");
 }

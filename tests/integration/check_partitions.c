@@ -227,14 +227,15 @@ START_TEST(test_history_dedup_exact_across_events_and_replays)
 END_TEST
 
 /* Old months of raw events, made by hand: 2020-01 (projected events only),
- * 2020-02 (one pending event), 2020-03 (one dead letter). */
+ * 2020-02 (one pending event: queued, as stored before 0016), 2020-03 (one
+ * dead letter). */
 static void
 old_months(PGconn *c)
 {
         static const char *const status[3] = { "projected", "pending", "failed" };
 
         for (int m = 1; m <= 3; m++) {
-                char sql[900];
+                char sql[1200];
                 snprintf(sql, sizeof(sql),
                          "DROP TABLE IF EXISTS webhook_events_2020_0%d;"
                          "DELETE FROM webhook_event_ids WHERE event_id LIKE 'evt\\_old\\_%d\\_%%';"
@@ -245,8 +246,10 @@ old_months(PGconn *c)
                          "INSERT INTO webhook_events (id, event_id, description, raw, status, received_at)"
                          " SELECT eps_uuid7(), 'evt_old_%d_' || g, 'tracker.updated', '{}',"
                          " CASE WHEN g = 1 THEN '%s' ELSE 'projected' END, '2020-0%d-10Z'"
-                         " FROM generate_series(1, 50) g",
-                         m, m, m, m, m + 1, m, m, m, status[m - 1], m);
+                         " FROM generate_series(1, 50) g;"
+                         "INSERT INTO projection_queue (received_at, id) SELECT received_at, id"
+                         " FROM webhook_events_2020_0%d WHERE status = 'pending'",
+                         m, m, m, m, m + 1, m, m, m, status[m - 1], m, m);
                 db_exec(c, sql);
         }
 }
@@ -331,6 +334,7 @@ START_TEST(test_retention_drops_old_months_keeps_pending_and_dead_letters)
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         /* the months kept go once their pending event is projected and the dead letter replayed */
         db_exec(c, "UPDATE webhook_events SET status = 'projected' WHERE event_id LIKE 'evt_old_%'");
+        db_exec(c, "DELETE FROM projection_queue WHERE received_at < '2021-01-01Z'");
         db_exec(c, "TRUNCATE partition_maintenance");
         ck_assert_int_eq(daemon_start(&d, env), 0);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM pg_class WHERE relname IN "
@@ -373,8 +377,11 @@ START_TEST(test_dead_letter_keeps_its_month_past_event_retention)
                          "INSERT INTO webhook_events (id, event_id, description, raw, status, received_at)"
                          " SELECT eps_uuid7(), '%s_' || g, 'tracker.updated', '{}',"
                          " CASE WHEN g = 1 THEN '%s' ELSE 'projected' END, now() - interval '%s days' + interval '1 hour'"
-                         " FROM generate_series(1, 3) g",
-                         parts[i][0], parts[i][0], parts[i][1], parts[i][2], parts[i][0], parts[i][3], parts[i][1]);
+                         " FROM generate_series(1, 3) g;"
+                         "INSERT INTO projection_queue (received_at, id) SELECT received_at, id FROM %s"
+                         " WHERE status = 'pending'",
+                         parts[i][0], parts[i][0], parts[i][1], parts[i][2], parts[i][0], parts[i][3], parts[i][1],
+                         parts[i][0]);
                 db_exec(c, sql);
         }
         ck_assert_int_eq(daemon_start(&d, env), 0);
@@ -629,7 +636,7 @@ START_TEST(test_migrate_converts_200k_events)
                  "INSERT INTO webhook_events (id, event_id, description, mode, object_id, raw, status, received_at)"
                  " SELECT eps_uuid7(), 'evt_conv' || g, 'tracker.updated', 'test', 'trk_conv' || (g %% %d + 1),"
                  " '{\"object\":\"Event\",\"id\":\"evt_conv' || g || '\",\"description\":\"tracker.updated\"}',"
-                 " CASE WHEN g %% 1000 = 0 THEN 'failed' ELSE 'projected' END,"
+                 " CASE WHEN g %% 1000 = 0 THEN 'failed' WHEN g %% 1000 = 500 THEN 'pending' ELSE 'projected' END,"
                  " now() - (g %% 90) * interval '1 day' - (g %% 1440) * interval '1 minute'"
                  " FROM generate_series(1, %d) g;"
                  "INSERT INTO shipment_events (tracker_id, shipment_id, status, message, event_datetime)"
@@ -662,6 +669,11 @@ START_TEST(test_migrate_converts_200k_events)
         char *sum_after = db_text(c, "SELECT md5(string_agg(event_id || status || raw || received_at::text, ',' "
                                      "ORDER BY event_id)) FROM webhook_events", NULL);
         ck_assert_str_eq(sum_before, sum_after);
+        /* the deferred events still pending are queued for the projector (0016) */
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue q JOIN webhook_events w"
+                                    " ON w.id = q.id AND w.received_at = q.received_at AND w.status = 'pending'",
+                                 NULL), CONV_EVENTS / 1000);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue", NULL), CONV_EVENTS / 1000);
         ck_assert_int_eq(months_covered(c, "webhook_events", 3), 4);
         ck_assert_int_eq(months_covered(c, "shipment_events", 3), 4);
         /* duplicates still refused, new events stored, history still unique */
@@ -776,7 +788,6 @@ START_TEST(test_query_plans_use_indexes_with_three_months)
         assert_indexed(c, "SELECT * FROM webhook_events WHERE object_id = 'trk_plan_17'", filled);
         assert_indexed(c, "SELECT * FROM webhook_events WHERE event_id = 'evt_plan_1_77'", filled);
         assert_indexed(c, "SELECT 1 FROM webhook_event_ids WHERE event_id = 'evt_plan_1_77'", filled);
-        assert_indexed(c, "SELECT count(*) FROM webhook_events WHERE status = 'pending'", filled);
         assert_indexed(c, "SELECT * FROM webhook_events WHERE status = 'failed' ORDER BY received_at", filled);
         assert_indexed(c, "SELECT e.* FROM trackers t JOIN shipment_events e ON e.tracker_id = t.id "
                           "WHERE t.easypost_id = 'trk_plan_17' ORDER BY e.event_datetime", filled);

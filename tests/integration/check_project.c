@@ -30,7 +30,7 @@ down(void)
 static void
 wipe(PGconn *c)
 {
-        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events CASCADE");
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, projection_queue CASCADE");
 }
 
 static long
@@ -322,7 +322,7 @@ START_TEST(test_deferred_projection)
         ck_assert_ptr_nonnull(strstr(resp, "\"stored\""));
         ck_assert_int_eq(post_event(d.port, poison, strlen(poison), NULL, 0), 200);
         ck_assert_int_eq(post_event(d.port, older, strlen(older), NULL, 0), 200);
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'pending'", 0, 10000), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM projection_queue", 0, 10000), 0);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE status = 'projected'", NULL), 2);
         char *st = db_text(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = 'evt_def_poison'", NULL);
         ck_assert_str_eq(st, "failed 22008");
@@ -445,12 +445,14 @@ notice_to_buf(void *arg, const char *msg)
         strbuf_printf(arg, "%s", msg);
 }
 
-/* The projector writes each row it took back by its whole key: a probe of
- * the partition's primary key, even in a month's partition PostgreSQL has
- * not analyzed yet (by id alone that partition was read whole for every
- * batch, slower the fuller the month). Every plan of eps_project_pending is
- * shown (auto_explain) and none reads the filled partition whole. */
-START_TEST(test_pending_rows_written_back_by_key)
+/* The projector reads each queued row, and writes back a failure, by its
+ * whole key: a probe of the partition's primary key, even in a month's
+ * partition PostgreSQL has not analyzed yet (by id alone that partition was
+ * read whole for every batch, slower the fuller the month). Every plan of
+ * eps_project_pending is shown (auto_explain) and none reads the filled
+ * partition whole. A projected row is not written again (its xmin stays);
+ * a failed one is, and so is a row stored 'pending' before 0016. */
+START_TEST(test_queued_rows_read_by_key_and_written_once)
 {
         PGconn *c = db_open();
         struct strbuf plans = { 0 };
@@ -466,13 +468,19 @@ START_TEST(test_pending_rows_written_back_by_key)
                    " SELECT eps_uuid7(), 'evt_pk_' || g, 'tracker.updated', 'trk_pk_' || g, '{}', 'projected',"
                    " date_trunc('month', now() + interval '1 month') + g * interval '1 ms'"
                    " FROM generate_series(1, 20000) g");
-        /* a projector's batch of pending tracker events after them */
+        /* a projector's batch of queued tracker events after them: 197 as
+         * ingest stores them, one a poison, two stored 'pending' before 0016 */
         db_exec(c, "INSERT INTO webhook_events (id, event_id, description, object_id, raw, status, received_at)"
                    " SELECT eps_uuid7(), 'evt_pkp_' || g, 'tracker.updated', 'trk_pkp_' || g,"
                    " format('{\"id\":\"evt_pkp_%s\",\"object\":\"Event\",\"description\":\"tracker.updated\","
-                   "\"result\":{\"id\":\"trk_pkp_%s\",\"status\":\"in_transit\",\"tracking_details\":[]}}', g, g),"
-                   " 'pending', date_trunc('month', now() + interval '1 month') + interval '1 hour' + g * interval '1 ms'"
+                   "\"result\":{\"id\":\"trk_pkp_%s\",\"status\":\"in_transit\",%s\"tracking_details\":[]}}', g, g,"
+                   " CASE WHEN g = 7 THEN '\"updated_at\":\"2025-02-30T00:00:00Z\",' ELSE '' END),"
+                   " CASE WHEN g > 198 THEN 'pending' ELSE 'projected' END,"
+                   " date_trunc('month', now() + interval '1 month') + interval '1 hour' + g * interval '1 ms'"
                    " FROM generate_series(1, 200) g");
+        db_exec(c, "INSERT INTO projection_queue (received_at, id) SELECT received_at, id FROM webhook_events"
+                   " WHERE event_id LIKE 'evt\\_pkp\\_%'");
+        char *xmin = db_text(c, "SELECT xmin::text FROM webhook_events WHERE event_id = 'evt_pkp_1'", NULL);
         PQsetNoticeProcessor(c, notice_to_buf, &plans);
         db_exec(c, "LOAD 'auto_explain'");
         db_exec(c, "SET auto_explain.log_min_duration = 0");
@@ -480,19 +488,30 @@ START_TEST(test_pending_rows_written_back_by_key)
         db_exec(c, "SET auto_explain.log_level = notice");
         db_exec(c, "SET client_min_messages = notice");
         char *out = db_text(c, "SELECT taken || '/' || projected FROM eps_project_pending(200)", NULL);
-        ck_assert_str_eq(out, "200/200");
+        ck_assert_str_eq(out, "200/199");
         free(out);
         db_exec(c, "SET client_min_messages = warning");
         PQsetNoticeProcessor(c, NULL, NULL);
         const char *upd = strstr(plans.data, "UPDATE webhook_events");
         ck_assert_msg(upd != NULL, "no plan of the write-back shown: %.800s", plans.data);
+        ck_assert_msg(strstr(plans.data, "DELETE FROM projection_queue") != NULL, "no plan of the take shown: %.800s",
+                      plans.data);
         char seq[160];
         snprintf(seq, sizeof(seq), "Seq Scan on %s ", part);
         const char *at = strstr(plans.data, seq);
         ck_assert_msg(at == NULL, "%s read whole: %.800s", part,
                       at && at - plans.data > 600 ? at - 600 : plans.data);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM projection_queue", NULL), 0);
         ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events WHERE status = 'pending'", NULL), 0);
-        ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers WHERE easypost_id LIKE 'trk\\_pkp\\_%'", NULL), 200);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers WHERE easypost_id LIKE 'trk\\_pkp\\_%'", NULL), 199);
+        /* written once: the 197 projected as stored; the poison and the two old ones again */
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt\\_pkp\\_%'"
+                               " AND xmin::text = $1 AND status = 'projected'", xmin), 197);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt\\_pkp\\_%'"
+                               " AND xmin::text <> $1 AND status = 'projected'", xmin), 2);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_pkp_7'"
+                               " AND status = 'failed' AND error LIKE '22008%'", NULL), 1);
+        free(xmin);
         wipe(c);
         free(part);
         free(plans.data);
@@ -515,7 +534,7 @@ project_suite(void)
         tcase_add_test(tc, test_dead_letter_then_replay);
         tcase_add_test(tc, test_deferred_projection);
         tcase_add_test(tc, test_typed_snapshot_equals_jsonb);
-        tcase_add_test(tc, test_pending_rows_written_back_by_key);
+        tcase_add_test(tc, test_queued_rows_read_by_key_and_written_once);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -115,7 +115,7 @@ db_put(PGconn *c, json_t *t)
 static void
 reset(PGconn *c)
 {
-        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, sync_jobs, sync_state,"
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, projection_queue, sync_jobs, sync_state,"
                    " reconcile_runs CASCADE");
         ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/objects", NULL, NULL, 0), 200);
         ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);

@@ -54,7 +54,7 @@ static void
 reset(PGconn *c)
 {
         db_exec(c, "DROP TRIGGER IF EXISTS eps_test_refuse ON trackers");
-        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, sync_jobs, sync_state"
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, projection_queue, sync_jobs, sync_state"
                    " CASCADE");
 }
 

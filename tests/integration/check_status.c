@@ -93,14 +93,17 @@ schema_new(const char *name, char *url, size_t n)
         run_free(&m);
         PGconn *c = PQconnectdb(url);
         ck_assert_msg(PQstatus(c) == CONNECTION_OK, "%s", PQerrorMessage(c));
-        /* an event received `age` ago, its id a UUID v7 of that instant as the daemon makes it */
+        /* an event received `age` ago, its id a UUID v7 of that instant as the daemon makes it;
+         * 'pending' is stored as the deferred projection stores it: queued */
         db_exec(c, "CREATE FUNCTION t_event(p_id text, p_desc text, p_status text, p_age interval,"
                    " p_error text DEFAULT NULL) RETURNS void LANGUAGE sql AS $$"
-                   " INSERT INTO webhook_events (id, event_id, description, raw, status, error,"
+                   " WITH w AS (INSERT INTO webhook_events (id, event_id, description, raw, status, error,"
                    " received_at, processed_at)"
                    " VALUES ((lpad(to_hex(floor(extract(epoch FROM now() - p_age) * 1000)::int8), 12, '0')"
-                   " || substr(md5(p_id), 1, 20))::uuid, p_id, p_desc, '{}', p_status, p_error,"
-                   " now() - p_age, now() - p_age) $$");
+                   " || substr(md5(p_id), 1, 20))::uuid, p_id, p_desc, '{}',"
+                   " CASE WHEN p_status = 'pending' THEN 'projected' ELSE p_status END, p_error,"
+                   " now() - p_age, now() - p_age) RETURNING received_at, id)"
+                   " INSERT INTO projection_queue (received_at, id) SELECT * FROM w WHERE p_status = 'pending' $$");
         return c;
 }
 

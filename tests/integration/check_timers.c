@@ -16,7 +16,7 @@
 static void
 wipe(PGconn *c)
 {
-        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, sync_jobs, "
+        db_exec(c, "TRUNCATE shipment_events, trackers, shipments, webhook_events, projection_queue, sync_jobs, "
                    "system_metrics, analytics_refreshes, refunds CASCADE");
 }
 

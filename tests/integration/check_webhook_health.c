@@ -67,7 +67,7 @@ seed_event(const char *id)
 static void
 reset(PGconn *c)
 {
-        db_exec(c, "TRUNCATE webhook_events, sync_jobs, sync_state CASCADE");
+        db_exec(c, "TRUNCATE webhook_events, projection_queue, sync_jobs, sync_state CASCADE");
         ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/objects", NULL, NULL, 0), 200);
         ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
         ck_assert_int_eq(fake_control(&fk, "POST", "/_control/reset", "{}", NULL, 0), 200);
