@@ -98,5 +98,11 @@ void db_conn_fail(struct db_conn *c, const char *where);
 typedef void (*db_query_fn)(PGresult *res, void *arg);
 MUST_CHECK int db_conn_query(struct db_conn *c, const char *sql, int nparams,
                              const char *const *values, db_query_fn fn, void *arg);
+/* The same with typed, possibly binary parameters (PQsendQueryParams's),
+ * sent at once or not at all: -1 also while another query is in flight or
+ * waiting, for an owner that keeps one at a time (nothing is copied). */
+MUST_CHECK int db_conn_query_bin(struct db_conn *c, const char *sql, int nparams, const Oid *types,
+                                 const char *const *values, const int *lengths, const int *formats,
+                                 db_query_fn fn, void *arg);
 
 #endif

@@ -66,6 +66,10 @@ struct epevent {
 /* Parses body[0..len). 0 on success; -1 with err (a message fit for a 400). */
 MUST_CHECK int epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e);
 void epevent_fini(struct epevent *ev);
+/* Frees a snapshot taken out of its event (t may be NULL). */
+void eptracker_free(struct eptracker *t);
+/* The heap a snapshot holds, in bytes. */
+size_t eptracker_bytes(const struct eptracker *t);
 
 /* True when s is a non-empty id of letters, digits, '_' and '-' only: safe
  * to put into JSON, URLs and array literals as it is. */

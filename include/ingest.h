@@ -67,6 +67,11 @@ struct ingest *ingest_new(struct event_base *base, const char *conninfo, unsigne
                           unsigned queue_limit, unsigned batch_max, bool defer);
 /* Called after a commit that left events 'pending' (deferred projection). */
 void ingest_on_pending(struct ingest *g, void (*fn)(void *arg), void *arg);
+/* Deferred: after that commit, fn is handed each new pending tracker event's
+ * typed snapshot with the event's row id and result.id; fn owns trk (arg is
+ * on_pending's). Called before on_pending. */
+typedef void (*ingest_typed_fn)(void *arg, const char *uuid, const char *object_id, struct eptracker *trk);
+void ingest_on_typed(struct ingest *g, ingest_typed_fn fn);
 /* Answers every queued and in-flight item INGEST_UNAVAILABLE and closes the
  * connections; the object stays valid (no room, database down, depth 0) for
  * whoever still asks, until ingest_free. */

@@ -405,6 +405,7 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         if (strcmp(cfg->projection, "deferred") == 0) {
                 a->projector = projector_new(a->base, cfg->database_url, (unsigned)cfg->db_timeout * 1000u);
                 ingest_on_pending(a->ingest, projector_kick, a->projector);
+                ingest_on_typed(a->ingest, projector_take);
         }
         struct pacer_settings ps = pacer_settings(cfg);
         struct syncjobs_settings ss = syncjobs_settings(a);

@@ -560,8 +560,8 @@ query_done(struct db_seg *s, bool lost)
 
 /* Sends the limits' statement, if any, then the caller's: one transaction. */
 static int
-send_query(struct db_conn *c, struct db_query *q, const char *sql, int nparams,
-           const char *const *values)
+send_query(struct db_conn *c, struct db_query *q, const char *sql, int nparams, const Oid *types,
+           const char *const *values, const int *lengths, const int *formats)
 {
         char pre[160];
 
@@ -570,7 +570,7 @@ send_query(struct db_conn *c, struct db_query *q, const char *sql, int nparams,
                         return 0;
                 q->limits = true;
         }
-        return PQsendQueryParams(c->pq, sql, nparams, NULL, values, NULL, NULL, 0);
+        return PQsendQueryParams(c->pq, sql, nparams, types, values, lengths, formats, 0);
 }
 
 /* Sends the oldest waiting query once nothing is in flight. One query (one
@@ -589,7 +589,7 @@ send_waiting(struct db_conn *c)
         if (c->wait_head == NULL)
                 c->wait_tail = NULL;
         q->seg.next = NULL;
-        int ok = send_query(c, q, q->sql, q->nparams, (const char *const *)q->values);
+        int ok = send_query(c, q, q->sql, q->nparams, NULL, (const char *const *)q->values, NULL, NULL);
         db_conn_push(c, &q->seg); /* pushed either way: a failure hands it back lost */
         if (!ok && c->state == DB_READY)
                 db_conn_fail(c, "send");
@@ -619,7 +619,28 @@ db_conn_query(struct db_conn *c, const char *sql, int nparams, const char *const
                 c->wait_tail = &q->seg;
                 return 0;
         }
-        if (!send_query(c, q, sql, nparams, values)) {
+        if (!send_query(c, q, sql, nparams, NULL, values, NULL, NULL)) {
+                free(q);
+                db_conn_fail(c, "send");
+                return -1;
+        }
+        db_conn_push(c, &q->seg);
+        return 0;
+}
+
+int
+db_conn_query_bin(struct db_conn *c, const char *sql, int nparams, const Oid *types,
+                  const char *const *values, const int *lengths, const int *formats, db_query_fn fn,
+                  void *arg)
+{
+        if (c->state != DB_READY || c->head != NULL || c->wait_head != NULL)
+                return -1;
+        struct db_query *q = xcalloc(1, sizeof(*q));
+        q->seg.on_result = query_result;
+        q->seg.on_done = query_done;
+        q->fn = fn;
+        q->arg = arg;
+        if (!send_query(c, q, sql, nparams, types, values, lengths, formats)) {
                 free(q);
                 db_conn_fail(c, "send");
                 return -1;

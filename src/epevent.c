@@ -898,14 +898,20 @@ tracker_shrink(struct eptracker *t)
         t->cap = t->used;
 }
 
-static void
-tracker_free(struct eptracker *t)
+void
+eptracker_free(struct eptracker *t)
 {
         if (t == NULL)
                 return;
         free(t->d);
         free(t->arena);
         free(t);
+}
+
+size_t
+eptracker_bytes(const struct eptracker *t)
+{
+        return sizeof(*t) + t->cap + t->capd * sizeof(*t->d);
 }
 
 /* Rare path: a body with U+0000 gets a cleaned copy for the projection. */
@@ -985,7 +991,7 @@ epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
         rc = 0;
 out:
         free(s.keys);
-        tracker_free(s.t);
+        eptracker_free(s.t);
         if (rc != 0)
                 ev->id[0] = '\0';
         return rc;
@@ -996,6 +1002,6 @@ epevent_fini(struct epevent *ev)
 {
         free(ev->clean);
         ev->clean = NULL;
-        tracker_free(ev->trk);
+        eptracker_free(ev->trk);
         ev->trk = NULL;
 }

@@ -33,9 +33,8 @@
 #include "db_conn.h"
 #include "log.h"
 #include "metrics.h"
+#include "pgarr.h"
 #include "util.h"
-
-#include <uuid/uuid.h>
 
 static const char SQL_BATCH[] =
         "SELECT ord, status FROM eps_ingest_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::bool, "
@@ -44,19 +43,9 @@ static const char SQL_BATCH[] =
 /* the event arrays, the flag, then the typed tracker snapshots: per event
  * (NULL where not typed), then per tracking detail */
 #define BATCH_EVENT_ARRAYS 11
-#define BATCH_TRK_ARRAYS 15
-#define BATCH_DETAIL_ARRAYS 10
-#define BATCH_ARRAYS (BATCH_EVENT_ARRAYS + BATCH_TRK_ARRAYS + BATCH_DETAIL_ARRAYS)
+#define BATCH_ARRAYS (BATCH_EVENT_ARRAYS + PGARR_SNAPSHOT)
 #define BATCH_NPARAMS (BATCH_ARRAYS + 1)
 #define BATCH_FLAG BATCH_EVENT_ARRAYS /* the parameter p_defer */
-#define UUIDARRAYOID 2951
-#define UUIDOID 2950
-#define TEXTARRAYOID 1009
-#define TEXTOID 25
-#define INT4ARRAYOID 1007
-#define INT4OID 23
-#define JSONBARRAYOID 3807
-#define JSONBOID 3802
 #define RETRY_MAX 3 /* deadlock or serialization failure: sent again at most this often */
 /* While a batch is in flight, another connection waits for LINGER_FILL events
  * or LINGER_US, whichever comes first: under load more events share a commit
@@ -86,15 +75,6 @@ struct batch {
         char *errmsg;     /* the first error's message, NULL without one */
 };
 
-/* A parameter array being built (see arr_begin). */
-struct pgarr {
-        char *buf;
-        size_t len, cap;
-};
-/* A batch's arrays keep their buffers for the next batch (no growth by
- * doubling for every batch), except one grown past this by a large batch. */
-#define ARR_KEEP_BYTES (1u << 20)
-
 struct ingest {
         struct event_base *base;
         struct db_conn **conns;
@@ -107,6 +87,7 @@ struct ingest {
         bool defer;
         bool closed;                     /* ingest_close: no connection, no room */
         void (*on_pending)(void *arg);
+        ingest_typed_fn on_typed;
         void *on_pending_arg;
         struct event *kick;
         struct event *linger;            /* a held batch's deadline */
@@ -176,6 +157,12 @@ ingest_on_pending(struct ingest *g, void (*fn)(void *arg), void *arg)
 {
         g->on_pending = fn;
         g->on_pending_arg = arg;
+}
+
+void
+ingest_on_typed(struct ingest *g, ingest_typed_fn fn)
+{
+        g->on_typed = fn;
 }
 
 void
@@ -431,7 +418,15 @@ batch_done(struct db_seg *s, bool lost)
         case BATCH_COMMITTED:
                 for (unsigned i = 0; i < b->n; i++) {
                         struct ingest_item *it = b->items[i];
-                        pending |= strcmp(it->status, "pending") == 0;
+                        if (strcmp(it->status, "pending") == 0) {
+                                pending = true;
+                                /* the snapshot the scanner made, for the projector: typed
+                                 * exactly as this item would have sent it inline */
+                                if (g->on_typed && !it->dead_error && !it->ev.clean && it->ev.trk) {
+                                        g->on_typed(g->on_pending_arg, it->uuid, it->ev.object_id, it->ev.trk);
+                                        it->ev.trk = NULL;
+                                }
+                        }
                         item_finish(g, it, strcmp(it->status, "duplicate") == 0
                                                    ? INGEST_DUPLICATE
                                                    : INGEST_STORED);
@@ -502,86 +497,6 @@ source_name(enum ingest_source s)
         return s == INGEST_BACKFILL ? "backfill" : "webhook";
 }
 
-/*
- * A one-dimensional array in PostgreSQL's binary format (array_recv):
- * ndim, has-nulls flag, element type, length and lower bound, then each
- * element as a 32-bit length (-1: NULL) and its bytes (struct pgarr).
- */
-static void
-arr_put(struct pgarr *a, const void *p, size_t n)
-{
-        if (a->len + n > a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 256;
-                while (a->cap < a->len + n)
-                        a->cap *= 2;
-                a->buf = xrealloc(a->buf, a->cap);
-        }
-        memcpy(a->buf + a->len, p, n);
-        a->len += n;
-}
-
-static void
-arr_u32(struct pgarr *a, uint32_t v)
-{
-        unsigned char b[4] = { v >> 24, v >> 16, v >> 8, v };
-        arr_put(a, b, 4);
-}
-
-static void
-arr_begin(struct pgarr *a, Oid elem, unsigned n)
-{
-        a->len = 0;
-        arr_u32(a, 1);    /* ndim */
-        arr_u32(a, 1);    /* may hold NULLs */
-        arr_u32(a, elem);
-        arr_u32(a, n);    /* length */
-        arr_u32(a, 1);    /* lower bound */
-}
-
-/* One element: p/n, or NULL when p is NULL. */
-static void
-arr_add(struct pgarr *a, const char *p, size_t n)
-{
-        if (p == NULL) {
-                arr_u32(a, UINT32_MAX);
-                return;
-        }
-        arr_u32(a, (uint32_t)n);
-        arr_put(a, p, n);
-}
-
-static void
-arr_str(struct pgarr *a, const char *s)
-{
-        arr_add(a, s, s ? strlen(s) : 0);
-}
-
-static void
-arr_epstr(struct pgarr *a, struct epstr v)
-{
-        arr_add(a, v.p, v.n);
-}
-
-/* jsonb in binary: a version byte (1), then the JSON text */
-static void
-arr_jsonb(struct pgarr *a, struct epstr v)
-{
-        if (v.p == NULL) {
-                arr_u32(a, UINT32_MAX);
-                return;
-        }
-        arr_u32(a, (uint32_t)v.n + 1);
-        arr_put(a, "\1", 1);
-        arr_put(a, v.p, v.n);
-}
-
-static void
-arr_int(struct pgarr *a, uint32_t v)
-{
-        arr_u32(a, 4);
-        arr_u32(a, v);
-}
-
 /* The typed snapshot the item sends, or NULL: its body is parsed by
  * PostgreSQL. Deferred, none is sent: the batch stores tracker events
  * 'pending' and the projector parses their raw bodies, so the snapshot would
@@ -596,27 +511,9 @@ item_tracker(const struct ingest *g, const struct ingest_item *it)
 static Oid
 arr_elem(int k)
 {
-        static const Oid trk[BATCH_TRK_ARRAYS] = { TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-                                                   TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID,
-                                                   TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID };
-        static const Oid det[BATCH_DETAIL_ARRAYS] = { INT4OID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
-                                                      TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID };
         if (k < BATCH_EVENT_ARRAYS)
-                return k == 0 ? UUIDOID : TEXTOID;
-        if (k < BATCH_EVENT_ARRAYS + BATCH_TRK_ARRAYS)
-                return trk[k - BATCH_EVENT_ARRAYS];
-        return det[k - BATCH_EVENT_ARRAYS - BATCH_TRK_ARRAYS];
-}
-
-static Oid
-arr_type(Oid elem)
-{
-        switch (elem) {
-        case UUIDOID: return UUIDARRAYOID;
-        case INT4OID: return INT4ARRAYOID;
-        case JSONBOID: return JSONBARRAYOID;
-        default: return TEXTARRAYOID;
-        }
+                return k == 0 ? PGARR_UUIDOID : PGARR_TEXTOID;
+        return pgarr_snapshot_elem(k - BATCH_EVENT_ARRAYS);
 }
 
 /* Builds the batch's parameters from its items: arrays in binary, then the flag. */
@@ -629,63 +526,25 @@ batch_params(const struct batch *b, struct pgarr arr[BATCH_ARRAYS])
                 const struct eptracker *t = item_tracker(b->g, b->items[i]);
                 ndetails += t ? (unsigned)t->nd : 0;
         }
-        for (int k = 0; k < BATCH_ARRAYS; k++)
-                arr_begin(&arr[k], arr_elem(k),
-                          k < BATCH_EVENT_ARRAYS + BATCH_TRK_ARRAYS ? b->n : ndetails);
+        for (int k = 0; k < BATCH_EVENT_ARRAYS; k++)
+                pgarr_begin(&arr[k], arr_elem(k), b->n);
+        pgarr_snapshot_begin(&arr[BATCH_EVENT_ARRAYS], b->n, ndetails);
         for (unsigned i = 0; i < b->n; i++) {
                 const struct ingest_item *it = b->items[i];
-                unsigned char u[16];
-                if (uuid_parse(it->uuid, u) != 0)
-                        abort(); /* made by uuid7_next_str: always well formed */
-                arr_add(&arr[0], (const char *)u, sizeof(u));
-                arr_str(&arr[1], it->ev.id);
-                arr_str(&arr[2], it->ev.description);
-                arr_str(&arr[3], it->ev.mode[0] ? it->ev.mode : NULL);
-                arr_str(&arr[4], it->ev.object_id[0] ? it->ev.object_id : NULL);
-                arr_add(&arr[5], it->body, it->len);
-                arr_str(&arr[6], source_name(it->source));
+                pgarr_uuid(&arr[0], it->uuid);
+                pgarr_str(&arr[1], it->ev.id);
+                pgarr_str(&arr[2], it->ev.description);
+                pgarr_str(&arr[3], it->ev.mode[0] ? it->ev.mode : NULL);
+                pgarr_str(&arr[4], it->ev.object_id[0] ? it->ev.object_id : NULL);
+                pgarr_add(&arr[5], it->body, it->len);
+                pgarr_str(&arr[6], source_name(it->source));
                 /* a dead letter keeps nothing that might have broken it */
-                arr_str(&arr[7], it->ev.created_at[0] && !it->dead_error ? it->ev.created_at : NULL);
-                arr_str(&arr[8], it->dead_error ? NULL : it->ev.clean);
-                arr_str(&arr[9], it->dead_error);
-                arr_str(&arr[10], it->partial ? "t" : NULL);
-
-                struct pgarr *ta = &arr[BATCH_EVENT_ARRAYS];
-                const struct eptracker *t = item_tracker(b->g, it);
-                if (t == NULL) {
-                        for (int k = 0; k < BATCH_TRK_ARRAYS; k++)
-                                arr_add(&ta[k], NULL, 0);
-                        continue;
-                }
-                arr_epstr(&ta[0], t->shp);
-                arr_epstr(&ta[1], t->mode);
-                arr_epstr(&ta[2], t->code);
-                arr_epstr(&ta[3], t->carrier);
-                arr_epstr(&ta[4], t->status);
-                arr_epstr(&ta[5], t->status_detail);
-                arr_epstr(&ta[6], t->est);
-                arr_epstr(&ta[7], t->signed_by);
-                arr_epstr(&ta[8], t->url);
-                arr_jsonb(&ta[9], t->cdetail);
-                arr_epstr(&ta[10], t->created);
-                arr_epstr(&ta[11], t->updated);
-                arr_epstr(&ta[12], t->ev_updated);
-                arr_epstr(&ta[13], t->ev_created);
-                arr_int(&ta[14], t->ndetails);
-                struct pgarr *da = &arr[BATCH_EVENT_ARRAYS + BATCH_TRK_ARRAYS];
-                for (size_t j = 0; j < t->nd; j++) {
-                        const struct epdetail *d = &t->d[j];
-                        arr_int(&da[0], i + 1); /* the event's position: its snapshot's key */
-                        arr_int(&da[1], d->pos);
-                        arr_epstr(&da[2], d->status);
-                        arr_epstr(&da[3], d->status_detail);
-                        arr_epstr(&da[4], d->message);
-                        arr_epstr(&da[5], d->description);
-                        arr_epstr(&da[6], d->carrier_code);
-                        arr_epstr(&da[7], d->source);
-                        arr_epstr(&da[8], d->datetime);
-                        arr_jsonb(&da[9], d->location);
-                }
+                pgarr_str(&arr[7], it->ev.created_at[0] && !it->dead_error ? it->ev.created_at : NULL);
+                pgarr_str(&arr[8], it->dead_error ? NULL : it->ev.clean);
+                pgarr_str(&arr[9], it->dead_error);
+                pgarr_str(&arr[10], it->partial ? "t" : NULL);
+                /* the event's position: its snapshot's key */
+                pgarr_snapshot_add(&arr[BATCH_EVENT_ARRAYS], i + 1, item_tracker(b->g, it));
         }
 }
 
@@ -757,7 +616,7 @@ send_batch(struct ingest *g, struct db_conn *c)
                 int p = k < BATCH_FLAG ? k : k + 1;
                 v[p] = arr[k].buf;
                 lens[p] = (int)arr[k].len;
-                types[p] = arr_type(arr_elem(k));
+                types[p] = pgarr_type(arr_elem(k));
                 formats[p] = 1;
         }
         v[BATCH_FLAG] = g->defer ? "t" : "f";
@@ -766,10 +625,7 @@ send_batch(struct ingest *g, struct db_conn *c)
         /* unnamed statement: nothing outlives the batch (PgBouncer-safe) */
         int ok = PQsendQueryParams(pq, SQL_BATCH, BATCH_NPARAMS, types, v, lens, formats, 0);
         for (int k = 0; k < BATCH_ARRAYS; k++)
-                if (arr[k].cap > ARR_KEEP_BYTES) {
-                        free(arr[k].buf);
-                        arr[k] = (struct pgarr){ 0 };
-                }
+                pgarr_trim(&arr[k]);
         /* pushed either way: a failure hands every item back through batch_done(lost) */
         db_conn_push(c, &b->seg);
         if (!ok) {

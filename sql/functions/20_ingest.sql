@@ -508,7 +508,7 @@ BEGIN
 END
 $$;
 
--- Projects up to p_limit queued events (projection_queue), oldest first;
+-- Projects up to p_limit queued events (projection_queue), oldest id first;
 -- replicas share the work through SKIP LOCKED on the keys. Parsed and
 -- projected set-based; if that fails, each on its own in a subtransaction,
 -- so one that fails is recorded 'failed' with its error and the others go
@@ -543,13 +543,13 @@ BEGIN
     projected := 0;
     WITH q AS (DELETE FROM projection_queue x
                WHERE x.ctid = ANY (ARRAY(SELECT y.ctid FROM projection_queue y
-                                         ORDER BY y.received_at, y.id
+                                         ORDER BY y.id
                                          LIMIT least(p_limit, 500)
                                          FOR UPDATE SKIP LOCKED))
                RETURNING x.received_at, x.id)
-    SELECT array_agg(q.id ORDER BY q.received_at, q.id), array_agg(q.received_at ORDER BY q.received_at, q.id),
-           array_agg(w.object_id ORDER BY q.received_at, q.id), array_agg(w.raw ORDER BY q.received_at, q.id),
-           array_agg(w.status ORDER BY q.received_at, q.id)
+    SELECT array_agg(q.id ORDER BY q.id), array_agg(q.received_at ORDER BY q.id),
+           array_agg(w.object_id ORDER BY q.id), array_agg(w.raw ORDER BY q.id),
+           array_agg(w.status ORDER BY q.id)
     INTO v_id, v_at, v_obj, v_raw, v_was
     FROM q
     -- LIMIT 1: a probe per key, never a join PostgreSQL may hash
@@ -616,6 +616,61 @@ BEGIN
                 error = v_problem, body_error = coalesce(v_berr, body_error), processed_at = now()
             WHERE id = v_id[i] AND received_at = v_at[i];
         END LOOP;
+    END;
+END
+$$;
+
+-- Projects the deferred tracker events whose snapshots the daemon typed when
+-- it received them (the t_ and d_ arrays of eps_ingest_batch, one snapshot
+-- per event, keys 1..n): those whose key it can take from projection_queue
+-- (SKIP LOCKED; another projector may have taken some, or the replacement
+-- of a partial copy queued the row under that copy's id). No raw row is
+-- read, no JSON parsed. Returns how many it took and projected, the same
+-- number: when the projection raises, the block rolls back, the keys with
+-- it, and it returns 0/0; eps_project_pending then takes those events from
+-- their raw rows, each on its own if need be, and records the one that
+-- fails.
+CREATE OR REPLACE FUNCTION eps_project_typed(p_id uuid[], p_object_id text[],
+                                             t_shp text[], t_mode text[], t_code text[], t_carrier text[],
+                                             t_status text[], t_status_detail text[], t_est text[],
+                                             t_signed text[], t_url text[], t_cdetail jsonb[],
+                                             t_created text[], t_updated text[], t_ev_updated text[],
+                                             t_ev_created text[], t_details integer[],
+                                             d_key integer[], d_pos integer[], d_status text[],
+                                             d_status_detail text[], d_message text[], d_description text[],
+                                             d_carrier_code text[], d_source text[], d_datetime text[],
+                                             d_location jsonb[], OUT taken integer, OUT projected integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_take integer[];
+BEGIN
+    taken := 0;
+    projected := 0;
+    BEGIN
+        WITH q AS (DELETE FROM projection_queue x
+                   WHERE x.ctid = ANY (ARRAY(SELECT y.ctid FROM projection_queue y
+                                             WHERE y.id = ANY (p_id)
+                                             ORDER BY y.id
+                                             FOR UPDATE SKIP LOCKED))
+                   RETURNING x.id)
+        SELECT array_agg(u.i::integer ORDER BY u.i) INTO v_take
+        FROM unnest(p_id) WITH ORDINALITY AS u(id, i) JOIN q ON q.id = u.id;
+        IF v_take IS NULL THEN
+            RETURN;
+        END IF;
+        PERFORM eps_project_trackers(v_take, p_id, p_object_id, t_shp, t_mode, t_code, t_carrier,
+                                     t_status, t_status_detail, t_est, t_signed, t_url, t_cdetail,
+                                     t_created, t_updated, t_ev_updated, t_ev_created, t_details,
+                                     d_key, d_pos, d_status, d_status_detail, d_message,
+                                     d_description, d_carrier_code, d_source, d_datetime,
+                                     d_location, NULL, NULL, NULL);
+        taken := cardinality(v_take);
+        projected := taken;
+    EXCEPTION WHEN others THEN
+        RAISE LOG 'easypost-sync: typed projection of % events failed (%: %); left to eps_project_pending',
+                  cardinality(p_id), SQLSTATE, SQLERRM;
+        taken := 0;
+        projected := 0;
     END;
 END
 $$;

@@ -124,7 +124,7 @@ BEGIN
         IF NOT r.detaching THEN
             IF r.parent = 'webhook_events' THEN
                 CONTINUE WHEN p_event_days <= 0 OR r.hi > now() - make_interval(days => p_event_days);
-                -- queued for the projector (projection_queue's key leads with received_at)
+                -- queued for the projector (the queue holds only the backlog: read whole)
                 EXECUTE format('SELECT EXISTS (SELECT 1 FROM projection_queue q'
                                ' WHERE q.received_at >= $4 AND q.received_at < $2)'
                                ' OR EXISTS (SELECT 1 FROM %s WHERE status = ''failed'' AND ($1 <= 0'
