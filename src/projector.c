@@ -9,10 +9,10 @@
  * of each pending tracker event (ingest_on_typed): those wait here, in
  * arrival order, and go as eps_project_typed, which takes their keys and
  * projects the snapshots: no raw row read, no JSON parsed. What has no
- * snapshot here (after a restart, from another replica, beyond HOLD_MAX /
- * HOLD_BYTES, a batch lost with its connection or one whose projection
- * raised) is taken from the queue by eps_project_pending, oldest first,
- * from the raw rows. A key is taken once, by whichever batch locks it, so
+ * snapshot here (after a restart, from another replica, the oldest beyond
+ * HOLD_MAX / HOLD_BYTES, a batch lost with its connection or one whose
+ * projection raised) is taken from the queue by eps_project_pending, oldest
+ * first, from the raw rows. A key is taken once, by whichever batch locks it, so
  * each event is projected once. The SQL kind runs when no snapshot waits,
  * or every other batch while its last batch came back full.
  *
@@ -36,9 +36,9 @@
 
 #define PROJECT_BATCH 200 /* events per projector transaction */
 #define PROJECT_POLL_S 1
-/* Snapshots kept for the typed batches; past either bound they are dropped
- * (their events wait in the queue for the SQL batches). A few batches'
- * worth: the projector takes them as fast as it can in any case. */
+/* Snapshots kept for the typed batches; past either bound the oldest are
+ * dropped (their events wait in the queue for the SQL batches). A few
+ * batches' worth: the projector takes them as fast as it can in any case. */
 #define HOLD_MAX 2000
 #define HOLD_BYTES (4u << 20)
 
@@ -203,20 +203,34 @@ void
 projector_take(void *arg, const char *uuid, const char *object_id, struct eptracker *trk)
 {
         struct projector *p = arg;
-        size_t bytes = eptracker_bytes(trk);
+        size_t bytes = eptracker_bytes(trk) + sizeof(struct held);
 
-        if (p->stopped || p->nheld >= HOLD_MAX || p->held_bytes + bytes > HOLD_BYTES) {
+        if (p->stopped || bytes > HOLD_BYTES) {
                 /* its key waits in the queue: a SQL batch takes it */
                 eptracker_free(trk);
                 p->stats.dropped++;
                 p->sql_more = true;
                 return;
         }
+        /* Full: the oldest go. The SQL batches take the queue oldest first,
+         * so what is kept here is what they reach last. */
+        while (p->head && (p->nheld >= HOLD_MAX || p->held_bytes + bytes > HOLD_BYTES)) {
+                struct held *old = p->head;
+                p->head = old->next;
+                if (p->head == NULL)
+                        p->tail = NULL;
+                p->nheld--;
+                p->held_bytes -= old->bytes;
+                old->next = NULL;
+                held_free(old);
+                p->stats.dropped++;
+                p->sql_more = true;
+        }
         struct held *h = xcalloc(1, sizeof(*h));
         snprintf(h->uuid, sizeof(h->uuid), "%s", uuid);
         snprintf(h->object_id, sizeof(h->object_id), "%s", object_id);
         h->trk = trk;
-        h->bytes = bytes + sizeof(*h);
+        h->bytes = bytes;
         if (p->tail)
                 p->tail->next = h;
         else

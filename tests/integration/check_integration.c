@@ -18,6 +18,7 @@ main(void)
         srunner_add_suite(sr, sync_suite());
         srunner_add_suite(sr, pacer_suite());
         srunner_add_suite(sr, backfill_suite());
+        srunner_add_suite(sr, projector_suite());
         srunner_add_suite(sr, webhook_health_suite());
         srunner_add_suite(sr, timers_suite());
         srunner_add_suite(sr, ops_suite());

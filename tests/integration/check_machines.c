@@ -13,6 +13,7 @@
 #include "ingest.h"
 #include "itest.h"
 #include "pacer.h"
+#include "projector.h"
 #include "util.h"
 #include "uuid7.h"
 
@@ -512,6 +513,190 @@ backfill_suite(void)
         tcase_add_test(tc, test_backfill_401_mid_fetch_ends_the_run_and_reload_resumes);
         tcase_add_test(tc, test_backfill_list_error_ends_the_run_then_the_next_completes);
         tcase_add_test(tc, test_backfill_now_runs_with_interval_off_and_after_the_run_in_progress);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+/* ---- the deferred projector, driven directly ---- */
+
+/* One event stored deferred as the daemon stores it: its row, its key queued. */
+static const char SQL_DEFER[] =
+        "SELECT status FROM eps_ingest_batch(ARRAY[$1::uuid], ARRAY[$2::text], ARRAY['tracker.updated'], "
+        "ARRAY['test'], ARRAY[$3::text], ARRAY[$4::text], ARRAY['webhook'], ARRAY['2025-01-02T03:04:05Z'], "
+        "NULL, NULL, NULL, true)";
+
+struct pj_rig {
+        struct event_base *base;
+        struct projector *p;
+        PGconn *db;
+        uint64_t want_projected, want_failed;
+};
+
+static struct projector_stats
+pj_stats(const struct pj_rig *r)
+{
+        struct projector_stats st;
+
+        projector_snapshot(r->p, &st);
+        return st;
+}
+
+static bool
+pj_reached(void *arg)
+{
+        const struct pj_rig *r = arg;
+        struct projector_stats st = pj_stats(r);
+        return st.projected >= r->want_projected && st.failed >= r->want_failed;
+}
+
+/* Stores a tracker event with n details deferred and hands the projector the
+ * snapshot the scanner made of it, as ingest does after the commit; its row
+ * id into uuid. */
+static void
+pj_event(struct pj_rig *r, const char *evid, const char *trk, int n, char uuid[37])
+{
+        char body[4096], details[3072] = "";
+        size_t off = 0;
+
+        for (int i = 0; i < n; i++)
+                off += (size_t)snprintf(details + off, sizeof(details) - off,
+                                        "%s{\"object\":\"TrackingDetail\",\"message\":\"scan %d\","
+                                        "\"status\":\"in_transit\",\"datetime\":\"2025-01-01T0%d:00:00Z\","
+                                        "\"source\":\"USPS\",\"tracking_location\":{\"city\":\"X\"}}",
+                                        i ? "," : "", i, i);
+        snprintf(body, sizeof(body),
+                 "{\"id\":\"%s\",\"object\":\"Event\",\"description\":\"tracker.updated\",\"mode\":\"test\","
+                 "\"created_at\":\"2025-01-02T03:04:05Z\",\"result\":{\"id\":\"%s\",\"object\":\"Tracker\","
+                 "\"tracking_code\":\"EZ_%s\",\"carrier\":\"USPS\",\"status\":\"in_transit\","
+                 "\"updated_at\":\"2025-01-02T03:04:05Z\",\"tracking_details\":[%s]}}",
+                 evid, trk, trk, details);
+        char *id = db_text(r->db, "SELECT eps_uuid7()::text", NULL);
+        snprintf(uuid, 37, "%s", id);
+        free(id);
+        const char *pv[4] = { uuid, evid, trk, body };
+        PGresult *res = PQexecParams(r->db, SQL_DEFER, 4, NULL, pv, NULL, NULL, 0);
+        ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1, "%s",
+                      PQresultErrorMessage(res));
+        ck_assert_str_eq(PQgetvalue(res, 0, 0), "pending");
+        PQclear(res);
+        struct epevent ev;
+        struct err e;
+        ck_assert_int_eq(epevent_parse(body, strlen(body), &ev, &e), 0);
+        ck_assert_ptr_nonnull(ev.trk);
+        projector_take(r->p, uuid, ev.object_id, ev.trk); /* it owns the snapshot now */
+        ev.trk = NULL;
+        epevent_fini(&ev);
+}
+
+static long
+pj_count(struct pj_rig *r, const char *sql, const char *param)
+{
+        return db_long(r->db, sql, param);
+}
+
+/*
+ * The projector projects the snapshots ingest hands it (eps_project_typed),
+ * each event once: a key another transaction holds is skipped, not waited
+ * for, and projected from its raw row once free; a typed batch whose
+ * projection raises is rolled back whole and its events go through the
+ * queue's batches, where the poison one alone is failed; a snapshot handed
+ * to a stopped projector is dropped and its event stays queued.
+ */
+START_TEST(test_projector_typed_batches_take_each_key_once)
+{
+        const char *ci = getenv("TEST_PG_CONNINFO");
+        struct pj_rig r = { .base = event_base_new() };
+        char u[37], u2[37], u6[37];
+        struct projector_stats st;
+
+        ck_assert_ptr_nonnull(ci);
+        r.db = db_open();
+        db_exec(r.db, "TRUNCATE shipment_events, trackers, shipments, webhook_events, projection_queue, "
+                      "sync_jobs CASCADE");
+        r.p = projector_new(r.base, ci, 30000);
+        pj_event(&r, "evt_pj1", "trk_pj1", 2, u);
+        pj_event(&r, "evt_pj2", "trk_pj2", 3, u2);
+        pj_event(&r, "evt_pj3", "trk_pj3", 1, u);
+        /* another projector holds evt_pj2's key */
+        PGconn *holder = db_open();
+        db_exec(holder, "BEGIN");
+        ck_assert_int_eq(db_long(holder, "SELECT count(*) FROM (SELECT 1 FROM projection_queue WHERE id = $1::uuid "
+                                         "FOR UPDATE) k", u2), 1);
+        projector_start(r.p);
+        projector_kick(r.p);
+        r.want_projected = 2;
+        ck_assert(run_until(r.base, pj_reached, &r, 60000));
+        st = pj_stats(&r);
+        ck_assert_uint_eq(st.typed, 2);
+        ck_assert_uint_eq(st.failed, 0);
+        /* the held key is passed over, batch after batch, not waited for */
+        run_until(r.base, never, NULL, 1500);
+        st = pj_stats(&r);
+        ck_assert_uint_eq(st.projected, 2);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM projection_queue WHERE id = $1::uuid", u2), 1);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM projection_queue", NULL), 1);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM trackers", NULL), 2);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM shipment_events", NULL), 3);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM webhook_events WHERE status = 'projected' "
+                                      "AND event_id IN ('evt_pj1', 'evt_pj3')", NULL), 2);
+
+        /* a typed batch with a poison event in it */
+        db_exec(r.db, "CREATE OR REPLACE FUNCTION test_pj_poison() RETURNS trigger LANGUAGE plpgsql AS $$"
+                      " BEGIN IF NEW.easypost_id = 'trk_pj4' THEN RAISE EXCEPTION USING"
+                      " ERRCODE = 'check_violation', MESSAGE = 'refused'; END IF; RETURN NEW; END $$");
+        db_exec(r.db, "CREATE TRIGGER test_pj_poison BEFORE INSERT OR UPDATE ON trackers FOR EACH ROW"
+                      " EXECUTE FUNCTION test_pj_poison()");
+        pj_event(&r, "evt_pj4", "trk_pj4", 1, u);
+        pj_event(&r, "evt_pj5", "trk_pj5", 2, u);
+        projector_kick(r.p);
+        r.want_projected = 3;
+        r.want_failed = 1;
+        ck_assert(run_until(r.base, pj_reached, &r, 60000));
+        st = pj_stats(&r);
+        ck_assert_uint_eq(st.projected, 3);
+        ck_assert_uint_eq(st.failed, 1);
+        ck_assert_uint_eq(st.typed, 2);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_pj4' "
+                                      "AND status = 'failed' AND error LIKE '23514%'", NULL), 1);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_pj5'", NULL), 1);
+        db_exec(r.db, "DROP TRIGGER test_pj_poison ON trackers");
+        db_exec(r.db, "DROP FUNCTION test_pj_poison()");
+
+        /* the held key, released: projected from its raw row, once */
+        db_exec(holder, "ROLLBACK");
+        r.want_projected = 4;
+        ck_assert(run_until(r.base, pj_reached, &r, 60000));
+        st = pj_stats(&r);
+        ck_assert_uint_eq(st.projected, 4);
+        ck_assert_uint_eq(st.typed, 2);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM projection_queue", NULL), 0);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM trackers", NULL), 4);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM shipment_events", NULL), 2 + 3 + 1 + 2);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM shipment_events e JOIN webhook_events w "
+                                      "ON w.id = e.webhook_event_id WHERE w.event_id = 'evt_pj2'", NULL), 3);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM webhook_events WHERE status = 'projected'", NULL), 4);
+
+        /* stopped: the snapshot is dropped, the event waits in the queue */
+        projector_stop(r.p);
+        pj_event(&r, "evt_pj6", "trk_pj6", 1, u6);
+        st = pj_stats(&r);
+        ck_assert_uint_eq(st.dropped, 1);
+        ck_assert_int_eq(pj_count(&r, "SELECT count(*) FROM projection_queue WHERE id = $1::uuid", u6), 1);
+        projector_free(r.p);
+        event_base_free(r.base);
+        PQfinish(holder);
+        PQfinish(r.db);
+}
+END_TEST
+
+Suite *
+projector_suite(void)
+{
+        Suite *s = suite_create("projector");
+        TCase *tc = tcase_create("projector");
+
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_projector_typed_batches_take_each_key_once);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -99,6 +99,7 @@ Suite *timers_suite(void);
 Suite *ops_suite(void);
 Suite *pacer_suite(void);
 Suite *backfill_suite(void);
+Suite *projector_suite(void);
 Suite *faults_suite(void);
 Suite *hostile_suite(void);
 Suite *project_suite(void);
