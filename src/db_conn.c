@@ -595,17 +595,39 @@ send_waiting(struct db_conn *c)
                 db_conn_fail(c, "send");
 }
 
+static struct db_query *
+query_new(db_query_fn fn, void *arg)
+{
+        struct db_query *q = xcalloc(1, sizeof(*q));
+
+        q->seg.on_result = query_result;
+        q->seg.on_done = query_done;
+        q->fn = fn;
+        q->arg = arg;
+        return q;
+}
+
+/* Sends q now; on failure frees it and fails the connection. */
+static int
+query_send(struct db_conn *c, struct db_query *q, const char *sql, int nparams, const Oid *types,
+           const char *const *values, const int *lengths, const int *formats)
+{
+        if (!send_query(c, q, sql, nparams, types, values, lengths, formats)) {
+                free(q);
+                db_conn_fail(c, "send");
+                return -1;
+        }
+        db_conn_push(c, &q->seg);
+        return 0;
+}
+
 int
 db_conn_query(struct db_conn *c, const char *sql, int nparams, const char *const *values,
               db_query_fn fn, void *arg)
 {
         if (c->state != DB_READY)
                 return -1;
-        struct db_query *q = xcalloc(1, sizeof(*q));
-        q->seg.on_result = query_result;
-        q->seg.on_done = query_done;
-        q->fn = fn;
-        q->arg = arg;
+        struct db_query *q = query_new(fn, arg);
         if ((c->head != NULL || c->wait_head != NULL) && PQstatus(c->pq) != CONNECTION_BAD) {
                 q->sql = xstrdup(sql);
                 q->nparams = nparams;
@@ -619,13 +641,7 @@ db_conn_query(struct db_conn *c, const char *sql, int nparams, const char *const
                 c->wait_tail = &q->seg;
                 return 0;
         }
-        if (!send_query(c, q, sql, nparams, NULL, values, NULL, NULL)) {
-                free(q);
-                db_conn_fail(c, "send");
-                return -1;
-        }
-        db_conn_push(c, &q->seg);
-        return 0;
+        return query_send(c, q, sql, nparams, NULL, values, NULL, NULL);
 }
 
 int
@@ -635,16 +651,5 @@ db_conn_query_bin(struct db_conn *c, const char *sql, int nparams, const Oid *ty
 {
         if (c->state != DB_READY || c->head != NULL || c->wait_head != NULL)
                 return -1;
-        struct db_query *q = xcalloc(1, sizeof(*q));
-        q->seg.on_result = query_result;
-        q->seg.on_done = query_done;
-        q->fn = fn;
-        q->arg = arg;
-        if (!send_query(c, q, sql, nparams, types, values, lengths, formats)) {
-                free(q);
-                db_conn_fail(c, "send");
-                return -1;
-        }
-        db_conn_push(c, &q->seg);
-        return 0;
+        return query_send(c, query_new(fn, arg), sql, nparams, types, values, lengths, formats);
 }

@@ -499,8 +499,8 @@ source_name(enum ingest_source s)
 
 /* The typed snapshot the item sends, or NULL: its body is parsed by
  * PostgreSQL. Deferred, none is sent: the batch stores tracker events
- * 'pending' and the projector parses their raw bodies, so the snapshot would
- * only be received and dropped (25 arrays, most of the batch's elements). */
+ * 'pending', and after its commit the snapshot goes to the projector
+ * (on_typed), which sends it with the projection it is for. */
 static const struct eptracker *
 item_tracker(const struct ingest *g, const struct ingest_item *it)
 {

@@ -10,8 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <uuid/uuid.h>
-
 #include "util.h"
 
 /* Arrays keep their buffers for the next statement (no growth by doubling
@@ -19,23 +17,44 @@
 #define PGARR_KEEP_BYTES (1u << 20)
 
 static void
+grow(struct pgarr *a, size_t n)
+{
+        a->cap = a->cap ? a->cap * 2 : 256;
+        while (a->cap < a->len + n)
+                a->cap *= 2;
+        a->buf = xrealloc(a->buf, a->cap);
+}
+
+/* Room for n more bytes; where they go. */
+static inline unsigned char *
+reserve(struct pgarr *a, size_t n)
+{
+        if (a->len + n > a->cap)
+                grow(a, n);
+        return (unsigned char *)a->buf + a->len;
+}
+
+static inline void
+be32(unsigned char *b, uint32_t v)
+{
+        b[0] = (unsigned char)(v >> 24);
+        b[1] = (unsigned char)(v >> 16);
+        b[2] = (unsigned char)(v >> 8);
+        b[3] = (unsigned char)v;
+}
+
+static inline void
 put(struct pgarr *a, const void *p, size_t n)
 {
-        if (a->len + n > a->cap) {
-                a->cap = a->cap ? a->cap * 2 : 256;
-                while (a->cap < a->len + n)
-                        a->cap *= 2;
-                a->buf = xrealloc(a->buf, a->cap);
-        }
-        memcpy(a->buf + a->len, p, n);
+        memcpy(reserve(a, n), p, n);
         a->len += n;
 }
 
-static void
+static inline void
 put_u32(struct pgarr *a, uint32_t v)
 {
-        unsigned char b[4] = { v >> 24, v >> 16, v >> 8, v };
-        put(a, b, 4);
+        be32(reserve(a, 4), v);
+        a->len += 4;
 }
 
 void
@@ -56,8 +75,10 @@ pgarr_add(struct pgarr *a, const char *p, size_t n)
                 put_u32(a, UINT32_MAX);
                 return;
         }
-        put_u32(a, (uint32_t)n);
-        put(a, p, n);
+        unsigned char *b = reserve(a, 4 + n);
+        be32(b, (uint32_t)n);
+        memcpy(b + 4, p, n);
+        a->len += 4 + n;
 }
 
 void
@@ -69,17 +90,39 @@ pgarr_str(struct pgarr *a, const char *s)
 void
 pgarr_int(struct pgarr *a, uint32_t v)
 {
-        put_u32(a, 4);
-        put_u32(a, v);
+        unsigned char *b = reserve(a, 8);
+        be32(b, 4);
+        be32(b + 4, v);
+        a->len += 8;
+}
+
+static int
+hexval(char c)
+{
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        c |= 0x20;
+        return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 void
 pgarr_uuid(struct pgarr *a, const char *uuid)
 {
         unsigned char u[16];
+        unsigned k = 0;
 
-        if (uuid_parse(uuid, u) != 0)
-                abort(); /* made by uuid7_next_str: always well formed */
+        /* 8-4-4-4-12 hex digits, made by uuid7_next_str: always well formed */
+        for (const char *c = uuid; *c && k < 16; c++) {
+                if (*c == '-')
+                        continue;
+                int hi = hexval(c[0]), lo = c[1] ? hexval(c[1]) : -1;
+                if (hi < 0 || lo < 0)
+                        abort();
+                u[k++] = (unsigned char)(hi << 4 | lo);
+                c++;
+        }
+        if (k != 16)
+                abort();
         pgarr_add(a, (const char *)u, sizeof(u));
 }
 
@@ -141,9 +184,11 @@ add_jsonb(struct pgarr *a, struct epstr v)
                 put_u32(a, UINT32_MAX);
                 return;
         }
-        put_u32(a, (uint32_t)v.n + 1);
-        put(a, "\1", 1);
-        put(a, v.p, v.n);
+        unsigned char *b = reserve(a, 5 + v.n);
+        be32(b, (uint32_t)v.n + 1);
+        b[4] = 1;
+        memcpy(b + 5, v.p, v.n);
+        a->len += 5 + v.n;
 }
 
 void

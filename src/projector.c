@@ -199,6 +199,15 @@ run(struct projector *p)
                 p->projecting = true;
 }
 
+/* Copies s into dst[cap], cut to fit (ids are shorter: checked on parse). */
+static void
+copy_id(char *dst, size_t cap, const char *s)
+{
+        size_t n = strnlen(s, cap - 1);
+        memcpy(dst, s, n);
+        dst[n] = '\0';
+}
+
 void
 projector_take(void *arg, const char *uuid, const char *object_id, struct eptracker *trk)
 {
@@ -227,8 +236,8 @@ projector_take(void *arg, const char *uuid, const char *object_id, struct eptrac
                 p->sql_more = true;
         }
         struct held *h = xcalloc(1, sizeof(*h));
-        snprintf(h->uuid, sizeof(h->uuid), "%s", uuid);
-        snprintf(h->object_id, sizeof(h->object_id), "%s", object_id);
+        copy_id(h->uuid, sizeof(h->uuid), uuid);
+        copy_id(h->object_id, sizeof(h->object_id), object_id);
         h->trk = trk;
         h->bytes = bytes;
         if (p->tail)

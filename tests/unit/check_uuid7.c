@@ -1,7 +1,9 @@
-/* check_uuid7.c - version/variant bits, monotonic order, clock steps, the random pool. */
+/* check_uuid7.c - version/variant bits, monotonic order, clock steps, the random pool;
+ * the binary arrays (pgarr) the ids and snapshots are sent in. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "pgarr.h"
 #include "testutil.h"
 #include "uuid7.h"
 
@@ -80,6 +82,54 @@ START_TEST(test_pool_never_repeats)
 }
 END_TEST
 
+static uint32_t
+rd32(const char *p)
+{
+        const unsigned char *b = (const unsigned char *)p;
+        return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+/* array_recv's layout: header, then (length, bytes) per element, -1 for NULL;
+ * an id's 16 bytes are libuuid's parse of its text, for every id made. */
+START_TEST(test_pgarr_layout_and_ids)
+{
+        struct uuid7_gen g;
+        struct pgarr a = { 0 };
+        char s[37];
+        uuid_t want;
+
+        uuid7_init(&g);
+        pgarr_begin(&a, PGARR_UUIDOID, 1000);
+        ck_assert_uint_eq(rd32(a.buf), 1);
+        ck_assert_uint_eq(rd32(a.buf + 8), PGARR_UUIDOID);
+        ck_assert_uint_eq(rd32(a.buf + 12), 1000);
+        ck_assert_uint_eq(rd32(a.buf + 16), 1);
+        for (int i = 0; i < 1000; i++) {
+                size_t at = a.len;
+                uuid7_next_str(&g, s);
+                if (i % 2)
+                        for (char *c = s; *c; c++)
+                                *c = (char)(*c >= 'a' && *c <= 'f' ? *c - 32 : *c); /* upper case too */
+                pgarr_uuid(&a, s);
+                ck_assert_int_eq(uuid_parse(s, want), 0);
+                ck_assert_uint_eq(rd32(a.buf + at), 16);
+                ck_assert_mem_eq(a.buf + at + 4, want, 16);
+        }
+        ck_assert_uint_eq(a.len, 20 + 1000 * 20);
+        pgarr_begin(&a, PGARR_TEXTOID, 3);
+        pgarr_str(&a, "abc");
+        pgarr_str(&a, NULL);
+        pgarr_int(&a, 7);
+        ck_assert_uint_eq(a.len, 20 + 7 + 4 + 8);
+        ck_assert_uint_eq(rd32(a.buf + 20), 3);
+        ck_assert_mem_eq(a.buf + 24, "abc", 3);
+        ck_assert_uint_eq(rd32(a.buf + 27), UINT32_MAX);
+        ck_assert_uint_eq(rd32(a.buf + 31), 4);
+        ck_assert_uint_eq(rd32(a.buf + 35), 7);
+        free(a.buf);
+}
+END_TEST
+
 Suite *
 uuid7_suite(void)
 {
@@ -90,6 +140,7 @@ uuid7_suite(void)
         tcase_add_test(tc, test_layout);
         tcase_add_test(tc, test_monotonic_same_ms_and_backwards);
         tcase_add_test(tc, test_pool_never_repeats);
+        tcase_add_test(tc, test_pgarr_layout_and_ids);
         suite_add_tcase(s, tc);
         return s;
 }
