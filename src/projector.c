@@ -39,8 +39,8 @@
 /* Snapshots kept for the typed batches; past either bound the oldest are
  * dropped (their events wait in the queue for the SQL batches). A few
  * batches' worth: the projector takes them as fast as it can in any case. */
-#define HOLD_MAX 2000
-#define HOLD_BYTES (4u << 20)
+#define HOLD_MAX 1000
+#define HOLD_BYTES (2u << 20)
 
 static const char SQL_TYPED[] =
         "SELECT taken, projected FROM eps_project_typed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
