@@ -129,6 +129,27 @@ done(PGresult *res, void *arg)
                 run(p);
 }
 
+/* Takes the n oldest snapshots (n <= nheld) off the waiting list. */
+static struct held *
+detach(struct projector *p, unsigned n)
+{
+        struct held *first = p->head, *last = first;
+
+        for (unsigned i = 1; i < n; i++)
+                last = last->next;
+        for (struct held *h = first;; h = h->next) {
+                p->held_bytes -= h->bytes;
+                if (h == last)
+                        break;
+        }
+        p->head = last->next;
+        if (p->head == NULL)
+                p->tail = NULL;
+        last->next = NULL;
+        p->nheld -= n;
+        return first;
+}
+
 /* Sends the oldest snapshots (up to a batch) as eps_project_typed. */
 static int
 send_typed(struct projector *p)
@@ -165,18 +186,8 @@ send_typed(struct projector *p)
         if (rc != 0)
                 return rc;
         /* in flight: off the waiting list, freed when the batch ends */
-        p->inflight = p->head;
+        p->inflight = detach(p, n);
         p->ninflight = n;
-        struct held *last = p->head;
-        for (unsigned i = 1; i < n; i++)
-                last = last->next;
-        p->head = last->next;
-        if (p->head == NULL)
-                p->tail = NULL;
-        last->next = NULL;
-        p->nheld -= n;
-        for (h = p->inflight; h; h = h->next)
-                p->held_bytes -= h->bytes;
         return 0;
 }
 
@@ -224,14 +235,7 @@ projector_take(void *arg, const char *uuid, const char *object_id, struct eptrac
         /* Full: the oldest go. The SQL batches take the queue oldest first,
          * so what is kept here is what they reach last. */
         while (p->head && (p->nheld >= HOLD_MAX || p->held_bytes + bytes > HOLD_BYTES)) {
-                struct held *old = p->head;
-                p->head = old->next;
-                if (p->head == NULL)
-                        p->tail = NULL;
-                p->nheld--;
-                p->held_bytes -= old->bytes;
-                old->next = NULL;
-                held_free(old);
+                held_free(detach(p, 1));
                 p->stats.dropped++;
                 p->sql_more = true;
         }
