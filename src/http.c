@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "linger.h"
 #include "log.h"
@@ -196,10 +197,55 @@ tls_ctx_new(const struct cfg *c, struct err *e)
         return ctx;
 }
 
+/*
+ * The Date header of the current second, formatted once a second: evhttp
+ * would otherwise run gmtime and snprintf for every reply. One thread only.
+ */
+static const char *
+date_now(void)
+{
+        static const char days[] = "SunMonTueWedThuFriSat";
+        static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+        static char buf[64]; /* 29 bytes; room for any int the format could print */
+        static time_t last = (time_t)-1;
+        time_t t = time(NULL);
+        struct tm tm;
+
+        if (t != last && gmtime_r(&t, &tm) != NULL) {
+                snprintf(buf, sizeof(buf), "%.3s, %02d %.3s %04d %02d:%02d:%02d GMT",
+                         days + 3 * tm.tm_wday, tm.tm_mday, months + 3 * tm.tm_mon,
+                         tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+                last = t;
+        }
+        return buf[0] ? buf : NULL;
+}
+
+/*
+ * Sends the reply with the body already in the request's output buffer,
+ * adding Date and Content-Length here so that evhttp formats neither.
+ */
+static void
+send_reply(struct evhttp_request *req, int code, const char *reason)
+{
+        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        const char *date = date_now();
+        size_t n = evbuffer_get_length(evhttp_request_get_output_buffer(req));
+        char len[24], *p = len + sizeof(len);
+
+        *--p = '\0';
+        do
+                *--p = (char)('0' + n % 10);
+        while ((n /= 10) != 0);
+        if (date)
+                evhttp_add_header(h, "Date", date);
+        evhttp_add_header(h, "Content-Length", p);
+        evhttp_send_reply(req, code, reason, NULL);
+}
+
 void
 http_reply_json(struct evhttp_request *req, enum metrics_endpoint ep, int code, const char *json)
 {
-        struct evbuffer *out = evbuffer_new();
+        struct evbuffer *out = evhttp_request_get_output_buffer(req);
         struct evkeyvalq *h = evhttp_request_get_output_headers(req);
         const char *reason;
 
@@ -223,8 +269,7 @@ http_reply_json(struct evhttp_request *req, enum metrics_endpoint ep, int code, 
         default: reason = "Unknown"; break;
         }
         http_count(ep, code);
-        evhttp_send_reply(req, code, reason, out);
-        evbuffer_free(out);
+        send_reply(req, code, reason);
 }
 
 void
@@ -241,13 +286,10 @@ void
 http_reply_text(struct evhttp_request *req, enum metrics_endpoint ep, const char *content_type,
                 const char *data, size_t len)
 {
-        struct evbuffer *out = evbuffer_new();
-
-        evbuffer_add(out, data, len);
+        evbuffer_add(evhttp_request_get_output_buffer(req), data, len);
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", content_type);
         http_count(ep, 200);
-        evhttp_send_reply(req, 200, "OK", out);
-        evbuffer_free(out);
+        send_reply(req, 200, "OK");
 }
 
 void

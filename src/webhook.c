@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,9 +48,10 @@ struct wh_item {
         struct ingest_item it; /* first: ingest hands this back */
         struct webhook *wh;
         struct evhttp_request *req; /* NULL once answered */
-        struct event *deadline;
+        struct event *deadline; /* in ev_mem: one allocation per request */
         uint64_t t0_us;
         char rid[24];
+        max_align_t ev_mem[];
 };
 
 static void
@@ -61,13 +63,37 @@ ack_latency(const struct wh_item *w)
         metrics_latency(&w->wh->stats.ack_window, us);
 }
 
+/* The request id in hex, as "%llx" would write it. */
+static void
+rid_format(char rid[24], uint64_t v)
+{
+        static const char hex[] = "0123456789abcdef";
+        char tmp[16];
+        size_t n = 0;
+
+        do
+                tmp[n++] = hex[v & 15];
+        while ((v >>= 4) != 0);
+        for (size_t i = 0; i < n; i++)
+                rid[i] = tmp[n - 1 - i];
+        rid[n] = '\0';
+}
+
 static void
 reply_ok(struct wh_item *w, const char *status)
 {
         char buf[EPEVENT_ID_MAX + 64];
 
         if (epevent_id_plain(w->it.ev.id)) {
-                snprintf(buf, sizeof(buf), "{\"id\":\"%s\",\"status\":\"%s\"}", w->it.ev.id, status);
+                /* {"id":"<id>","status":"<status>"}: the id fits (EPEVENT_ID_MAX), status is ours */
+                size_t n = strlen(w->it.ev.id), m = strlen(status);
+                char *p = buf;
+
+                memcpy(p, "{\"id\":\"", 7);
+                memcpy(p += 7, w->it.ev.id, n);
+                memcpy(p += n, "\",\"status\":\"", 12);
+                memcpy(p += 12, status, m);
+                memcpy(p += m, "\"}", 3);
                 http_reply_json(w->req, EP_WEBHOOK, 200, buf);
         } else {
                 json_t *o = json_pack("{s:s,s:s}", "id", w->it.ev.id, "status", status);
@@ -94,7 +120,7 @@ item_done(struct ingest_item *it, enum ingest_result r)
                 }
                 w->req = NULL;
         }
-        event_free(w->deadline);
+        event_del(w->deadline);
         ingest_item_fini(it);
         free(w);
 }
@@ -170,7 +196,7 @@ webhook_cb(struct evhttp_request *req, void *arg)
         char rid[24];
         uint64_t t0 = clock_mono_us();
 
-        snprintf(rid, sizeof(rid), "%llx", (unsigned long long)++a->next_rid);
+        rid_format(rid, ++a->next_rid);
         if (!http_path_exact(req, a->path)) {
                 log_info_req("webhook", rid, "404 %s", "unknown path");
                 http_reply_error(req, EP_OTHER, 404, "not found");
@@ -204,7 +230,7 @@ webhook_cb(struct evhttp_request *req, void *arg)
         }
         a->stats.sig_matches[slot]++;
 
-        struct wh_item *w = xcalloc(1, sizeof(*w));
+        struct wh_item *w = xcalloc(1, sizeof(*w) + event_get_struct_event_size());
         if (epevent_parse(body, len, &w->it.ev, &e) != 0) {
                 free(w);
                 a->stats.rejected_parse++;
@@ -231,8 +257,15 @@ webhook_cb(struct evhttp_request *req, void *arg)
         w->it.done = item_done;
         uuid7_next_str(a->uuid, w->it.uuid);
         struct timeval tv = { a->request_timeout, 0 };
-        w->deadline = evtimer_new(a->base, deadline_cb, w);
-        evtimer_add(w->deadline, &tv);
+        w->deadline = (struct event *)w->ev_mem;
+        if (evtimer_assign(w->deadline, a->base, deadline_cb, w) != 0 ||
+            evtimer_add(w->deadline, &tv) != 0) {
+                log_warn_req("webhook", rid, "503 event %s: no deadline timer", w->it.ev.id);
+                http_reply_error(req, EP_WEBHOOK, 503, "no deadline timer, retry");
+                epevent_fini(&w->it.ev);
+                free(w);
+                return;
+        }
         ingest_submit(a->ingest, &w->it);
 }
 

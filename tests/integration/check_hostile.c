@@ -26,6 +26,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "itest.h"
@@ -1443,6 +1444,126 @@ START_TEST(test_lingering_sockets_are_bounded)
 }
 END_TEST
 
+/* ---- reply heads: Date and Content-Length written by the daemon ----------------------- */
+
+/* Reads one response from fd: head (status line and headers, with the blank
+ * line) into head and exactly Content-Length bytes of body into body. `in`
+ * keeps what arrived after it: the next pipelined answer. */
+static void
+read_response(int fd, struct buf *in, struct buf *head, struct buf *body)
+{
+        uint64_t end = clock_mono_us() + 30000u * 1000u;
+        char chunk[4096];
+
+        for (;;) {
+                char *eoh = in->p ? strstr(in->p, "\r\n\r\n") : NULL;
+                if (eoh != NULL) {
+                        size_t hl = (size_t)(eoh + 4 - in->p);
+                        char *cl = strstr(in->p, "\r\nContent-Length: ");
+                        ck_assert_msg(cl != NULL && cl < eoh, "no Content-Length: %s", in->p);
+                        size_t want = strtoul(cl + 18, NULL, 10);
+                        if (in->len >= hl + want) {
+                                buf_add(head, in->p, hl);
+                                buf_add(body, in->p + hl, want);
+                                in->len -= hl + want;
+                                memmove(in->p, in->p + hl + want, in->len + 1);
+                                return;
+                        }
+                }
+                ssize_t r = raw_recv_by(fd, end, chunk, sizeof(chunk));
+                ck_assert_msg(r > 0, "connection ended or silent after %zu bytes", in->len);
+                buf_add(in, chunk, (size_t)r);
+        }
+}
+
+static size_t
+count_str(const char *s, const char *needle)
+{
+        size_t n = 0;
+
+        for (const char *p = strstr(s, needle); p != NULL; p = strstr(p + 1, needle))
+                n++;
+        return n;
+}
+
+/* One Date header, IMF-fixdate, between t0 and t1 (time(NULL) before the
+ * request and after the answer); one Content-Length, equal to the body's. */
+static void
+check_head(const struct buf *head, size_t body_len, time_t t0, time_t t1)
+{
+        ck_assert_msg(count_str(head->p, "\r\nDate: ") == 1, "Date headers: %s", head->p);
+        ck_assert_msg(count_str(head->p, "\r\nContent-Length: ") == 1, "lengths: %s", head->p);
+        const char *d = strstr(head->p, "\r\nDate: ") + 8;
+        struct tm tm = { 0 };
+        const char *rest = strptime(d, "%a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        ck_assert_msg(rest != NULL && rest - d == 31, "Date: %.40s", d);
+        time_t t = timegm(&tm);
+        ck_assert_msg(t >= t0 && t <= t1, "Date %lld outside [%lld, %lld]", (long long)t,
+                      (long long)t0, (long long)t1);
+        char want[48];
+        snprintf(want, sizeof(want), "\r\nContent-Length: %zu\r\n", body_len);
+        ck_assert_msg(strstr(head->p, want) != NULL, "%s", head->p);
+}
+
+/* A stored event, its duplicate on the same keep-alive connection, a 401 and
+ * /healthz: each head has one Date of the current second and one
+ * Content-Length that frames its body, so keep-alive still works. */
+START_TEST(test_reply_heads_frame_their_bodies)
+{
+        char id[64], want[128];
+        snprintf(id, sizeof(id), "evt_head_%llu", (unsigned long long)clock_real_ms());
+        char *ev = event_body(id);
+        size_t len = strlen(ev);
+        int fd = raw_connect(dm.port);
+        struct buf in = { 0 };
+
+        for (int i = 0; i < 2; i++) {
+                struct buf req = { 0 }, head = { 0 }, body = { 0 };
+                buf_printf(&req, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                 "Content-Type: application/json\r\n", H_PATH);
+                req_sig(&req, ev, len);
+                req_body(&req, ev, len);
+                time_t t0 = time(NULL);
+                raw_send(fd, req.p, req.len);
+                read_response(fd, &in, &head, &body);
+                time_t t1 = time(NULL);
+                ck_assert_msg(strncmp(head.p, "HTTP/1.1 200 OK\r\n", 17) == 0, "%s", head.p);
+                check_head(&head, body.len, t0, t1);
+                snprintf(want, sizeof(want), "{\"id\":\"%s\",\"status\":\"%s\"}\n", id,
+                         i == 0 ? "stored" : "duplicate");
+                ck_assert_str_eq(body.p, want);
+                buf_free(&req);
+                buf_free(&head);
+                buf_free(&body);
+        }
+
+        struct buf req = { 0 }, head = { 0 }, body = { 0 };
+        buf_printf(&req, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         "X-Hmac-Signature: hmac-sha256-hex=00\r\n", H_PATH);
+        req_body(&req, ev, len);
+        buf_printf(&req, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        time_t t0 = time(NULL);
+        raw_send(fd, req.p, req.len);
+        read_response(fd, &in, &head, &body);
+        ck_assert_msg(strncmp(head.p, "HTTP/1.1 401 ", 13) == 0, "%s", head.p);
+        check_head(&head, body.len, t0, time(NULL));
+        ck_assert_msg(body.len > 2 && body.p[0] == '{' && body.p[body.len - 1] == '\n', "%s", body.p);
+        buf_free(&head);
+        buf_free(&body);
+        read_response(fd, &in, &head, &body);
+        ck_assert_msg(strncmp(head.p, "HTTP/1.1 200 OK\r\n", 17) == 0, "%s", head.p);
+        check_head(&head, body.len, t0, time(NULL));
+        ck_assert_str_eq(body.p, "{\"status\":\"ok\"}\n");
+        ck_assert_uint_eq(in.len, 0);
+        close(fd);
+        buf_free(&in);
+        buf_free(&req);
+        buf_free(&head);
+        buf_free(&body);
+        free(ev);
+}
+END_TEST
+
 Suite *
 hostile_suite(void)
 {
@@ -1460,6 +1581,12 @@ hostile_suite(void)
         tcase_add_test(tc, test_early_413_reaches_a_client_still_sending);
         tcase_add_test(tc, test_endless_sender_is_cut_off);
         tcase_add_test(tc, test_lingering_sockets_are_bounded);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("reply");
+        tcase_add_checked_fixture(tc, up, down);
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_reply_heads_frame_their_bodies);
         suite_add_tcase(s, tc);
         return s;
 }
