@@ -272,9 +272,12 @@ plain_run(const unsigned char *p, const unsigned char *end)
 /* The hash of a decoded key shorter than scan_object's buffer, a word at a
  * time. Keys of one length always take the same hash (longer keys take the
  * streaming one of scan_string), so equal keys hash equal; for keys of up to
- * eight bytes the hash is a bijection of the word, and no two collide. */
+ * eight bytes the hash is a bijection of the word, and no two collide.
+ * `readable` bytes from k may be read: where eight can be, the last word is
+ * one load with the bytes past the key masked off, the same word the copy
+ * into a zeroed one gives on a little-endian machine. */
 static inline uint64_t
-hash_short(const char *k, size_t n)
+hash_short(const char *k, size_t n, size_t readable)
 {
         uint64_t h = 0x9e3779b97f4a7c15ULL, w;
         size_t i = 0;
@@ -284,8 +287,18 @@ hash_short(const char *k, size_t n)
                 h = (h ^ w) * 0xff51afd7ed558ccdULL;
                 h ^= h >> 32;
         }
-        w = 0;
-        memcpy(&w, k + i, n - i);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (readable - i >= 8) {
+                memcpy(&w, k + i, 8);
+                if (n - i < 8)
+                        w &= (UINT64_C(1) << (8 * (n - i))) - 1;
+        } else
+#endif
+        {
+                (void)readable;
+                w = 0;
+                memcpy(&w, k + i, n - i);
+        }
         h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
         return h ^ (h >> 29);
 }
@@ -575,7 +588,8 @@ static const struct tfield *
 tfield_find(const struct tfield *f, size_t n, const char *key, size_t klen)
 {
         for (size_t i = 0; i < n; i++)
-                if (f[i].len == klen && memcmp(f[i].name, key, klen) == 0)
+                if (f[i].len == klen && f[i].name[0] == key[0] && /* names are never empty */
+                    memcmp(f[i].name, key, klen) == 0)
                         return &f[i];
         return NULL;
 }
@@ -720,10 +734,18 @@ scan_object(struct scan *s, int depth, enum ctx ctx)
                 if (s->p >= s->end || *s->p != '"')
                         return fail(s, "expected a key");
                 const unsigned char *kstart = s->p;
-                if (scan_string(s, key, sizeof(key), &klen, NULL) != 0)
+                const char *k = key;
+                size_t run = plain_run(s->p + 1, s->end);
+                if (run < sizeof(key) && s->end - (s->p + 1) > (ptrdiff_t)run && s->p[1 + run] == '"') {
+                        /* printable ASCII without escapes (nearly every key): read in place */
+                        k = (const char *)s->p + 1;
+                        klen = run;
+                        s->p += run + 2;
+                        h = hash_short(k, klen, (size_t)(s->end - (const unsigned char *)k));
+                } else if (scan_string(s, key, sizeof(key), &klen, NULL) != 0) {
                         return -1;
-                if (klen < sizeof(key)) {
-                        h = hash_short(key, klen);
+                } else if (klen < sizeof(key)) {
+                        h = hash_short(key, klen, sizeof(key));
                 } else {
                         /* a long key (rare): hashed whole, in a second pass */
                         const unsigned char *after = s->p;
@@ -742,7 +764,7 @@ scan_object(struct scan *s, int depth, enum ctx ctx)
                         return fail(s, "expected ':'");
                 s->p++;
                 skip_ws(s);
-                enum field f = klen < sizeof(key) ? field_for(ctx, key, klen) : F_NONE;
+                enum field f = klen < sizeof(key) ? field_for(ctx, k, klen) : F_NONE;
                 int rc = 1;
                 if (ctx == CTX_TOP && f == F_RESULT_ID) {
                         /* "result": an object whose id we want, or anything else */
@@ -758,7 +780,7 @@ scan_object(struct scan *s, int depth, enum ctx ctx)
                            (f == F_NONE || f == F_CREATED)) {
                         if (depth + 1 > EPEVENT_MAX_DEPTH)
                                 return fail(s, "nested too deep");
-                        rc = scan_typed(s, depth + 1, ctx, key, klen);
+                        rc = scan_typed(s, depth + 1, ctx, k, klen);
                 }
                 if (rc == 1)
                         rc = scan_value(s, depth + 1, f);

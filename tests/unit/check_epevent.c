@@ -106,6 +106,47 @@ START_TEST(test_rejects)
 }
 END_TEST
 
+/* Keys of every length up to past the 32-byte buffer: a key read in place and
+ * the same key written with an escape are the same key (a duplicate), keys one
+ * byte apart are not, and a body that ends inside or right after a key is
+ * refused without a byte read past its end (the buffer is exactly its size). */
+START_TEST(test_keys_in_place_and_escaped)
+{
+        struct epevent ev;
+        struct err e;
+        char k[48], body[256];
+
+        for (size_t n = 1; n <= 40; n++) {
+                for (size_t i = 0; i < n; i++)
+                        k[i] = (char)('a' + (i * 7 + n) % 26);
+                k[n] = '\0';
+                char last = k[n - 1];
+                k[n - 1] = '\0';
+                /* the same key, its last byte escaped */
+                snprintf(body, sizeof(body),
+                         "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"r\":"
+                         "{\"%s%c\":1,\"%s\\u00%02x\":2}}", k, last, k, (unsigned)last);
+                ck_assert_msg(parse(body, &ev) != 0, "duplicate of length %zu accepted", n);
+                /* one byte apart */
+                snprintf(body, sizeof(body),
+                         "{\"object\":\"Event\",\"id\":\"evt_1\",\"description\":\"x\",\"r\":"
+                         "{\"%s%c\":1,\"%s%c\":2}}", k, last, k, last == 'z' ? 'a' : last + 1);
+                ck_assert_msg(parse(body, &ev) == 0, "distinct keys of length %zu refused", n);
+                epevent_fini(&ev);
+                k[n - 1] = last;
+                /* cut inside the key, after its quote, after the colon */
+                int full = snprintf(body, sizeof(body), "{\"id\":\"evt_1\",\"%s\":", k);
+                for (int cut = full - (int)n - 2; cut <= full; cut++) {
+                        char *exact = malloc((size_t)cut);
+                        ck_assert_ptr_nonnull(exact);
+                        memcpy(exact, body, (size_t)cut);
+                        ck_assert_int_ne(epevent_parse(exact, (size_t)cut, &ev, &e), 0);
+                        free(exact);
+                }
+        }
+}
+END_TEST
+
 /* What the scanner accepts, with the fields it extracts. */
 START_TEST(test_accepts)
 {
@@ -286,6 +327,7 @@ epevent_suite(void)
         tcase_add_test(tc, test_fixture_events);
         tcase_add_test(tc, test_rejects);
         tcase_add_test(tc, test_accepts);
+        tcase_add_test(tc, test_keys_in_place_and_escaped);
         tcase_add_test(tc, test_nul_and_fields);
         tcase_add_test(tc, test_times);
         tcase_add_test(tc, test_tracker_typed);
