@@ -222,16 +222,21 @@ date_now(void)
 
 /*
  * Sends the reply with the body already in the request's output buffer,
- * adding Date and Content-Length here so that evhttp formats neither.
+ * adding Date and Content-Length here so that evhttp formats neither. A
+ * HEAD gets the length a GET would and no body: evhttp would send the
+ * body, which a keep-alive client reads as the start of its next answer.
  */
 static void
 send_reply(struct evhttp_request *req, int code, const char *reason)
 {
         struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        struct evbuffer *body = evhttp_request_get_output_buffer(req);
         const char *date = date_now();
-        size_t n = evbuffer_get_length(evhttp_request_get_output_buffer(req));
+        size_t n = evbuffer_get_length(body);
         char len[24], *p = len + sizeof(len);
 
+        if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD)
+                evbuffer_drain(body, n);
         *--p = '\0';
         do
                 *--p = (char)('0' + n % 10);
