@@ -28,7 +28,7 @@ usage(FILE *f)
                 "usage: easypost-syncd [-c FILE] [--KEY=VALUE ...]\n"
                 "                      [--migrate | --status [--json] | --reconcile [--since DATE] |\n"
                 "                       --find TEXT | --check-config |\n"
-                "                       --replay failed|ID | --reproject [--batch N] |\n"
+                "                       --replay failed|queued|ID | --reproject [--batch N] |\n"
                 "                       --send-test-event [URL] | --version | --help]\n"
                 "\n"
                 "Receives EasyPost webhooks and keeps PostgreSQL in sync. Runs in the foreground.\n"
@@ -49,6 +49,8 @@ usage(FILE *f)
                 "                      0 found, 1 none, 2 error\n"
                 "  --check-config      validate the configuration and exit\n"
                 "  --replay failed|ID  re-run the projection of failed events (or one event) and exit\n"
+                "  --replay queued     project the events queued by a deferred daemon (projection_queue),\n"
+                "                      e.g. after switching to inline, and exit\n"
                 "  --reproject [--batch N]  rebuild trackers, history and the other tables from the\n"
                 "                      stored events, online, N trackers or events per transaction\n"
                 "                      (default 100); progress on stderr; a stopped run resumes:\n"
@@ -144,7 +146,7 @@ main(int argc, char **argv)
                         json = true;
                 } else if (strcmp(a, "--replay") == 0) {
                         if (++i == argc) {
-                                fprintf(stderr, "easypost-syncd: --replay needs \"failed\" or an event id\n");
+                                fprintf(stderr, "easypost-syncd: --replay needs \"failed\", \"queued\" or an event id\n");
                                 goto out;
                         }
                         replay = argv[i];

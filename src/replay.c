@@ -1,10 +1,12 @@
 /*
  * replay.c - --replay: selects the stored events to project again (every
- * failed one, or one by its EasyPost id) and runs eps_replay() on each.
+ * failed one, or one by its EasyPost id) and runs eps_replay() on each;
+ * --replay queued projects what projection_queue holds, as the projector does.
  */
 #include "replay.h"
 
 #include <libpq-fe.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "db_migrate.h"
@@ -27,6 +29,32 @@ replay_one(PGconn *pq, const char *id, struct err *e)
         return rc;
 }
 
+/*
+ * The queue's events, 200 a transaction through eps_project_pending (the
+ * projector's own batch), until a batch takes none: what a deferred daemon
+ * left for an inline one. Keys another projector holds are skipped, not
+ * waited for; a poison event becomes a dead letter, as in the projector.
+ */
+static int
+replay_queued(PGconn *pq, long *projected, long *failed, struct err *e)
+{
+        for (;;) {
+                PGresult *r = PQexec(pq, "SELECT taken, projected FROM eps_project_pending(200)");
+                if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+                        err_set(e, -1, "projecting the queue: %s", PQresultErrorMessage(r));
+                        PQclear(r);
+                        return -1;
+                }
+                long taken = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+                long ok = strtol(PQgetvalue(r, 0, 1), NULL, 10);
+                PQclear(r);
+                if (taken <= 0)
+                        return 0;
+                *projected += ok;
+                *failed += taken - ok;
+        }
+}
+
 int
 replay_run(const char *conninfo, const char *what, long *projected, long *failed, struct err *e)
 {
@@ -37,6 +65,11 @@ replay_run(const char *conninfo, const char *what, long *projected, long *failed
         *projected = *failed = 0;
         if (pq == NULL)
                 return -1;
+        if (strcmp(what, "queued") == 0) {
+                rc = replay_queued(pq, projected, failed, e);
+                PQfinish(pq);
+                return rc;
+        }
         const char *pv[1] = { what };
         if (strcmp(what, "failed") == 0)
                 ids = PQexec(pq, "SELECT id FROM webhook_events WHERE status = 'failed' "

@@ -302,6 +302,57 @@ START_TEST(test_dead_letter_then_replay)
 }
 END_TEST
 
+/* What a deferred daemon left queued (stored 'projected', its key in
+ * projection_queue, as ingest stores it) is projected by --replay queued,
+ * e.g. after a switch to inline: every good event once, the poison one a
+ * dead letter, the queue empty; a second run finds nothing to do. */
+START_TEST(test_replay_queued_projects_what_deferred_left)
+{
+        PGconn *c = db_open();
+        char *ev[3] = {
+                tracker_event("evt_q_1", "trk_q_1", "in_transit", "2025-03-01T00:00:00Z", 4),
+                tracker_event("evt_q_2", "trk_q_2", "delivered", "2025-03-02T00:00:00Z", 2),
+                xstrdup("{\"id\":\"evt_q_poison\",\"object\":\"Event\",\"description\":\"tracker.updated\","
+                        "\"result\":{\"id\":\"trk_q_p\",\"object\":\"Tracker\",\"status\":\"x\","
+                        "\"updated_at\":\"2025-02-30T00:00:00Z\",\"tracking_details\":[]}}"),
+        };
+        const char *ids[3][2] = { { "evt_q_1", "trk_q_1" }, { "evt_q_2", "trk_q_2" }, { "evt_q_poison", "trk_q_p" } };
+
+        wipe(c);
+        for (int i = 0; i < 3; i++) {
+                const char *pv[3] = { ids[i][0], ids[i][1], ev[i] };
+                PGresult *r = PQexecParams(c,
+                        "WITH w AS (INSERT INTO webhook_events (id, event_id, description, object_id, raw, status)"
+                        " VALUES (eps_uuid7(), $1, 'tracker.updated', $2, $3, 'projected') RETURNING id, received_at)"
+                        " INSERT INTO projection_queue (received_at, id) SELECT received_at, id FROM w",
+                        3, NULL, pv, NULL, NULL, 0);
+                ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+                PQclear(r);
+        }
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM projection_queue", NULL), 3);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers", NULL), 0);
+        ck_assert_int_eq(run_replay("queued"), 0);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM projection_queue", NULL), 0);
+        char *st = db_text(c, "SELECT string_agg(easypost_id || '=' || status, ',' ORDER BY easypost_id) FROM trackers",
+                           NULL);
+        ck_assert_str_eq(st, "trk_q_1=in_transit,trk_q_2=delivered");
+        free(st);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL), 6);
+        st = db_text(c, "SELECT string_agg(event_id || '=' || status || coalesce(':' || left(error, 5), ''), ','"
+                        " ORDER BY event_id) FROM webhook_events", NULL);
+        ck_assert_str_eq(st, "evt_q_1=projected,evt_q_2=projected,evt_q_poison=failed:22008");
+        free(st);
+        /* nothing left: a second run changes nothing */
+        ck_assert_int_eq(run_replay("queued"), 0);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM shipment_events", NULL), 6);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers", NULL), 2);
+        wipe(c);
+        for (int i = 0; i < 3; i++)
+                free(ev[i]);
+        PQfinish(c);
+}
+END_TEST
+
 /* projection = deferred: acknowledged once stored, projected right after
  * through the same code; a poison event is recorded, the others projected. */
 START_TEST(test_deferred_projection)
@@ -532,6 +583,7 @@ project_suite(void)
         tcase_add_test(tc, test_growing_history_each_detail_once);
         tcase_add_test(tc, test_hostile_events_keep_neighbours);
         tcase_add_test(tc, test_dead_letter_then_replay);
+        tcase_add_test(tc, test_replay_queued_projects_what_deferred_left);
         tcase_add_test(tc, test_deferred_projection);
         tcase_add_test(tc, test_typed_snapshot_equals_jsonb);
         tcase_add_test(tc, test_queued_rows_read_by_key_and_written_once);
