@@ -7,11 +7,13 @@
 #define EPS_SCHEMA_H
 
 #include <event2/event.h>
+#include <stdbool.h>
 
 struct schema;
 
-/* A checker with its own connection to conninfo. */
-struct schema *schema_new(struct event_base *base, const char *conninfo);
+/* A checker with its own connection to conninfo; with check_queue (an
+ * inline daemon) it also warns, once, when projection_queue holds events. */
+struct schema *schema_new(struct event_base *base, const char *conninfo, bool check_queue);
 /* Connects; the check runs on each connect. */
 void schema_start(struct schema *s);
 /* Closes the connection and frees. */

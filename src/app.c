@@ -401,7 +401,7 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         ingest_set_batch_bytes(a->ingest, (size_t)cfg->batch_max_bytes);
         struct timers_settings ts = timers_settings(a);
         a->timers = timers_new(a->base, cfg->database_url, &ts, sample, a);
-        a->schema = schema_new(a->base, cfg->database_url);
+        a->schema = schema_new(a->base, cfg->database_url, strcmp(cfg->projection, "inline") == 0);
         if (strcmp(cfg->projection, "deferred") == 0) {
                 a->projector = projector_new(a->base, cfg->database_url, (unsigned)cfg->db_timeout * 1000u);
                 ingest_on_pending(a->ingest, projector_kick, a->projector);

@@ -1,9 +1,12 @@
 /*
  * schema.c - reads max(schema_migrations.version) on every connect, so that
- * /readyz can say whether `--migrate` is still to run.
+ * /readyz can say whether `--migrate` is still to run. An inline daemon also
+ * counts projection_queue there: what a deferred daemon left is projected
+ * only by a deferred one or --replay queued, so it says so once.
  */
 #include "schema.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 
 #include "db_conn.h"
@@ -14,7 +17,24 @@
 struct schema {
         struct db_conn *conn;
         int version;
+        bool check_queue; /* inline: warn about a deferred daemon's leftovers */
 };
+
+static void
+queue_cb(PGresult *res, void *arg)
+{
+        struct schema *s = arg;
+
+        if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+                return;
+        long n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        if (n > 0) {
+                log_warn("schema", "%ld event(s) queued by a deferred daemon wait in projection_queue, "
+                                   "which an inline daemon does not project: run easypost-syncd "
+                                   "--replay queued (or a deferred daemon)", n);
+                s->check_queue = false; /* once */
+        }
+}
 
 static void
 version_cb(PGresult *res, void *arg)
@@ -27,6 +47,10 @@ version_cb(PGresult *res, void *arg)
                         log_warn("schema", "database schema is at migration %d, this build needs %d: "
                                            "run easypost-syncd --migrate",
                                  s->version, DB_SCHEMA_VERSION);
+                else if (s->check_queue &&
+                         db_conn_query(s->conn, "SELECT count(*) FROM projection_queue", 0, NULL,
+                                       queue_cb, s) != 0)
+                        log_debug("schema", "queue check not sent: connection lost");
         } else if (res) {
                 s->version = 0;
                 log_warn("schema", "no schema_migrations table: run easypost-syncd --migrate");
@@ -44,11 +68,12 @@ conn_ready(struct db_conn *c, void *arg)
 static const struct db_conn_hooks hooks = { .on_ready = conn_ready };
 
 struct schema *
-schema_new(struct event_base *base, const char *conninfo)
+schema_new(struct event_base *base, const char *conninfo, bool check_queue)
 {
         struct schema *s = xcalloc(1, sizeof(*s));
 
         s->version = -1;
+        s->check_queue = check_queue;
         s->conn = db_conn_new(base, conninfo, "schema", &hooks, s);
         return s;
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "itest.h"
 #include "metrics.h"
@@ -303,9 +304,9 @@ START_TEST(test_dead_letter_then_replay)
 END_TEST
 
 /* What a deferred daemon left queued (stored 'projected', its key in
- * projection_queue, as ingest stores it) is projected by --replay queued,
- * e.g. after a switch to inline: every good event once, the poison one a
- * dead letter, the queue empty; a second run finds nothing to do. */
+ * projection_queue, as ingest stores it): an inline daemon warns about it
+ * and leaves it; --replay queued projects it: every good event once, the
+ * poison one a dead letter, the queue empty; a second run finds nothing. */
 START_TEST(test_replay_queued_projects_what_deferred_left)
 {
         PGconn *c = db_open();
@@ -331,6 +332,24 @@ START_TEST(test_replay_queued_projects_what_deferred_left)
         }
         ck_assert_int_eq(q1(c, "SELECT count(*) FROM projection_queue", NULL), 3);
         ck_assert_int_eq(q1(c, "SELECT count(*) FROM trackers", NULL), 0);
+        /* an inline daemon started on them says, once, how they get projected */
+        struct daemon d;
+        ck_assert_int_eq(daemon_start(&d, NULL), 0);
+        uint64_t end = clock_mono_us() + 60u * 1000000u;
+        char *log = NULL;
+        for (;;) {
+                log = itest_slurp(d.log);
+                if (strstr(log, "3 event(s) queued by a deferred daemon") != NULL || clock_mono_us() > end)
+                        break;
+                free(log);
+                usleep(50 * 1000);
+        }
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        ck_assert_msg(strstr(log, "3 event(s) queued by a deferred daemon") != NULL &&
+                              strstr(log, "--replay queued") != NULL,
+                      "no warning in %s", d.log);
+        free(log);
+        ck_assert_int_eq(q1(c, "SELECT count(*) FROM projection_queue", NULL), 3); /* it projects none */
         ck_assert_int_eq(run_replay("queued"), 0);
         ck_assert_int_eq(q1(c, "SELECT count(*) FROM projection_queue", NULL), 0);
         char *st = db_text(c, "SELECT string_agg(easypost_id || '=' || status, ',' ORDER BY easypost_id) FROM trackers",
