@@ -13,7 +13,10 @@
 # database (default 1): one line per run but the last (events/s, CPU and the
 # biggest nested statements per event, with the rows stored before it), then
 # the whole report for the last run, counted from its own start. It shows
-# whether the cost per event grows with the tables.
+# whether the cost per event grows with the tables. PROFILE_PERF=SECS records
+# PostgreSQL's processes with `perf record --call-graph dwarf` for SECS
+# seconds of the last run and prints where their CPU went, by kind of work
+# (linux-perf; the shares are of samples, so the run must outlast SECS).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,6 +27,8 @@ profile=${1:-unique}
 n=${2:-20000}
 conns=${3:-32}
 read -r -a daemon_args <<<"${PROFILE_DAEMON_ARGS:-}"
+[ -z "${PROFILE_PERF:-}" ] || command -v perf >/dev/null ||
+        { echo "pgprofile.sh: PROFILE_PERF needs perf (apt-get install linux-perf)" >&2; exit 1; }
 secret="prof-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 
 [ -f Makefile ] || { [ -x configure ] || autoreconf -fi >/dev/null; ./configure >/dev/null; }
@@ -88,6 +93,13 @@ for run in $(seq "$runs"); do
         rows0=$(rows)
         psql -c "SELECT pg_stat_statements_reset(), pg_stat_reset(), pg_stat_reset_shared('wal')" >/dev/null
         ticks0=$(pg_ticks)
+        if [ "$run" = "$runs" ] && [ -n "${PROFILE_PERF:-}" ]; then
+                # the backends the daemon holds, the postmaster and its helpers
+                perf record -q -F 400 --call-graph dwarf,16384 -o "$work/perf.data" \
+                        -p "$pg_pid,$(tr ' ' ',' <"/proc/$pg_pid/task/$pg_pid/children" | sed 's/,*$//')" \
+                        -- sleep "$PROFILE_PERF" >"$work/perf.log" 2>&1 &
+                perf_pid=$!
+        fi
         timeout --foreground -s INT -k 30 600 ./bench/loadgen --url "http://127.0.0.1:$hport/webhooks/easypost" \
                 --secret "$secret" -n "$n" -c "$conns" "${prof_args[@]}" --pid "$daemon_pid" --pg-pid "$pg_pid" \
                 --db "$conninfo" --json "$work/run.json" >"$work/loadgen.log" 2>&1 || {
@@ -100,6 +112,7 @@ for run in $(seq "$runs"); do
                 sleep 0.1
         done
         ticks1=$(pg_ticks)
+        [ -n "${perf_pid:-}" ] && wait "$perf_pid"
         [ "$run" = "$runs" ] && break
         ev=$(($(rows) - rows0))
         printf 'run %d of %d, %d rows before it: %s\n' "$run" "$runs" "$rows0" "$(
@@ -153,3 +166,48 @@ psql -F'|' -c "SELECT relname, round(n_tup_ins::numeric / $events, 2),
                       round(pg_total_relation_size(relid) / 1048576.0, 1)
                FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd > 0 ORDER BY pg_total_relation_size(relid) DESC" |
         sed 's/|/ | /g; s/^/| /; s/$/ |/; s/  */ /g'
+
+[ -n "${PROFILE_PERF:-}" ] || exit 0
+# Each sample goes to the first kind of work whose function is on its stack,
+# in this order: a sample in the commit is the commit's whatever it calls.
+echo
+echo "| PostgreSQL's CPU (perf, $PROFILE_PERF s of the run) | share of samples |"
+echo "|---|---:|"
+perf script -i "$work/perf.data" -F comm,ip,sym 2>/dev/null | awk '
+BEGIN {
+        RS = ""; FS = "\n"
+        n = split("commit and its WAL flush|parse and plan of the batch call|" \
+                  "receiving parameters: the jsonb ones (carrier_detail)|" \
+                  "receiving parameters: the other arrays|executor start and end of the nested statements|" \
+                  "ON CONFLICT pre-check probes|index inserts|heap inserts and updates|" \
+                  "timestamps parsed (eps_ts)|lz4 compression of raw bodies|index lookups|" \
+                  "unnest: the parameter arrays into rows|sorts (ORDER BY, DISTINCT ON)|" \
+                  "other execution inside the functions|background processes (WAL writer, checkpointer)|" \
+                  "other (protocol, sockets)", kind, "|")
+        split("CommitTransactionCommand|pg_parse_query GetCachedPlan-top|jsonb_recv|array_recv|" \
+              "standard_ExecutorStart standard_ExecutorEnd|ExecCheckIndexConstraints|" \
+              "ExecInsertIndexTuples|heap_insert heap_update|timestamptz_in|LZ4_compress_fast_extState|" \
+              "index_getnext_slot|array_unnest tuplestore_putvalues|" \
+              "tuplesort_puttupleslot tuplesort_performsort tuplesort_gettupleslot|plpgsql_call_handler|-PostgresMain|*", keys, "|")
+}
+{
+        delete on
+        for (i = 2; i <= NF; i++) {
+                f = $i; sub(/^[ \t]*[0-9a-f]+ /, "", f); sub(/\+0x.*$/, "", f); on[f] = 1
+        }
+        on["GetCachedPlan-top"] = ("GetCachedPlan" in on) && !("SPI_execute_plan_with_paramlist" in on)
+        total++
+        for (k = 1; k <= n; k++) {
+                m = split(keys[k], fn, " ")
+                hit = 0
+                for (j = 1; j <= m; j++)
+                        if (fn[j] == "*" || (fn[j] ~ /^-/ && !(substr(fn[j], 2) in on)) || on[fn[j]])
+                                hit = 1
+                if (hit) { count[k]++; break }
+        }
+}
+END {
+        for (k = 1; k <= n; k++)
+                printf "| %s | %.1f %% |\n", kind[k], total ? 100 * count[k] / total : 0
+        printf "| (samples) | %d |\n", total
+}'
