@@ -39,7 +39,7 @@
 static const char SQL_BATCH[] =
         "SELECT ord, status FROM eps_ingest_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::bool, "
         "$13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, "
-        "$28, $29, $30, $31, $32, $33, $34, $35, $36, $37)";
+        "$28, $29, $30, $31, $32, $33, $34, $35, $36, d_location_text => $37)";
 /* the event arrays, the flag, then the typed tracker snapshots: per event
  * (NULL where not typed), then per tracking detail */
 #define BATCH_EVENT_ARRAYS 11

@@ -156,9 +156,10 @@ pgarr_snapshot_elem(int k)
                 PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID, PGARR_JSONBOID,
                 PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID, PGARR_INT4OID,
                 /* d_: key, position, status, status_detail, message, description,
-                 * carrier_code, source, datetime, tracking_location */
+                 * carrier_code, source, datetime, tracking_location (its JSON text: parsed
+                 * only for the details written, d_location_text) */
                 PGARR_INT4OID, PGARR_INT4OID, PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID,
-                PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID, PGARR_JSONBOID,
+                PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID, PGARR_TEXTOID,
         };
         return elem[k];
 }
@@ -227,6 +228,6 @@ pgarr_snapshot_add(struct pgarr *a, unsigned key, const struct eptracker *t)
                 add_epstr(&da[6], d->carrier_code);
                 add_epstr(&da[7], d->source);
                 add_epstr(&da[8], d->datetime);
-                add_jsonb(&da[9], d->location);
+                add_epstr(&da[9], d->location);
         }
 }

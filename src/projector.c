@@ -44,7 +44,7 @@
 
 static const char SQL_TYPED[] =
         "SELECT taken, projected FROM eps_project_typed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
-        "$13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)";
+        "$13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, d_location_text => $27)";
 #define TYPED_EVENT_ARRAYS 2 /* the row ids, result.id */
 #define TYPED_NPARAMS (TYPED_EVENT_ARRAYS + PGARR_SNAPSHOT)
 

@@ -17,6 +17,20 @@ DROP FUNCTION IF EXISTS eps_ingest_batch(uuid[], text[], text[], text[], text[],
                                          text[], text[], boolean);
 DROP FUNCTION IF EXISTS eps_ingest_batch(uuid[], text[], text[], text[], text[], text[], text[], text[],
                                          text[], text[], text[], boolean);
+-- (before the tracking locations came as text, parsed only for the details written)
+DROP FUNCTION IF EXISTS eps_project_trackers(integer[], uuid[], text[], text[], text[], text[], text[], text[],
+                                             text[], text[], text[], text[], jsonb[], text[], text[], text[],
+                                             text[], integer[], integer[], integer[], text[], text[], text[],
+                                             text[], text[], text[], text[], jsonb[], integer[], uuid[], jsonb[]);
+DROP FUNCTION IF EXISTS eps_ingest_batch(uuid[], text[], text[], text[], text[], text[], text[], text[], text[],
+                                         text[], text[], boolean, text[], text[], text[], text[], text[],
+                                         text[], text[], text[], text[], jsonb[], text[], text[], text[],
+                                         text[], integer[], integer[], integer[], text[], text[], text[],
+                                         text[], text[], text[], text[], jsonb[]);
+DROP FUNCTION IF EXISTS eps_project_typed(uuid[], text[], text[], text[], text[], text[], text[], text[],
+                                          text[], text[], text[], jsonb[], text[], text[], text[], text[],
+                                          integer[], integer[], integer[], text[], text[], text[], text[],
+                                          text[], text[], text[], jsonb[]);
 
 -- Why a tracker event cannot be projected, or NULL when it can.
 CREATE OR REPLACE FUNCTION eps_tracker_problem(p_body jsonb) RETURNS text
@@ -45,7 +59,9 @@ $$;
 --               number of elements of tracking_details (all objects)
 --   d_*         per tracking detail that is an object: its snapshot's key, its position
 --               (1-based) in tracking_details, its fields as text, tracking_location
---               (NULL unless an object)
+--               (NULL unless an object) as jsonb (d_location) or as its JSON text
+--               (d_location_text, from the daemon: parsed only for the details written,
+--               while an update repeats the whole history); a detail has one or neither
 --   j_key, j_event, j_body  snapshots as jsonb, with their keys (distinct from p_take's)
 --
 -- The key orders snapshots (arrival order): it breaks full ties below and
@@ -62,7 +78,7 @@ CREATE OR REPLACE FUNCTION eps_project_trackers(
     t_ev_created text[], t_details integer[],
     d_key integer[], d_pos integer[], d_status text[], d_status_detail text[], d_message text[],
     d_description text[], d_carrier_code text[], d_source text[], d_datetime text[],
-    d_location jsonb[],
+    d_location jsonb[], d_location_text text[],
     j_key integer[], j_event uuid[], j_body jsonb[])
 RETURNS void LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
@@ -93,7 +109,9 @@ BEGIN
                d_message || array_agg(e.d ->> 'message'), d_description || array_agg(e.d ->> 'description'),
                d_carrier_code || array_agg(e.d ->> 'carrier_code'), d_source || array_agg(e.d ->> 'source'),
                d_datetime || array_agg(e.d ->> 'datetime'),
-               d_location || array_agg(CASE WHEN jsonb_typeof(e.d -> 'tracking_location') = 'object'
+               -- d_location lines up with d_key: typed details come with d_location_text
+               coalesce(d_location, array_fill(NULL::jsonb, ARRAY[coalesce(cardinality(d_key), 0)]))
+                   || array_agg(CASE WHEN jsonb_typeof(e.d -> 'tracking_location') = 'object'
                                             THEN e.d -> 'tracking_location' END)
         INTO d_key, d_pos, d_status, d_status_detail, d_message, d_description, d_carrier_code,
              d_source, d_datetime, d_location
@@ -234,11 +252,11 @@ BEGIN
                                  event_datetime, tracking_location)
     SELECT x.id, x.tracker_at, x.shipment_id, x.event, coalesce(d.status, ''), d.sdetail,
            coalesce(d.message, ''), d.description, d.carrier_code, d.source,
-           coalesce(eps_ts(d.dt), x.upd, now()), d.loc
+           coalesce(eps_ts(d.dt), x.upd, now()), coalesce(d.loc, d.loc_text::jsonb)
     FROM x
     JOIN unnest(d_key, d_pos, d_status, d_status_detail, d_message, d_description, d_carrier_code,
-                d_source, d_datetime, d_location)
-         AS d(k, pos, status, sdetail, message, description, carrier_code, source, dt, loc)
+                d_source, d_datetime, d_location, d_location_text)
+         AS d(k, pos, status, sdetail, message, description, carrier_code, source, dt, loc, loc_text)
       ON d.k = x.k AND d.pos > x.known
     ORDER BY x.k, d.pos
     ON CONFLICT ON CONSTRAINT shipment_events_once DO NOTHING;
@@ -252,7 +270,7 @@ CREATE OR REPLACE FUNCTION eps_project_trackers(p_event uuid[], p_body jsonb[])
 RETURNS void LANGUAGE sql AS $$
     SELECT eps_project_trackers(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                                     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                                     (SELECT array_agg(i::integer ORDER BY i)
                                      FROM generate_subscripts(p_body, 1) AS i),
                                     p_event, p_body)
@@ -303,7 +321,8 @@ CREATE OR REPLACE FUNCTION eps_ingest_batch(p_id uuid[], p_event_id text[], p_de
                                             d_description text[] DEFAULT NULL,
                                             d_carrier_code text[] DEFAULT NULL,
                                             d_source text[] DEFAULT NULL, d_datetime text[] DEFAULT NULL,
-                                            d_location jsonb[] DEFAULT NULL)
+                                            d_location jsonb[] DEFAULT NULL,
+                                            d_location_text text[] DEFAULT NULL)
 RETURNS TABLE (ord integer, status text) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
@@ -498,7 +517,7 @@ BEGIN
                                          t_created, t_updated, t_ev_updated, t_ev_created, t_details,
                                          d_key, d_pos, d_status, d_status_detail, d_message,
                                          d_description, d_carrier_code, d_source, d_datetime,
-                                         d_location, v_key, v_event, v_body);
+                                         d_location, d_location_text, v_key, v_event, v_body);
     END IF;
     -- only a batch with events of other objects pays for this call
     IF v_oevent IS NOT NULL THEN
@@ -625,7 +644,7 @@ $$;
 -- per event, keys 1..n): those whose key it can take from projection_queue
 -- (SKIP LOCKED; another projector may have taken some, or the replacement
 -- of a partial copy queued the row under that copy's id). No raw row is
--- read, no JSON parsed. Returns how many it took and projected, the same
+-- read, no body parsed. Returns how many it took and projected, the same
 -- number: when the projection raises, the block rolls back, the keys with
 -- it, and it returns 0/0; eps_project_pending then takes those events from
 -- their raw rows, each on its own if need be, and records the one that
@@ -639,7 +658,9 @@ CREATE OR REPLACE FUNCTION eps_project_typed(p_id uuid[], p_object_id text[],
                                              d_key integer[], d_pos integer[], d_status text[],
                                              d_status_detail text[], d_message text[], d_description text[],
                                              d_carrier_code text[], d_source text[], d_datetime text[],
-                                             d_location jsonb[], OUT taken integer, OUT projected integer)
+                                             d_location jsonb[] DEFAULT NULL,
+                                             d_location_text text[] DEFAULT NULL,
+                                             OUT taken integer, OUT projected integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_take integer[];
@@ -663,7 +684,7 @@ BEGIN
                                      t_created, t_updated, t_ev_updated, t_ev_created, t_details,
                                      d_key, d_pos, d_status, d_status_detail, d_message,
                                      d_description, d_carrier_code, d_source, d_datetime,
-                                     d_location, NULL, NULL, NULL);
+                                     d_location, d_location_text, NULL, NULL, NULL);
         taken := cardinality(v_take);
         projected := taken;
     EXCEPTION WHEN others THEN

@@ -758,6 +758,71 @@ START_TEST(test_typed_tracker_event_is_not_parsed)
 }
 END_TEST
 
+/* One typed tracker event, batch statement text: tracking locations as JSON
+ * text (d_location_text), as the daemon sends them. */
+#define TYPED_LOC_BATCH(EVT, DETAILS, POS, MSGS, TIMES, LOCS)                                            \
+        "SELECT string_agg(ord || ':' || status, ',') FROM eps_ingest_batch("                              \
+        " ARRAY[eps_uuid7()], ARRAY['" EVT "'], ARRAY['tracker.updated'], ARRAY['test'],"                    \
+        " ARRAY['trk_typed_loc'], ARRAY['{}'], ARRAY['webhook'], ARRAY['2025-01-02T03:04:05Z'],"           \
+        " NULL, NULL, NULL, false, t_shp => ARRAY[NULL::text], t_mode => ARRAY['test'],"                    \
+        " t_code => ARRAY['EZLOC'], t_carrier => ARRAY['USPS'], t_status => ARRAY['in_transit'],"          \
+        " t_status_detail => ARRAY[NULL::text], t_est => ARRAY[NULL::text], t_signed => ARRAY[NULL::text]," \
+        " t_url => ARRAY[NULL::text], t_cdetail => ARRAY[NULL::jsonb], t_created => ARRAY[NULL::text],"     \
+        " t_updated => ARRAY[NULL::text], t_ev_updated => ARRAY[NULL::text],"                              \
+        " t_ev_created => ARRAY['2025-01-02T03:04:05Z'], t_details => ARRAY[" DETAILS "],"                  \
+        " d_key => array_fill(1, ARRAY[" DETAILS "]), d_pos => ARRAY[" POS "],"                             \
+        " d_status => array_fill('in_transit'::text, ARRAY[" DETAILS "]),"                                  \
+        " d_status_detail => array_fill(NULL::text, ARRAY[" DETAILS "]), d_message => ARRAY[" MSGS "],"     \
+        " d_description => array_fill(NULL::text, ARRAY[" DETAILS "]),"                                    \
+        " d_carrier_code => array_fill(NULL::text, ARRAY[" DETAILS "]),"                                   \
+        " d_source => array_fill(NULL::text, ARRAY[" DETAILS "]), d_datetime => ARRAY[" TIMES "],"          \
+        " d_location_text => ARRAY[" LOCS "]::text[])"
+
+/* An update repeats the tracker's whole history, and the daemon sends every
+ * detail's tracking_location as JSON text: PostgreSQL parses only those of
+ * the details it writes. Here the known detail's location is no JSON at all,
+ * so parsing it would break the batch. And where one call holds typed
+ * snapshots and jsonb ones (a full copy replacing a partial one in a typed
+ * batch), each detail keeps its own location. */
+START_TEST(test_typed_locations_parsed_only_when_written)
+{
+        PGconn *c = db_open();
+        char *out = db_text(c, TYPED_LOC_BATCH("evt_typed_loc1", "1", "1", "'one'", "'2025-01-01T01:00:00Z'",
+                                               "'{\"city\":\"A\"}'"), NULL);
+        ck_assert_str_eq(out, "1:projected");
+        free(out);
+        out = db_text(c, TYPED_LOC_BATCH("evt_typed_loc2", "3", "1, 2, 3", "'one', 'two', 'three'",
+                                         "'2025-01-01T01:00:00Z', '2025-01-01T02:00:00Z', '2025-01-01T03:00:00Z'",
+                                         "'not JSON', NULL, '{\"city\":\"B\"}'"), NULL);
+        ck_assert_str_eq(out, "1:projected");
+        free(out);
+        out = db_text(c, "SELECT string_agg(e.message || '=' || coalesce(e.tracking_location ->> 'city', '-'), ','"
+                         " ORDER BY e.event_datetime) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id"
+                         " WHERE t.easypost_id = 'trk_typed_loc'", NULL);
+        ck_assert_str_eq(out, "one=A,two=-,three=B");
+        free(out);
+
+        /* typed key 1 and a jsonb snapshot (key 2) in one projection */
+        db_exec(c, "SELECT eps_project_trackers(ARRAY[1], ARRAY[NULL::uuid], ARRAY['trk_typed_mix1'],"
+                   " ARRAY[NULL::text], ARRAY['test'], ARRAY['EZMIX'], ARRAY['USPS'], ARRAY['in_transit'],"
+                   " ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text],"
+                   " ARRAY[NULL::jsonb], ARRAY[NULL::text], ARRAY['2025-01-03T00:00:00Z'], ARRAY[NULL::text],"
+                   " ARRAY[NULL::text], ARRAY[2], ARRAY[1, 1], ARRAY[1, 2], ARRAY['in_transit', 'in_transit'],"
+                   " ARRAY[NULL, NULL]::text[], ARRAY['t1', 't2'], ARRAY[NULL, NULL]::text[],"
+                   " ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[],"
+                   " ARRAY['2025-01-03T01:00:00Z', '2025-01-03T02:00:00Z'], NULL,"
+                   " ARRAY['{\"city\":\"T1\"}', '{\"city\":\"T2\"}'], ARRAY[2], ARRAY[NULL::uuid],"
+                   " ARRAY['{\"result\":{\"id\":\"trk_typed_mix2\",\"tracking_details\":[{\"message\":\"j1\","
+                   "\"datetime\":\"2025-01-03T01:00:00Z\",\"tracking_location\":{\"city\":\"J1\"}}]}}'::jsonb])");
+        out = db_text(c, "SELECT string_agg(e.message || '=' || coalesce(e.tracking_location ->> 'city', '-'), ','"
+                         " ORDER BY e.message) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id"
+                         " WHERE t.easypost_id LIKE 'trk\\_typed\\_mix_'", NULL);
+        ck_assert_str_eq(out, "j1=J1,t1=T1,t2=T2");
+        free(out);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 ingest_suite(void)
 {
@@ -789,6 +854,7 @@ ingest_suite(void)
         tcase_add_test(race, test_basic_auth_exact_header_only);
         tcase_add_test(race, test_batches_bounded_by_bytes);
         tcase_add_test(race, test_typed_tracker_event_is_not_parsed);
+        tcase_add_test(race, test_typed_locations_parsed_only_when_written);
         suite_add_tcase(s, race);
         return s;
 }
