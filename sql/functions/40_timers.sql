@@ -4,10 +4,14 @@
 -- The lock is waited for, up to 5 s: its holder may be a replica still
 -- refreshing the view for the slot before, and giving up at once would
 -- leave this slot without the view. A failure is recorded, not raised.
+-- No parallel workers: a refresh reads the whole history, and with workers
+-- it takes every core PostgreSQL has for a second or more while webhooks
+-- wait; on one core it takes about as long and leaves the others to ingest
+-- (bench/README.md, "the analytics refresh and the webhooks").
 CREATE OR REPLACE FUNCTION eps_refresh_view(p_view text, p_tick bigint, p_instance text,
                                  OUT outcome text, OUT rows bigint, OUT duration_ms double precision,
                                  OUT error text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET max_parallel_workers_per_gather = 0 AS $$
 DECLARE
     t0 timestamptz;
     lt text := current_setting('lock_timeout');

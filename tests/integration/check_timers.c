@@ -148,6 +148,21 @@ START_TEST(test_views_reflect_events_before_refresh)
 }
 END_TEST
 
+/* A refresh reads the whole history; with parallel workers it takes every
+ * core PostgreSQL has while webhooks wait (bench/refresh.sh: at 3,000
+ * events/s, thousands of late requests with workers, none without). The
+ * refresh function runs with none, whatever the server's default. */
+START_TEST(test_refresh_runs_without_parallel_workers)
+{
+        PGconn *c = db_open();
+
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM pg_proc"
+                                    " WHERE oid = 'eps_refresh_view(text, bigint, text)'::regprocedure"
+                                    " AND 'max_parallel_workers_per_gather=0' = ANY (proconfig)", NULL), 1);
+        PQfinish(c);
+}
+END_TEST
+
 START_TEST(test_two_daemons_one_refresh_per_view_and_slot)
 {
         PGconn *c = db_open();
@@ -399,6 +414,7 @@ timers_suite(void)
         tcase_set_timeout(tc, 90);
         tcase_add_test(tc, test_system_metrics_rows);
         tcase_add_test(tc, test_views_reflect_events_before_refresh);
+        tcase_add_test(tc, test_refresh_runs_without_parallel_workers);
         tcase_add_test(tc, test_two_daemons_one_refresh_per_view_and_slot);
         tcase_add_test(tc, test_locked_base_table_does_not_slow_webhooks);
         tcase_add_test(tc, test_refresh_waits_for_a_refresh_of_the_slot_before);
