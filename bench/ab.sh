@@ -36,20 +36,10 @@ for b in "${bins[@]}"; do [ -x "$b" ] || { echo "${0##*/}: not executable: $b" >
 
 cd "$top"
 [ -x bench/loadgen ] || make -s bench/loadgen >/dev/null
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-work=$(mktemp -d /tmp/eps-ab.XXXXXX)
-chmod 755 "$work"
+. "$here/lib.sh" # bench_work, bench_exit, stop_pid
+bench_work ab
 daemon_pid="" pg_started=0 status=0
-. "$here/lib.sh" # stop_pid
-cleanup() {
-        local rc=$?
-        trap - EXIT INT TERM
-        stop_pid "$daemon_pid" easypost-syncd
-        [ "$pg_started" = 1 ] && tests/lib/pg.sh stop "$work/pg" fast
-        rm -rf "$work"
-        exit "$rc"
-}
-trap cleanup EXIT
+trap bench_exit EXIT
 trap 'exit 130' INT TERM
 
 pgport=$(((RANDOM % 1000) + 55000))

@@ -16,3 +16,41 @@ stop_pid() {
         fi
         wait "$pid" 2>/dev/null || true
 }
+
+# build_in_tree: configures this tree once and builds the daemon and loadgen,
+# for the scripts that run the tree's own build.
+build_in_tree() {
+        [ -f Makefile ] || { [ -x configure ] || autoreconf -fi >/dev/null; ./configure >/dev/null; }
+        make -s easypost-syncd bench/loadgen >/dev/null
+}
+
+# stop_daemon_and_pg: for EXIT traps; stops $daemon_pid and, when
+# pg_started=1, the cluster in $work/pg.
+stop_daemon_and_pg() {
+        stop_pid "${daemon_pid:-}" easypost-syncd
+        if [ "${pg_started:-0}" = 1 ]; then
+                tests/lib/pg.sh stop "$work/pg" fast
+        fi
+}
+
+# bench_work NAME: sets $pgbin (the newest PostgreSQL's bin directory) and
+# $work, a fresh directory /tmp/eps-NAME.XXXXXX that the cluster's user can enter.
+bench_work() {
+        pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+        work=$(mktemp -d "/tmp/eps-$1.XXXXXX")
+        chmod 755 "$work"
+}
+
+# bench_exit: the EXIT trap of a script whose only leftovers are its daemon,
+# its cluster and $work (plus what its own cleanup_extra, if defined, stops):
+# stops them, removes $work and exits with the script's status.
+bench_exit() {
+        local rc=$?
+        trap - EXIT INT TERM
+        if declare -F cleanup_extra >/dev/null; then
+                cleanup_extra
+        fi
+        stop_daemon_and_pg
+        rm -rf "$work"
+        exit "$rc"
+}

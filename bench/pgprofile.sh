@@ -31,19 +31,15 @@ read -r -a daemon_args <<<"${PROFILE_DAEMON_ARGS:-}"
         { echo "pgprofile.sh: PROFILE_PERF needs perf (apt-get install linux-perf)" >&2; exit 1; }
 secret="prof-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 
-[ -f Makefile ] || { [ -x configure ] || autoreconf -fi >/dev/null; ./configure >/dev/null; }
-make -s easypost-syncd bench/loadgen >/dev/null
+. "$here/lib.sh" # build_in_tree, bench_work, stop_pid, stop_daemon_and_pg
+build_in_tree
 
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-work=$(mktemp -d /tmp/eps-prof.XXXXXX)
-chmod 755 "$work"
+bench_work prof
 daemon_pid="" pg_started=0
-. "$here/lib.sh" # stop_pid
 cleanup() {
         local rc=$?
         trap - EXIT INT TERM
-        stop_pid "$daemon_pid" easypost-syncd
-        [ "$pg_started" = 1 ] && tests/lib/pg.sh stop "$work/pg" fast
+        stop_daemon_and_pg
         if [ "$rc" != 0 ] || [ "${PROFILE_KEEP:-0}" = 1 ]; then
                 echo "pgprofile.sh: work directory kept: $work" >&2
         else
