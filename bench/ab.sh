@@ -36,7 +36,7 @@ for b in "${bins[@]}"; do [ -x "$b" ] || { echo "${0##*/}: not executable: $b" >
 
 cd "$top"
 [ -x bench/loadgen ] || make -s bench/loadgen >/dev/null
-. "$here/lib.sh" # bench_work, bench_exit, stop_pid
+. "$here/lib.sh" # bench_work, bench_exit, jget, stop_pid, wait_daemon
 bench_work ab
 daemon_pid="" pg_started=0 status=0
 trap bench_exit EXIT
@@ -52,7 +52,6 @@ secret="ab-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 port=18650
 url="http://127.0.0.1:$port/webhooks/easypost"
 
-jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$2"; }
 
 # one_run BIN: prints "events/s daemon-us pg-us batch lost"
 one_run() {
@@ -63,11 +62,7 @@ one_run() {
         DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret "$bin" --listen="127.0.0.1:$port" \
                 --log_level=warn "${dargs[@]}" >"$work/daemon.log" 2>&1 &
         daemon_pid=$!
-        for _ in $(seq 300); do
-                curl -fs -m 1 -o /dev/null "http://127.0.0.1:$port/readyz" && break
-                kill -0 "$daemon_pid" 2>/dev/null || { cat "$work/daemon.log" >&2; return 1; }
-                sleep 0.1
-        done
+        wait_daemon "$port" || { cat "$work/daemon.log" >&2; return 1; }
         timeout -k 10 120 ./bench/loadgen --url "$url" --secret "$secret" -n 2000 -c "$conns" \
                 --profile "$profile" >/dev/null 2>&1 || return 1
         m0=$(curl -fs -m 5 "http://127.0.0.1:$port/metrics")

@@ -54,3 +54,19 @@ bench_exit() {
         rm -rf "$work"
         exit "$rc"
 }
+
+# jget KEY [FILE]: a scalar of loadgen's --json output (FILE, by default
+# $work/run.json).
+jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "${2:-$work/run.json}"; }
+
+# wait_daemon PORT: waits up to 30 s for $daemon_pid to answer /readyz on
+# 127.0.0.1:PORT; fails when it exits first or never answers.
+wait_daemon() {
+        local _
+        for _ in $(seq 300); do
+                curl -fs -m 1 -o /dev/null "http://127.0.0.1:$1/readyz" && return 0
+                kill -0 "$daemon_pid" 2>/dev/null || return 1
+                sleep 0.1
+        done
+        return 1
+}

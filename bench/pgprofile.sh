@@ -31,7 +31,7 @@ read -r -a daemon_args <<<"${PROFILE_DAEMON_ARGS:-}"
         { echo "pgprofile.sh: PROFILE_PERF needs perf (apt-get install linux-perf)" >&2; exit 1; }
 secret="prof-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 
-. "$here/lib.sh" # build_in_tree, bench_work, stop_pid, stop_daemon_and_pg
+. "$here/lib.sh" # build_in_tree, bench_work, jget, stop_daemon_and_pg, wait_daemon
 build_in_tree
 
 bench_work prof
@@ -65,10 +65,7 @@ hport=$(( (RANDOM % 1000) + 19000 ))
 DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --listen="127.0.0.1:$hport" \
         --log_level=warn "${daemon_args[@]}" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
-for _ in $(seq 300); do
-        curl -fs -m 1 -o /dev/null "http://127.0.0.1:$hport/readyz" && break
-        sleep 0.1
-done
+wait_daemon "$hport" || { cat "$work/daemon.log" >&2; exit 1; }
 # PostgreSQL's CPU in clock ticks: the postmaster, its live children and the
 # ones it has reaped (cutime/cstime)
 pg_ticks() {
@@ -79,7 +76,6 @@ pg_ticks() {
         done
         echo "$t"
 }
-jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$work/run.json"; }
 rows() { psql -c "SELECT count(*) FROM webhook_events"; }
 
 prof_args=()

@@ -24,7 +24,7 @@ rate=${2:-3000}
 rounds=${3:-3}
 secret="refresh-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 
-. "$here/lib.sh" # build_in_tree, bench_work, bench_exit, stop_pid
+. "$here/lib.sh" # build_in_tree, bench_work, bench_exit, jget, stop_pid, wait_daemon
 build_in_tree
 
 bench_work refresh
@@ -47,17 +47,13 @@ url="http://127.0.0.1:$hport/webhooks/easypost"
 DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --listen="127.0.0.1:$hport" \
         --log_level=warn --analytics_interval=0 >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
-for _ in $(seq 300); do
-        curl -fs -m 1 -o /dev/null "http://127.0.0.1:$hport/readyz" && break
-        sleep 0.1
-done
+wait_daemon "$hport" || { cat "$work/daemon.log" >&2; exit 1; }
 timeout --foreground -s INT -k 30 1200 ./bench/loadgen --url "$url" --secret "$secret" -n "$fill" -c 32 \
         --profile progressive >"$work/fill.log" 2>&1 || { cat "$work/fill.log" >&2; exit 1; }
 echo "history: $(psql -c "SELECT count(*) FROM shipment_events") shipment_events rows," \
      "$(psql -c "SELECT count(*) FROM trackers") trackers; open loop $rate/s for 12 s, the views refreshed 4 s in" \
      "(refresh ms: daily_volume, carrier_performance, status_funnel, refunds)"
 
-jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$work/run.json"; }
 views="analytics_daily_volume analytics_carrier_performance analytics_status_funnel analytics_refunds"
 tick=0
 for round in $(seq "$rounds"); do

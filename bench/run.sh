@@ -100,7 +100,7 @@ work=$(mktemp -d /tmp/eps-bench.XXXXXX)
 chmod 755 "$work" # the cluster runs as another user when we are root
 daemon_pid="" bare_pid="" peer_pid="" sampler_pid="" pg_started=0 status=0
 
-. "$here/lib.sh" # stop_pid
+. "$here/lib.sh" # stop_pid, jget
 
 cleanup() {
         local rc=$?
@@ -153,7 +153,6 @@ wait_http() { # url pid name: wait_ready, or the tail of $work/<name>.log and ex
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 metric() { awk -v k="$1" '$1 == k { print $2 }' "$2"; }
-jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$2"; }
 slug() { printf '%s' "$1" | tr -c 'A-Za-z0-9=.-' '_'; }
 # accept-queue overflows (SYNs dropped because the listener was full), whole namespace
 listen_ovf() {

@@ -6,7 +6,6 @@
  */
 #include "schema.h"
 
-#include <stdbool.h>
 #include <stdlib.h>
 
 #include "db_conn.h"
