@@ -36,7 +36,7 @@ for b in "${bins[@]}"; do [ -x "$b" ] || { echo "${0##*/}: not executable: $b" >
 
 cd "$top"
 [ -x bench/loadgen ] || make -s bench/loadgen >/dev/null
-. "$here/lib.sh" # bench_work, bench_exit, jget, stop_pid, wait_daemon
+. "$here/lib.sh" # bench_work, bench_exit, jget, stop_pid, wait_ready
 bench_work ab
 daemon_pid="" pg_started=0 status=0
 trap bench_exit EXIT
@@ -62,7 +62,7 @@ one_run() {
         DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret "$bin" --listen="127.0.0.1:$port" \
                 --log_level=warn "${dargs[@]}" >"$work/daemon.log" 2>&1 &
         daemon_pid=$!
-        wait_daemon "$port" || { cat "$work/daemon.log" >&2; return 1; }
+        wait_ready "http://127.0.0.1:$port/readyz" "$daemon_pid" || { cat "$work/daemon.log" >&2; return 1; }
         timeout -k 10 120 ./bench/loadgen --url "$url" --secret "$secret" -n 2000 -c "$conns" \
                 --profile "$profile" >/dev/null 2>&1 || return 1
         m0=$(curl -fs -m 5 "http://127.0.0.1:$port/metrics")

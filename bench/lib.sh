@@ -59,14 +59,14 @@ bench_exit() {
 # $work/run.json).
 jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "${2:-$work/run.json}"; }
 
-# wait_daemon PORT: waits up to 30 s for $daemon_pid to answer /readyz on
-# 127.0.0.1:PORT; fails when it exits first or never answers.
-wait_daemon() {
+# wait_ready URL PID: 0 once GET URL answers 200 (at most 30 s), 1 when PID
+# exits first, 2 on timeout.
+wait_ready() {
         local _
         for _ in $(seq 300); do
-                curl -fs -m 1 -o /dev/null "http://127.0.0.1:$1/readyz" && return 0
-                kill -0 "$daemon_pid" 2>/dev/null || return 1
+                curl -fs -m 1 -o /dev/null "$1" && return 0
+                kill -0 "$2" 2>/dev/null || return 1
                 sleep 0.1
         done
-        return 1
+        return 2
 }

@@ -31,7 +31,7 @@ read -r -a daemon_args <<<"${PROFILE_DAEMON_ARGS:-}"
         { echo "pgprofile.sh: PROFILE_PERF needs perf (apt-get install linux-perf)" >&2; exit 1; }
 secret="prof-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 
-. "$here/lib.sh" # build_in_tree, bench_work, jget, stop_daemon_and_pg, wait_daemon
+. "$here/lib.sh" # build_in_tree, bench_work, jget, stop_daemon_and_pg, wait_ready
 build_in_tree
 
 bench_work prof
@@ -65,7 +65,7 @@ hport=$(( (RANDOM % 1000) + 19000 ))
 DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --listen="127.0.0.1:$hport" \
         --log_level=warn "${daemon_args[@]}" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
-wait_daemon "$hport" || { cat "$work/daemon.log" >&2; exit 1; }
+wait_ready "http://127.0.0.1:$hport/readyz" "$daemon_pid" || { cat "$work/daemon.log" >&2; exit 1; }
 # PostgreSQL's CPU in clock ticks: the postmaster, its live children and the
 # ones it has reaped (cutime/cstime)
 pg_ticks() {

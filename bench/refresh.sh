@@ -24,7 +24,7 @@ rate=${2:-3000}
 rounds=${3:-3}
 secret="refresh-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 
-. "$here/lib.sh" # build_in_tree, bench_work, bench_exit, jget, stop_pid, wait_daemon
+. "$here/lib.sh" # build_in_tree, bench_work, bench_exit, jget, stop_pid, wait_ready
 build_in_tree
 
 bench_work refresh
@@ -47,7 +47,7 @@ url="http://127.0.0.1:$hport/webhooks/easypost"
 DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --listen="127.0.0.1:$hport" \
         --log_level=warn --analytics_interval=0 >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
-wait_daemon "$hport" || { cat "$work/daemon.log" >&2; exit 1; }
+wait_ready "http://127.0.0.1:$hport/readyz" "$daemon_pid" || { cat "$work/daemon.log" >&2; exit 1; }
 timeout --foreground -s INT -k 30 1200 ./bench/loadgen --url "$url" --secret "$secret" -n "$fill" -c 32 \
         --profile progressive >"$work/fill.log" 2>&1 || { cat "$work/fill.log" >&2; exit 1; }
 echo "history: $(psql -c "SELECT count(*) FROM shipment_events") shipment_events rows," \

@@ -100,7 +100,7 @@ work=$(mktemp -d /tmp/eps-bench.XXXXXX)
 chmod 755 "$work" # the cluster runs as another user when we are root
 daemon_pid="" bare_pid="" peer_pid="" sampler_pid="" pg_started=0 status=0
 
-. "$here/lib.sh" # stop_pid, jget
+. "$here/lib.sh" # stop_pid, jget, wait_ready
 
 cleanup() {
         local rc=$?
@@ -129,16 +129,6 @@ free_port() { # first port from $1 on which nothing answers
                 fi
         done
         die "no free port near $1"
-}
-
-wait_ready() { # url pid: 0 once GET answers 200 (at most 30 s), 1 when pid exits, 2 on timeout
-        local _
-        for _ in $(seq 300); do
-                curl -fs -m 1 -o /dev/null "$1" && return 0
-                kill -0 "$2" 2>/dev/null || return 1
-                sleep 0.1
-        done
-        return 2
 }
 
 wait_http() { # url pid name: wait_ready, or the tail of $work/<name>.log and exit
