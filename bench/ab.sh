@@ -52,7 +52,6 @@ secret="ab-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 port=18650
 url="http://127.0.0.1:$port/webhooks/easypost"
 
-
 # one_run BIN: prints "events/s daemon-us pg-us batch lost"
 one_run() {
         local bin=$1 _ m0 m1

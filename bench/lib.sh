@@ -55,6 +55,10 @@ bench_exit() {
         exit "$rc"
 }
 
+# psql ARGS...: psql on $conninfo (set by the caller before the first call),
+# unaligned, tuples only, stopping at the first error.
+psql() { "$pgbin/psql" "$conninfo" -qAtX -v ON_ERROR_STOP=1 "$@"; }
+
 # jget KEY [FILE]: a scalar of loadgen's --json output (FILE, by default
 # $work/run.json).
 jget() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "${2:-$work/run.json}"; }

@@ -31,7 +31,7 @@ read -r -a daemon_args <<<"${PROFILE_DAEMON_ARGS:-}"
         { echo "pgprofile.sh: PROFILE_PERF needs perf (apt-get install linux-perf)" >&2; exit 1; }
 secret="prof-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 
-. "$here/lib.sh" # build_in_tree, bench_work, jget, stop_daemon_and_pg, wait_ready
+. "$here/lib.sh" # build_in_tree, bench_work, jget, psql, stop_daemon_and_pg, wait_ready
 build_in_tree
 
 bench_work prof
@@ -57,7 +57,6 @@ pg_started=1
 tests/lib/pg.sh createdb "$work/pg" "$port" easypost_sync
 conninfo=$(tests/lib/pg.sh conninfo "$work/pg" "$port" easypost_sync)
 pg_pid=$(head -n 1 "$work/pg/data/postmaster.pid")
-psql() { "$pgbin/psql" "$conninfo" -qAtX -v ON_ERROR_STOP=1 "$@"; }
 psql -c "CREATE EXTENSION pg_stat_statements"
 DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --migrate >"$work/migrate.log" 2>&1
 

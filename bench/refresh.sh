@@ -24,7 +24,7 @@ rate=${2:-3000}
 rounds=${3:-3}
 secret="refresh-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 
-. "$here/lib.sh" # build_in_tree, bench_work, bench_exit, jget, stop_pid, wait_ready
+. "$here/lib.sh" # build_in_tree, bench_work, bench_exit, jget, psql, stop_pid, wait_ready
 build_in_tree
 
 bench_work refresh
@@ -38,7 +38,6 @@ tests/lib/pg.sh start "$work/pg" "$port" >/dev/null
 pg_started=1
 tests/lib/pg.sh createdb "$work/pg" "$port" easypost_sync
 conninfo=$(tests/lib/pg.sh conninfo "$work/pg" "$port" easypost_sync)
-psql() { "$pgbin/psql" "$conninfo" -qAtX -v ON_ERROR_STOP=1 "$@"; }
 DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --migrate >"$work/migrate.log" 2>&1
 
 hport=$(( (RANDOM % 1000) + 18000 ))

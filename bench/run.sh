@@ -92,15 +92,12 @@ fi
 log "building (make easypost-syncd bench/loadgen bench/bare_server)"
 make -s easypost-syncd bench/loadgen bench/bare_server >/dev/null || die "build failed"
 
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-[ -x "$pgbin/psql" ] || die "PostgreSQL not found (apt-get install postgresql)"
+. "$here/lib.sh" # bench_work, jget, psql, stop_pid, wait_ready
 
 # ---- processes we own, and their cleanup ------------------------------------
-work=$(mktemp -d /tmp/eps-bench.XXXXXX)
-chmod 755 "$work" # the cluster runs as another user when we are root
+bench_work bench # $pgbin, and $work: the cluster runs as another user when we are root
+[ -x "$pgbin/psql" ] || { rm -rf "$work"; die "PostgreSQL not found (apt-get install postgresql)"; }
 daemon_pid="" bare_pid="" peer_pid="" sampler_pid="" pg_started=0 status=0
-
-. "$here/lib.sh" # stop_pid, jget, wait_ready
 
 cleanup() {
         local rc=$?
@@ -163,7 +160,6 @@ pg_started=1
 tests/lib/pg.sh createdb "$work/pg" "$pgport" easypost_sync
 conninfo=$(tests/lib/pg.sh conninfo "$work/pg" "$pgport" easypost_sync)
 pg_pid=$(head -n 1 "$work/pg/data/postmaster.pid")
-psql() { "$pgbin/psql" "$conninfo" -qAtX -v ON_ERROR_STOP=1 "$@"; }
 
 log "migrating"
 DATABASE_URL=$conninfo EASYPOST_WEBHOOK_SECRET=$secret ./easypost-syncd --migrate \

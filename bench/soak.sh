@@ -42,11 +42,10 @@ if [ ! -f Makefile ]; then
 fi
 make -s easypost-syncd bench/loadgen tests/fake/fake_easypost >/dev/null || die "build failed"
 
-work=$(mktemp -d /tmp/eps-soak.XXXXXX)
-chmod 755 "$work"
+. "$here/lib.sh" # bench_work, psql, stop_pid
+bench_work soak
 daemon_pid="" fake_pid="" scraper_pid="" pg_started=0
 
-. "$here/lib.sh" # stop_pid
 cleanup() {
         local rc=$?
         trap - EXIT INT TERM
@@ -64,13 +63,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 pgport=$(((RANDOM % 1000) + 57000))
 tests/lib/pg.sh start "$work/pg" "$pgport" >/dev/null
 pg_started=1
 tests/lib/pg.sh createdb "$work/pg" "$pgport" easypost_sync >/dev/null
 conninfo=$(tests/lib/pg.sh conninfo "$work/pg" "$pgport" easypost_sync)
-psql() { "$pgbin/psql" "$conninfo" -qAtX -v ON_ERROR_STOP=1 "$@"; }
 DATABASE_URL=$conninfo ./easypost-syncd --migrate >"$work/migrate.log" 2>&1 ||
         { cat "$work/migrate.log" >&2; die "migration failed"; }
 
