@@ -377,18 +377,13 @@ app_init(struct app *a, struct cfg *cfg, struct err *e)
         a->keys = sig_keyset_new((const char *const *)cfg->secrets, cfg->nsecrets, e);
         if (a->keys == NULL)
                 return -1;
-        /* epoll's changelist: what evhttp switches off and on again in one
-         * loop pass (write done, read again) costs one epoll_ctl, not two.
-         * Its known fault is with dup()ed descriptors; no descriptor here is. */
-        struct event_config *ecfg = event_config_new();
-        if (ecfg == NULL || event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) != 0) {
-                if (ecfg)
-                        event_config_free(ecfg);
-                err_set(e, -1, "event_config_new failed");
-                return -1;
-        }
-        a->base = event_base_new_with_config(ecfg);
-        event_config_free(ecfg);
+        /* Not epoll's changelist (one epoll_ctl saved per request): the
+         * lingering close (linger.c) keeps a dup() of each socket evhttp
+         * closes, and the changelist would remove evhttp's registration only
+         * after that close, when the removal fails and leaves the socket
+         * registered, always writable, for as long as it lingers: a busy loop
+         * (hostile test_lingering_socket_costs_no_cpu). */
+        a->base = event_base_new();
         if (a->base == NULL) {
                 err_set(e, -1, "event_base_new failed");
                 return -1;

@@ -1444,6 +1444,41 @@ START_TEST(test_lingering_sockets_are_bounded)
 }
 END_TEST
 
+/* A client that gets an early 413 and stays connected without a word: while
+ * its socket lingers (until the 2 s bound) the daemon waits for it, it does
+ * not spin. (With epoll's changelist, evhttp's removal of the descriptor it
+ * closes was applied only after the close, failed, and left the socket
+ * registered, always writable, on the copy that lingers: a core busy for
+ * the whole bound.) */
+START_TEST(test_lingering_socket_costs_no_cpu)
+{
+        struct buf head = { 0 };
+        char *ev = event_body("evt_linger_idle");
+        char resp[512];
+        const char *fds = "process_open_fds", *cpu = "process_cpu_seconds_total";
+        double base = daemon_metric(dm.port, fds), now;
+
+        oversized_head(&head, ev, strlen(ev), L_BODY);
+        int fd = raw_connect(dm.port);
+        raw_send(fd, head.p, head.len);
+        ck_assert_int_eq(raw_status(fd, 15000, true, resp, sizeof(resp)), 413);
+        double cpu0 = daemon_metric(dm.port, cpu);
+        uint64_t t0 = clock_mono_us();
+        /* the socket lingers until its time bound; then the daemon's copy closes */
+        while ((now = daemon_metric(dm.port, fds)) > base && ms_since(t0) < 20000)
+                usleep(100 * 1000);
+        double wall = ms_since(t0) / 1000.0, used = daemon_metric(dm.port, cpu) - cpu0;
+        close(fd);
+        fprintf(stderr, "lingering socket: %.2f s of CPU in %.2f s (%.0f open fds, %.0f before)\n",
+                used, wall, now, base);
+        ck_assert_msg(now <= base, "%.0f open fds 20 s later (%.0f before)", now, base);
+        ck_assert_msg(used < 0.25 * wall, "the daemon used %.2f s of CPU in %.2f s while a socket lingered",
+                      used, wall);
+        buf_free(&head);
+        free(ev);
+}
+END_TEST
+
 /* ---- reply heads: Date and Content-Length written by the daemon ----------------------- */
 
 /* Reads one response from fd: head (status line and headers, with the blank
@@ -1590,6 +1625,7 @@ hostile_suite(void)
         tcase_add_test(tc, test_early_413_reaches_a_client_still_sending);
         tcase_add_test(tc, test_endless_sender_is_cut_off);
         tcase_add_test(tc, test_lingering_sockets_are_bounded);
+        tcase_add_test(tc, test_lingering_socket_costs_no_cpu);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("reply");
