@@ -15,8 +15,9 @@
  *
  * Every session runs in UTC (TimeZone is sent at connect). Every connection
  * has a deadline (30 s unless its owner sets another), and every
- * db_conn_query runs with a statement_timeout of 3/4 of it unless the owner
- * sets its own limits; both hold through PgBouncer in transaction mode.
+ * db_conn_query (and each segment whose owner calls db_conn_send_limits)
+ * runs with a statement_timeout of 3/4 of it unless the owner sets its own
+ * limits; both hold through PgBouncer in transaction mode.
  */
 #ifndef EPS_DB_CONN_H
 #define EPS_DB_CONN_H
@@ -88,6 +89,11 @@ unsigned db_conn_timeout(const struct db_conn *c);
  * (0, 0). Keep statement_ms below the deadline, so that PostgreSQL cancels a
  * slow statement (an error the caller sees) before the connection is dropped. */
 void db_conn_set_limits(struct db_conn *c, unsigned statement_ms, unsigned lock_ms);
+/* For an owner that sends its own segments: sends the statement that applies
+ * the limits above to the segment's transaction, ahead of the owner's
+ * statements. Returns 1 when sent (its result, one row, comes first), 0 when
+ * there are none, -1 when the send failed. */
+MUST_CHECK int db_conn_send_limits(struct db_conn *c);
 /* Declares the connection broken (e.g. a PQsend* call failed). */
 void db_conn_fail(struct db_conn *c, const char *where);
 

@@ -558,18 +558,26 @@ query_done(struct db_seg *s, bool lost)
         free(q);
 }
 
+int
+db_conn_send_limits(struct db_conn *c)
+{
+        char pre[160];
+
+        if (preamble(c, pre, sizeof(pre))[0] == '\0')
+                return 0;
+        return PQsendQueryParams(c->pq, pre, 0, NULL, NULL, NULL, NULL, 0) ? 1 : -1;
+}
+
 /* Sends the limits' statement, if any, then the caller's: one transaction. */
 static int
 send_query(struct db_conn *c, struct db_query *q, const char *sql, int nparams, const Oid *types,
            const char *const *values, const int *lengths, const int *formats)
 {
-        char pre[160];
+        int lim = db_conn_send_limits(c);
 
-        if (preamble(c, pre, sizeof(pre))[0] != '\0') {
-                if (!PQsendQueryParams(c->pq, pre, 0, NULL, NULL, NULL, NULL, 0))
-                        return 0;
-                q->limits = true;
-        }
+        if (lim < 0)
+                return 0;
+        q->limits = lim > 0;
         return PQsendQueryParams(c->pq, sql, nparams, types, values, lengths, formats, 0);
 }
 

@@ -12,10 +12,11 @@
  * Item life:  submit -> pending queue -> batch (in flight on one db_conn)
  * and what becomes of the batch, decided once (batch_outcome):
  *   COMMITTED      Sync ok:                done(STORED | DUPLICATE)
- *   UNAVAILABLE    connection lost, error nobody's (disk full, shutdown ...),
- *                  an outcome row missing: done(UNAVAILABLE) (sender retries; dedup by id)
+ *   UNAVAILABLE    connection lost, error nobody's (disk full, shutdown, a statement
+ *                  timeout or cancel ...), an outcome row missing: done(UNAVAILABLE)
+ *                  (sender retries; dedup by id)
  *   RETRY          deadlock/serialization: back to the queue, a few times
- *   SPLIT          error some event's (data refused, a statement timeout): the batch
+ *   SPLIT          error some event's (data refused): the batch
  *                  goes back to the front of the queue in order, each item marked
  *                  solo: sent alone, so the neighbours commit
  *   DEAD_LETTER    the one that fails alone gets dead_error and is sent again, to be
@@ -70,6 +71,7 @@ struct batch {
         struct ingest *g;
         struct ingest_item **items;
         unsigned n, nres;
+        bool limits; /* the connection's limits statement went first: its row is not an outcome */
         bool nopart; /* a row had no partition: not the event's fault, never a dead letter */
         char sqlstate[6]; /* the first error's, "" without one */
         char *errmsg;     /* the first error's message, NULL without one */
@@ -338,8 +340,13 @@ sqlstate_is_events(const char *st)
         for (size_t i = 0; i < ARRAY_LEN(classes); i++)
                 if (strncmp(st, classes[i], 2) == 0)
                         return true;
-        /* query_canceled: statement_timeout, or a cancel aimed at one slow batch */
-        return strcmp(st, "57014") == 0;
+        /* Not query_canceled (57014): a statement_timeout or a cancel stops a
+         * batch that waited on a lock, or a server too slow for the moment.
+         * Its events are answered 503 and come again; as dead letters they
+         * would be stored unprojected and their redeliveries answered
+         * "duplicate". No event's data makes a batch take seconds: bodies
+         * are bounded (max_body_bytes). */
+        return false;
 }
 
 static bool
@@ -348,6 +355,8 @@ batch_result(struct db_seg *s, PGresult *res)
         struct batch *b = (struct batch *)s;
 
         b->nres++;
+        if (b->limits && b->nres == 1 && PQresultStatus(res) == PGRES_TUPLES_OK)
+                return false;
         if (PQresultStatus(res) == PGRES_TUPLES_OK) {
                 for (int r = 0; r < PQntuples(res); r++) {
                         long ord = strtol(PQgetvalue(res, r, 0), NULL, 10);
@@ -622,8 +631,14 @@ send_batch(struct ingest *g, struct db_conn *c)
         v[BATCH_FLAG] = g->defer ? "t" : "f";
         types[BATCH_FLAG] = 0;
         formats[BATCH_FLAG] = 0;
-        /* unnamed statement: nothing outlives the batch (PgBouncer-safe) */
-        int ok = PQsendQueryParams(pq, SQL_BATCH, BATCH_NPARAMS, types, v, lens, formats, 0);
+        /* the connection's statement_timeout for this transaction first, so
+         * that PostgreSQL itself ends a batch stuck on a lock (503, the
+         * connection kept) before the deadline drops the connection and
+         * leaves the statement running on a server backend; then the batch,
+         * an unnamed statement: nothing outlives it (PgBouncer-safe) */
+        int lim = db_conn_send_limits(c);
+        b->limits = lim > 0;
+        int ok = lim >= 0 && PQsendQueryParams(pq, SQL_BATCH, BATCH_NPARAMS, types, v, lens, formats, 0);
         for (int k = 0; k < BATCH_ARRAYS; k++)
                 pgarr_trim(&arr[k]);
         /* pushed either way: a failure hands every item back through batch_done(lost) */

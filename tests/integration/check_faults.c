@@ -407,6 +407,64 @@ START_TEST(test_stopped_backend_dropped_after_db_timeout)
 }
 END_TEST
 
+/*
+ * A batch stuck on a row lock past its statement_timeout (3/4 of db_timeout,
+ * set per transaction on the ingest connection): PostgreSQL cancels it, the
+ * event is answered 503 on the same connection and nothing of it is stored
+ * (no dead letter: a stored 'failed' copy would make EasyPost's redelivery a
+ * duplicate, never projected), and no backend keeps running it. Once the
+ * lock is gone, the redelivery is stored and projected.
+ */
+START_TEST(test_lock_wait_past_statement_timeout_is_503_not_dead_letter)
+{
+        PGconn *c = db_open(), *locker = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_DB_CONNECTIONS=1", "EASYPOST_SYNC_DB_TIMEOUT=4",
+                              "EASYPOST_SYNC_REQUEST_TIMEOUT=60", NULL };
+        const char *running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                              "AND query LIKE '%eps_ingest_batch(%' AND pid <> pg_backend_pid()";
+        char resp[256];
+
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        char *first = make_event("evt_stlock_1", "tracker.created",
+                                 "{\"id\":\"trk_stlock1\",\"object\":\"Tracker\",\"status\":\"pre_transit\","
+                                 "\"updated_at\":\"2025-06-01T09:00:00Z\",\"tracking_details\":[]}");
+        char *second = make_event("evt_stlock_2", "tracker.updated",
+                                  "{\"id\":\"trk_stlock1\",\"object\":\"Tracker\",\"status\":\"in_transit\","
+                                  "\"updated_at\":\"2025-06-02T09:00:00Z\",\"tracking_details\":["
+                                  "{\"message\":\"Scanned\",\"status\":\"in_transit\","
+                                  "\"datetime\":\"2025-06-02T08:00:00Z\"}]}");
+        ck_assert_int_eq(post_event(d.port, first, strlen(first), NULL, 0), 200);
+        double reconnects = daemon_metric(d.port, "easypost_sync_db_reconnects_total");
+
+        db_exec(locker, "BEGIN");
+        ck_assert_int_eq(db_long(locker, "SELECT count(*) FROM (SELECT 1 FROM trackers "
+                                         "WHERE easypost_id = 'trk_stlock1' FOR UPDATE) l", NULL), 1);
+        int st = post_event(d.port, second, strlen(second), resp, sizeof(resp));
+        fprintf(stderr, "batch on a locked tracker: %d %s\n", st, resp);
+        ck_assert_int_eq(st, 503);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = $1",
+                                 "evt_stlock_2"), 0);
+        ck_assert_int_eq(db_long(c, running, NULL), 0);
+        db_exec(locker, "COMMIT");
+
+        ck_assert_int_eq(post_event(d.port, second, strlen(second), resp, sizeof(resp)), 200);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = $1 "
+                                    "AND status = 'projected'", "evt_stlock_2"), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = $1 "
+                                    "AND status = 'in_transit'", "trk_stlock1"), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t "
+                                    "ON t.id = e.tracker_id WHERE t.easypost_id = $1", "trk_stlock1"), 1);
+        /* the statement was cancelled on its connection, which stayed */
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_db_reconnects_total"), reconnects);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        free(first);
+        free(second);
+        PQfinish(locker);
+        PQfinish(c);
+}
+END_TEST
+
 /* Slow, idle and vanishing clients: others are served; nothing leaks. */
 START_TEST(test_slow_idle_and_vanishing_clients)
 {
@@ -584,6 +642,7 @@ faults_suite(void)
         tcase_add_test(tc, test_backends_terminated_mid_load);
         tcase_add_test(tc, test_lock_stall_fills_queue_then_503_at_once);
         tcase_add_test(tc, test_stopped_backend_dropped_after_db_timeout);
+        tcase_add_test(tc, test_lock_wait_past_statement_timeout_is_503_not_dead_letter);
         tcase_add_test(tc, test_slow_idle_and_vanishing_clients);
         tcase_add_test(tc, test_tls_and_basic_auth);
         suite_add_tcase(s, tc);
