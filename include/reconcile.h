@@ -44,6 +44,7 @@ struct reconcile_totals {
 struct reconcile_stats {
         uint64_t runs_completed, runs_stopped;
         struct reconcile_totals sum;  /* over this process's pages */
+        uint64_t skipped;             /* trackers of those pages the schema refused */
         struct reconcile_totals last; /* of the last completed run */
         uint64_t last_run_unix;       /* wall-clock second the last run completed, 0 = never */
         uint64_t drift_runs[4];       /* completed runs that changed or created, by reason */

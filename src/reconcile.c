@@ -258,6 +258,12 @@ page_cb(PGresult *res, void *arg)
         r->stats.sum.changed += p.changed;
         r->stats.sum.status_changed += p.status_changed;
         r->stats.sum.created += p.created;
+        unsigned long long skipped = strtoull(PQgetvalue(res, 0, 5), NULL, 10);
+        if (skipped > 0) {
+                r->stats.skipped += skipped;
+                log_warn("reconcile", "reconcile run %s: %llu trackers of a page skipped: the database "
+                         "refused their data (PostgreSQL's log names them)", r->run, skipped);
+        }
         report(r, false, "running", NULL);
         if (r->next[0]) {
                 memcpy(r->before, r->next, sizeof(r->before));
@@ -315,7 +321,7 @@ list_done(const struct httpc_resp *resp, void *arg)
         snprintf(lease, sizeof(lease), "%d", RC_LEASE_S);
         const char *vals[5] = { r->run, r->token, lease, text ? text : "[]", r->next[0] ? r->next : NULL };
         if (db_conn_query(r->conn,
-                          "SELECT ok, listed, changed, status_changed, created"
+                          "SELECT ok, listed, changed, status_changed, created, skipped"
                           " FROM eps_reconcile_page($1::bigint, $2, $3::int, $4::jsonb, $5)",
                           5, vals, page_cb, r) != 0)
                 end_run(r, "database unavailable");
@@ -556,13 +562,15 @@ reconcile_render_metrics(const struct reconcile *r, struct strbuf *sb)
                       (unsigned long long)s.runs_completed, (unsigned long long)s.runs_stopped);
         strbuf_printf(sb,
                       "# HELP easypost_sync_reconcile_trackers_total Trackers the reconciler listed, "
-                      "changed (the database was behind) and created (the database lacked them).\n"
+                      "changed (the database was behind), created (the database lacked them) and "
+                      "skipped (the database refused their data).\n"
                       "# TYPE easypost_sync_reconcile_trackers_total counter\n"
                       "easypost_sync_reconcile_trackers_total{result=\"listed\"} %llu\n"
                       "easypost_sync_reconcile_trackers_total{result=\"changed\"} %llu\n"
-                      "easypost_sync_reconcile_trackers_total{result=\"created\"} %llu\n",
+                      "easypost_sync_reconcile_trackers_total{result=\"created\"} %llu\n"
+                      "easypost_sync_reconcile_trackers_total{result=\"skipped\"} %llu\n",
                       (unsigned long long)s.sum.listed, (unsigned long long)s.sum.changed,
-                      (unsigned long long)s.sum.created);
+                      (unsigned long long)s.sum.created, (unsigned long long)s.skipped);
         strbuf_printf(sb,
                       "# HELP easypost_sync_reconcile_last_run_drift Trackers the last completed run "
                       "changed or created (0: the database matched EasyPost).\n"

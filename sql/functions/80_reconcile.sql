@@ -56,28 +56,16 @@ BEGIN
 END
 $$;
 
--- One listed page: p_trackers is the page's "trackers" array, p_next the
--- before_id of the next page (NULL: this was the last). Applies the trackers
--- that are new or newer than the stored row through eps_project_trackers
--- (as a fetched tracker: NULL event), counts them, and moves the cursor, in
--- one transaction under the lease. A page with nothing newer writes no
--- tracker, shipment or shipment_events row. ok false: the lease is no
--- longer p_token's (another replica took the run over); nothing applied.
-CREATE OR REPLACE FUNCTION eps_reconcile_page(p_run bigint, p_token text, p_lease_s integer,
-                                              p_trackers jsonb, p_next text,
-                                              OUT ok boolean, OUT listed integer, OUT changed integer,
-                                              OUT status_changed integer, OUT created integer)
+-- The trackers of a listed page (a jsonb array) that are new or newer than
+-- the stored row, applied through eps_project_trackers (as fetched trackers:
+-- NULL event); how many changed, changed status, were created. Raises on
+-- data the schema refuses (a tracking detail dated 2024-02-30).
+CREATE OR REPLACE FUNCTION eps_reconcile_apply(p_trackers jsonb, OUT changed integer,
+                                               OUT status_changed integer, OUT created integer)
 LANGUAGE plpgsql AS $$
 DECLARE
-    st jsonb;
     b jsonb[];
 BEGIN
-    listed := 0; changed := 0; status_changed := 0; created := 0;
-    SELECT s.value::jsonb INTO st FROM sync_state s WHERE s.key = 'reconcile_run' FOR UPDATE;
-    ok := st IS NOT NULL AND (st ->> 'run')::bigint = p_run AND st ->> 'holder' = p_token;
-    IF NOT ok THEN
-        RETURN;
-    END IF;
     WITH l AS (
         SELECT jsonb_build_object('result', t) AS body, t ->> 'status' AS status,
                eps_ts(t ->> 'updated_at') AS updated_at,
@@ -87,8 +75,7 @@ BEGIN
                CASE WHEN jsonb_typeof(t -> 'tracking_details') = 'array'
                     THEN jsonb_array_length(t -> 'tracking_details') ELSE 0 END AS details,
                t ->> 'id' AS trk
-        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_trackers) = 'array'
-                                       THEN p_trackers ELSE '[]' END) t
+        FROM jsonb_array_elements(p_trackers) t
         WHERE eps_tracker_problem(jsonb_build_object('result', t)) IS NULL
     ), c AS (
         SELECT l.body, k.easypost_id IS NULL AS is_new,
@@ -101,15 +88,60 @@ BEGIN
                                          t.details_count, t.status
                                   FROM trackers t WHERE t.easypost_id = l.trk LIMIT 1) k ON true
     )
-    SELECT count(*), count(*) FILTER (WHERE is_newer),
-           count(*) FILTER (WHERE is_newer AND other_status), count(*) FILTER (WHERE is_new),
-           array_agg(body) FILTER (WHERE is_new OR is_newer)
-    INTO listed, changed, status_changed, created, b
+    SELECT count(*) FILTER (WHERE is_newer), count(*) FILTER (WHERE is_newer AND other_status),
+           count(*) FILTER (WHERE is_new), array_agg(body) FILTER (WHERE is_new OR is_newer)
+    INTO changed, status_changed, created, b
     FROM c;
-    listed := CASE WHEN jsonb_typeof(p_trackers) = 'array' THEN jsonb_array_length(p_trackers) ELSE 0 END;
     IF b IS NOT NULL THEN
         PERFORM eps_project_trackers(array_fill(NULL::uuid, ARRAY[cardinality(b)]), b);
     END IF;
+END
+$$;
+
+-- One listed page: p_trackers is the page's "trackers" array, p_next the
+-- before_id of the next page (NULL: this was the last). Applies it
+-- (eps_reconcile_apply), counts, and moves the cursor, in one transaction
+-- under the lease. A page with nothing newer writes no tracker, shipment or
+-- shipment_events row. A tracker whose data the schema refuses does not
+-- stop the run at its page for good: the page is then applied one tracker
+-- at a time, and that one is skipped (counted in skipped, with a warning in
+-- the server's log). ok false:
+-- the lease is no longer p_token's (another replica took the run over);
+-- nothing applied.
+DROP FUNCTION IF EXISTS eps_reconcile_page(bigint, text, integer, jsonb, text);
+CREATE FUNCTION eps_reconcile_page(p_run bigint, p_token text, p_lease_s integer,
+                                   p_trackers jsonb, p_next text,
+                                   OUT ok boolean, OUT listed integer, OUT changed integer,
+                                   OUT status_changed integer, OUT created integer,
+                                   OUT skipped integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    st jsonb;
+    page jsonb := CASE WHEN jsonb_typeof(p_trackers) = 'array' THEN p_trackers ELSE '[]' END;
+    t jsonb;
+    a record;
+BEGIN
+    listed := jsonb_array_length(page); changed := 0; status_changed := 0; created := 0; skipped := 0;
+    SELECT s.value::jsonb INTO st FROM sync_state s WHERE s.key = 'reconcile_run' FOR UPDATE;
+    ok := st IS NOT NULL AND (st ->> 'run')::bigint = p_run AND st ->> 'holder' = p_token;
+    IF NOT ok THEN
+        RETURN;
+    END IF;
+    BEGIN
+        SELECT * INTO a FROM eps_reconcile_apply(page);
+        changed := a.changed; status_changed := a.status_changed; created := a.created;
+    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+        FOR t IN SELECT e.value FROM jsonb_array_elements(page) e LOOP
+            BEGIN
+                SELECT * INTO a FROM eps_reconcile_apply(jsonb_build_array(t));
+                changed := changed + a.changed; status_changed := status_changed + a.status_changed;
+                created := created + a.created;
+            EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+                skipped := skipped + 1;
+                RAISE WARNING 'reconcile: tracker % skipped: %', left(t ->> 'id', 64), SQLERRM;
+            END;
+        END LOOP;
+    END;
     UPDATE reconcile_runs r SET pages = r.pages + 1, listed = r.listed + eps_reconcile_page.listed,
            changed = r.changed + eps_reconcile_page.changed,
            status_changed = r.status_changed + eps_reconcile_page.status_changed,

@@ -6,7 +6,8 @@
  * nothing to change writes no tracker, shipment or history row; a 429 and a
  * 401 in the middle of a run (it resumes where it stopped and ends
  * complete); two replicas, one run per slot; a re-enabled webhook starts a
- * run over the disabled window.
+ * run over the disabled window; a tracker whose data the database refuses is
+ * skipped, not a stop at its page for good.
  */
 #include <check.h>
 #include <fcntl.h>
@@ -278,6 +279,41 @@ START_TEST(test_cli_creates_forwards_and_keeps_newer)
 END_TEST
 
 /*
+ * A tracker whose data the database refuses (a detail dated 2024-02-30):
+ * the run does not stop at its page for good; the page's other trackers
+ * are applied, that one is skipped and counted, and the run completes.
+ */
+START_TEST(test_refused_tracker_is_skipped_not_blocking)
+{
+        PGconn *c = db_open();
+        char *err;
+
+        reset(c);
+        fake_put(tracker("trk_recok1", "delivered", 3600, 60, 2, NULL));
+        json_t *bad = tracker("trk_recbad", "in_transit", 3600, 90, 2, NULL);
+        json_object_set_new(json_array_get(json_object_get(bad, "tracking_details"), 0), "datetime",
+                            json_string("2024-02-30T10:00:00Z"));
+        fake_put(bad);
+        fake_put(tracker("trk_recok2", "delivered", 3600, 120, 3, NULL));
+
+        int rc = run_reconcile(NULL, &err);
+        ck_assert_msg(rc == 1, "exit %d, stderr:\n%s", rc, err);
+        ck_assert_msg(strstr(err, "completed: 3 listed, 0 changed (0 with another status), 2 created"),
+                      "stderr:\n%s", err);
+        ck_assert_msg(strstr(err, "1 trackers of a page skipped"), "stderr:\n%s", err);
+        free(err);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id IN ('trk_recok1', 'trk_recok2')",
+                                 NULL), 2);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_recbad'", NULL), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events", NULL), 5);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM reconcile_runs WHERE status = 'completed'"
+                                    " AND listed = 3 AND created = 2", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'reconcile_run'", NULL), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/*
  * The schedule with the database already equal to the API: each slot's run
  * completes, finds nothing, and rewrites no tracker, shipment or
  * shipment_events row; /metrics counts the runs and no drift.
@@ -462,6 +498,7 @@ reconcile_suite(void)
         tcase_add_unchecked_fixture(tc, fake_up, fake_down);
         tcase_set_timeout(tc, 240);
         tcase_add_test(tc, test_cli_creates_forwards_and_keeps_newer);
+        tcase_add_test(tc, test_refused_tracker_is_skipped_not_blocking);
         tcase_add_test(tc, test_scheduled_run_without_drift_writes_nothing);
         tcase_add_test(tc, test_429_and_401_mid_run_resume_where_stopped);
         tcase_add_test(tc, test_two_replicas_one_run_per_slot);
