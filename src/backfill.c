@@ -378,6 +378,13 @@ list_done(const struct httpc_resp *r, void *arg)
                 return;
         }
         json_t *o = json_loadb(r->body, r->len, 0, NULL);
+        if (!json_is_array(json_object_get(o, "events"))) {
+                /* a proxy's page, a truncated answer: taken as the end of the
+                 * list, it would move the cursor over every event below */
+                json_decref(o);
+                enter(b, BACKFILL_IDLE, "listing events: no event list in the answer");
+                return;
+        }
         bool reached = take_page(b, o, &first, &last);
         if (b->top == NULL && first)
                 b->top = xstrdup(first); /* the newest: the cursor once all is settled */

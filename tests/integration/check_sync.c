@@ -1045,6 +1045,39 @@ START_TEST(test_backfill_pages_down_to_the_cursor)
 END_TEST
 
 /*
+ * A list page answered 200 with no event list (a proxy's maintenance page):
+ * the run stops there, the cursor stays, and the next run recovers every
+ * event, instead of the cursor moving over the ones below that page.
+ */
+START_TEST(test_backfill_page_without_an_event_list_keeps_the_cursor)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        wipe(c);
+        seed_pages(0, 3, 0);
+        start_backfill(&d);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_pg002'", 1, 30000), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        seed_pages(3, 156, 10);
+        /* the next start's first page as listed, its second an HTML page */
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "[{\"path_prefix\":\"/v2/events\",\"delay_ms\":1},"
+                                      "{\"path_prefix\":\"/v2/events\",\"status\":200,"
+                                      "\"body\":\"<html><body>down for maintenance</body></html>\"}]",
+                                      NULL, 0), 201);
+        start_backfill(&d);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_pg155'", 1, 60000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_pg%'", NULL),
+                         156);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/*
  * A sweep left by a run stopped at its page cap goes on below the oldest
  * event it listed. When EasyPost no longer lists that event (it keeps events
  * for a limited time, and answers 422 for a cursor it does not know), the
@@ -1102,6 +1135,7 @@ sync_suite(void)
         tcase_add_test(tc, test_sync_lease_covers_the_wait_in_the_pacer_queue);
         tcase_add_test(tc, test_projector_fails_a_poison_row_and_goes_on);
         tcase_add_test(tc, test_backfill_pages_down_to_the_cursor);
+        tcase_add_test(tc, test_backfill_page_without_an_event_list_keeps_the_cursor);
         tcase_add_test(tc, test_backfill_sweep_ends_where_its_event_is_gone);
         suite_add_tcase(s, tc);
         return s;
