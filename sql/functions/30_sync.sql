@@ -13,12 +13,23 @@ DROP FUNCTION IF EXISTS eps_sync_release(uuid, text, integer);
 DROP FUNCTION IF EXISTS eps_sync_fail(uuid, text, integer);
 DROP FUNCTION IF EXISTS eps_sync_apply(uuid, jsonb);
 
+-- Whether a job whose last attempt ended with HTTP status p_status (0: no
+-- answer) may go on past p_max attempts: when the cause was of the moment
+-- (no answer, 429, 5xx: EasyPost or the path to it in trouble) and the job
+-- is less than a day old. Its backoff is then at its cap (5 minutes), so an
+-- incident longer than the first attempts' 8 minutes does not leave a
+-- shipment a stub for good, and a day of them still ends the job.
+CREATE OR REPLACE FUNCTION eps_sync_outlasts(p_status integer, p_created timestamptz) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT (p_status = 0 OR p_status = 429 OR p_status >= 500) AND p_created > now() - interval '1 day'
+$$;
+
 -- Claims up to p_n due jobs (or running ones whose lease ran out: their
 -- worker died) for p_lease_s seconds. SKIP LOCKED: replicas never collide.
 -- A claim is (instance, attempts): every later transition names it, so a
 -- worker whose lease ran out cannot touch the job another one holds now.
 -- A job that has had p_max attempts ends 'failed' with its last error
--- instead of being claimed again.
+-- instead of being claimed again, unless eps_sync_outlasts.
 CREATE OR REPLACE FUNCTION eps_sync_claim(p_n integer, p_instance text, p_lease_s integer,
                                           p_max integer)
 RETURNS TABLE (id uuid, kind text, object_id text, attempts integer)
@@ -31,7 +42,7 @@ BEGIN
     WHERE j.id IN (SELECT c.id FROM sync_jobs c
                    WHERE ((c.status = 'pending' AND c.next_attempt_at <= now())
                           OR (c.status = 'running' AND c.locked_until < now()))
-                     AND c.attempts >= p_max
+                     AND c.attempts >= p_max AND NOT coalesce(eps_sync_outlasts(c.last_status, c.created_at), false)
                    FOR UPDATE SKIP LOCKED);
     RETURN QUERY
     UPDATE sync_jobs j
@@ -40,7 +51,7 @@ BEGIN
     WHERE j.id IN (SELECT c.id FROM sync_jobs c
                    WHERE ((c.status = 'pending' AND c.next_attempt_at <= now())
                           OR (c.status = 'running' AND c.locked_until < now()))
-                     AND c.attempts < p_max
+                     AND (c.attempts < p_max OR coalesce(eps_sync_outlasts(c.last_status, c.created_at), false))
                    ORDER BY c.next_attempt_at
                    LIMIT p_n
                    FOR UPDATE SKIP LOCKED)
@@ -48,14 +59,17 @@ BEGIN
 END
 $$;
 
--- Another attempt later, or 'failed' once p_max attempts are spent. Returns
--- the job's new status, NULL when the claim is no longer this worker's.
+-- Another attempt later, or 'failed' once p_max attempts are spent (unless
+-- eps_sync_outlasts). Returns the job's new status, NULL when the claim is
+-- no longer this worker's.
 CREATE OR REPLACE FUNCTION eps_sync_retry(p_id uuid, p_error text, p_status integer, p_delay_ms bigint,
                                           p_instance text, p_attempt integer, p_max integer)
 RETURNS text LANGUAGE sql AS $$
     UPDATE sync_jobs
-    SET status = CASE WHEN attempts >= p_max THEN 'failed' ELSE 'pending' END,
-        last_error = CASE WHEN attempts >= p_max THEN 'gave up after ' || attempts || ' attempts: ' || p_error
+    SET status = CASE WHEN attempts >= p_max AND NOT eps_sync_outlasts(p_status, created_at)
+                      THEN 'failed' ELSE 'pending' END,
+        last_error = CASE WHEN attempts >= p_max AND NOT eps_sync_outlasts(p_status, created_at)
+                          THEN 'gave up after ' || attempts || ' attempts: ' || p_error
                           ELSE p_error END,
         last_status = p_status,
         next_attempt_at = now() + make_interval(secs => p_delay_ms / 1000.0),

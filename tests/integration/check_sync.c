@@ -924,6 +924,58 @@ START_TEST(test_apply_error_counts_and_attempts_are_capped)
 END_TEST
 
 /*
+ * An EasyPost incident longer than the first attempts' backoff (503 on every
+ * fetch) does not end a job after sync_max_attempts: it goes on, and once
+ * the API answers again the shipment is filled. A job a day old that still
+ * meets only 503s ends 'failed' at sync_max_attempts.
+ */
+START_TEST(test_sync_job_outlasts_an_api_incident)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char v[512];
+
+        wipe(c);
+        char *shp = shipment_json("shp_incident");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", shp, NULL, 0), 201);
+        free(shp);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/shipments/\",\"status\":503,\"count\":-1}",
+                                      NULL, 0), 201);
+        char url[128], keyenv[128];
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=20", "EASYPOST_SYNC_BACKFILL_INTERVAL=0",
+                              "EASYPOST_SYNC_SYNC_INTERVAL=1", "EASYPOST_SYNC_SYNC_MAX_ATTEMPTS=2", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        post_tracker(d.port, "evt_incident", "shp_incident");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id = 'shp_incident' "
+                                         "AND attempts >= 3", 1, 60000), 1);
+        q1s(c, "SELECT status FROM sync_jobs WHERE object_id = $1", "shp_incident", v, sizeof(v));
+        ck_assert_msg(strcmp(v, "pending") == 0 || strcmp(v, "running") == 0, "%s", v);
+        ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id = 'shp_incident' "
+                                         "AND status = 'done'", 1, 60000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipments WHERE easypost_id = 'shp_incident' "
+                                    "AND rate = 6.07", NULL), 1);
+
+        /* a day old: sync_max_attempts ends it */
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/shipments/\",\"status\":503,\"count\":-1}",
+                                      NULL, 0), 201);
+        db_exec(c, "INSERT INTO sync_jobs (kind, object_id, created_at) "
+                   "VALUES ('shipment', 'shp_incident', now() - interval '25 hours')");
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE object_id = 'shp_incident' "
+                                         "AND status = 'failed'", 1, 60000), 1);
+        q1s(c, "SELECT attempts || '/' || last_error FROM sync_jobs WHERE object_id = $1 AND status = 'failed'",
+            "shp_incident", v, sizeof(v));
+        ck_assert_msg(strncmp(v, "2/gave up after 2 attempts: HTTP 503", 36) == 0, "%s", v);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/*
  * A pending event whose projection fails (here a trigger refuses its tracker
  * the way a missing partition did: a check_violation naming no constraint)
  * is stored 'failed' with its error and never taken again: the events
@@ -1131,6 +1183,7 @@ sync_suite(void)
         tcase_add_test(tc, test_backfill_elected_once_per_slot_across_replicas);
         tcase_add_test(tc, test_sigterm_with_stalled_commit_poller_and_backfill_in_flight);
         tcase_add_test(tc, test_apply_error_counts_and_attempts_are_capped);
+        tcase_add_test(tc, test_sync_job_outlasts_an_api_incident);
         tcase_add_test(tc, test_backfill_sets_aside_an_event_that_keeps_failing);
         tcase_add_test(tc, test_sync_lease_covers_the_wait_in_the_pacer_queue);
         tcase_add_test(tc, test_projector_fails_a_poison_row_and_goes_on);
