@@ -7,7 +7,6 @@
  */
 #include "epevent.h"
 
-#include <jansson.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <stdint.h>
@@ -15,40 +14,6 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
-
-/* Removes U+0000 from every string in the tree; true if any was found. */
-static bool
-strip_nul(json_t *v)
-{
-        bool found = false;
-
-        if (json_is_string(v)) {
-                size_t n = json_string_length(v);
-                const char *s = json_string_value(v);
-                if (memchr(s, '\0', n) == NULL)
-                        return false;
-                char *buf = xmalloc(n);
-                size_t k = 0;
-                for (size_t i = 0; i < n; i++)
-                        if (s[i] != '\0')
-                                buf[k++] = s[i];
-                json_string_setn(v, buf, k);
-                free(buf);
-                return true;
-        }
-        if (json_is_object(v)) {
-                const char *key;
-                json_t *child;
-                json_object_foreach(v, key, child)
-                        found |= strip_nul(child);
-        } else if (json_is_array(v)) {
-                size_t i;
-                json_t *child;
-                json_array_foreach(v, i, child)
-                        found |= strip_nul(child);
-        }
-        return found;
-}
 
 static bool
 digits(const char *s, int n)
@@ -735,6 +700,8 @@ scan_object(struct scan *s, int depth, enum ctx ctx)
                         return fail(s, "expected a key");
                 const unsigned char *kstart = s->p;
                 const char *k = key;
+                bool nul_before = s->has_nul;
+                s->has_nul = false;
                 size_t run = plain_run(s->p + 1, s->end);
                 if (run < sizeof(key) && s->end - (s->p + 1) > (ptrdiff_t)run && s->p[1 + run] == '"') {
                         /* printable ASCII without escapes (nearly every key): read in place */
@@ -754,6 +721,9 @@ scan_object(struct scan *s, int depth, enum ctx ctx)
                                 return -1;
                         s->p = after;
                 }
+                if (s->has_nul)
+                        return fail(s, "U+0000 in an object key (jsonb cannot hold it)");
+                s->has_nul = nul_before;
                 if (s->nkeys == s->capkeys) {
                         s->capkeys = s->capkeys ? s->capkeys * 2 : 64;
                         s->keys = xrealloc(s->keys, s->capkeys * sizeof(*s->keys));
@@ -936,24 +906,36 @@ eptracker_bytes(const struct eptracker *t)
         return sizeof(*t) + t->cap + t->capd * sizeof(*t->d);
 }
 
-/* Rare path: a body with U+0000 gets a cleaned copy for the projection. */
-static int
-make_clean(const void *body, size_t len, struct epevent *ev, struct err *e)
+/* Rare path: a body with U+0000 in a string value (always escaped: the
+ * scanner refuses a raw control byte, and one in a key) gets a copy for the
+ * projection without it, for jsonb cannot hold it: the same text with each
+ * \u0000 escape left out, so that every other byte, numbers included, stays
+ * as EasyPost sent it. The scanner has checked the JSON. */
+static void
+make_clean(const char *body, size_t len, struct epevent *ev)
 {
-        json_error_t jerr;
-        json_t *root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
+        char *out = xmalloc(len + 1);
+        size_t k = 0;
+        bool in_string = false;
 
-        if (root == NULL) {
-                err_set(e, 400, "invalid JSON at byte %d: %s", jerr.position, jerr.text);
-                return -1;
+        for (size_t i = 0; i < len; i++) {
+                char c = body[i];
+                if (in_string && c == '\\') {
+                        if (len - i >= 6 && memcmp(body + i + 1, "u0000", 5) == 0) {
+                                i += 5;
+                                continue;
+                        }
+                        out[k++] = c;
+                        out[k++] = body[++i]; /* the escaped byte: never a closing quote */
+                        continue;
+                }
+                if (c == '"')
+                        in_string = !in_string;
+                out[k++] = c;
         }
-        strip_nul(root);
-        ev->clean = json_dumps(root, JSON_COMPACT);
-        json_decref(root);
-        if (ev->clean == NULL)
-                abort();
+        out[k] = '\0';
+        ev->clean = out;
         ev->has_nul = true;
-        return 0;
 }
 
 int
@@ -1001,8 +983,8 @@ epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
         }
         if (ev->created_at[0] && !epevent_valid_time(ev->created_at))
                 ev->created_at[0] = '\0';
-        if (s.has_nul && make_clean(body, len, ev, e) != 0)
-                goto out;
+        if (s.has_nul)
+                make_clean(body, len, ev);
         if (s.result_object && !s.untyped && !s.has_nul && strncmp(ev->object_id, "trk_", 4) == 0 &&
             (strcmp(ev->description, "tracker.created") == 0 ||
              strcmp(ev->description, "tracker.updated") == 0)) {

@@ -225,6 +225,40 @@ START_TEST(test_nul_and_fields)
 }
 END_TEST
 
+/* The copy without U+0000 is the body's own text less the \u0000 escapes:
+ * numbers are not rewritten (0.1, an integer past 64 bits), an escaped
+ * backslash before "u0000" stays; U+0000 in a key is refused (jsonb cannot
+ * hold it). */
+START_TEST(test_clean_copy_keeps_the_text)
+{
+        struct epevent ev;
+        const char *doc = "{\"object\":\"Event\",\"id\":\"evt_n\",\"description\":\"insurance.purchased\","
+                          "\"result\":{\"id\":\"ins_1\",\"amount\":0.1,\"w\":123456789012345678901234567890,"
+                          "\"note\":\"a\\u0000b\\u0000\",\"raw\":\"\\\\u0000\",\"e\":1.5e400}}";
+        const char *want = "{\"object\":\"Event\",\"id\":\"evt_n\",\"description\":\"insurance.purchased\","
+                           "\"result\":{\"id\":\"ins_1\",\"amount\":0.1,\"w\":123456789012345678901234567890,"
+                           "\"note\":\"ab\",\"raw\":\"\\\\u0000\",\"e\":1.5e400}}";
+
+        ck_assert_int_eq(parse(doc, &ev), 0);
+        ck_assert(ev.has_nul);
+        ck_assert_str_eq(ev.clean, want);
+        epevent_fini(&ev);
+
+        const char *key = "{\"object\":\"Event\",\"id\":\"evt_k\",\"description\":\"d\","
+                          "\"result\":{\"a\\u0000\":1}}";
+        struct err e;
+        ck_assert_int_eq(epevent_parse(key, strlen(key), &ev, &e), -1);
+        ck_assert_int_eq(e.code, 400);
+        ck_assert_ptr_nonnull(strstr(e.msg, "U+0000 in an object key"));
+        ck_assert_ptr_null(ev.clean);
+        /* also after a value that held one */
+        const char *after = "{\"object\":\"Event\",\"id\":\"evt_k\",\"description\":\"d\","
+                            "\"result\":{\"v\":\"\\u0000\",\"a\\u0000\":1}}";
+        ck_assert_int_eq(epevent_parse(after, strlen(after), &ev, &e), -1);
+        ck_assert_ptr_nonnull(strstr(e.msg, "U+0000 in an object key"));
+}
+END_TEST
+
 START_TEST(test_times)
 {
         ck_assert(epevent_valid_time("2014-11-19T10:51:54Z"));
@@ -329,6 +363,7 @@ epevent_suite(void)
         tcase_add_test(tc, test_accepts);
         tcase_add_test(tc, test_keys_in_place_and_escaped);
         tcase_add_test(tc, test_nul_and_fields);
+        tcase_add_test(tc, test_clean_copy_keeps_the_text);
         tcase_add_test(tc, test_times);
         tcase_add_test(tc, test_tracker_typed);
         suite_add_tcase(s, tc);
