@@ -887,6 +887,10 @@ tracker_shrink(struct eptracker *t)
         }
         free(t->arena);
         t->arena = a;
+        if (t->capd > t->nd && t->nd > 0) {
+                t->d = xrealloc(t->d, t->nd * sizeof(*t->d));
+                t->capd = t->nd;
+        }
         t->cap = t->used;
 }
 
@@ -985,7 +989,12 @@ epevent_parse(const void *body, size_t len, struct epevent *ev, struct err *e)
                 ev->created_at[0] = '\0';
         if (s.has_nul)
                 make_clean(body, len, ev);
-        if (s.result_object && !s.untyped && !s.has_nul && strncmp(ev->object_id, "trk_", 4) == 0 &&
+        /* typed only while its details take at most twice the body (a real
+         * detail is a few hundred bytes of JSON, its entry 136): a queued event
+         * holds at most about four times its size (body, strings, details),
+         * whatever a body of empty details would make of it */
+        if (s.result_object && !s.untyped && !s.has_nul && s.t->nd * sizeof(*s.t->d) / 2 <= len &&
+            strncmp(ev->object_id, "trk_", 4) == 0 &&
             (strcmp(ev->description, "tracker.created") == 0 ||
              strcmp(ev->description, "tracker.updated") == 0)) {
                 tracker_shrink(s.t);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "epevent.h"
+#include "metrics.h"
 #include "testutil.h"
 
 static int
@@ -259,6 +260,38 @@ START_TEST(test_clean_copy_keeps_the_text)
 }
 END_TEST
 
+/* A tracker whose details would take more than twice its body (empty
+ * objects) is not typed: it waits in the queue as its body, and PostgreSQL
+ * types it. Ordinary details are typed. */
+START_TEST(test_typed_only_when_details_fit_the_body)
+{
+        struct epevent ev;
+        struct strbuf b = { 0 };
+
+        for (int round = 0; round < 2; round++) {
+                strbuf_printf(&b, "{\"object\":\"Event\",\"id\":\"evt_t\",\"description\":\"tracker.updated\","
+                                  "\"result\":{\"id\":\"trk_t\",\"tracking_details\":[");
+                for (int i = 0; i < 1000; i++)
+                        strbuf_printf(&b, "%s%s", i ? "," : "",
+                                      round == 0 ? "{}"
+                                                 : "{\"message\":\"Arrived at the facility\",\"status\":"
+                                                   "\"in_transit\",\"datetime\":\"2024-05-01T10:00:00Z\","
+                                                   "\"source\":\"USPS\",\"carrier_code\":\"NT\"}");
+                strbuf_printf(&b, "]}}");
+                ck_assert_int_eq(parse(b.data, &ev), 0);
+                if (round == 0) {
+                        ck_assert_ptr_null(ev.trk);
+                } else {
+                        ck_assert_ptr_nonnull(ev.trk);
+                        ck_assert_uint_eq(ev.trk->nd, 1000);
+                        ck_assert_uint_le(eptracker_bytes(ev.trk), 3 * b.len);
+                }
+                epevent_fini(&ev);
+                strbuf_free(&b);
+        }
+}
+END_TEST
+
 START_TEST(test_times)
 {
         ck_assert(epevent_valid_time("2014-11-19T10:51:54Z"));
@@ -364,6 +397,7 @@ epevent_suite(void)
         tcase_add_test(tc, test_keys_in_place_and_escaped);
         tcase_add_test(tc, test_nul_and_fields);
         tcase_add_test(tc, test_clean_copy_keeps_the_text);
+        tcase_add_test(tc, test_typed_only_when_details_fit_the_body);
         tcase_add_test(tc, test_times);
         tcase_add_test(tc, test_tracker_typed);
         suite_add_tcase(s, tc);
