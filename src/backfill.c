@@ -471,7 +471,7 @@ send_check(struct backfill *b)
 /* ---- FETCH ---- */
 
 static void fetch_more(struct backfill *b);
-static void count_failure(struct bf_item *it, const char *err);
+static void count_failure(struct bf_item *it, const char *err, bool transient);
 
 static void
 item_done(struct ingest_item *ii, enum ingest_result r)
@@ -518,7 +518,7 @@ ingest_body(struct bf_item *bi, char *body, bool partial, const char *dead)
                 log_warn("backfill", "backfill: event %s: %s", bi->id, why);
                 b->stats.unusable++;
                 if (dead == NULL)
-                        count_failure(bi, why);
+                        count_failure(bi, why, false);
         } else if (ingest_has_room(b->ingest)) {
                 it->owned_body = body;
                 it->body = body;
@@ -540,7 +540,9 @@ ingest_body(struct bf_item *bi, char *body, bool partial, const char *dead)
 }
 
 /* Counted: after max_attempts the event is stored from its list item as a
- * dead letter with the error, so it no longer holds the cursor. */
+ * dead letter with the error, so it no longer holds the cursor; after
+ * failures of the moment (no answer, 429, 5xx) only once they have gone on
+ * for a day (eps_backfill_failed's may_wait). */
 static void
 failed_cb(PGresult *res, void *arg)
 {
@@ -553,7 +555,8 @@ failed_cb(PGresult *res, void *arg)
         if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
             !PQgetisnull(res, 0, 0) && !b->lost) {
                 long n = atol(PQgetvalue(res, 0, 0));
-                if (n >= b->max_attempts) {
+                bool may_wait = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+                if (n >= b->max_attempts && !may_wait) {
                         char dead[512];
                         snprintf(dead, sizeof(dead), "set aside by backfill after %ld failed attempts: %s",
                                  n, it->error);
@@ -561,8 +564,9 @@ failed_cb(PGresult *res, void *arg)
                         if (it->listed)
                                 ingest_body(it, xstrdup(it->listed), true, dead);
                 } else {
-                        log_info("backfill", "backfill: event %s failed (%ld of %ld attempts): %s", it->id, n,
-                                 b->max_attempts, it->error);
+                        log_info("backfill", "backfill: event %s failed (%ld of %ld attempts%s): %s", it->id,
+                                 n, b->max_attempts, may_wait ? "; EasyPost in trouble: waited out for a day" : "",
+                                 it->error);
                 }
         } else if (res && PQresultStatus(res) != PGRES_TUPLES_OK) {
                 log_warn("backfill", "backfill: counting a failure failed: %s", PQresultErrorMessage(res));
@@ -571,15 +575,15 @@ failed_cb(PGresult *res, void *arg)
 }
 
 static void
-count_failure(struct bf_item *it, const char *err)
+count_failure(struct bf_item *it, const char *err, bool transient)
 {
         struct backfill *b = it->b;
 
         free(it->error);
         it->error = xstrdup(err);
-        const char *vals[3] = { b->token, it->id, err };
-        if (db_conn_query(b->conn, "SELECT eps_backfill_failed($1::int8, $2, $3)", 3, vals, failed_cb,
-                          it) == 0)
+        const char *vals[4] = { b->token, it->id, err, transient ? "t" : "f" };
+        if (db_conn_query(b->conn, "SELECT attempts, may_wait FROM eps_backfill_failed($1::int8, $2, $3, $4::bool)",
+                          4, vals, failed_cb, it) == 0)
                 b->pending++;
 }
 
@@ -629,7 +633,7 @@ payloads_done(const struct httpc_resp *r, void *arg)
                 else
                         snprintf(err, sizeof(err), "fetching its payloads: HTTP %ld (request %s)", r->status,
                                  r->request_id);
-                count_failure(it, err);
+                count_failure(it, err, r->rc != CURLE_OK || r->status == 429 || r->status >= 500);
         }
         fetch_more(b);
 }

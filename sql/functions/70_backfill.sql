@@ -63,23 +63,26 @@ LANGUAGE sql AS $$
 $$;
 
 -- One more failed attempt at recovering event p_event_id (a fetch that
--- failed, a body that is not usable). Returns the attempts counted so far,
--- NULL when the lease is no longer p_token's (nothing counted).
-CREATE OR REPLACE FUNCTION eps_backfill_failed(p_token bigint, p_event_id text, p_error text)
-RETURNS integer
+-- failed, a body that is not usable). Returns the attempts counted so far
+-- and whether the event may still wait (p_transient: the failure was of the
+-- moment, no answer, 429 or 5xx, and its first failure is less than a day
+-- old), or a NULL row when the lease is no longer p_token's (nothing counted).
+DROP FUNCTION IF EXISTS eps_backfill_failed(bigint, text, text);
+CREATE FUNCTION eps_backfill_failed(p_token bigint, p_event_id text, p_error text, p_transient boolean,
+                                    OUT attempts integer, OUT may_wait boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
-    n integer;
+    v_first timestamptz;
 BEGIN
     IF NOT eps_backfill_holds(p_token) THEN
-        RETURN NULL;
+        RETURN;
     END IF;
     INSERT INTO backfill_failures AS f (event_id, attempts, last_error)
     VALUES (p_event_id, 1, p_error)
     ON CONFLICT (event_id) DO UPDATE SET attempts = f.attempts + 1, last_error = EXCLUDED.last_error,
                                          updated_at = now()
-    RETURNING f.attempts INTO n;
-    RETURN n;
+    RETURNING f.attempts, f.first_at INTO attempts, v_first;
+    may_wait := p_transient AND v_first > now() - interval '1 day';
 END
 $$;
 

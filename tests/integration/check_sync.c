@@ -682,6 +682,9 @@ START_TEST(test_backfill_sets_aside_an_event_that_keeps_failing)
         wipe(c);
         seed_event(60, "2025-06-06T10:00:00Z");
         seed_event(61, "2025-06-06T10:01:00Z");
+        /* its 500s began a day ago: no longer waited out (see the next test) */
+        db_exec(c, "INSERT INTO backfill_failures (event_id, attempts, first_at) "
+                   "VALUES ('evt_bf60', 0, now() - interval '25 hours')");
         ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
                                       "{\"path_prefix\":\"/v2/events/evt_bf60/payloads\",\"status\":500,"
                                       "\"count\":-1}", NULL, 0), 201);
@@ -712,6 +715,41 @@ START_TEST(test_backfill_sets_aside_an_event_that_keeps_failing)
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf62' "
                                     "AND status = 'projected'", NULL), 1);
         ck_assert_int_eq(payload_fetches(60), 3);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/*
+ * An EasyPost incident on the payloads (503 to every fetch of one event)
+ * that outlasts sync_max_attempts runs does not set the event aside: it
+ * holds the cursor, and once the API answers again it is stored whole, with
+ * its payload, not from its list item.
+ */
+START_TEST(test_backfill_waits_out_an_api_incident)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char url[128], keyenv[128];
+
+        wipe(c);
+        seed_event(70, "2025-06-07T10:00:00Z");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/events/evt_bf70/payloads\",\"status\":503,"
+                                      "\"count\":-1}", NULL, 0), 201);
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_API_RATE=20", "EASYPOST_SYNC_BACKFILL_INTERVAL=1",
+                              "EASYPOST_SYNC_SYNC_MAX_ATTEMPTS=1", "EASYPOST_SYNC_SYNC_INTERVAL=1", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM backfill_failures WHERE event_id = 'evt_bf70' "
+                                         "AND attempts >= 3", 1, 60000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf70'", NULL), 0);
+        ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_bf70' "
+                                         "AND status = 'projected' AND NOT partial", 1, 60000), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM backfill_failures", 0, 20000), 0);
+        ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_backfill_set_aside_total"), 0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
 }
@@ -1185,6 +1223,7 @@ sync_suite(void)
         tcase_add_test(tc, test_apply_error_counts_and_attempts_are_capped);
         tcase_add_test(tc, test_sync_job_outlasts_an_api_incident);
         tcase_add_test(tc, test_backfill_sets_aside_an_event_that_keeps_failing);
+        tcase_add_test(tc, test_backfill_waits_out_an_api_incident);
         tcase_add_test(tc, test_sync_lease_covers_the_wait_in_the_pacer_queue);
         tcase_add_test(tc, test_projector_fails_a_poison_row_and_goes_on);
         tcase_add_test(tc, test_backfill_pages_down_to_the_cursor);
