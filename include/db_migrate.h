@@ -18,7 +18,7 @@
 #include "util.h"
 
 /* Highest migration this build expects; the daemon's readiness checks it. */
-#define DB_SCHEMA_VERSION 16
+#define DB_SCHEMA_VERSION 17
 /* Months after the current one that always have their partitions
  * (eps_partitions_create; --migrate and each maintenance run). */
 #define DB_PARTITIONS_AHEAD "3"

@@ -260,10 +260,12 @@ send_as_one_batch(PGconn *c, char **bodies, const size_t *lens, size_t n, int *s
 }
 
 /*
- * An error that one event causes (here a statement timeout, 57014, raised by
- * a trigger for that event) fails its batch; the batch goes again one event
+ * An error that one event causes (here a data exception, 22023, raised by a
+ * trigger for that event) fails its batch; the batch goes again one event
  * at a time: the neighbours commit, the event is stored raw as 'failed'.
- * An error that is nobody's (disk full) answers the whole batch 503.
+ * Errors that are nobody's answer the whole batch 503: disk full, and a
+ * statement timeout (57014: a batch that waited on a lock is no event's
+ * fault; stored as a dead letter, its redelivery would be a duplicate).
  */
 START_TEST(test_event_error_isolated_other_error_503)
 {
@@ -276,7 +278,10 @@ START_TEST(test_event_error_isolated_other_error_503)
         wipe(c);
         db_exec(c, "CREATE OR REPLACE FUNCTION test_fail_on() RETURNS trigger LANGUAGE plpgsql AS $$ "
                    "BEGIN "
-                   "IF NEW.event_id = 'evt_iso_slow' AND NEW.status <> 'failed' THEN "
+                   "IF NEW.event_id = 'evt_iso_bad' AND NEW.status <> 'failed' THEN "
+                   "RAISE EXCEPTION 'a value this event holds is refused' USING ERRCODE = 'invalid_parameter_value'; "
+                   "END IF; "
+                   "IF NEW.event_id LIKE 'evt_slow_%' THEN "
                    "RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled'; "
                    "END IF; "
                    "IF NEW.event_id LIKE 'evt_disk_%' THEN "
@@ -287,7 +292,7 @@ START_TEST(test_event_error_isolated_other_error_503)
 
         for (int i = 0; i < N; i++) {
                 char evid[32], trk[32];
-                snprintf(evid, sizeof(evid), i == 7 ? "evt_iso_slow" : "evt_iso_%02d", i);
+                snprintf(evid, sizeof(evid), i == 7 ? "evt_iso_bad" : "evt_iso_%02d", i);
                 snprintf(trk, sizeof(trk), "trk_iso%02d", i);
                 bodies[i] = snapshot(evid, trk, "in_transit", "2025-01-01T00:03:00Z", 3);
                 lens[i] = strlen(bodies[i]);
@@ -300,26 +305,30 @@ START_TEST(test_event_error_isolated_other_error_503)
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_iso_%' "
                                     "AND status = 'projected'", NULL), N - 1);
         char *s = db_text(c, "SELECT status || ' ' || left(error, 5) FROM webhook_events WHERE event_id = $1",
-                      "evt_iso_slow");
-        ck_assert_str_eq(s, "failed 57014");
+                      "evt_iso_bad");
+        ck_assert_str_eq(s, "failed 22023");
         free(s);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id LIKE 'trk_iso%'", NULL),
                          N - 1);
 
         /* nobody's error: the whole batch is answered 503 and nothing of it is stored */
-        for (int i = 0; i < N; i++) {
-                free(bodies[i]);
-                char evid[32], trk[32];
-                snprintf(evid, sizeof(evid), i == 3 ? "evt_disk_%02d" : "evt_near_%02d", i);
-                snprintf(trk, sizeof(trk), "trk_near%02d", i);
-                bodies[i] = snapshot(evid, trk, "in_transit", "2025-01-01T00:03:00Z", 2);
-                lens[i] = strlen(bodies[i]);
+        for (int round = 0; round < 2; round++) {
+                const char *bad = round == 0 ? "evt_disk_%02d" : "evt_slow_%02d";
+                for (int i = 0; i < N; i++) {
+                        free(bodies[i]);
+                        char evid[32], trk[32];
+                        snprintf(evid, sizeof(evid), i == 3 ? bad : "evt_near_%02d", i);
+                        snprintf(trk, sizeof(trk), "trk_near%02d", i);
+                        bodies[i] = snapshot(evid, trk, "in_transit", "2025-01-01T00:03:00Z", 2);
+                        lens[i] = strlen(bodies[i]);
+                }
+                send_as_one_batch(c, bodies, lens, N, st, round == 0 ? "disk" : "slow");
+                for (int i = 0; i < N; i++)
+                        ck_assert_msg(st[i] == 503, "%s, event %d: %d", bad, i, st[i]);
+                ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_near_%' "
+                                            "OR event_id LIKE 'evt_disk_%' OR event_id LIKE 'evt_slow_%'",
+                                         NULL), 0);
         }
-        send_as_one_batch(c, bodies, lens, N, st, "disk");
-        for (int i = 0; i < N; i++)
-                ck_assert_msg(st[i] == 503, "event %d: %d", i, st[i]);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_near_%'",
-                                 NULL), 0);
         db_exec(c, "DROP TRIGGER test_fail ON webhook_events");
         db_exec(c, "DROP FUNCTION test_fail_on()");
         /* EasyPost's retry then succeeds */
@@ -327,7 +336,7 @@ START_TEST(test_event_error_isolated_other_error_503)
         for (int i = 0; i < N; i++)
                 ck_assert_int_eq(st[i], 200);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_near_%' "
-                                    "OR event_id LIKE 'evt_disk_%'", NULL), N);
+                                    "OR event_id LIKE 'evt_slow_%'", NULL), N);
         for (int i = 0; i < N; i++)
                 free(bodies[i]);
         PQfinish(c);
