@@ -31,7 +31,9 @@
  * listing goes on, what the cursor becomes at its end) and the next run
  * continues it; when EasyPost no longer lists the event a page starts below
  * (404/422 for its before_id: it aged out), nothing older is left and the
- * listing ends there. The list omits `result`; an event with no recorded payload
+ * listing ends there. A 429 on a list page sends the same page again once
+ * the pacer's pause is over (up to BACKFILL_MAX_429 in a row), so steady rate
+ * limiting slows a run down instead of ending it. The list omits `result`; an event with no recorded payload
  * is stored as listed, marked partial (counted in `unrecovered`), and the real
  * delivery replaces it when it comes.
  *
@@ -57,6 +59,7 @@
 #define BACKFILL_PAGE 100
 #define BACKFILL_MAX_PAGES 50
 #define BACKFILL_MAX_ATTEMPTS 10 /* when the settings name none */
+#define BACKFILL_MAX_429 30      /* 429s in a row on a list page before the run stops */
 
 struct bf_item {
         struct backfill *b;
@@ -90,6 +93,7 @@ struct backfill {
         char *top;     /* what the cursor becomes once every listed event is settled */
         char *next;    /* a sweep's before_id, then the oldest id listed */
         int pages;
+        unsigned n429; /* 429s in a row on the page being listed */
         uint64_t recovered, unrecovered; /* by this run */
         backfill_partial_fn on_partial;
         void *on_partial_arg;
@@ -158,6 +162,7 @@ reset(struct backfill *b)
         b->cursor = b->top = b->next = NULL;
         b->n = b->cap = b->next_item = b->pending = 0;
         b->pages = 0;
+        b->n429 = 0;
         b->recovered = b->unrecovered = 0;
         b->token[0] = '\0';
         b->started = b->forced = b->lost = b->sweeping = b->bottom = false;
@@ -370,13 +375,23 @@ list_done(const struct httpc_resp *r, void *arg)
                 enter(b, BACKFILL_CHECK, NULL);
                 return;
         }
+        if (r->rc == CURLE_OK && r->status == 429 && ++b->n429 <= BACKFILL_MAX_429) {
+                /* the same page again once the pacer's pause is over: under
+                 * steady rate limiting a run that gave up here would list
+                 * its first pages again and again and never reach the rest */
+                send_list(b, b->next);
+                return;
+        }
         if (r->rc != CURLE_OK || r->status != 200) {
                 char why[200];
-                snprintf(why, sizeof(why), "listing events: %s",
-                         r->rc != CURLE_OK ? r->error : "HTTP error");
+                if (r->rc != CURLE_OK)
+                        snprintf(why, sizeof(why), "listing events: %s", r->error);
+                else
+                        snprintf(why, sizeof(why), "listing events: HTTP %ld", r->status);
                 enter(b, BACKFILL_IDLE, why);
                 return;
         }
+        b->n429 = 0;
         json_t *o = json_loadb(r->body, r->len, 0, NULL);
         if (!json_is_array(json_object_get(o, "events"))) {
                 /* a proxy's page, a truncated answer: taken as the end of the

@@ -1135,6 +1135,33 @@ START_TEST(test_backfill_pages_down_to_the_cursor)
 END_TEST
 
 /*
+ * A cursor at evt_pg002 (a first run over 3 events), then 153 newer events
+ * over two pages, with the fault rules page2_faults for the list requests
+ * of the next start (whose first page is listed as usual), and that start.
+ */
+static void
+backfill_two_pages_with_faults(PGconn *c, struct daemon *d, const char *page2_faults)
+{
+        char rules[1024];
+
+        wipe(c);
+        seed_pages(0, 3, 0);
+        start_backfill(d);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_pg002'", 1, 30000), 1);
+        ck_assert_int_eq(daemon_stop(d, SIGTERM), 0);
+        seed_pages(3, 156, 10);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/reset", "{}", NULL, 0), 200);
+        snprintf(rules, sizeof(rules), "[{\"path_prefix\":\"/v2/events\",\"delay_ms\":1},%s]", page2_faults);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults", rules, NULL, 0), 201);
+        start_backfill(d);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
+                                         " AND value = 'evt_pg155'", 1, 60000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_pg%'", NULL),
+                         156);
+}
+
+/*
  * A list page answered 200 with no event list (a proxy's maintenance page):
  * the run stops there, the cursor stays, and the next run recovers every
  * event, instead of the cursor moving over the ones below that page.
@@ -1144,24 +1171,32 @@ START_TEST(test_backfill_page_without_an_event_list_keeps_the_cursor)
         PGconn *c = db_open();
         struct daemon d;
 
-        wipe(c);
-        seed_pages(0, 3, 0);
-        start_backfill(&d);
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
-                                         " AND value = 'evt_pg002'", 1, 30000), 1);
+        /* the second page an HTML page, then every event recovered */
+        backfill_two_pages_with_faults(c, &d, "{\"path_prefix\":\"/v2/events\",\"status\":200,"
+                                              "\"body\":\"<html><body>down for maintenance</body></html>\"}");
+        ck_assert(daemon_metric(d.port, "easypost_sync_backfill_runs_total{outcome=\"failed\"}") >= 1);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
-        seed_pages(3, 156, 10);
-        /* the next start's first page as listed, its second an HTML page */
-        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
-                                      "[{\"path_prefix\":\"/v2/events\",\"delay_ms\":1},"
-                                      "{\"path_prefix\":\"/v2/events\",\"status\":200,"
-                                      "\"body\":\"<html><body>down for maintenance</body></html>\"}]",
-                                      NULL, 0), 201);
-        start_backfill(&d);
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'backfill_cursor'"
-                                         " AND value = 'evt_pg155'", 1, 60000), 1);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_pg%'", NULL),
-                         156);
+        PQfinish(c);
+}
+END_TEST
+
+/*
+ * A 429 on a list page is waited out and the same page sent again: the run
+ * that met it completes (no failed run), instead of ending and listing its
+ * first pages again from the cursor, which under steady rate limiting would
+ * never reach the pages below them.
+ */
+START_TEST(test_backfill_waits_out_a_429_on_a_list_page)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        /* the second page rate limited once, then every event recovered */
+        backfill_two_pages_with_faults(c, &d, "{\"path_prefix\":\"/v2/events\",\"status\":429,"
+                                              "\"retry_after\":1}");
+        ck_assert_int_eq(stat_long("by_status", "429"), 1);
+        ck_assert(daemon_metric(d.port, "easypost_sync_backfill_runs_total{outcome=\"completed\"}") >= 1);
+        ck_assert(daemon_metric(d.port, "easypost_sync_backfill_runs_total{outcome=\"failed\"}") == 0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
 }
@@ -1228,6 +1263,7 @@ sync_suite(void)
         tcase_add_test(tc, test_projector_fails_a_poison_row_and_goes_on);
         tcase_add_test(tc, test_backfill_pages_down_to_the_cursor);
         tcase_add_test(tc, test_backfill_page_without_an_event_list_keeps_the_cursor);
+        tcase_add_test(tc, test_backfill_waits_out_a_429_on_a_list_page);
         tcase_add_test(tc, test_backfill_sweep_ends_where_its_event_is_gone);
         suite_add_tcase(s, tc);
         return s;
