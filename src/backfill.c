@@ -486,7 +486,7 @@ send_check(struct backfill *b)
 /* ---- FETCH ---- */
 
 static void fetch_more(struct backfill *b);
-static void count_failure(struct bf_item *it, const char *err, bool transient);
+static void count_failure(struct bf_item *it, const char *err, long status);
 
 static void
 item_done(struct ingest_item *ii, enum ingest_result r)
@@ -533,7 +533,7 @@ ingest_body(struct bf_item *bi, char *body, bool partial, const char *dead)
                 log_warn("backfill", "backfill: event %s: %s", bi->id, why);
                 b->stats.unusable++;
                 if (dead == NULL)
-                        count_failure(bi, why, false);
+                        count_failure(bi, why, -1);
         } else if (ingest_has_room(b->ingest)) {
                 it->owned_body = body;
                 it->body = body;
@@ -589,15 +589,19 @@ failed_cb(PGresult *res, void *arg)
         fetch_more(b);
 }
 
+/* status: the fetch's HTTP status, 0 for no answer, -1 when the failure was
+ * not a fetch's (whether it may wait is eps_backfill_failed's to say). */
 static void
-count_failure(struct bf_item *it, const char *err, bool transient)
+count_failure(struct bf_item *it, const char *err, long status)
 {
         struct backfill *b = it->b;
+        char st[24];
 
         free(it->error);
         it->error = xstrdup(err);
-        const char *vals[4] = { b->token, it->id, err, transient ? "t" : "f" };
-        if (db_conn_query(b->conn, "SELECT attempts, may_wait FROM eps_backfill_failed($1::int8, $2, $3, $4::bool)",
+        snprintf(st, sizeof(st), "%ld", status);
+        const char *vals[4] = { b->token, it->id, err, status >= 0 ? st : NULL };
+        if (db_conn_query(b->conn, "SELECT attempts, may_wait FROM eps_backfill_failed($1::int8, $2, $3, $4::int)",
                           4, vals, failed_cb, it) == 0)
                 b->pending++;
 }
@@ -648,7 +652,7 @@ payloads_done(const struct httpc_resp *r, void *arg)
                 else
                         snprintf(err, sizeof(err), "fetching its payloads: HTTP %ld (request %s)", r->status,
                                  r->request_id);
-                count_failure(it, err, r->rc != CURLE_OK || r->status == 429 || r->status >= 500);
+                count_failure(it, err, r->rc != CURLE_OK ? 0 : r->status);
         }
         fetch_more(b);
 }

@@ -63,12 +63,15 @@ LANGUAGE sql AS $$
 $$;
 
 -- One more failed attempt at recovering event p_event_id (a fetch that
--- failed, a body that is not usable). Returns the attempts counted so far
--- and whether the event may still wait (p_transient: the failure was of the
--- moment, no answer, 429 or 5xx, and its first failure is less than a day
--- old), or a NULL row when the lease is no longer p_token's (nothing counted).
+-- failed, a body that is not usable). p_status is the fetch's HTTP status
+-- (0: no answer; NULL: not a fetch's failure). Returns the attempts counted
+-- so far and whether the event may still wait (eps_sync_outlasts: the
+-- failure was of the moment, no answer, 429 or 5xx, and the first one is
+-- less than a day old), or a NULL row when the lease is no longer p_token's
+-- (nothing counted).
 DROP FUNCTION IF EXISTS eps_backfill_failed(bigint, text, text);
-CREATE FUNCTION eps_backfill_failed(p_token bigint, p_event_id text, p_error text, p_transient boolean,
+DROP FUNCTION IF EXISTS eps_backfill_failed(bigint, text, text, boolean);
+CREATE FUNCTION eps_backfill_failed(p_token bigint, p_event_id text, p_error text, p_status integer,
                                     OUT attempts integer, OUT may_wait boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -82,7 +85,7 @@ BEGIN
     ON CONFLICT (event_id) DO UPDATE SET attempts = f.attempts + 1, last_error = EXCLUDED.last_error,
                                          updated_at = now()
     RETURNING f.attempts, f.first_at INTO attempts, v_first;
-    may_wait := p_transient AND v_first > now() - interval '1 day';
+    may_wait := coalesce(eps_sync_outlasts(p_status, v_first), false);
 END
 $$;
 
