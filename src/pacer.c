@@ -5,9 +5,11 @@
  *             any 429 pause) -> httpc_request -> answer -> owner's callback
  *
  * A 429 pauses every request, not just its own, for its Retry-After (capped
- * at max_retry_after). A 401 or 403 stops the pacer: what is queued is
- * dropped (its owners see CURLE_ABORTED_BY_CALLBACK) and nothing is sent
- * until pacer_reload brings a key to try.
+ * at max_retry_after). A 401 or 403 stops the pacer until pacer_reload
+ * brings a key to try: what is queued, and what is asked for meanwhile, is
+ * dropped (its owners see CURLE_ABORTED_BY_CALLBACK, never inside their
+ * call). A request left waiting would keep its owner's lease (a sync job, a
+ * backfill run) renewed, and no replica with a working key could take it.
  *
  * The rate holds where it counts, at the API: a request occupies one of
  * `rate` slots from its start until one second after its answer began to
@@ -199,9 +201,15 @@ preq_done(const struct httpc_resp *r, void *arg)
 static void
 pace_cb(evutil_socket_t fd, short what, void *arg)
 {
+        struct pacer *p = arg;
+
         (void)fd;
         (void)what;
-        pump(arg);
+        if (p->auth_failed && !p->stopped) {
+                drop_queued(p, "not sent: API key rejected");
+                return;
+        }
+        pump(p);
 }
 
 static void
@@ -261,8 +269,8 @@ pacer_request(struct pacer *p, const char *method, char *url, const char *json, 
                 p->qhead = q;
         p->qtail = q;
         p->queued++;
-        if (p->auth_failed || p->stopped)
-                return; /* waits for pacer_reload, or for pacer_free to cancel it */
+        if (p->stopped)
+                return; /* waits for pacer_free to cancel it */
         event_active(p->pace_timer, EV_TIMEOUT, 0); /* never answer inside the caller */
 }
 

@@ -241,7 +241,10 @@ fake_saw_two(void *arg)
         return fake_stat("requests") >= 2;
 }
 
-/* A 401 drops what waits and sends nothing until pacer_reload; then it goes on. */
+/*
+ * A 401 drops what waits, and what is asked for until pacer_reload (each
+ * owner told, never inside its call), and sends nothing; then it goes on.
+ */
 START_TEST(test_pacer_401_stops_until_reload)
 {
         struct event_base *base = event_base_new();
@@ -256,8 +259,11 @@ START_TEST(test_pacer_401_stops_until_reload)
         ck_assert_int_eq(a.status[0], 401);
         ck_assert_int_eq(a.aborted, 3); /* queued behind it: dropped, each owner told */
         ck_assert(pacer_auth_failed(p));
-        /* stopped: a new request waits */
+        /* stopped: a new request is dropped too, not sent */
         get_n(p, &a, "/shipments/shp_auth%s%s", 1);
+        a.want = 5;
+        ck_assert(run_until(base, answered, &a, 30000));
+        ck_assert_int_eq(a.aborted, 4);
         ck_assert(!run_until(base, fake_saw_two, NULL, 1000));
         ck_assert_int_eq(fake_stat("requests"), 1);
         ck_assert_int_eq(a.n, 1);
@@ -265,7 +271,8 @@ START_TEST(test_pacer_401_stops_until_reload)
                                      .timeout_s = 30, .max_retry_after = 300 };
         pacer_reload(p, &st);
         ck_assert(!pacer_auth_failed(p));
-        a.want = 5;
+        get_n(p, &a, "/shipments/shp_auth%s%s", 1);
+        a.want = 6;
         ck_assert(run_until(base, answered, &a, 30000));
         ck_assert_int_eq(a.status[1], 404);
         ck_assert_int_eq(a.sync_calls, 0);
