@@ -165,6 +165,12 @@ run_over(struct reconcile *r)
                          (unsigned long long)r->t.created);
                 finish(r, "completed", NULL);
         } else if (why[0]) {
+                /* an asked-for run resumed this one: ask again only after the
+                 * pause a stopped run waits anyway, or an error that repeats
+                 * (EasyPost down, a page that always fails) would have it
+                 * resumed and stopped again back to back, at the API's rate */
+                if (r->want)
+                        r->want_after_ms = clock_real_ms() + RC_RESUME_S * 1000u;
                 r->stats.runs_stopped++;
                 log_warn("reconcile", "reconcile run %s stopped: %s (it resumes from its cursor)", r->run,
                          why);
@@ -307,7 +313,8 @@ list_done(const struct httpc_resp *resp, void *arg)
         if (json_array_size(list) > 0)
                 last = json_string_value(json_object_get(json_array_get(list, json_array_size(list) - 1), "id"));
         r->next[0] = '\0';
-        if (json_is_true(json_object_get(o, "has_more"))) {
+        /* an empty page ends the list whatever has_more says: nothing to page below */
+        if (json_is_true(json_object_get(o, "has_more")) && json_array_size(list) > 0) {
                 if (last == NULL || !id_plain(last)) {
                         json_decref(o);
                         end_run(r, "listing trackers: the last tracker of a page has no usable id");

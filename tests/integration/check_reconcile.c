@@ -489,6 +489,80 @@ START_TEST(test_partial_backfill_starts_a_run)
 }
 END_TEST
 
+/*
+ * A page with no tracker ends the list even when it says has_more: there is
+ * nothing to page below it. Stopping there instead would stop every
+ * resumption on the same page, and no run would ever complete.
+ */
+START_TEST(test_empty_page_ends_the_list)
+{
+        PGconn *c = db_open();
+        char *err;
+
+        reset(c);
+        fake_put(tracker("trk_recempty", "delivered", 3600, 60, 2, NULL));
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/trackers\",\"status\":200,\"count\":-1,"
+                                      "\"body\":{\"trackers\":[],\"has_more\":true}}", NULL, 0), 201);
+        int rc = run_reconcile(NULL, &err);
+        ck_assert_msg(rc == 0, "exit %d, stderr:\n%s", rc, err);
+        ck_assert_msg(strstr(err, "completed: 0 listed"), "stderr:\n%s", err);
+        free(err);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM reconcile_runs WHERE status = 'completed'", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'reconcile_run'", NULL), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/*
+ * A run asked for (a backfill stored an event from its list item) while a
+ * stopped run waits resumes that run. When the API keeps failing, the next
+ * try waits as long as any stopped run does: no resume-and-stop loop at the
+ * API's rate. A reload (SIGHUP) resumes it at once, and it completes.
+ */
+START_TEST(test_asked_run_that_keeps_failing_waits)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char url[128], ev[300], ts[32];
+
+        reset(c);
+        seed_bulk(2);
+        iso_ago(60, ts);
+        snprintf(ev, sizeof(ev),
+                 "{\"id\":\"evt_recloop\",\"object\":\"Event\",\"mode\":\"test\","
+                 "\"description\":\"batch.created\",\"created_at\":\"%s\",\"previous_attributes\":{}}", ts);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", ev, NULL, 0), 201);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
+                                      "{\"path_prefix\":\"/v2/trackers\",\"status\":500,\"count\":-1}", NULL, 0),
+                         201);
+        db_exec(c, "SELECT * FROM eps_reconcile_begin('seed', 'seed', 1, 'manual', now() - interval '30 days', NULL)");
+        db_exec(c, "SELECT * FROM eps_reconcile_end((SELECT max(id) FROM reconcile_runs), 'seed', 'stopped', 'restart')");
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        const char *env[] = { url, "EASYPOST_API_KEY=" API_KEY, "EASYPOST_SYNC_BACKFILL_INTERVAL=1",
+                              "EASYPOST_SYNC_SYNC_INTERVAL=0", "EASYPOST_SYNC_WEBHOOK_CHECK_INTERVAL=0",
+                              "EASYPOST_SYNC_RECONCILE_INTERVAL=0", "EASYPOST_SYNC_API_RATE=20", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_recloop'"
+                                         " AND partial", 1, 30000), 1);
+        /* the asked-for try: it resumes the stopped run, which stops on the 500 */
+        ck_assert(daemon_metric_wait(d.port, "easypost_sync_reconcile_runs_total{outcome=\"stopped\"}", 1, 30000) >= 1);
+        long before = fake_count("by_path", "/v2/trackers");
+        ck_assert_int_ge(before, 1);
+        /* what the API sees in the next 3 s (one try a second would be 3) */
+        struct timespec ts3 = { 3, 0 };
+        nanosleep(&ts3, NULL);
+        ck_assert_int_le(fake_count("by_path", "/v2/trackers") - before, 1);
+        ck_assert_int_eq(fake_control(&fk, "DELETE", "/_control/faults", NULL, NULL, 0), 200);
+        kill(d.pid, SIGHUP);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM reconcile_runs WHERE status = 'completed'", 1, 30000),
+                         1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id LIKE 'trk_bulk%'", NULL), 2);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 Suite *
 reconcile_suite(void)
 {
@@ -504,6 +578,8 @@ reconcile_suite(void)
         tcase_add_test(tc, test_two_replicas_one_run_per_slot);
         tcase_add_test(tc, test_reenabled_webhook_reconciles_disabled_window);
         tcase_add_test(tc, test_partial_backfill_starts_a_run);
+        tcase_add_test(tc, test_empty_page_ends_the_list);
+        tcase_add_test(tc, test_asked_run_that_keeps_failing_waits);
         suite_add_tcase(s, tc);
         return s;
 }
