@@ -41,6 +41,7 @@ struct preq {
         char *body;         /* JSON or NULL */
         pacer_fn fn;
         void *arg;
+        unsigned key_gen; /* the pacer's key_gen when it was sent */
 };
 
 struct pacer {
@@ -52,6 +53,7 @@ struct pacer {
         uint64_t *release_us; /* answered requests still holding a rate slot: until when */
         size_t nrelease, release_cap;
         bool stopped, auth_failed;
+        unsigned key_gen; /* counts the API keys pacer_reload brought */
         char *api_url, *api_key;
         long rate, concurrency, timeout_s, max_retry_after;
         uint64_t requests_by_class[6];
@@ -188,8 +190,13 @@ preq_done(const struct httpc_resp *r, void *arg)
                 p->requests_by_class[r->rc == CURLE_OK && cls >= 1 && cls <= 5 ? cls : 0]++;
                 if (r->rc == CURLE_OK && r->status == 429)
                         pause_for(p, r->retry_after_s);
-                if (r->rc == CURLE_OK && (r->status == 401 || r->status == 403))
-                        auth_rejected(p, r->status);
+                if (r->rc == CURLE_OK && (r->status == 401 || r->status == 403)) {
+                        if (q->key_gen == p->key_gen)
+                                auth_rejected(p, r->status);
+                        else /* sent before a reload: its answer is not the new key's */
+                                log_info("sync", "a request sent with the previous API key got HTTP %ld; "
+                                                 "the new key stays in use", r->status);
+                }
         }
         if (capped.retry_after_s > p->max_retry_after)
                 capped.retry_after_s = p->max_retry_after;
@@ -216,6 +223,7 @@ static void
 send_one(struct pacer *p, struct preq *q)
 {
         p->in_flight++;
+        q->key_gen = p->key_gen;
         if (httpc_request(p->hc, q->method, q->url, q->body, p->api_key, PACER_CONNECT_MS,
                           p->timeout_s * 1000L, preq_done, q) != 0) {
                 struct httpc_resp r = { .rc = CURLE_FAILED_INIT, .body = "",
@@ -315,6 +323,8 @@ pacer_new(struct event_base *base, const struct pacer_settings *st)
 void
 pacer_reload(struct pacer *p, const struct pacer_settings *st)
 {
+        if (strcmp(p->api_key, st->api_key) != 0)
+                p->key_gen++;
         set(p, st);
         p->auth_failed = false; /* a new key deserves one try */
         if (!p->stopped)

@@ -281,6 +281,59 @@ START_TEST(test_pacer_401_stops_until_reload)
 }
 END_TEST
 
+struct reload_arg {
+        struct pacer *p;
+        const char *key;
+};
+
+static void
+reload_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct reload_arg *ra = arg;
+        struct pacer_settings st = { .api_url = fk.url, .api_key = ra->key, .rate = 50, .concurrency = 1,
+                                     .timeout_s = 30, .max_retry_after = 300 };
+
+        (void)fd;
+        (void)what;
+        pacer_reload(ra->p, &st);
+}
+
+/*
+ * A 401 for a request sent with the previous key, answered after a reload
+ * brought a new one, does not stop the pacer: the new key is not the one
+ * rejected, and the next request goes out with it.
+ */
+START_TEST(test_pacer_401_for_the_previous_key_keeps_the_new_one)
+{
+        struct event_base *base = event_base_new();
+        struct answers a = { .want = 1 };
+
+        fake_clean();
+        fault("{\"path_prefix\":\"/v2/shipments/\",\"status\":401,\"delay_ms\":1500,\"count\":1}");
+        struct pacer_settings st = { .api_url = fk.url, .api_key = "EZTKrevokedkey", .rate = 50, .concurrency = 1,
+                                     .timeout_s = 30, .max_retry_after = 300 };
+        struct pacer *p = pacer_new(base, &st);
+        struct reload_arg ra = { p, KEY };
+        struct event *reload = evtimer_new(base, reload_cb, &ra);
+        struct timeval at = { 0, 300000 };
+        evtimer_add(reload, &at);
+        get_n(p, &a, "/shipments/shp_rekey%s%s", 1);
+        ck_assert(run_until(base, answered, &a, 30000));
+        ck_assert_int_eq(a.n, 1);
+        ck_assert_int_eq(a.status[0], 401);
+        ck_assert(!pacer_auth_failed(p));
+        get_n(p, &a, "/shipments/shp_rekey%s%s", 1);
+        a.want = 2;
+        ck_assert(run_until(base, answered, &a, 30000));
+        ck_assert_int_eq(a.n, 2);
+        ck_assert_int_eq(a.status[1], 404);
+        ck_assert_int_eq(fake_stat("auth_failures"), 0);
+        event_free(reload);
+        pacer_free(p);
+        event_base_free(base);
+}
+END_TEST
+
 /* ---- backfill ---- */
 
 struct bf_rig {
@@ -505,6 +558,7 @@ pacer_suite(void)
         tcase_add_test(tc, test_pacer_rate_holds_at_the_api_through_a_stall);
         tcase_add_test(tc, test_pacer_429_pauses_everyone_for_capped_retry_after);
         tcase_add_test(tc, test_pacer_401_stops_until_reload);
+        tcase_add_test(tc, test_pacer_401_for_the_previous_key_keeps_the_new_one);
         suite_add_tcase(s, tc);
         return s;
 }
