@@ -131,6 +131,7 @@ BEGIN
            array_agg(n.newest_at), array_agg(x.details),
            array_agg(CASE WHEN t.details_count > 0 AND x.details >= t.details_count
                                AND eps_ts(kd.dt) = t.newest_detail_at
+                               AND (x.details = t.details_count OR eps_ts(kn.dt) > t.newest_detail_at)
                           THEN t.details_count ELSE 0 END),
            array_agg(x.mode), array_agg(x.code), array_agg(x.carrier), array_agg(x.status),
            array_agg(x.sdetail), array_agg(x.est), array_agg(x.signed), array_agg(x.url),
@@ -163,7 +164,11 @@ BEGIN
     -- LIMIT 1 keeps these lookups index probes even in a plan cached while the table was empty
     LEFT JOIN LATERAL (SELECT k.details_count, k.newest_detail_at FROM trackers k
                        WHERE k.easypost_id = x.trk LIMIT 1) t ON true
-    LEFT JOIN unnest(d_key, d_pos, d_datetime) AS kd(k, pos, dt) ON kd.k = x.k AND kd.pos = t.details_count;
+    LEFT JOIN unnest(d_key, d_pos, d_datetime) AS kd(k, pos, dt) ON kd.k = x.k AND kd.pos = t.details_count
+    -- the detail after them must be newer: a snapshot whose first details_count
+    -- end at the stored newest time but hold a new detail of that same time
+    -- (sorted before a known one) is not the stored history plus new ones
+    LEFT JOIN unnest(d_key, d_pos, d_datetime) AS kn(k, pos, dt) ON kn.k = x.k AND kn.pos = t.details_count + 1;
 
     -- shipments: a stub for a shipment not seen yet (and its sync job), the
     -- newest snapshot's status for the others

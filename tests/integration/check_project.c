@@ -192,6 +192,58 @@ START_TEST(test_growing_history_each_detail_once)
 }
 END_TEST
 
+/* A tracker.updated for trk_same whose history is the n details of d
+ * ("message@HH:MM" on 2025-03-01). */
+static char *
+same_minute_event(const char *evid, const char *updated, const char *const *d, int n)
+{
+        json_t *details = json_array();
+        for (int i = 0; i < n; i++) {
+                char msg[32], dt[40];
+                snprintf(msg, sizeof(msg), "%.*s", (int)(strchr(d[i], '@') - d[i]), d[i]);
+                snprintf(dt, sizeof(dt), "2025-03-01T%s:00Z", strchr(d[i], '@') + 1);
+                json_array_append_new(details, json_pack("{s:s,s:s,s:s,s:s}", "object", "TrackingDetail",
+                                                         "message", msg, "status", "in_transit", "datetime", dt));
+        }
+        json_t *ev = json_pack("{s:s,s:s,s:s,s:s,s:s,s:{s:s,s:s,s:s,s:s,s:s,s:s,s:o}}",
+                "id", evid, "object", "Event", "description", "tracker.updated", "mode", "test",
+                "created_at", updated,
+                "result", "id", "trk_same", "object", "Tracker", "tracking_code", "EZSAME", "carrier", "USPS",
+                "status", "in_transit", "updated_at", updated, "tracking_details", details);
+        char *b = json_dumps(ev, JSON_COMPACT);
+        json_decref(ev);
+        return b;
+}
+
+/*
+ * A new detail of the same minute as the newest stored one, sorted before
+ * it: the snapshot's first two details end at the stored newest time but
+ * are not the two stored ones, so none of them is taken as known, and the
+ * new detail is written.
+ */
+START_TEST(test_new_detail_of_the_newest_minute_is_kept)
+{
+        PGconn *c = db_open();
+        const char *first[] = { "A@19:00", "B@19:27" };
+        const char *second[] = { "A@19:00", "X@19:27", "B@19:27", "C@20:00" };
+
+        wipe(c);
+        char *b1 = same_minute_event("evt_same_1", "2025-03-01T19:30:00Z", first, 2);
+        char *b2 = same_minute_event("evt_same_2", "2025-03-01T20:05:00Z", second, 4);
+        ck_assert_int_eq(post_event(dm.port, b1, strlen(b1), NULL, 0), 200);
+        ck_assert_int_eq(post_event(dm.port, b2, strlen(b2), NULL, 0), 200);
+        char *s = db_text(c, "SELECT string_agg(e.message, ',' ORDER BY e.event_datetime, e.message)"
+                             " FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id"
+                             " WHERE t.easypost_id = 'trk_same'", NULL);
+        ck_assert_str_eq(s, "A,B,X,C");
+        free(s);
+        ck_assert_int_eq(q1(c, "SELECT details_count FROM trackers WHERE easypost_id = 'trk_same'", NULL), 4);
+        free(b1);
+        free(b2);
+        PQfinish(c);
+}
+END_TEST
+
 /* Odd events sent together with good ones: every one stored, each outcome recorded. */
 START_TEST(test_hostile_events_keep_neighbours)
 {
@@ -600,6 +652,7 @@ project_suite(void)
         tcase_add_test(tc, test_fixture_projection);
         tcase_add_test(tc, test_out_of_order_newer_wins);
         tcase_add_test(tc, test_growing_history_each_detail_once);
+        tcase_add_test(tc, test_new_detail_of_the_newest_minute_is_kept);
         tcase_add_test(tc, test_hostile_events_keep_neighbours);
         tcase_add_test(tc, test_dead_letter_then_replay);
         tcase_add_test(tc, test_replay_queued_projects_what_deferred_left);
