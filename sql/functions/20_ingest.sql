@@ -612,7 +612,11 @@ BEGIN
         ORDER BY 2
         ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING;
         projected := coalesce(cardinality(v_ok), 0);
-    EXCEPTION WHEN others THEN
+    EXCEPTION WHEN deadlock_detected OR serialization_failure THEN
+        -- not the events' fault: the whole transaction rolls back and its
+        -- keys go back to the queue, taken again by the next call
+        RAISE;
+    WHEN others THEN
         projected := 0;
         FOR i IN 1 .. cardinality(v_id) LOOP
             v_problem := NULL;
@@ -627,7 +631,9 @@ BEGIN
             IF v_problem IS NULL THEN
                 BEGIN
                     PERFORM eps_project_trackers(ARRAY[v_id[i]], ARRAY[v_one]);
-                EXCEPTION WHEN others THEN
+                EXCEPTION WHEN deadlock_detected OR serialization_failure THEN
+                    RAISE;
+                WHEN others THEN
                     v_problem := SQLSTATE || ': ' || SQLERRM;
                 END;
             END IF;
@@ -639,6 +645,11 @@ BEGIN
             SET status = CASE WHEN v_problem IS NULL THEN 'projected' ELSE 'failed' END,
                 error = v_problem, body_error = coalesce(v_berr, body_error), processed_at = now()
             WHERE id = v_id[i] AND received_at = v_at[i];
+            -- as at ingest: a tracker whose event cannot be projected is fetched
+            IF v_problem IS NOT NULL AND v_obj[i] LIKE 'trk\_%' THEN
+                INSERT INTO sync_jobs (kind, object_id) VALUES ('tracker', v_obj[i])
+                ON CONFLICT (kind, object_id) WHERE status IN ('pending', 'running') DO NOTHING;
+            END IF;
         END LOOP;
     END;
 END

@@ -520,55 +520,82 @@ END_TEST
  * A tracker event that breaks its batch (a tracking detail dated
  * 2024-13-45, which PostgreSQL refuses) is isolated and stored raw as a dead
  * letter; like a structurally broken one, it queues a fetch of its tracker,
- * so the tracker row and its history still come from the API.
+ * so the tracker row and its history still come from the API. In deferred
+ * mode the projector's one-at-a-time fallback stores it failed and queues
+ * the same fetch. n names the event and the tracker.
  */
-START_TEST(test_dead_letter_tracker_event_fetches_the_tracker)
+static void
+dead_letter_fetches_the_tracker(const char *projection, int n)
 {
         PGconn *c = db_open();
         struct fake_api fk;
         struct daemon d;
-        char url[128], resp[256];
+        char url[128], mode[64], resp[256], trk[32], evt[32], obj[600], res[400], q[300];
 
-        db_exec(c, "DELETE FROM sync_jobs WHERE object_id = 'trk_dead1'");
+        snprintf(trk, sizeof(trk), "trk_dead%d", n);
+        snprintf(evt, sizeof(evt), "evt_dead%d", n);
+        db_exec(c, "DELETE FROM sync_jobs WHERE object_id LIKE 'trk\\_dead%'");
         db_exec(c, "DELETE FROM shipment_events WHERE tracker_id IN "
-                   "(SELECT id FROM trackers WHERE easypost_id = 'trk_dead1')");
-        db_exec(c, "DELETE FROM trackers WHERE easypost_id = 'trk_dead1'");
+                   "(SELECT id FROM trackers WHERE easypost_id LIKE 'trk\\_dead%')");
+        db_exec(c, "DELETE FROM trackers WHERE easypost_id LIKE 'trk\\_dead%'");
         ck_assert_int_eq(fake_start(&fk, HEAL_API_KEY), 0);
-        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects",
-                                      "{\"id\":\"trk_dead1\",\"object\":\"Tracker\",\"mode\":\"test\","
-                                      "\"tracking_code\":\"EZDEAD1\",\"carrier\":\"USPS\",\"status\":\"delivered\","
-                                      "\"updated_at\":\"2025-05-03T09:00:00Z\",\"tracking_details\":["
-                                      "{\"message\":\"Accepted\",\"status\":\"pre_transit\",\"datetime\":\"2025-05-01T09:00:00Z\"},"
-                                      "{\"message\":\"Delivered\",\"status\":\"delivered\",\"datetime\":\"2025-05-03T09:00:00Z\"}]}",
-                                      NULL, 0), 201);
+        snprintf(obj, sizeof(obj),
+                 "{\"id\":\"%s\",\"object\":\"Tracker\",\"mode\":\"test\","
+                 "\"tracking_code\":\"EZDEAD%d\",\"carrier\":\"USPS\",\"status\":\"delivered\","
+                 "\"updated_at\":\"2025-05-03T09:00:00Z\",\"tracking_details\":["
+                 "{\"message\":\"Accepted\",\"status\":\"pre_transit\",\"datetime\":\"2025-05-01T09:00:00Z\"},"
+                 "{\"message\":\"Delivered\",\"status\":\"delivered\",\"datetime\":\"2025-05-03T09:00:00Z\"}]}",
+                 trk, n);
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", obj, NULL, 0), 201);
         snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
-        const char *env[] = { url, "EASYPOST_API_KEY=" HEAL_API_KEY, "EASYPOST_SYNC_API_RATE=5",
+        snprintf(mode, sizeof(mode), "EASYPOST_SYNC_PROJECTION=%s", projection);
+        const char *env[] = { url, mode, "EASYPOST_API_KEY=" HEAL_API_KEY, "EASYPOST_SYNC_API_RATE=5",
                               "EASYPOST_SYNC_BACKFILL_INTERVAL=0", "EASYPOST_SYNC_API_TIMEOUT=2",
                               "EASYPOST_SYNC_SYNC_INTERVAL=1", NULL };
         ck_assert_int_eq(daemon_start(&d, env), 0);
 
-        char *bad = make_event("evt_dead1", "tracker.updated",
-                               "{\"id\":\"trk_dead1\",\"object\":\"Tracker\",\"status\":\"in_transit\","
-                               "\"updated_at\":\"2025-05-02T09:00:00Z\",\"tracking_details\":["
-                               "{\"message\":\"Scanned\",\"status\":\"in_transit\","
-                               "\"datetime\":\"2024-13-45T10:00:00Z\"}]}");
+        snprintf(res, sizeof(res),
+                 "{\"id\":\"%s\",\"object\":\"Tracker\",\"status\":\"in_transit\","
+                 "\"updated_at\":\"2025-05-02T09:00:00Z\",\"tracking_details\":["
+                 "{\"message\":\"Scanned\",\"status\":\"in_transit\","
+                 "\"datetime\":\"2024-13-45T10:00:00Z\"}]}", trk);
+        char *bad = make_event(evt, "tracker.updated", res);
         ck_assert_int_eq(post_event(d.port, bad, strlen(bad), resp, sizeof(resp)), 200);
-        /* stored raw as a dead letter, with the fetch queued in the same commit */
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_dead1' "
-                                    "AND status = 'failed' AND body_error = 'not parsed: dead letter'",
-                                 NULL), 1);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' "
-                                    "AND object_id = 'trk_dead1'", NULL), 1);
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_dead1' "
-                                         "AND status = 'delivered'", 1, 30000), 1);
+        if (strcmp(projection, "inline") == 0) {
+                /* stored raw as a dead letter, with the fetch queued in the same commit */
+                ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = $1 "
+                                            "AND status = 'failed' AND body_error = 'not parsed: dead letter'",
+                                         evt), 1);
+                ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' "
+                                            "AND object_id = $1", trk), 1);
+        } else {
+                snprintf(q, sizeof(q), "SELECT count(*) FROM webhook_events WHERE event_id = '%s'"
+                                       " AND status = 'failed'", evt);
+                ck_assert_int_eq(db_wait_long(c, q, 1, 30000), 1);
+        }
+        snprintf(q, sizeof(q), "SELECT count(*) FROM trackers WHERE easypost_id = '%s' AND status = 'delivered'",
+                 trk);
+        ck_assert_int_eq(db_wait_long(c, q, 1, 30000), 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = "
-                                    "e.tracker_id WHERE t.easypost_id = 'trk_dead1'", NULL), 2);
-        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' "
-                                         "AND object_id = 'trk_dead1' AND status = 'done'", 1, 30000), 1);
+                                    "e.tracker_id WHERE t.easypost_id = $1", trk), 2);
+        snprintf(q, sizeof(q), "SELECT count(*) FROM sync_jobs WHERE kind = 'tracker' AND object_id = '%s'"
+                               " AND status = 'done'", trk);
+        ck_assert_int_eq(db_wait_long(c, q, 1, 30000), 1);
         free(bad);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         fake_stop(&fk);
         PQfinish(c);
+}
+
+START_TEST(test_dead_letter_tracker_event_fetches_the_tracker)
+{
+        dead_letter_fetches_the_tracker("inline", 1);
+}
+END_TEST
+
+START_TEST(test_deferred_failed_tracker_event_fetches_the_tracker)
+{
+        dead_letter_fetches_the_tracker("deferred", 2);
 }
 END_TEST
 
@@ -851,6 +878,7 @@ ingest_suite(void)
         tcase_add_test(race, test_deferred_full_copy_requeues_after_a_projector_holding_its_key);
         tcase_add_test(race, test_duplicate_probes_the_index);
         tcase_add_test(race, test_dead_letter_tracker_event_fetches_the_tracker);
+        tcase_add_test(race, test_deferred_failed_tracker_event_fetches_the_tracker);
         tcase_add_test(race, test_basic_auth_exact_header_only);
         tcase_add_test(race, test_batches_bounded_by_bytes);
         tcase_add_test(race, test_typed_tracker_event_is_not_parsed);
