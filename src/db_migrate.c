@@ -17,6 +17,7 @@
 
 #include <ctype.h>
 #include <dirent.h>
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <libpq-fe.h>
@@ -787,6 +788,12 @@ db_connect_blocking(const char *conninfo, const char *app_name, struct err *e)
 {
         const char *keys[] = { "dbname", "fallback_application_name", NULL };
         const char *vals[] = { conninfo, app_name, NULL };
+        /* the session in UTC, as the daemon's (db_conn.c): migrations count
+         * months and --replay reads zone-less times in the session's TimeZone */
+        if (setenv("PGTZ", "UTC", 1) != 0) {
+                err_set(e, -1, "cannot pin the session TimeZone to UTC: %s", strerror(errno));
+                return NULL;
+        }
         PGconn *pq = PQconnectdbParams(keys, vals, 1);
 
         if (PQstatus(pq) != CONNECTION_OK) {

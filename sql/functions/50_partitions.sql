@@ -30,9 +30,12 @@ CREATE OR REPLACE FUNCTION eps_partitions_create(p_ahead integer) RETURNS SETOF 
 LANGUAGE plpgsql AS $$
 DECLARE
     v_parent text;
-    v_end    timestamptz := (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
-                            + make_interval(months => p_ahead + 1);
+    -- month arithmetic on UTC wall-clock times: timestamptz + interval counts
+    -- months in the session's TimeZone, which need not be UTC
+    v_end    timestamptz := (date_trunc('month', now() AT TIME ZONE 'UTC')
+                             + make_interval(months => p_ahead + 1)) AT TIME ZONE 'UTC';
     v_hi     timestamptz;
+    v_next   timestamptz;
 BEGIN
     -- --migrate and a replica's tick may meet here: the second finds it done
     PERFORM pg_advisory_xact_lock(hashtext('easypost-sync partitions'), 1);
@@ -43,9 +46,10 @@ BEGIN
         SELECT max(p.hi) INTO v_hi FROM eps_partitions(v_parent::regclass) p;
         v_hi := coalesce(v_hi, date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC');
         WHILE v_hi < v_end LOOP
+            v_next := ((v_hi AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
             RETURN NEXT eps_partition_attach(v_parent, v_parent || '_' || to_char(v_hi AT TIME ZONE 'UTC', 'YYYY_MM'),
-                                             v_hi, v_hi + interval '1 month');
-            v_hi := v_hi + interval '1 month';
+                                             v_hi, v_next);
+            v_hi := v_next;
         END LOOP;
     END LOOP;
 END

@@ -706,6 +706,46 @@ START_TEST(test_migrate_converts_200k_events)
 }
 END_TEST
 
+/*
+ * Partitions are UTC months whatever the TimeZone the database gives its
+ * sessions: --migrate runs in UTC like the daemon, and the months made ahead
+ * from a session in another zone (an operator's psql) are UTC months too.
+ * Counted in America/New_York, a month after 1 December 00:00 UTC would be
+ * 31 December 00:00 UTC.
+ */
+START_TEST(test_partition_months_are_utc_months_whatever_the_time_zone)
+{
+        char ci[1024], dir[512];
+        PGconn *c = db_open();
+
+        db_exec(c, "DROP DATABASE IF EXISTS eps_tz");
+        db_exec(c, "CREATE DATABASE eps_tz");
+        db_exec(c, "ALTER DATABASE eps_tz SET TimeZone = 'America/New_York'");
+        PQfinish(c);
+        snprintf(ci, sizeof(ci), "%s dbname=eps_tz", getenv("TEST_PG_CONNINFO"));
+        snprintf(dir, sizeof(dir), "%s/sql", getenv("abs_top_srcdir"));
+        ck_assert_int_eq(run_migrate(ci, dir), 0);
+        c = PQconnectdb(ci);
+        ck_assert_int_eq(PQstatus(c), CONNECTION_OK);
+        const char *odd = "SELECT count(*) FROM (SELECT * FROM eps_partitions('webhook_events')"
+                          " UNION ALL SELECT * FROM eps_partitions('shipment_events')) p"
+                          " WHERE (p.lo <> '-infinity' AND p.lo <> date_trunc('month', p.lo AT TIME ZONE 'UTC')"
+                          " AT TIME ZONE 'UTC') OR p.hi <> date_trunc('month', p.hi AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'";
+        ck_assert_int_eq(db_long(c, odd, NULL), 0);
+        db_exec(c, "SET TimeZone = 'America/New_York'");
+        db_exec(c, "SELECT eps_partitions_create(14)");
+        ck_assert_int_ge(db_long(c, "SELECT count(*) FROM eps_partitions('webhook_events')", NULL), 15);
+        ck_assert_int_eq(db_long(c, odd, NULL), 0);
+        db_exec(c, "SET TimeZone = 'UTC'"); /* covered_sql counts months in the session's zone */
+        ck_assert_int_eq(months_covered(c, "webhook_events", 14), 15);
+        ck_assert_int_eq(months_covered(c, "shipment_events", 14), 15);
+        PQfinish(c);
+        c = db_open();
+        db_exec(c, "DROP DATABASE eps_tz");
+        PQfinish(c);
+}
+END_TEST
+
 /* ---- plans over three filled months ---- */
 
 static char *
@@ -832,6 +872,7 @@ partitions_suite(void)
         tcase_add_test(tc, test_old_sync_jobs_deleted_in_batches);
         tcase_add_test(tc, test_query_plans_use_indexes_with_three_months);
         tcase_add_test(tc, test_migrate_converts_200k_events);
+        tcase_add_test(tc, test_partition_months_are_utc_months_whatever_the_time_zone);
         suite_add_tcase(s, tc);
         return s;
 }
