@@ -1,11 +1,14 @@
 /*
- * schema.c - reads max(schema_migrations.version) on every connect, so that
- * /readyz can say whether `--migrate` is still to run. An inline daemon also
+ * schema.c - reads max(schema_migrations.version) on every connect, and
+ * again every SCHEMA_RECHECK_S while it is behind this build's, so that
+ * /readyz can say whether `--migrate` is still to run, and turns ready once
+ * it has run (the daemon restarted on a new build before it). An inline daemon also
  * counts projection_queue there: what a deferred daemon left is projected
  * only by a deferred one or --replay queued, so it says so once.
  */
 #include "schema.h"
 
+#include <event2/event.h>
 #include <stdlib.h>
 
 #include "db_conn.h"
@@ -13,8 +16,11 @@
 #include "log.h"
 #include "util.h"
 
+#define SCHEMA_RECHECK_S 5
+
 struct schema {
         struct db_conn *conn;
+        struct event *recheck;
         int version;
         bool check_queue; /* inline: warn about a deferred daemon's leftovers */
 };
@@ -39,20 +45,32 @@ static void
 version_cb(PGresult *res, void *arg)
 {
         struct schema *s = arg;
+        struct timeval tv = { SCHEMA_RECHECK_S, 0 };
 
         if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+                int was = s->version;
                 s->version = atoi(PQgetvalue(res, 0, 0));
-                if (s->version < DB_SCHEMA_VERSION)
-                        log_warn("schema", "database schema is at migration %d, this build needs %d: "
-                                           "run easypost-syncd --migrate",
-                                 s->version, DB_SCHEMA_VERSION);
-                else if (s->check_queue &&
+                if (s->version < DB_SCHEMA_VERSION) {
+                        if (s->version != was)
+                                log_warn("schema", "database schema is at migration %d, this build needs %d: "
+                                                   "run easypost-syncd --migrate",
+                                         s->version, DB_SCHEMA_VERSION);
+                        if (s->recheck)
+                                evtimer_add(s->recheck, &tv);
+                        return;
+                }
+                if (was >= 0 && was < DB_SCHEMA_VERSION)
+                        log_info("schema", "database schema is now at migration %d", s->version);
+                if (s->check_queue &&
                          db_conn_query(s->conn, "SELECT count(*) FROM projection_queue", 0, NULL,
                                        queue_cb, s) != 0)
                         log_debug("schema", "queue check not sent: connection lost");
         } else if (res) {
+                if (s->version != 0)
+                        log_warn("schema", "no schema_migrations table: run easypost-syncd --migrate");
                 s->version = 0;
-                log_warn("schema", "no schema_migrations table: run easypost-syncd --migrate");
+                if (s->recheck)
+                        evtimer_add(s->recheck, &tv);
         }
 }
 
@@ -66,6 +84,17 @@ conn_ready(struct db_conn *c, void *arg)
 
 static const struct db_conn_hooks hooks = { .on_ready = conn_ready };
 
+static void
+recheck_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct schema *s = arg;
+
+        (void)fd;
+        (void)what;
+        if (db_conn_ready(s->conn))
+                conn_ready(s->conn, s); /* else the next connect reads it */
+}
+
 struct schema *
 schema_new(struct event_base *base, const char *conninfo, bool check_queue)
 {
@@ -74,6 +103,7 @@ schema_new(struct event_base *base, const char *conninfo, bool check_queue)
         s->version = -1;
         s->check_queue = check_queue;
         s->conn = db_conn_new(base, conninfo, "schema", &hooks, s);
+        s->recheck = evtimer_new(base, recheck_cb, s); /* NULL only out of memory: no recheck */
         return s;
 }
 
@@ -88,6 +118,8 @@ schema_free(struct schema *s)
 {
         if (s == NULL)
                 return;
+        if (s->recheck)
+                event_free(s->recheck);
         db_conn_free(s->conn);
         free(s);
 }

@@ -38,6 +38,36 @@ START_TEST(test_readyz_follows_database)
 }
 END_TEST
 
+/*
+ * A daemon restarted on a new build before its --migrate (a package upgrade
+ * restarts it) is not ready while the newest migration is missing, and turns
+ * ready once it is there, without a restart or a reconnect.
+ */
+START_TEST(test_readyz_ready_once_migrated_while_running)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char resp[512];
+
+        db_exec(c, "DROP TABLE IF EXISTS ops_held_migration");
+        db_exec(c, "CREATE TABLE ops_held_migration AS SELECT * FROM schema_migrations"
+                   " WHERE version = (SELECT max(version) FROM schema_migrations)");
+        db_exec(c, "DELETE FROM schema_migrations WHERE version = (SELECT version FROM ops_held_migration)");
+        itest_wait_ready = false;
+        ck_assert_int_eq(daemon_start(&d, NULL), 0);
+        itest_wait_ready = true;
+        ck_assert(wait_status(d.port, "/readyz", 503, 10000));
+        ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 503);
+        ck_assert_msg(strstr(resp, "\"migrations\":\"pending\""), "%s", resp);
+        /* what --migrate leaves */
+        db_exec(c, "INSERT INTO schema_migrations SELECT * FROM ops_held_migration");
+        db_exec(c, "DROP TABLE ops_held_migration");
+        ck_assert(wait_status(d.port, "/readyz", 200, 30000));
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 /* Every sample line is name{labels} value; every name has HELP and TYPE. */
 static double
 prom_value(const char *text, const char *series)
@@ -430,6 +460,7 @@ ops_suite(void)
 
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_readyz_follows_database);
+        tcase_add_test(tc, test_readyz_ready_once_migrated_while_running);
         tcase_add_test(tc, test_metrics_exposition_moves_with_traffic);
         tcase_add_test(tc, test_sighup_rotates_secret_under_load);
         tcase_add_test(tc, test_sigterm_under_load_answers_are_stored);
