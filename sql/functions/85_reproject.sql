@@ -73,6 +73,14 @@ DECLARE
     v_rb    jsonb[];
 BEGIN
     trackers := 0; events := 0; history_deleted := 0; history_inserted := 0; refetch := 0;
+    -- the rows first, in the writers' order (shipments, then trackers): a
+    -- webhook that projected onto them and has not committed is waited for
+    -- here, so the events read below include it (read first, they would not,
+    -- and the rebuild would drop what it wrote once it commits)
+    PERFORM 1 FROM shipments s
+    WHERE s.easypost_id IN (SELECT t.shipment_easypost_id FROM trackers t WHERE t.easypost_id = ANY (p_trk))
+    ORDER BY s.easypost_id FOR UPDATE;
+    PERFORM 1 FROM trackers t WHERE t.easypost_id = ANY (p_trk) ORDER BY t.easypost_id FOR UPDATE;
     -- the trackers' projectable stored events, oldest first (as they came),
     -- each with its place among its tracker's events
     SELECT array_agg(e.id ORDER BY e.received_at, e.id), array_agg(e.body ORDER BY e.received_at, e.id),

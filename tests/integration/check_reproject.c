@@ -434,6 +434,64 @@ START_TEST(test_refused_tracker_is_isolated)
 }
 END_TEST
 
+/* Stores body as a webhook event and projects it, on c (in c's transaction). */
+static void
+store_and_project(PGconn *c, const char *body)
+{
+        ck_assert_int_eq(db_long(c, "WITH w AS (INSERT INTO webhook_events (id, event_id, description, mode,"
+                                    " object_id, raw, status) SELECT eps_uuid7(), b ->> 'id', b ->> 'description',"
+                                    " 'test', b -> 'result' ->> 'id', $1, 'projected' FROM (SELECT $1::jsonb AS b) j"
+                                    " RETURNING id, raw)"
+                                    " SELECT count(*) FROM (SELECT eps_project_trackers(ARRAY[w.id], ARRAY[w.raw::jsonb])"
+                                    " FROM w) x", body), 1);
+}
+
+/*
+ * A webhook that projected onto a tracker and has not committed when a
+ * rebuild of that tracker starts: the rebuild waits for it and includes its
+ * event. (Reading the stored events before taking the tracker's lock, it
+ * rebuilt the tracker without it once the webhook committed: the newer
+ * status and its history row were gone, the event still marked projected.)
+ */
+START_TEST(test_rebuild_waits_for_a_webhook_in_flight)
+{
+        SKIP_WITHOUT_FIXTURES();
+        PGconn *c = db_open(), *hook = db_open(), *re = db_open();
+        char q[300];
+
+        reset(c);
+        char *older = tracker_event("evt_race1", 2, 2, "r");
+        char *newer = tracker_event("evt_race2", 2, 3, "r");
+        store_and_project(c, older);
+        db_exec(hook, "BEGIN");
+        store_and_project(hook, newer);
+        ck_assert_int_eq(PQsendQuery(re, "SELECT * FROM eps_reproject_trackers(ARRAY['trk_r0002'])"), 1);
+        snprintf(q, sizeof(q), "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND wait_event_type = 'Lock'",
+                 PQbackendPID(re));
+        ck_assert_int_eq(db_wait_long(c, q, 1, 30000), 1);
+        db_exec(hook, "COMMIT");
+        PGresult *r;
+        int results = 0;
+        while ((r = PQgetResult(re)) != NULL) {
+                ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+                results++;
+                PQclear(r);
+        }
+        ck_assert_int_eq(results, 1);
+        char *st = db_text(c, "SELECT status || '/' || details_count FROM trackers WHERE easypost_id = 'trk_r0002'",
+                           NULL);
+        ck_assert_str_eq(st, "delivered/3");
+        free(st);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM shipment_events e JOIN trackers t ON t.id = e.tracker_id"
+                                    " WHERE t.easypost_id = 'trk_r0002'", NULL), 3);
+        free(older);
+        free(newer);
+        PQfinish(re);
+        PQfinish(hook);
+        PQfinish(c);
+}
+END_TEST
+
 /* The typed tables, rows as ingest made them, less surrogate keys and write
  * times, and the shipments' refund status. */
 #define TYPED_SUM \
@@ -520,6 +578,7 @@ reproject_suite(void)
         tcase_add_test(tc, test_resume_after_kill_and_webhooks_answered);
         tcase_add_test(tc, test_refused_tracker_is_isolated);
         tcase_add_test(tc, test_other_events_rebuild_typed_tables);
+        tcase_add_test(tc, test_rebuild_waits_for_a_webhook_in_flight);
         suite_add_tcase(s, tc);
         return s;
 }
