@@ -461,25 +461,43 @@ START_TEST(test_reenabled_webhook_reconciles_disabled_window)
 }
 END_TEST
 
-/* A backfill run that stored an event as listed (EasyPost has no payload for it) starts a run. */
-START_TEST(test_partial_backfill_starts_a_run)
+/* Fresh tables, two trackers, and an event EasyPost lists but holds no
+ * payload for: a backfill stores it as listed and asks for a run. */
+static void
+seed_partial_event(PGconn *c, const char *evid)
 {
-        PGconn *c = db_open();
-        struct daemon d;
-        char url[128], ev[300], ts[32];
+        char ev[300], ts[32];
 
         reset(c);
         seed_bulk(2);
         iso_ago(60, ts);
         snprintf(ev, sizeof(ev),
-                 "{\"id\":\"evt_recpartial\",\"object\":\"Event\",\"mode\":\"test\","
-                 "\"description\":\"batch.created\",\"created_at\":\"%s\",\"previous_attributes\":{}}", ts);
+                 "{\"id\":\"%s\",\"object\":\"Event\",\"mode\":\"test\","
+                 "\"description\":\"batch.created\",\"created_at\":\"%s\",\"previous_attributes\":{}}", evid, ts);
         ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", ev, NULL, 0), 201);
+}
+
+/* The daemon with a backfill every second and no reconcile schedule. */
+static void
+start_backfilling(struct daemon *d)
+{
+        char url[128];
+
         snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
         const char *env[] = { url, "EASYPOST_API_KEY=" API_KEY, "EASYPOST_SYNC_BACKFILL_INTERVAL=1",
                               "EASYPOST_SYNC_SYNC_INTERVAL=0", "EASYPOST_SYNC_WEBHOOK_CHECK_INTERVAL=0",
-                              "EASYPOST_SYNC_RECONCILE_INTERVAL=0", NULL };
-        ck_assert_int_eq(daemon_start(&d, env), 0);
+                              "EASYPOST_SYNC_RECONCILE_INTERVAL=0", "EASYPOST_SYNC_API_RATE=20", NULL };
+        ck_assert_int_eq(daemon_start(d, env), 0);
+}
+
+/* A backfill run that stored an event as listed (EasyPost has no payload for it) starts a run. */
+START_TEST(test_partial_backfill_starts_a_run)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        seed_partial_event(c, "evt_recpartial");
+        start_backfilling(&d);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM reconcile_runs WHERE reason = 'backfill'"
                                          " AND status = 'completed' AND created = 2", 1, 30000), 1);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_recpartial'"
@@ -524,25 +542,14 @@ START_TEST(test_asked_run_that_keeps_failing_waits)
 {
         PGconn *c = db_open();
         struct daemon d;
-        char url[128], ev[300], ts[32];
 
-        reset(c);
-        seed_bulk(2);
-        iso_ago(60, ts);
-        snprintf(ev, sizeof(ev),
-                 "{\"id\":\"evt_recloop\",\"object\":\"Event\",\"mode\":\"test\","
-                 "\"description\":\"batch.created\",\"created_at\":\"%s\",\"previous_attributes\":{}}", ts);
-        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", ev, NULL, 0), 201);
+        seed_partial_event(c, "evt_recloop");
         ck_assert_int_eq(fake_control(&fk, "POST", "/_control/faults",
                                       "{\"path_prefix\":\"/v2/trackers\",\"status\":500,\"count\":-1}", NULL, 0),
                          201);
         db_exec(c, "SELECT * FROM eps_reconcile_begin('seed', 'seed', 1, 'manual', now() - interval '30 days', NULL)");
         db_exec(c, "SELECT * FROM eps_reconcile_end((SELECT max(id) FROM reconcile_runs), 'seed', 'stopped', 'restart')");
-        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
-        const char *env[] = { url, "EASYPOST_API_KEY=" API_KEY, "EASYPOST_SYNC_BACKFILL_INTERVAL=1",
-                              "EASYPOST_SYNC_SYNC_INTERVAL=0", "EASYPOST_SYNC_WEBHOOK_CHECK_INTERVAL=0",
-                              "EASYPOST_SYNC_RECONCILE_INTERVAL=0", "EASYPOST_SYNC_API_RATE=20", NULL };
-        ck_assert_int_eq(daemon_start(&d, env), 0);
+        start_backfilling(&d);
         ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_recloop'"
                                          " AND partial", 1, 30000), 1);
         /* the asked-for try: it resumes the stopped run, which stops on the 500 */
