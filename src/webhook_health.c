@@ -65,13 +65,14 @@ struct webhook_health {
         long first_s;        /* the next IDLE arms this many seconds ahead (0: next slot) */
         bool elected;        /* this replica holds the current slot */
         enum wh_found found;
+        bool reported;       /* this process has logged what a check found */
         unsigned disabled;   /* disabled webhooks of this daemon at the last check */
         char ids[WH_MAX_IDS][WH_ID_MAX]; /* the disabled ones that may be re-enabled */
         unsigned nids;
         unsigned patching;   /* PATCH requests in flight */
         bool check_failing, waiting_logged;
         uint64_t checks_ok, checks_failed, reenabled;
-        char since[40]; /* disabled_at of the first disabled webhook at the last check */
+        char since[40]; /* the earliest disabled_at of the disabled webhooks (recorded) */
         webhook_reenabled_fn on_reenabled;
         void *on_reenabled_arg;
 };
@@ -166,8 +167,8 @@ finish(struct webhook_health *w)
         if (w->elected && w->found != WH_UNKNOWN && !w->stopped) {
                 char n[16];
                 snprintf(n, sizeof(n), "%u", w->disabled);
-                const char *vals[1] = { n };
-                if (db_conn_query(w->conn, "SELECT eps_webhook_check_record($1::int)", 1, vals,
+                const char *vals[2] = { n, w->disabled > 0 && w->since[0] ? w->since : NULL };
+                if (db_conn_query(w->conn, "SELECT eps_webhook_check_record($1::int, $2)", 2, vals,
                                   ignore_cb, w) != 0)
                         log_debug(WH_TAG, "webhook check not recorded: database unavailable");
         }
@@ -263,13 +264,14 @@ static void
 report(struct webhook_health *w, unsigned disabled, bool missing, const char *first, const char *since)
 {
         bool checked = w->found != WH_UNKNOWN, was_missing = w->found == WH_MISSING;
+        bool reported = w->reported;
 
-        if (missing && (!checked || !was_missing))
+        if (missing && (!reported || !was_missing))
                 log_warn(WH_TAG, "no EasyPost webhook of this account posts to public_url: "
                                     "EasyPost delivers no events here");
         else if (!missing && was_missing)
                 log_info(WH_TAG, "an EasyPost webhook posts to public_url again");
-        if (disabled > 0 && (!checked || disabled != w->disabled))
+        if (disabled > 0 && (!reported || disabled != w->disabled))
                 log_warn(WH_TAG, "EasyPost webhook %s is disabled (since %s)%s: EasyPost delivers "
                                     "no events to it; %s",
                          first, since, disabled > 1 ? " with others" : "",
@@ -287,6 +289,7 @@ report(struct webhook_health *w, unsigned disabled, bool missing, const char *fi
                 w->waiting_logged = false;
         w->found = missing ? WH_MISSING : WH_LISTED;
         w->disabled = disabled;
+        w->reported = true;
 }
 
 static int
@@ -314,10 +317,12 @@ read_list(struct webhook_health *w, const struct httpc_resp *r)
                 if (at == NULL)
                         continue;
                 bool usable = id_usable(id);
-                if (disabled++ == 0) {
+                if (disabled++ == 0)
                         snprintf(first, sizeof(first), "%s", usable ? id : "(unusable id)");
+                /* the earliest: the window that events and trackers were missed in
+                 * (UTC ISO 8601 text, whose text order is time order) */
+                if (disabled == 1 || strncmp(at, since, sizeof(since) - 1) < 0)
                         snprintf(since, sizeof(since), "%.39s", at);
-                }
                 if (usable && w->nids < WH_MAX_IDS)
                         snprintf(w->ids[w->nids++], WH_ID_MAX, "%s", id);
         }
@@ -406,14 +411,19 @@ elect_cb(PGresult *res, void *arg)
                 check(w, false); /* report what we can; no re-enabling without the database */
                 return;
         }
+        /* what the last check recorded, whichever replica (or this one before
+         * a restart) made it: the elected one starts from it, so that a
+         * webhook re-enabled since is seen as such, once; the others report it */
+        if (!PQgetisnull(res, 0, 1)) {
+                if (w->found == WH_UNKNOWN)
+                        w->found = WH_LISTED;
+                w->disabled = (unsigned)atoi(PQgetvalue(res, 0, 1));
+                if (!PQgetisnull(res, 0, 2))
+                        snprintf(w->since, sizeof(w->since), "%.39s", PQgetvalue(res, 0, 2));
+        }
         if (strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
                 check(w, true);
                 return;
-        }
-        /* another replica checks this slot: report what the last check recorded */
-        if (!PQgetisnull(res, 0, 1)) {
-                w->found = WH_LISTED;
-                w->disabled = (unsigned)atoi(PQgetvalue(res, 0, 1));
         }
         finish(w);
 }
@@ -427,7 +437,7 @@ send_elect(struct webhook_health *w)
         snprintf(slot, sizeof(slot), "%llu",
                  (unsigned long long)(clock_real_ms() / 1000 / (uint64_t)iv * (uint64_t)iv));
         const char *vals[1] = { slot };
-        if (db_conn_query(w->conn, "SELECT elected, disabled FROM eps_webhook_check_elect($1::bigint)",
+        if (db_conn_query(w->conn, "SELECT elected, disabled, since FROM eps_webhook_check_elect($1::bigint)",
                           1, vals, elect_cb, w) != 0)
                 check(w, false);
 }

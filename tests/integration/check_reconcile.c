@@ -461,6 +461,54 @@ START_TEST(test_reenabled_webhook_reconciles_disabled_window)
 }
 END_TEST
 
+/*
+ * Two webhooks found disabled, then re-enabled by hand while the daemon was
+ * down: the daemon that starts next sees them enabled again from what the
+ * last check recorded, and reconciles the window from the earlier
+ * disabled_at, though the later one is listed first. (A process that had not
+ * seen them disabled itself took them for always enabled, and the trackers
+ * changed meanwhile were never reconciled.)
+ */
+START_TEST(test_reenabled_while_down_reconciles_disabled_window)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char url[128], obj[600];
+        const char *hooks = "[{\"id\":\"hook_rec0002\",\"object\":\"Webhook\",\"mode\":\"test\","
+                            "\"url\":\"https://hooks.example.test/rec\",\"created_at\":\"2025-03-01T19:49:03Z\","
+                            "\"disabled_at\":%s,\"custom_headers\":[]},"
+                            "{\"id\":\"hook_rec0003\",\"object\":\"Webhook\",\"mode\":\"test\","
+                            "\"url\":\"https://hooks.example.test/rec\",\"created_at\":\"2025-03-01T19:49:03Z\","
+                            "\"disabled_at\":%s,\"custom_headers\":[]}]";
+
+        reset(c);
+        seed_bulk(2);
+        snprintf(obj, sizeof(obj), hooks, "\"2025-03-07T10:00:00Z\"", "\"2025-03-06T10:00:00Z\"");
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", obj, NULL, 0), 201);
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        const char *env[] = { url, "EASYPOST_API_KEY=" API_KEY, "EASYPOST_SYNC_BACKFILL_INTERVAL=0",
+                              "EASYPOST_SYNC_SYNC_INTERVAL=0", "EASYPOST_SYNC_WEBHOOK_CHECK_INTERVAL=1",
+                              "EASYPOST_SYNC_RECONCILE_WINDOW_DAYS=2",
+                              "EASYPOST_SYNC_PUBLIC_URL=https://hooks.example.test/rec", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'webhook_disabled'"
+                                         " AND value = '2'", 1, 30000), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        snprintf(obj, sizeof(obj), hooks, "null", "null"); /* re-enabled meanwhile */
+        ck_assert_int_eq(fake_control(&fk, "POST", "/_control/objects", obj, NULL, 0), 201);
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM reconcile_runs WHERE reason = 'webhook'"
+                                         " AND status = 'completed'", 1, 30000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM reconcile_runs WHERE reason = 'webhook'"
+                                    " AND window_start = '2025-03-04T10:00:00Z'", NULL), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM sync_state WHERE key = 'webhook_disabled'"
+                                         " AND value = '0'", 1, 30000), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_state WHERE key = 'webhook_disabled_since'", NULL), 0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 /* Fresh tables, two trackers, and an event EasyPost lists but holds no
  * payload for: a backfill stores it as listed and asks for a run. */
 static void
@@ -584,6 +632,7 @@ reconcile_suite(void)
         tcase_add_test(tc, test_429_and_401_mid_run_resume_where_stopped);
         tcase_add_test(tc, test_two_replicas_one_run_per_slot);
         tcase_add_test(tc, test_reenabled_webhook_reconciles_disabled_window);
+        tcase_add_test(tc, test_reenabled_while_down_reconciles_disabled_window);
         tcase_add_test(tc, test_partial_backfill_starts_a_run);
         tcase_add_test(tc, test_empty_page_ends_the_list);
         tcase_add_test(tc, test_asked_run_that_keeps_failing_waits);
