@@ -477,10 +477,13 @@ BEGIN
             -- deferred: queued before the row is touched, the order the
             -- projector locks them in (key, then row), so the two cannot
             -- deadlock; a projector holding the partial copy's key makes
-            -- this wait until it commits
+            -- this wait until it commits. A key still queued is locked
+            -- (DO UPDATE), so a projector skips it until this commits:
+            -- taken now, it would read the partial copy and store it
+            -- 'failed' onto the full one
             IF v_st = 'pending' THEN
-                INSERT INTO projection_queue (received_at, id) VALUES (v_pat[j], v_pid[j])
-                ON CONFLICT DO NOTHING;
+                INSERT INTO projection_queue AS q (received_at, id) VALUES (v_pat[j], v_pid[j])
+                ON CONFLICT (id) DO UPDATE SET received_at = q.received_at;
             END IF;
             UPDATE webhook_events w
             SET description = p_description[v_o], mode = p_mode[v_o], object_id = p_object_id[v_o],

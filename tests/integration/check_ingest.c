@@ -475,6 +475,53 @@ START_TEST(test_deferred_full_copy_requeues_after_a_projector_holding_its_key)
 END_TEST
 
 /*
+ * The other order: the full copy has replaced the partial row in a
+ * transaction still open when a projector runs. The key it queued again is
+ * held by that transaction, so the projector skips it instead of taking it,
+ * reading the partial copy and, once the full copy commits, storing it
+ * 'failed' onto the full one (then never projected). The next run projects
+ * the full body. (lock_timeout: the old way, the projector waits on the row.)
+ */
+START_TEST(test_deferred_projector_skips_a_key_a_full_copy_holds)
+{
+        PGconn *a = db_open(), *b = db_open(), *c = db_open();
+        char *listed = make_event("evt_dq_2", "tracker.updated", NULL);
+        char *full = full_event("evt_dq_2", "trk_dq_2");
+        char *st;
+
+        forget(c, "evt_dq_2", "trk_dq_2");
+        db_exec(c, "TRUNCATE projection_queue");
+        send_sql(c, SQL_ONE_DEFERRED, "evt_dq_2", NULL, listed, "backfill", true);
+        st = one_outcome(c);
+        ck_assert_str_eq(st, "pending");
+        free(st);
+
+        /* B: the full copy, held open */
+        db_exec(b, "BEGIN");
+        send_sql(b, SQL_ONE_DEFERRED, "evt_dq_2", "trk_dq_2", full, "webhook", false);
+        st = one_outcome(b);
+        ck_assert_msg(strcmp(st, "pending") == 0, "the full copy was answered %s", st);
+        free(st);
+        /* A: a projector meanwhile takes nothing */
+        db_exec(a, "SET lock_timeout = '5s'");
+        ck_assert_int_eq(db_long(a, "SELECT taken * 10 + projected FROM eps_project_pending(10)", NULL), 0);
+        db_exec(b, "COMMIT");
+        assert_replaced(c, "evt_dq_2", full);
+        ck_assert_int_eq(db_long(c, "SELECT taken * 10 + projected FROM eps_project_pending(10)", NULL), 11);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue", NULL), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_dq_2' "
+                                    "AND status = 'in_transit'", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_dq_2'"
+                                    " AND status = 'projected'", NULL), 1);
+        free(listed);
+        free(full);
+        PQfinish(a);
+        PQfinish(b);
+        PQfinish(c);
+}
+END_TEST
+
+/*
  * A full copy that comes back duplicate looks for a partial copy to replace.
  * The plan of that lookup is cached for the connection's life, made at its
  * first duplicate while the table was small: it must probe the event_id
@@ -876,6 +923,7 @@ ingest_suite(void)
         tcase_set_timeout(race, 120);
         tcase_add_test(race, test_delivery_racing_the_partial_copy_replaces_it);
         tcase_add_test(race, test_deferred_full_copy_requeues_after_a_projector_holding_its_key);
+        tcase_add_test(race, test_deferred_projector_skips_a_key_a_full_copy_holds);
         tcase_add_test(race, test_duplicate_probes_the_index);
         tcase_add_test(race, test_dead_letter_tracker_event_fetches_the_tracker);
         tcase_add_test(race, test_deferred_failed_tracker_event_fetches_the_tracker);
