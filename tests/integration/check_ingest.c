@@ -423,6 +423,33 @@ START_TEST(test_delivery_racing_the_partial_copy_replaces_it)
 }
 END_TEST
 
+/* Deferred: the backfill's partial copy of evt (no result), queued. */
+static void
+queue_partial_copy(PGconn *c, const char *evt, const char *trk, const char *listed)
+{
+        forget(c, evt, trk);
+        db_exec(c, "TRUNCATE projection_queue");
+        send_sql(c, SQL_ONE_DEFERRED, evt, NULL, listed, "backfill", true);
+        char *st = one_outcome(c);
+        ck_assert_str_eq(st, "pending");
+        free(st);
+}
+
+/* The full copy replaced the partial one, and the next projector run
+ * projects it: its key taken, the tracker written, the row projected. */
+static void
+assert_full_copy_projected(PGconn *c, const char *evt, const char *trk, const char *full)
+{
+        assert_replaced(c, evt, full);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue", NULL), 1);
+        ck_assert_int_eq(db_long(c, "SELECT taken * 10 + projected FROM eps_project_pending(10)", NULL), 11);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue", NULL), 0);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = $1 AND status = 'in_transit'",
+                                 trk), 1);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = $1 AND status = 'projected'",
+                                 evt), 1);
+}
+
 /*
  * Deferred: the backfill's partial copy is queued; a projector takes its key
  * and fails it (no result) in a transaction still open when the full copy
@@ -437,13 +464,7 @@ START_TEST(test_deferred_full_copy_requeues_after_a_projector_holding_its_key)
         char *full = full_event("evt_dq_1", "trk_dq_1");
         char *st;
 
-        forget(c, "evt_dq_1", "trk_dq_1");
-        db_exec(c, "TRUNCATE projection_queue");
-
-        send_sql(c, SQL_ONE_DEFERRED, "evt_dq_1", NULL, listed, "backfill", true);
-        st = one_outcome(c);
-        ck_assert_str_eq(st, "pending");
-        free(st);
+        queue_partial_copy(c, "evt_dq_1", "trk_dq_1", listed);
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue q JOIN webhook_events w ON w.id = q.id"
                                     " AND w.received_at = q.received_at WHERE w.event_id = 'evt_dq_1'"
                                     " AND w.status = 'projected' AND w.partial", NULL), 1);
@@ -458,14 +479,7 @@ START_TEST(test_deferred_full_copy_requeues_after_a_projector_holding_its_key)
         st = one_outcome(b);
         ck_assert_msg(strcmp(st, "pending") == 0, "the full copy was answered %s", st);
         free(st);
-        assert_replaced(c, "evt_dq_1", full);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue", NULL), 1);
-        ck_assert_int_eq(db_long(c, "SELECT taken * 10 + projected FROM eps_project_pending(10)", NULL), 11);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue", NULL), 0);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_dq_1' "
-                                    "AND status = 'in_transit'", NULL), 1);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_dq_1'"
-                                    " AND status = 'projected'", NULL), 1);
+        assert_full_copy_projected(c, "evt_dq_1", "trk_dq_1", full);
         free(listed);
         free(full);
         PQfinish(a);
@@ -489,13 +503,7 @@ START_TEST(test_deferred_projector_skips_a_key_a_full_copy_holds)
         char *full = full_event("evt_dq_2", "trk_dq_2");
         char *st;
 
-        forget(c, "evt_dq_2", "trk_dq_2");
-        db_exec(c, "TRUNCATE projection_queue");
-        send_sql(c, SQL_ONE_DEFERRED, "evt_dq_2", NULL, listed, "backfill", true);
-        st = one_outcome(c);
-        ck_assert_str_eq(st, "pending");
-        free(st);
-
+        queue_partial_copy(c, "evt_dq_2", "trk_dq_2", listed);
         /* B: the full copy, held open */
         db_exec(b, "BEGIN");
         send_sql(b, SQL_ONE_DEFERRED, "evt_dq_2", "trk_dq_2", full, "webhook", false);
@@ -506,13 +514,7 @@ START_TEST(test_deferred_projector_skips_a_key_a_full_copy_holds)
         db_exec(a, "SET lock_timeout = '5s'");
         ck_assert_int_eq(db_long(a, "SELECT taken * 10 + projected FROM eps_project_pending(10)", NULL), 0);
         db_exec(b, "COMMIT");
-        assert_replaced(c, "evt_dq_2", full);
-        ck_assert_int_eq(db_long(c, "SELECT taken * 10 + projected FROM eps_project_pending(10)", NULL), 11);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM projection_queue", NULL), 0);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM trackers WHERE easypost_id = 'trk_dq_2' "
-                                    "AND status = 'in_transit'", NULL), 1);
-        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM webhook_events WHERE event_id = 'evt_dq_2'"
-                                    " AND status = 'projected'", NULL), 1);
+        assert_full_copy_projected(c, "evt_dq_2", "trk_dq_2", full);
         free(listed);
         free(full);
         PQfinish(a);
