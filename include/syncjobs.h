@@ -21,6 +21,7 @@ struct syncjobs_settings {
         long concurrency;        /* jobs held at once */
         long lease_s;            /* a claim's lease */
         long max_attempts;       /* a job past it ends failed */
+        long gauges_s;           /* the table's rows by status are read this often */
 };
 
 /* Outcomes recorded by this process, and the table's rows as last read. */
@@ -41,8 +42,6 @@ void syncjobs_reload(struct syncjobs *w, const struct syncjobs_settings *st);
 void syncjobs_stop(struct syncjobs *w);
 /* Closes the connection and frees; call after pacer_free has answered every request. */
 void syncjobs_free(struct syncjobs *w);
-/* Reads the rows by status on the worker's connection (a metrics tick); skipped while it is down. */
-void syncjobs_refresh_gauges(struct syncjobs *w);
 /* Fills the counters. */
 void syncjobs_snapshot(const struct syncjobs *w, struct syncjobs_stats *out);
 /* Appends the sync job metrics to b. */

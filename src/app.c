@@ -164,7 +164,6 @@ sample(struct timers_sample *out, void *arg)
         webhook_take_ack_window(a->webhook, &out->ack_window);
         pacer_snapshot(a->pacer, &ps);
         out->api_in_flight = ps.in_flight;
-        syncjobs_refresh_gauges(a->syncjobs); /* for /metrics, on the same tick */
         out->uptime_s = (double)(clock_mono_us() - a->started_us) / 1e6;
 }
 
@@ -246,7 +245,8 @@ syncjobs_settings(const struct app *a)
         return (struct syncjobs_settings){ .instance_id = a->instance_id, .interval = c->sync_interval,
                                            .concurrency = c->api_concurrency,
                                            .lease_s = c->api_timeout + 5,
-                                           .max_attempts = c->sync_max_attempts };
+                                           .max_attempts = c->sync_max_attempts,
+                                           .gauges_s = c->metrics_interval };
 }
 
 static struct backfill_settings

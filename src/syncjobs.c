@@ -45,12 +45,12 @@ struct sjob {
 struct syncjobs {
         struct db_conn *conn;
         struct pacer *pacer;
-        struct event *claim_timer, *renew_timer;
+        struct event *claim_timer, *renew_timer, *gauge_timer;
         struct sjob *jobs; /* held: claimed and not answered yet */
         unsigned held;
         bool stopped, claiming, counting, renewing;
         char *instance_id;
-        long interval, concurrency, lease_s, max_attempts;
+        long interval, concurrency, lease_s, max_attempts, gauges_s;
         struct syncjobs_stats stats;
 };
 
@@ -323,11 +323,22 @@ arm_claim(struct syncjobs *w, bool soon)
                 evtimer_add(w->claim_timer, &tv);
 }
 
+static void refresh_gauges(struct syncjobs *w);
+
 static void
 conn_ready(struct db_conn *c, void *arg)
 {
         (void)c;
         arm_claim(arg, true);
+        refresh_gauges(arg);
+}
+
+static void
+gauge_tick(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        refresh_gauges(arg);
 }
 
 static const struct db_conn_hooks hooks = { .on_ready = conn_ready };
@@ -341,6 +352,18 @@ set(struct syncjobs *w, const struct syncjobs_settings *st)
         w->concurrency = st->concurrency;
         w->lease_s = st->lease_s;
         w->max_attempts = st->max_attempts;
+        w->gauges_s = st->gauges_s > 0 ? st->gauges_s : 60;
+}
+
+static void
+arm_gauges(struct syncjobs *w)
+{
+        struct timeval tv = { w->gauges_s, 0 };
+
+        if (w->gauge_timer && !w->stopped) {
+                evtimer_del(w->gauge_timer);
+                evtimer_add(w->gauge_timer, &tv);
+        }
 }
 
 struct syncjobs *
@@ -353,6 +376,7 @@ syncjobs_new(struct event_base *base, const char *conninfo, struct pacer *pacer,
         w->conn = db_conn_new(base, conninfo, "sync", &hooks, w);
         w->claim_timer = evtimer_new(base, claim_tick, w);
         w->renew_timer = evtimer_new(base, renew_tick, w);
+        w->gauge_timer = event_new(base, -1, EV_PERSIST, gauge_tick, w);
         set(w, st);
         return w;
 }
@@ -364,6 +388,7 @@ syncjobs_start(struct syncjobs *w)
                 return;
         db_conn_start(w->conn);
         arm_claim(w, false);
+        arm_gauges(w);
 }
 
 void
@@ -374,6 +399,8 @@ syncjobs_reload(struct syncjobs *w, const struct syncjobs_settings *st)
                 db_conn_start(w->conn);
         evtimer_del(w->claim_timer);
         arm_claim(w, true);
+        if (pacer_enabled(w->pacer))
+                arm_gauges(w);
 }
 
 void
@@ -382,6 +409,8 @@ syncjobs_stop(struct syncjobs *w)
         w->stopped = true;
         evtimer_del(w->claim_timer);
         evtimer_del(w->renew_timer);
+        if (w->gauge_timer)
+                evtimer_del(w->gauge_timer);
 }
 
 void
@@ -393,6 +422,8 @@ syncjobs_free(struct syncjobs *w)
         db_conn_free(w->conn); /* in-flight callbacks run now, as lost */
         event_free(w->claim_timer);
         event_free(w->renew_timer);
+        if (w->gauge_timer)
+                event_free(w->gauge_timer);
         free(w->instance_id);
         free(w);
 }
@@ -414,8 +445,10 @@ gauges_cb(PGresult *res, void *arg)
         w->stats.oldest_pending_s = atof(PQgetvalue(res, 0, 3));
 }
 
-void
-syncjobs_refresh_gauges(struct syncjobs *w)
+/* The rows by status, for /metrics: on each connect and every gauges_s;
+ * skipped while the connection is down. */
+static void
+refresh_gauges(struct syncjobs *w)
 {
         if (w->counting || w->stopped || !db_conn_ready(w->conn))
                 return;
@@ -451,8 +484,8 @@ syncjobs_render_metrics(const struct syncjobs *w, struct strbuf *b)
                          "easypost_sync_sync_job_attempts_total{outcome=\"failed\"} %llu\n",
                       (unsigned long long)js.done, (unsigned long long)js.retried,
                       (unsigned long long)js.failed);
-        strbuf_printf(b, "# HELP easypost_sync_sync_jobs Rows of sync_jobs by status, read on the "
-                         "system_metrics tick (0 when unknown).\n"
+        strbuf_printf(b, "# HELP easypost_sync_sync_jobs Rows of sync_jobs by status, read on "
+                         "the system_metrics tick, every 60 s without one (0 when unknown).\n"
                          "# TYPE easypost_sync_sync_jobs gauge\n"
                          "easypost_sync_sync_jobs{state=\"pending\"} %lld\n"
                          "easypost_sync_sync_jobs{state=\"running\"} %lld\n"

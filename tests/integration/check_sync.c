@@ -277,10 +277,38 @@ START_TEST(test_401_stops_worker_without_storm)
         ck_assert_int_eq(http_req(d.port, "GET", "/readyz", NULL, NULL, 0, resp, sizeof(resp)), 200);
         ck_assert_ptr_nonnull(strstr(resp, "\"api\":\"unauthorized\""));
         ck_assert_int_eq(db_long(c, "SELECT count(*) FROM sync_jobs WHERE status = 'pending'", NULL), 5);
-        /* the table's state, read on the system_metrics tick */
+        /* the table's state, read on the system_metrics tick (1 s here) */
         ck_assert_double_eq(daemon_metric_wait(d.port, "easypost_sync_sync_jobs{state=\"pending\"}", 5, 15000), 5);
         ck_assert_double_eq(daemon_metric(d.port, "easypost_sync_sync_jobs{state=\"running\"}"), 0);
         ck_assert_double_gt(daemon_metric_wait(d.port, "easypost_sync_sync_jobs_oldest_pending_seconds", 1, 15000), 0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/*
+ * Without system_metrics rows (metrics_interval = 0) the sync_jobs gauges
+ * are still read: at connect, then every 60 s. (They were read only on the
+ * system_metrics tick, so they stayed 0 and EasyPostSyncJobsPilingUp could
+ * never fire.)
+ */
+START_TEST(test_sync_gauges_without_system_metrics)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        char url[128], keyenv[128];
+
+        wipe(c);
+        db_exec(c, "INSERT INTO sync_jobs (kind, object_id, next_attempt_at, created_at)"
+                   " VALUES ('shipment', 'shp_gauge1', now() + interval '1 day', now() - interval '1 hour'),"
+                   " ('shipment', 'shp_gauge2', now() + interval '1 day', now() - interval '2 hours')");
+        snprintf(url, sizeof(url), "EASYPOST_SYNC_API_URL=%s", fk.url);
+        snprintf(keyenv, sizeof(keyenv), "EASYPOST_API_KEY=%s", API_KEY);
+        const char *env[] = { url, keyenv, "EASYPOST_SYNC_BACKFILL_INTERVAL=0", "EASYPOST_SYNC_SYNC_INTERVAL=1",
+                              "EASYPOST_SYNC_METRICS_INTERVAL=0", NULL };
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_double_eq(daemon_metric_wait(d.port, "easypost_sync_sync_jobs{state=\"pending\"}", 2, 15000), 2);
+        ck_assert_double_ge(daemon_metric(d.port, "easypost_sync_sync_jobs_oldest_pending_seconds"), 7200);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
 }
@@ -1247,6 +1275,7 @@ sync_suite(void)
         tcase_add_test(tc, test_429_then_200_honours_retry_after);
         tcase_add_test(tc, test_401_stops_worker_without_storm);
         tcase_add_test(tc, test_rate_never_above_api_rate);
+        tcase_add_test(tc, test_sync_gauges_without_system_metrics);
         tcase_add_test(tc, test_kill_mid_queue_every_job_done_once);
         tcase_add_test(tc, test_backfill_recovers_missed_events_once);
         tcase_add_test(tc, test_listed_copy_replaced_by_the_delivery);
