@@ -840,10 +840,21 @@ db_migrate_run(const char *conninfo, const char *dir, long lock_timeout, int *ap
         for (size_t i = 0; i < n; i++)
                 if (apply_one(&m, SQL_MIGRATION, dir, names[i], applied, e) != 0)
                         goto out;
-        /* a new or converted database has its monthly partitions at once */
-        if (exec_ok(pq, "SELECT eps_partitions_create(" DB_PARTITIONS_AHEAD ")", PGRES_TUPLES_OK,
-                    NULL, e, "creating partitions") != 0)
+        /* a new or converted database has its monthly partitions at once;
+         * their locks wait no longer than the migrations' (an upkeep holds
+         * them while its DETACH ... CONCURRENTLY waits for old snapshots) */
+        char step[200];
+        snprintf(step, sizeof(step),
+                 "BEGIN; SET LOCAL lock_timeout = '%lds'; SELECT eps_partitions_create(" DB_PARTITIONS_AHEAD
+                 "); COMMIT",
+                 lock_timeout);
+        PGresult *pr = PQexec(pq, step);
+        if (PQresultStatus(pr) != PGRES_COMMAND_OK) {
+                stmt_err(&m, pr, "creating partitions", 0, e);
+                PQclear(pr);
                 goto out;
+        }
+        PQclear(pr);
         rc = 0;
 out:
         PQfinish(m.work);

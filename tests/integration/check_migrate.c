@@ -381,6 +381,39 @@ START_TEST(test_not_valid_then_validate)
 }
 END_TEST
 
+/*
+ * The partitions step that ends --migrate waits for its locks no longer than
+ * migrate_lock_timeout either: behind an upkeep holding the partitions' lock
+ * (its DETACH ... CONCURRENTLY may wait for old snapshots for long) it gives
+ * up with the error instead of hanging, and the same command succeeds after.
+ */
+START_TEST(test_partition_step_waits_no_longer_than_lock_timeout)
+{
+        char url[1024], dir[1024];
+        PGconn *c = schema_new("mig_parts", url, sizeof(url));
+
+        sql_dir_with("parts", NULL, dir, sizeof(dir));
+        struct run r = migrate(url, dir, 1);
+        ck_assert_msg(r.code == 0, "--migrate: %s", r.err);
+        free(r.err);
+        db_exec(c, "BEGIN");
+        db_exec(c, "SELECT pg_advisory_xact_lock(hashtext('easypost-sync partitions'), 1)");
+        r = migrate_start(url, dir, 1);
+        bool ended = migrate_wait(&r, 120000);
+        if (!ended)
+                migrate_kill(&r);
+        ck_assert_msg(ended, "--migrate still waits for the partitions' lock");
+        ck_assert_int_ne(r.code, 0);
+        ck_assert_msg(strstr(r.err, "creating partitions") && strstr(r.err, "run --migrate again"), "%s", r.err);
+        free(r.err);
+        db_exec(c, "COMMIT");
+        r = migrate(url, dir, 1);
+        ck_assert_msg(r.code == 0, "--migrate: %s", r.err);
+        free(r.err);
+        PQfinish(c);
+}
+END_TEST
+
 START_TEST(test_lock_timeout_gives_up_instead_of_queueing_inserts)
 {
         char url[1024], dir[1024];
@@ -531,6 +564,7 @@ migrate_suite(void)
         tcase_add_test(tc, test_no_transaction_migration_finished_after_cut_short);
         tcase_add_test(tc, test_not_valid_then_validate);
         tcase_add_test(tc, test_lock_timeout_gives_up_instead_of_queueing_inserts);
+        tcase_add_test(tc, test_partition_step_waits_no_longer_than_lock_timeout);
         tcase_add_test(tc, test_concurrent_migrate_waits_past_lock_timeout);
         tcase_add_test(tc, test_concurrent_runs_with_an_index_built_concurrently);
         suite_add_tcase(s, tc);
