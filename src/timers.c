@@ -78,7 +78,7 @@ struct timers {
         struct timers_sample last;
         /* analytics */
         int view;
-        long long slot;
+        long long slot, slot_start; /* the analytics slot, and the unix second it starts */
         struct timers_view_stats views[TIMERS_NVIEWS];
 };
 
@@ -337,7 +337,9 @@ refresh_next(struct timers *t)
                 enter(t, &t->analytics, TIMERS_LAST);
                 return;
         }
-        snprintf(tick, sizeof(tick), "%lld", t->slot);
+        /* named by its start: unique whatever the interval was, so that a
+         * new interval's slots never meet the refreshes of the old one's */
+        snprintf(tick, sizeof(tick), "%lld", t->slot_start);
         vals[0] = view_names[t->view];
         vals[1] = tick;
         vals[2] = t->instance_id;
@@ -363,7 +365,8 @@ analytics_tick(evutil_socket_t fd, short what, void *arg)
                 return;
         /* the slot that has just begun (the timer fires a moment after its start) */
         t->slot = (long long)(clock_real_ms() / 1000 / (uint64_t)iv);
-        parts_tick(t->parts, t->slot, t->slot * iv);
+        t->slot_start = t->slot * iv;
+        parts_tick(t->parts, t->slot, t->slot_start);
         t->view = 0;
         enter(t, &t->analytics, TIMERS_REFRESH);
 }

@@ -1,6 +1,9 @@
 -- Refreshes one view for one wall-clock slot, at most once across replicas:
 -- a transaction-level advisory lock (safe behind PgBouncer) elects one, the
 -- unique (view, tick) record keeps a late replica from repeating the slot.
+-- p_tick names the slot by the unix second it starts (a daemon before this
+-- one passed the slot's number, epoch / interval, which a new interval could
+-- meet again). Records older than 30 days are deleted as new ones come.
 -- The lock is waited for, up to 5 s: its holder may be a replica still
 -- refreshing the view for the slot before, and giving up at once would
 -- leave this slot without the view. A failure is recorded, not raised.
@@ -40,5 +43,6 @@ BEGIN
     duration_ms := extract(epoch FROM clock_timestamp() - t0) * 1000;
     INSERT INTO analytics_refreshes (view_name, tick, started_at, duration_ms, rows, outcome, error, instance_id)
     VALUES (p_view, p_tick, t0, duration_ms, rows, outcome, error, p_instance);
+    DELETE FROM analytics_refreshes r WHERE r.view_name = p_view AND r.started_at < now() - interval '30 days';
 END
 $$;

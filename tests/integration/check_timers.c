@@ -254,6 +254,34 @@ measure(unsigned port, const char *prefix, int n, double *p50, double *max)
         free(lat);
 }
 
+/*
+ * A new analytics_interval whose slots meet those of an old one: records
+ * named by slot number (epoch / interval, as a daemon before this one named
+ * them; here a year old, under the numbers a 2 s interval gives for the next
+ * minute) would have every refresh skipped as done. Slots are named by the
+ * second they start, so the views are refreshed; records past 30 days go.
+ */
+START_TEST(test_new_interval_refreshes_despite_old_records)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+        const char *env[] = { "EASYPOST_SYNC_ANALYTICS_INTERVAL=2", NULL };
+
+        wipe(c);
+        db_exec(c, "INSERT INTO analytics_refreshes (view_name, tick, started_at, duration_ms, outcome, instance_id)"
+                   " SELECT v, floor(extract(epoch FROM now()) / 2)::bigint + k, now() - interval '400 days', 1, 'ok',"
+                   " 'old' FROM unnest(ARRAY['analytics_daily_volume', 'analytics_carrier_performance',"
+                   " 'analytics_status_funnel', 'analytics_refunds']) v CROSS JOIN generate_series(0, 60) k");
+        ck_assert_int_eq(daemon_start(&d, env), 0);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(DISTINCT view_name) FROM analytics_refreshes"
+                                         " WHERE instance_id <> 'old' AND outcome = 'ok'", 4, 30000), 4);
+        ck_assert_int_eq(db_long(c, "SELECT count(*) FROM analytics_refreshes WHERE instance_id = 'old'"
+                                    " AND view_name = 'analytics_daily_volume'", NULL), 0);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
 START_TEST(test_locked_base_table_does_not_slow_webhooks)
 {
         PGconn *c = db_open(), *locker = db_open();
@@ -416,6 +444,7 @@ timers_suite(void)
         tcase_add_test(tc, test_views_reflect_events_before_refresh);
         tcase_add_test(tc, test_refresh_runs_without_parallel_workers);
         tcase_add_test(tc, test_two_daemons_one_refresh_per_view_and_slot);
+        tcase_add_test(tc, test_new_interval_refreshes_despite_old_records);
         tcase_add_test(tc, test_locked_base_table_does_not_slow_webhooks);
         tcase_add_test(tc, test_refresh_waits_for_a_refresh_of_the_slot_before);
         tcase_add_test(tc, test_timers_skip_while_database_down);
