@@ -414,14 +414,15 @@ elect_cb(PGresult *res, void *arg)
         /* what the last check recorded, whichever replica (or this one before
          * a restart) made it: the elected one starts from it, so that a
          * webhook re-enabled since is seen as such, once; the others report it */
+        bool elected = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
         if (!PQgetisnull(res, 0, 1)) {
-                if (w->found == WH_UNKNOWN)
-                        w->found = WH_LISTED;
+                if (w->found == WH_UNKNOWN || !elected)
+                        w->found = WH_LISTED; /* the elected one's own check says if it is missing */
                 w->disabled = (unsigned)atoi(PQgetvalue(res, 0, 1));
                 if (!PQgetisnull(res, 0, 2))
                         snprintf(w->since, sizeof(w->since), "%.39s", PQgetvalue(res, 0, 2));
         }
-        if (strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+        if (elected) {
                 check(w, true);
                 return;
         }
