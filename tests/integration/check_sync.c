@@ -307,7 +307,7 @@ START_TEST(test_sync_gauges_without_system_metrics)
         const char *env[] = { url, keyenv, "EASYPOST_SYNC_BACKFILL_INTERVAL=0", "EASYPOST_SYNC_SYNC_INTERVAL=1",
                               "EASYPOST_SYNC_METRICS_INTERVAL=0", NULL };
         ck_assert_int_eq(daemon_start(&d, env), 0);
-        ck_assert_double_eq(daemon_metric_wait(d.port, "easypost_sync_sync_jobs{state=\"pending\"}", 2, 15000), 2);
+        ck_assert_double_eq(daemon_metric_wait(d.port, "easypost_sync_sync_jobs{state=\"pending\"}", 2, 30000), 2);
         ck_assert_double_ge(daemon_metric(d.port, "easypost_sync_sync_jobs_oldest_pending_seconds"), 7200);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
@@ -1223,7 +1223,8 @@ START_TEST(test_backfill_waits_out_a_429_on_a_list_page)
         backfill_two_pages_with_faults(c, &d, "{\"path_prefix\":\"/v2/events\",\"status\":429,"
                                               "\"retry_after\":1}");
         ck_assert_int_eq(stat_long("by_status", "429"), 1);
-        ck_assert(daemon_metric(d.port, "easypost_sync_backfill_runs_total{outcome=\"completed\"}") >= 1);
+        /* the run's end is counted once the daemon has read its saved cursor back */
+        ck_assert(daemon_metric_wait(d.port, "easypost_sync_backfill_runs_total{outcome=\"completed\"}", 1, 15000) >= 1);
         ck_assert(daemon_metric(d.port, "easypost_sync_backfill_runs_total{outcome=\"failed\"}") == 0);
         ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
         PQfinish(c);
