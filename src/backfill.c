@@ -60,6 +60,7 @@
 #define BACKFILL_MAX_PAGES 50
 #define BACKFILL_MAX_ATTEMPTS 10 /* when the settings name none */
 #define BACKFILL_MAX_429 30      /* 429s in a row on a list page before the run stops */
+#define BACKFILL_ASK_AGAIN_S 5   /* an asked-for run that found the lease held asks again */
 
 struct bf_item {
         struct backfill *b;
@@ -79,6 +80,7 @@ struct backfill {
         char holder[37]; /* names this process's runs in backfill_lease */
         bool stopped;
         bool again; /* backfill_now: a run as soon as the one in progress ends */
+        uint64_t again_after_ms; /* not before this (wall clock ms; 0: at once) */
         struct backfill_stats stats;
         /* the run in progress */
         enum backfill_state state;
@@ -136,7 +138,10 @@ arm(struct backfill *b, long first_s)
                 return;
         uint64_t ms = (uint64_t)first_s * 1000u;
         if (b->again) {
-                ms = db_conn_ready(b->conn) ? 0 : 1000;
+                uint64_t now = clock_real_ms();
+                ms = b->again_after_ms > now ? b->again_after_ms - now : 0;
+                if (!db_conn_ready(b->conn) && ms < 1000)
+                        ms = 1000;
                 evtimer_del(b->timer);
         } else if (first_s <= 0) {
                 uint64_t period = (uint64_t)b->interval * 1000u;
@@ -272,8 +277,15 @@ cursor_cb(PGresult *res, void *arg)
                 return;
         if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
             strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-                if (b->forced && res && PQresultStatus(res) == PGRES_TUPLES_OK)
-                        log_info("backfill", "backfill asked for: a run holds the lease, it covers this");
+                if (b->forced && res && PQresultStatus(res) == PGRES_TUPLES_OK && !b->again) {
+                        /* a run that started before the ask does not list what came
+                         * after its start, and the holder may have died: ask again
+                         * once it may be over */
+                        log_info("backfill", "backfill asked for: a run holds the lease; asking again "
+                                             "in %d s", BACKFILL_ASK_AGAIN_S);
+                        b->again = true;
+                        b->again_after_ms = clock_real_ms() + BACKFILL_ASK_AGAIN_S * 1000u;
+                }
                 enter(b, BACKFILL_IDLE, ""); /* or another replica has this slot, or a run the lease */
                 return;
         }
@@ -829,6 +841,7 @@ void
 backfill_now(struct backfill *b)
 {
         b->again = true;
+        b->again_after_ms = 0;
         if (!can_run(b))
                 return;
         if (db_conn_state(b->conn) == DB_DOWN)

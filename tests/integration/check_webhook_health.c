@@ -229,6 +229,33 @@ START_TEST(test_disabled_webhook_reenabled_and_window_backfilled)
 END_TEST
 
 /*
+ * The backfill a re-enable asks for, while a replica that died mid-run still
+ * holds the backfill lease (for 15 s here), with backfill_interval 0 so that
+ * no scheduled run comes after: it is asked again until the lease has run
+ * out, and then recovers the window. (It was dropped, as if the run holding
+ * the lease covered it: that run may be dead, and one that started before
+ * the ask does not list what came after its start.)
+ */
+START_TEST(test_reenable_backfill_outlasts_a_dead_replicas_lease)
+{
+        PGconn *c = db_open();
+        struct daemon d;
+
+        reset(c);
+        seed_event("evt_whdead0");
+        seed_event("evt_whdead1");
+        db_exec(c, "UPDATE backfill_lease SET holder = 'dead-replica', locked_until = now() + interval '15 s'");
+        start_checked(&d, "EASYPOST_SYNC_WEBHOOK_AUTO_ENABLE=on", true);
+        ck_assert_int_eq(wait_metric(&d, "easypost_sync_webhooks_reenabled_total", 1, 30000), 1);
+        ck_assert_int_eq(db_wait_long(c, "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_whdead%' "
+                                         "AND source = 'backfill'", 2, 60000), 2);
+        ck_assert_int_ge(log_lines(&d, "a run holds the lease; asking again"), 1);
+        ck_assert_int_eq(daemon_stop(&d, SIGTERM), 0);
+        PQfinish(c);
+}
+END_TEST
+
+/*
  * webhook_auto_enable off: reported (metric, /readyz still 200 with
  * "webhook":"disabled", one log line however many checks, tagged
  * webhook_health), never patched,
@@ -360,6 +387,7 @@ webhook_health_suite(void)
         tcase_set_timeout(tc, 150);
         tcase_add_unchecked_fixture(tc, fake_up, fake_down);
         tcase_add_test(tc, test_disabled_webhook_reenabled_and_window_backfilled);
+        tcase_add_test(tc, test_reenable_backfill_outlasts_a_dead_replicas_lease);
         tcase_add_test(tc, test_disabled_webhook_reported_only);
         tcase_add_test(tc, test_no_reenable_while_database_down);
         tcase_add_test(tc, test_one_replica_checks_each_slot);
