@@ -261,7 +261,7 @@ refresh_done(PGresult *res, void *arg)
                  * committed (its Sync was sent); the next tick, on any replica,
                  * refreshes anyway */
                 log_info("timers", "refresh %s slot %lld in flight at shutdown: not waited for",
-                         vs->name, t->slot);
+                         vs->name, t->slot_start);
         } else if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
                 vs->failed++;
                 log_warn("timers", "refresh %s: %s", vs->name,
@@ -273,16 +273,16 @@ refresh_done(PGresult *res, void *arg)
                         vs->last_rows = atoll(PQgetvalue(res, 0, 1));
                         vs->last_duration_ms = atof(PQgetvalue(res, 0, 2));
                         log_info("timers", "refreshed %s slot %lld: %lld rows in %.1f ms", vs->name,
-                                 t->slot, vs->last_rows, vs->last_duration_ms);
+                                 t->slot_start, vs->last_rows, vs->last_duration_ms);
                 } else if (strcmp(outcome, "failed") == 0) {
                         vs->failed++;
                         vs->last_duration_ms = atof(PQgetvalue(res, 0, 2));
-                        log_warn("timers", "refresh %s slot %lld failed: %s", vs->name, t->slot,
+                        log_warn("timers", "refresh %s slot %lld failed: %s", vs->name, t->slot_start,
                                  PQgetvalue(res, 0, 3));
                 } else {
                         vs->skipped++;
                         log_debug("timers", "refresh %s slot %lld %s: another replica has it",
-                                  vs->name, t->slot, outcome);
+                                  vs->name, t->slot_start, outcome);
                 }
         }
         t->view++;
